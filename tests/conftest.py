@@ -1,0 +1,36 @@
+"""Fixtures used across packages. Fixtures for one package live next to its tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from warehouse import Settings, connect, migrate
+
+SHARED_CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "candles"
+
+
+@pytest.fixture(scope="session")
+def candles_dir() -> Path:
+    """The real exchange data in ../shared/data/candles (read in place, never copied)."""
+    if not SHARED_CANDLES.is_dir():
+        pytest.fail(f"real test data missing at {SHARED_CANDLES}")
+    return SHARED_CANDLES
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a fresh, empty data directory."""
+    return Settings(home=tmp_path / "home")
+
+
+@pytest.fixture
+def lake(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A migrated warehouse in a temporary directory."""
+    con = connect(settings)
+    migrate(con)
+    yield con
+    con.close()

@@ -1,0 +1,136 @@
+"""Connecting to the DuckLake warehouse.
+
+Extensions are loaded from the files the ``duckdb-ext-*`` packages put in site-packages, never
+downloaded. Each connection is an in-memory DuckDB with the lake attached as ``lake`` and
+selected with ``USE lake``, so SQL can name tables directly (``SELECT * FROM candles``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import duckdb
+
+from warehouse.errors import WarehouseError
+from warehouse.settings import Settings, get_settings
+
+LAKE = "lake"
+_EXTENSION_FILES = {
+    "ducklake": "ducklake.duckdb_extension",
+    "sqlite": "sqlite_scanner.duckdb_extension",
+    "postgres": "postgres_scanner.duckdb_extension",
+}
+
+
+def extension_dir() -> Path:
+    """The folder holding the extension files of the installed ``duckdb-ext-*`` packages."""
+    version = duckdb.__version__
+    platform = "linux_amd64" if sys.platform.startswith("linux") else sys.platform
+    roots = {Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["platlib"])}
+    for root in roots:
+        candidate = root / "duckdb_ext" / "extensions" / f"v{version}" / platform
+        if candidate.is_dir():
+            return candidate
+    raise WarehouseError(
+        f"DuckDB extension files for duckdb {version} not found under site-packages/duckdb_ext; "
+        "install duckdb-ext-ducklake and duckdb-ext-sqlite matching the duckdb version"
+    )
+
+
+def extension_path(name: str) -> Path:
+    path = extension_dir() / _EXTENSION_FILES[name]
+    if not path.exists():
+        package = "duckdb-ext-" + name
+        raise WarehouseError(f"extension {name!r} missing at {path}: install {package}")
+    return path
+
+
+def postgres_dsn(url: str) -> str:
+    """Turn ``postgresql://user:pw@host:port/db`` into the libpq keyword string DuckDB expects."""
+    parsed = urlparse(url)
+    parts = {
+        "dbname": parsed.path.lstrip("/") or None,
+        "host": parsed.hostname,
+        "port": str(parsed.port) if parsed.port else None,
+        "user": unquote(parsed.username) if parsed.username else None,
+        "password": unquote(parsed.password) if parsed.password else None,
+    }
+    return " ".join(f"{key}={value}" for key, value in parts.items() if value)
+
+
+def catalog_target(settings: Settings) -> str:
+    """The DuckLake ATTACH target (without options) for the configured catalog."""
+    if settings.catalog_kind == "postgres":
+        assert settings.catalog_url is not None
+        return f"ducklake:postgres:{postgres_dsn(settings.catalog_url)}"
+    return f"ducklake:sqlite:{settings.sqlite_catalog_path.resolve()}"
+
+
+def attach_sql(settings: Settings, *, read_only: bool = False) -> list[str]:
+    """The statements that attach the lake: usable from any DuckDB 1.4 client (see README)."""
+    needed = ["ducklake", "postgres" if settings.catalog_kind == "postgres" else "sqlite"]
+    statements = [f"LOAD '{extension_path(name)}'" for name in needed]
+    statements.append("SET TimeZone = 'UTC'")
+    options = [f"DATA_PATH '{settings.resolved_data_path}'"]
+    if read_only:
+        options.append("READ_ONLY")
+    else:
+        options.append(f"DATA_INLINING_ROW_LIMIT {settings.data_inlining_row_limit}")
+    statements.append(f"ATTACH '{catalog_target(settings)}' AS {LAKE} ({', '.join(options)})")
+    statements.append(f"USE {LAKE}")
+    return statements
+
+
+def _prepare_local_dirs(settings: Settings) -> None:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.catalog_kind == "sqlite":
+        settings.sqlite_catalog_path.parent.mkdir(parents=True, exist_ok=True)
+    if "://" not in settings.resolved_data_path:
+        Path(settings.resolved_data_path).mkdir(parents=True, exist_ok=True)
+
+
+def connect(settings: Settings | None = None, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A new connection with the lake attached and selected.
+
+    ``read_only`` attaches the catalog read-only: for people and dashboards that must never write.
+    """
+    settings = settings or get_settings()
+    _prepare_local_dirs(settings)
+    con = duckdb.connect(config={"allow_unsigned_extensions": "false"})
+    try:
+        for statement in attach_sql(settings, read_only=read_only):
+            con.execute(statement)
+        # DuckLake retries a commit that lost a race when the changes do not conflict.
+        con.execute("SET ducklake_max_retry_count = 100")
+    except duckdb.Error as exc:
+        con.close()
+        raise WarehouseError(f"cannot attach the warehouse at {catalog_target(settings)}: {exc}") from exc
+    return con
+
+
+@dataclass
+class Warehouse:
+    """A settings-bound handle that opens connections on demand (what flows and tasks pass around)."""
+
+    settings: Settings
+
+    @classmethod
+    def default(cls) -> Warehouse:
+        return cls(get_settings())
+
+    def connect(self, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        return connect(self.settings, read_only=read_only)
+
+    @contextlib.contextmanager
+    def session(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self.connect(read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()

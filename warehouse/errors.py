@@ -1,0 +1,10 @@
+class WarehouseError(Exception):
+    """Base class of warehouse errors."""
+
+
+class SchemaError(WarehouseError, ValueError):
+    """Input to a writer does not fit the table: the message names the table, column and problem."""
+
+
+class WriteConflictError(WarehouseError):
+    """A write still conflicted with other writers after every retry."""

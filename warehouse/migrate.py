@@ -1,0 +1,112 @@
+"""Numbered SQL migrations, applied once each, in order, with their versions recorded.
+
+A migration is ``warehouse/migrations/NNNN_name.sql``. Applied migrations are recorded in
+``schema_migrations`` with a checksum; editing an applied migration is an error (write a new
+one). Each migration runs in one transaction, so a failed migration leaves nothing behind, and
+several processes migrating at once apply each migration exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+import duckdb
+
+from warehouse.errors import WarehouseError
+from warehouse.retry import is_conflict, rollback_quietly
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
+
+
+def available_migrations() -> list[Migration]:
+    folder = resources.files("warehouse") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(versions) != len(set(versions)):
+        raise WarehouseError(f"two migrations share a version number: {versions}")
+    return found
+
+
+def _ensure_version_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        "version INTEGER NOT NULL, name VARCHAR NOT NULL, checksum VARCHAR NOT NULL, "
+        "applied_at TIMESTAMPTZ NOT NULL)"
+    )
+
+
+def applied_versions(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
+    rows = con.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+    return {int(version): str(checksum) for version, checksum in rows}
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The highest applied migration (0 for an empty warehouse)."""
+    try:
+        row = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    except duckdb.CatalogException:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection, *, max_attempts: int = 50) -> list[int]:
+    """Apply every pending migration; return the versions this call applied."""
+    for attempt in range(max_attempts):
+        try:
+            _ensure_version_table(con)
+            break
+        except duckdb.Error as exc:
+            if not is_conflict(exc) or attempt == max_attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    applied_now: list[int] = []
+    for migration in available_migrations():
+        for attempt in range(max_attempts):
+            done = applied_versions(con)
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
+                    raise WarehouseError(
+                        f"migration {migration.version:04d}_{migration.name} was edited after it "
+                        "was applied; add a new migration instead"
+                    )
+                break
+            try:
+                con.execute("BEGIN TRANSACTION")
+                con.execute(migration.sql)
+                con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?, now())",
+                    [migration.version, migration.name, migration.checksum],
+                )
+                con.execute("COMMIT")
+                applied_now.append(migration.version)
+                break
+            except duckdb.Error as exc:
+                rollback_quietly(con)
+                if is_conflict(exc) and attempt < max_attempts - 1:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise WarehouseError(
+                    f"migration {migration.version:04d}_{migration.name} failed: {exc}"
+                ) from exc
+    return applied_now
+

@@ -1,0 +1,100 @@
+"""The one settings object of tradeloop.
+
+Values come from (highest first): keyword arguments, ``TRADELOOP_*`` environment variables,
+``tradeloop.toml`` in the working directory (or the file named by ``TRADELOOP_CONFIG``),
+then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRADELOOP_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+    )
+
+    home: Path = Field(default=Path("var"), description="data directory (warehouse, models, reports)")
+    catalog_url: str | None = Field(
+        default=None,
+        description="DuckLake catalog: None = SQLite file under home; 'sqlite:///path' or "
+        "'postgresql://user@host/db' selects another",
+    )
+    data_path: str | None = Field(
+        default=None, description="where DuckLake writes Parquet files (default: home/lake/data/)"
+    )
+    data_inlining_row_limit: int = Field(
+        default=100, ge=0, description="inserts of at most this many rows are kept in the catalog"
+    )
+    write_max_attempts: int = Field(default=30, ge=1)
+    write_backoff_initial_s: float = Field(default=0.02, gt=0)
+    write_backoff_max_s: float = Field(default=1.0, gt=0)
+
+    exchange: str = "simulated"
+    symbols: tuple[str, ...] = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+    base_timeframe: str = "1m"
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: str | None = None
+
+    live_trading: bool = Field(default=False, description="live orders need this explicit opt-in")
+    exchange_api_key: SecretStr | None = None
+    exchange_api_secret: SecretStr | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("TRADELOOP_CONFIG", "tradeloop.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def catalog_kind(self) -> Literal["sqlite", "postgres"]:
+        if self.catalog_url and self.catalog_url.startswith(("postgresql://", "postgres://")):
+            return "postgres"
+        return "sqlite"
+
+    @property
+    def resolved_data_path(self) -> str:
+        if self.data_path:
+            return self.data_path.rstrip("/") + "/"
+        return str((self.lake_dir / "data").resolve()) + "/"
+
+    @property
+    def sqlite_catalog_path(self) -> Path:
+        if self.catalog_url and self.catalog_url.startswith("sqlite:///"):
+            return Path(self.catalog_url.removeprefix("sqlite:///"))
+        return self.lake_dir / "catalog.sqlite"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process (read once)."""
+    return Settings()
