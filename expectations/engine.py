@@ -1,0 +1,196 @@
+"""The Great Expectations engine: one file context per process, suites and checkpoints cached.
+
+Great Expectations is imported here, lazily, on the first validation (its import costs
+seconds). The context is a GX *file* context under ``$TRADELOOP_HOME/quality``: suites,
+validation definitions and checkpoints are written there, every validation result is
+stored there, and the Data Docs site is built from them into
+``$TRADELOOP_HOME/quality/gx/uncommitted/data_docs/local_site/index.html``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from expectations.specs import SUITE_VERSION, ExpectationDef
+from warehouse.settings import Settings
+
+_lock = threading.RLock()
+_contexts: dict[str, Any] = {}
+_checkpoints: dict[tuple[str, str, str], Any] = {}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What GX said about one expectation on one batch."""
+
+    definition: ExpectationDef
+    success: bool
+    element_count: int
+    unexpected_count: int
+    unexpected_rows: tuple[int, ...]  # positions in the validated frame
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    suite: str
+    success: bool
+    outcomes: tuple[Outcome, ...]
+    statistics: dict[str, Any]
+
+
+def quality_root(settings: Settings) -> Path:
+    return (settings.home / "quality").resolve()
+
+
+def data_docs_index(settings: Settings) -> Path:
+    return quality_root(settings) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+def context(settings: Settings) -> Any:
+    """The GX file context of this process for ``settings.home`` (built once, then cached)."""
+    root = str(quality_root(settings))
+    with _lock:
+        if root in _contexts:
+            return _contexts[root]
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        Path(root).mkdir(parents=True, exist_ok=True)
+        ctx = gx.get_context(mode="file", project_root_dir=root)
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        ctx.data_sources.add_or_update_pandas("tradeloop")
+        _contexts[root] = ctx
+        return ctx
+
+
+def _suite_hash(definitions: tuple[ExpectationDef, ...]) -> str:
+    text = json.dumps(
+        [[d.expectation, d.kwargs, d.rule, d.severity] for d in definitions],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(f"{SUITE_VERSION}:{text}".encode()).hexdigest()[:16]
+
+
+def build_suite(name: str, definitions: tuple[ExpectationDef, ...]) -> Any:
+    """A ``gx.ExpectationSuite`` for ``definitions`` (each expectation's meta names its rule)."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    suite = gx.ExpectationSuite(name=name, meta={"tradeloop_suite_version": SUITE_VERSION})
+    for index, d in enumerate(definitions):
+        cls = getattr(gxe, d.expectation)
+        suite.add_expectation(
+            cls(
+                **d.kwargs,
+                meta={
+                    "tl_index": index,
+                    "rule": d.rule,
+                    "severity": d.severity,
+                    "notes": d.describe,
+                },
+            )
+        )
+    return suite
+
+
+def _checkpoint(
+    settings: Settings, suite_name: str, definitions: tuple[ExpectationDef, ...]
+) -> Any:
+    root = str(quality_root(settings))
+    cache_key = (root, suite_name, _suite_hash(definitions))
+    with _lock:
+        if cache_key in _checkpoints:
+            return _checkpoints[cache_key]
+        import great_expectations as gx
+
+        ctx = context(settings)
+        source = ctx.data_sources.get("tradeloop")
+        try:
+            asset = source.get_asset(suite_name)
+        except LookupError:
+            asset = source.add_dataframe_asset(suite_name)
+        try:
+            batch_definition = asset.get_batch_definition("batch")
+        except (KeyError, LookupError, ValueError):
+            batch_definition = asset.add_batch_definition_whole_dataframe("batch")
+        suite = ctx.suites.add_or_update(build_suite(suite_name, definitions))
+        validation = ctx.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=f"{suite_name}_batch", data=batch_definition, suite=suite)
+        )
+        checkpoint = ctx.checkpoints.add_or_update(
+            gx.Checkpoint(
+                name=f"{suite_name}_gate",
+                validation_definitions=[validation],
+                result_format={"result_format": "COMPLETE"},
+            )
+        )
+        _checkpoints[cache_key] = checkpoint
+        return checkpoint
+
+
+def validate(
+    settings: Settings,
+    suite_name: str,
+    definitions: tuple[ExpectationDef, ...],
+    frame: pd.DataFrame,
+    *,
+    run_name: str,
+) -> SuiteRun:
+    """Run the suite on ``frame`` through its checkpoint; the result is stored for Data Docs."""
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    checkpoint = _checkpoint(settings, suite_name, definitions)
+    with _lock:
+        result = checkpoint.run(
+            batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name)
+        )
+    validation = next(iter(result.run_results.values()))
+    outcomes = []
+    for r in validation.results:
+        index = int(r.expectation_config.meta["tl_index"])
+        details = r.result or {}
+        rows = details.get("unexpected_index_list") or []
+        if rows and isinstance(rows[0], dict):  # GX names index columns when asked to
+            rows = [next(iter(v.values())) for v in rows]
+        outcomes.append(
+            Outcome(
+                definition=definitions[index],
+                success=bool(r.success),
+                element_count=int(details.get("element_count") or 0),
+                unexpected_count=int(details.get("unexpected_count") or 0),
+                unexpected_rows=tuple(int(i) for i in rows),
+            )
+        )
+    if r_exc := [
+        r
+        for r in validation.results
+        if r.exception_info and r.exception_info.get("raised_exception")
+    ]:
+        messages = [r.exception_info.get("exception_message") for r in r_exc]
+        raise RuntimeError(
+            f"Great Expectations could not evaluate suite {suite_name!r}: {messages}"
+        )
+    outcomes.sort(key=lambda o: definitions.index(o.definition))
+    return SuiteRun(
+        suite=suite_name,
+        success=bool(validation.success),
+        outcomes=tuple(outcomes),
+        statistics=dict(validation.statistics),
+    )
+
+
+def build_data_docs(settings: Settings) -> Path:
+    """Rebuild the Data Docs site from every stored validation; returns its index.html."""
+    with _lock:
+        context(settings).build_data_docs()
+    return data_docs_index(settings)

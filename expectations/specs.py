@@ -1,0 +1,346 @@
+"""The suites, versioned in git: columns each table accepts and the expectations each row meets.
+
+A suite is a tuple of ``ExpectationDef``: a Great Expectations expectation class with its
+arguments, plus the gate's bookkeeping (rule name, severity, columns, a plain description).
+Expectations over plain columns are evaluated by GX directly. Rules that need order or
+context (key uniqueness, ts strictly increasing per series, alignment to the timeframe,
+future or unclosed candles, extreme returns, gaps, order-book level checks) are computed
+with polars in ``expectations.derive`` into derived columns, which GX then asserts; the
+failing rows come back from GX's ``unexpected_index_list``. Values that cannot be parsed
+into a column's type are found while coercing the batch (``expectations.coerce``).
+
+Severity:
+    critical  the row is quarantined and counts towards failing the batch
+    hold      the row is quarantined but does not count (an unclosed candle)
+    warning   reported only; the row is merged (extreme returns by default, gaps)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from expectations.policy import GatePolicy
+
+Kind = Literal["str", "float", "ts", "float_list"]
+Severity = Literal["critical", "hold", "warning"]
+
+SUITE_VERSION = "2"
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    kind: Kind
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class ExpectationDef:
+    expectation: str  # class name in great_expectations.expectations
+    kwargs: dict[str, Any]
+    rule: str
+    severity: Severity
+    columns: tuple[str, ...]
+    describe: str
+
+    @property
+    def gx_columns(self) -> tuple[str, ...]:
+        return tuple(v for k, v in self.kwargs.items() if k in ("column", "column_A", "column_B"))
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    columns: tuple[ColumnSpec, ...]
+    key: tuple[str, ...]
+    series: tuple[str, ...]  # columns identifying one time series (order and gap checks)
+    optional_extra: frozenset[str] = field(default_factory=frozenset)  # silently dropped
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def required(self) -> list[str]:
+        return [c.name for c in self.columns if c.required]
+
+
+BOOKKEEPING = frozenset({"ingested_at"})
+
+CANDLES = TableSpec(
+    name="candles",
+    columns=(
+        ColumnSpec("exchange", "str"),
+        ColumnSpec("symbol", "str"),
+        ColumnSpec("timeframe", "str"),
+        ColumnSpec("ts", "ts"),
+        ColumnSpec("open", "float"),
+        ColumnSpec("high", "float"),
+        ColumnSpec("low", "float"),
+        ColumnSpec("close", "float"),
+        ColumnSpec("volume", "float"),
+    ),
+    key=("exchange", "symbol", "timeframe", "ts"),
+    series=("exchange", "symbol", "timeframe"),
+    optional_extra=BOOKKEEPING,
+)
+
+ORDER_BOOK_SNAPSHOTS = TableSpec(
+    name="order_book_snapshots",
+    columns=(
+        ColumnSpec("exchange", "str"),
+        ColumnSpec("symbol", "str"),
+        ColumnSpec("ts", "ts"),
+        ColumnSpec("bid_prices", "float_list"),
+        ColumnSpec("bid_sizes", "float_list"),
+        ColumnSpec("ask_prices", "float_list"),
+        ColumnSpec("ask_sizes", "float_list"),
+    ),
+    key=("exchange", "symbol", "ts"),
+    series=("exchange", "symbol"),
+    optional_extra=BOOKKEEPING,
+)
+
+TRADES = TableSpec(
+    name="trades",
+    columns=(
+        ColumnSpec("exchange", "str"),
+        ColumnSpec("symbol", "str"),
+        ColumnSpec("trade_id", "str"),
+        ColumnSpec("ts", "ts"),
+        ColumnSpec("side", "str", required=False),
+        ColumnSpec("price", "float"),
+        ColumnSpec("amount", "float"),
+        ColumnSpec("cost", "float", required=False),
+    ),
+    key=("exchange", "symbol", "trade_id"),
+    series=("exchange", "symbol"),
+    optional_extra=BOOKKEEPING,
+)
+
+SPECS: dict[str, TableSpec] = {s.name: s for s in (CANDLES, ORDER_BOOK_SNAPSHOTS, TRADES)}
+
+
+def _not_null(columns: list[str]) -> list[ExpectationDef]:
+    return [
+        ExpectationDef(
+            "ExpectColumnValuesToNotBeNull",
+            {"column": c},
+            "not_null",
+            "critical",
+            (c,),
+            f"{c} is missing (null or NaN)",
+        )
+        for c in columns
+    ]
+
+
+def _flag(
+    column: str,
+    rule: str,
+    describe: str,
+    severity: Severity = "critical",
+    columns: tuple[str, ...] = ("ts",),
+) -> ExpectationDef:
+    """A derived boolean column that must be True on every row."""
+    return ExpectationDef(
+        "ExpectColumnValuesToBeInSet",
+        {"column": column, "value_set": [True]},
+        rule,
+        severity,
+        columns,
+        describe,
+    )
+
+
+def _pair(a: str, b: str, rule: str, describe: str) -> ExpectationDef:
+    return ExpectationDef(
+        "ExpectColumnPairValuesAToBeGreaterThanB",
+        {
+            "column_A": a,
+            "column_B": b,
+            "or_equal": True,
+            "ignore_row_if": "either_value_is_missing",
+        },
+        rule,
+        "critical",
+        (a, b),
+        describe,
+    )
+
+
+def _positive(column: str, strict: bool = True) -> ExpectationDef:
+    return ExpectationDef(
+        "ExpectColumnValuesToBeBetween",
+        {"column": column, "min_value": 0, "strict_min": strict},
+        "price_positive" if strict else "non_negative",
+        "critical",
+        (column,),
+        f"{column} must be {'>' if strict else '>='} 0",
+    )
+
+
+def _common_time_rules(series: str) -> list[ExpectationDef]:
+    return [
+        _flag(
+            "key_unique",
+            "key_unique",
+            "the key appears more than once in the batch "
+            "(identical copies: all but the first; conflicting copies: all)",
+        ),
+        _flag("ts_not_future", "ts_not_future", "ts is in the future"),
+    ]
+
+
+def candle_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
+    prices = ["open", "high", "low", "close"]
+    return (
+        *_not_null(["exchange", "symbol", "timeframe", "ts", *prices, "volume"]),
+        *[_positive(c) for c in prices],
+        _positive("volume", strict=False),
+        _pair("high", "low", "ohlc_consistent", "high must be >= low"),
+        _pair("high", "open", "ohlc_consistent", "high must be >= open"),
+        _pair("high", "close", "ohlc_consistent", "high must be >= close"),
+        _pair("open", "low", "ohlc_consistent", "low must be <= open"),
+        _pair("close", "low", "ohlc_consistent", "low must be <= close"),
+        _flag(
+            "timeframe_known",
+            "timeframe_known",
+            "timeframe is not a known duration like 1m, 5m, 15m, 1h, 1d",
+            columns=("timeframe",),
+        ),
+        *_common_time_rules("exchange, symbol, timeframe"),
+        _flag(
+            "ts_increasing",
+            "ts_increasing",
+            "ts is not strictly increasing within (exchange, symbol, timeframe)",
+        ),
+        _flag("ts_aligned", "ts_aligned", "ts is not aligned to the timeframe"),
+        _flag(
+            "candle_closed",
+            "candle_closed",
+            "the candle is not closed yet (close time after now)",
+            severity="hold" if policy.reject_unclosed_candles else "warning",
+        ),
+        _flag(
+            "return_within_sigma",
+            "extreme_return",
+            f"|log return| above {policy.extreme_return_sigmas:g} rolling sigmas "
+            f"({policy.extreme_return_window} previous bars)",
+            severity="critical" if policy.extreme_return_action == "quarantine" else "warning",
+            columns=("close",),
+        ),
+        ExpectationDef(
+            "ExpectColumnValuesToBeBetween",
+            {
+                "column": "missing_bars_before",
+                "min_value": 0,
+                "max_value": 0,
+                "mostly": max(0.0, 1.0 - policy.max_gap_fraction),
+            },
+            "gaps",
+            "warning",
+            ("ts",),
+            "bars missing before this candle (a gap)",
+        ),
+    )
+
+
+def order_book_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
+    return (
+        *_not_null(["exchange", "symbol", "ts"]),
+        _flag(
+            "levels_parse",
+            "levels_present",
+            "price and size lists missing, of different lengths, or empty",
+            columns=("bid_prices", "bid_sizes", "ask_prices", "ask_sizes"),
+        ),
+        _flag(
+            "prices_positive",
+            "price_positive",
+            "a level price is not > 0 (or not finite)",
+            columns=("bid_prices", "ask_prices"),
+        ),
+        _flag(
+            "sizes_positive",
+            "size_positive",
+            "a level size is not > 0 (or not finite)",
+            columns=("bid_sizes", "ask_sizes"),
+        ),
+        _flag(
+            "levels_sorted",
+            "levels_sorted",
+            "bids must be strictly descending and asks strictly ascending",
+            columns=("bid_prices", "ask_prices"),
+        ),
+        ExpectationDef(
+            "ExpectColumnPairValuesAToBeGreaterThanB",
+            {
+                "column_A": "best_ask",
+                "column_B": "best_bid",
+                "or_equal": False,
+                "ignore_row_if": "either_value_is_missing",
+            },
+            "book_not_crossed",
+            "critical",
+            ("bid_prices", "ask_prices"),
+            "best bid must be < best ask",
+        ),
+        *_common_time_rules("exchange, symbol"),
+        _flag(
+            "ts_increasing",
+            "ts_increasing",
+            "ts is not strictly increasing within (exchange, symbol)",
+        ),
+    )
+
+
+def trade_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
+    return (
+        *_not_null(["exchange", "symbol", "trade_id", "ts", "price", "amount"]),
+        _positive("price"),
+        ExpectationDef(
+            "ExpectColumnValuesToBeBetween",
+            {"column": "amount", "min_value": 0, "strict_min": True},
+            "amount_positive",
+            "critical",
+            ("amount",),
+            "amount must be > 0",
+        ),
+        ExpectationDef(
+            "ExpectColumnValuesToBeInSet",
+            {"column": "side", "value_set": ["buy", "sell"]},
+            "side_known",
+            "critical",
+            ("side",),
+            "side must be buy or sell (or null)",
+        ),
+        *_common_time_rules("exchange, symbol"),
+        _flag(
+            "cost_consistent",
+            "cost_consistent",
+            "cost differs from price * amount by more than 0.1%",
+            severity="warning",
+            columns=("cost",),
+        ),
+    )
+
+
+SUITES = {"candles": candle_suite, "order_book_snapshots": order_book_suite, "trades": trade_suite}
+
+
+def suite_for(table: str, policy: GatePolicy) -> tuple[ExpectationDef, ...]:
+    try:
+        return SUITES[table](policy)
+    except KeyError:
+        raise ValueError(f"no quality suite for table {table!r}; known: {sorted(SUITES)}") from None
+
+
+def spec_for(table: str) -> TableSpec:
+    try:
+        return SPECS[table]
+    except KeyError:
+        raise ValueError(
+            f"the quality gate has no spec for table {table!r}; known: {sorted(SPECS)}"
+        ) from None
