@@ -21,6 +21,8 @@ app = typer.Typer(
 # One module per command group; each adds its commands to `app`.
 COMMAND_MODULES = [
     "flows.commands.warehouse",
+    "flows.commands.collect",
+    "flows.commands.models",
 ]
 
 for _module in COMMAND_MODULES:

@@ -1,0 +1,122 @@
+"""Flow `retrain`: last N days of candles -> features/labels -> ensemble -> ONNX -> registry ->
+promote (or not) -> markdown dashboard artifact. Logic lives in ``models.retraining``."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from models import retraining
+from models.data import CandleBatch, SampleSet
+from models.export import ExportResult
+from models.registry import ModelRecord
+from models.training import TrainConfig, TrainedEnsemble
+from warehouse import Settings, get_settings
+
+
+@task(name="load-training-data")
+def load_training_data(settings: Settings, request: retraining.RetrainRequest) -> CandleBatch:
+    return retraining.load_training_data(settings, request)
+
+
+@task(name="prepare-samples")
+def prepare_samples(batch: CandleBatch, config: TrainConfig) -> SampleSet:
+    return retraining.prepare_samples(batch, config)
+
+
+@task(name="train-ensemble")
+def train(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
+    return retraining.train(samples, config)
+
+
+@task(name="export-onnx")
+def export(
+    ensemble: TrainedEnsemble, samples: SampleSet, staging: Path
+) -> tuple[ExportResult, float]:
+    return retraining.export(ensemble, samples, staging)
+
+
+@task(name="register-model")
+def register(
+    settings: Settings,
+    request: retraining.RetrainRequest,
+    ensemble: TrainedEnsemble,
+    exported: ExportResult,
+    snapshot_id: int,
+) -> ModelRecord:
+    return retraining.register(settings, request, ensemble, exported, snapshot_id)
+
+
+@task(name="validate-and-promote")
+def validate_and_promote(
+    settings: Settings,
+    record: ModelRecord,
+    ensemble: TrainedEnsemble,
+    samples: SampleSet,
+    snapshot_id: int,
+    exported: ExportResult,
+    parity: float,
+) -> retraining.RetrainOutcome:
+    return retraining.finish(settings, record, ensemble, samples, snapshot_id, exported, parity)
+
+
+@task(name="publish-dashboard")
+def publish_dashboard(settings: Settings, outcome: retraining.RetrainOutcome, name: str) -> str:
+    markdown = retraining.dashboard_markdown(outcome, retraining.trend(settings, name))
+    create_markdown_artifact(
+        markdown=markdown,
+        key=f"model-dashboard-{name}".lower(),
+        description=f"retrain of {outcome.model_id}",
+    )
+    return markdown
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    symbols: list[str] | None = None,
+    days: float | None = 30,
+    horizon: int = 5,
+    epochs: int = 10,
+    timeframe: str | None = None,
+    exchange: str | None = None,
+    snapshot_id: int | None = None,
+    name: str = "signal",
+    train_overrides: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> retraining.RetrainOutcome:
+    """Retrain on the last ``days`` days (default 30), validate out of sample, export, register,
+    promote if the challenger beats the champion on the same window, publish the dashboard."""
+    settings = settings or get_settings()
+    config = TrainConfig(**{"horizon_bars": horizon, "epochs": epochs, **(train_overrides or {})})
+    request = retraining.RetrainRequest(
+        symbols=tuple(symbols or settings.symbols),
+        timeframe=timeframe or settings.base_timeframe,
+        days=days,
+        exchange=exchange,
+        snapshot_id=snapshot_id,
+        name=name,
+        config=config,
+    )
+    batch = load_training_data(settings, request)
+    samples = prepare_samples(batch, config)
+    ensemble = train(samples, config)
+    staging = settings.home / "models" / "staging" / uuid.uuid4().hex
+    try:
+        exported, parity = export(ensemble, samples, staging)
+        record = register(settings, request, ensemble, exported, batch.snapshot_id)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    outcome = validate_and_promote(
+        settings, record, ensemble, samples, batch.snapshot_id, exported, parity
+    )
+    publish_dashboard(settings, outcome, name)
+    print(
+        f"{outcome.model_id}: accuracy {outcome.challenger['accuracy']:.3f}, macro F1 "
+        f"{outcome.challenger['f1_macro']:.3f}; {'promoted' if outcome.promoted else 'not promoted'}: {outcome.reason}"
+    )
+    return outcome

@@ -1,0 +1,244 @@
+"""Training data for the signal models: candles from the warehouse (at a DuckLake snapshot),
+features, labels and model input windows. No torch here.
+
+``load_candles`` reads the candles of the last ``days`` days (ending at the newest candle of the
+requested symbols) AS OF one DuckLake snapshot and returns that snapshot id; reading again with
+the same id returns the same rows, whatever was written since (DuckLake time travel:
+``SELECT ... FROM candles AT (VERSION => id)``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from pipelines.labels import LabelConfig, make_labels, make_windows, time_splits
+
+FeatureBuilder = Callable[[pl.DataFrame], pl.DataFrame]
+
+
+@dataclass(frozen=True)
+class CandleBatch:
+    frame: pl.DataFrame  # exchange, symbol, timeframe, ts, open, high, low, close, volume
+    snapshot_id: int
+    start: dt.datetime | None
+    end: dt.datetime | None
+
+
+def current_snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
+    """The id of the newest DuckLake snapshot (the data version a read sees now)."""
+    row = con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()
+    if row is None or row[0] is None:
+        raise RuntimeError("the lake has no snapshots: run `tradeloop init` first")
+    return int(row[0])
+
+
+def load_candles(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    symbols: Sequence[str],
+    timeframe: str,
+    days: float | None = 30,
+    exchange: str | None = None,
+    snapshot_id: int | None = None,
+) -> CandleBatch:
+    """Candles of ``symbols`` for the last ``days`` days (None: all), as of ``snapshot_id``.
+
+    With ``snapshot_id=None`` the current snapshot is used and returned, so the caller can record
+    it. The window ends at the newest candle among the symbols (not at the wall clock), so a
+    retrain over historical data works the same as over live data.
+    """
+    if not symbols:
+        raise ValueError("load_candles: no symbols given")
+    snapshot = current_snapshot_id(con) if snapshot_id is None else int(snapshot_id)
+    source = f"candles AT (VERSION => {snapshot})"
+    where = ["timeframe = ?", "symbol IN (SELECT unnest(?::VARCHAR[]))"]
+    params: list[object] = [timeframe, list(symbols)]
+    if exchange is not None:
+        where.append("exchange = ?")
+        params.append(exchange)
+    condition = " AND ".join(where)
+    try:
+        newest = con.execute(f"SELECT max(ts) FROM {source} WHERE {condition}", params).fetchone()
+    except duckdb.Error as exc:
+        raise RuntimeError(f"cannot read candles at snapshot {snapshot}: {exc}") from exc
+    end = newest[0] if newest else None
+    if end is None:
+        raise ValueError(
+            f"no {timeframe} candles for {list(symbols)} at snapshot {snapshot}"
+            + (f" on exchange {exchange!r}" if exchange else "")
+        )
+    start = None
+    query = f"SELECT exchange, symbol, timeframe, ts, open, high, low, close, volume FROM {source} WHERE {condition}"
+    if days is not None:
+        start = end - dt.timedelta(days=days)
+        query += " AND ts > ?"
+        params.append(start)
+    query += " ORDER BY exchange, symbol, ts"
+    frame = pl.from_arrow(con.execute(query, params).fetch_arrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    return CandleBatch(frame=frame, snapshot_id=snapshot, start=start, end=end)
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """Model inputs and labels; sample ``i`` is the window ending at ``ts[i]`` of ``symbol[i]``."""
+
+    windows: np.ndarray  # (n, window_len, n_features) float32, raw (unscaled) feature values
+    labels: np.ndarray  # (n,) int64 in [0, 3): buy, hold, sell
+    ts: np.ndarray  # (n,) datetime64[us] UTC end time of each window
+    symbol: np.ndarray  # (n,) str
+    forward_return: np.ndarray  # (n,) float64
+    feature_columns: tuple[str, ...]  # the columns of `windows` (features with data)
+    feature_set_version: str
+    all_feature_columns: tuple[str, ...] = ()  # the feature set's full column list (serving input)
+
+    @property
+    def serving_columns(self) -> tuple[str, ...]:
+        return self.all_feature_columns or self.feature_columns
+
+    def full_windows(self) -> np.ndarray:
+        """Windows over ``serving_columns`` (what serving passes); absent columns are NaN."""
+        columns = self.serving_columns
+        if columns == self.feature_columns:
+            return self.windows
+        out = np.full((*self.windows.shape[:2], len(columns)), np.nan, dtype=np.float32)
+        out[:, :, [columns.index(c) for c in self.feature_columns]] = self.windows
+        return out
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, index: np.ndarray) -> SampleSet:
+        return SampleSet(
+            windows=self.windows[index],
+            labels=self.labels[index],
+            ts=self.ts[index],
+            symbol=self.symbol[index],
+            forward_return=self.forward_return[index],
+            feature_columns=self.feature_columns,
+            feature_set_version=self.feature_set_version,
+            all_feature_columns=self.all_feature_columns,
+        )
+
+    def last(self, n: int) -> SampleSet:
+        """The ``n`` most recent samples (in time order)."""
+        order = np.argsort(self.ts, kind="stable")
+        return self.take(np.sort(order[-n:]) if n < len(self) else order)
+
+
+def default_feature_spec() -> tuple[FeatureBuilder, list[str], str]:
+    """The project's feature set (pipelines.features): builder, ordered columns, version."""
+    from pipelines import features
+
+    def build(candles: pl.DataFrame) -> pl.DataFrame:
+        return features.build_features(candles)
+
+    return build, list(features.feature_columns()), str(features.FEATURE_SET_VERSION)
+
+
+def build_samples(
+    candles: pl.DataFrame,
+    *,
+    window_len: int,
+    label_config: LabelConfig,
+    feature_builder: FeatureBuilder | None = None,
+    feature_columns: Sequence[str] | None = None,
+    feature_set_version: str | None = None,
+) -> SampleSet:
+    """Features, labels and windows for every symbol/timeframe in ``candles``.
+
+    A sample is kept when its whole window has finite feature values (warm-up rows are null)
+    and its label exists. Without an explicit builder the project feature set is used.
+    """
+    if feature_builder is None:
+        feature_builder, default_columns, default_version = default_feature_spec()
+        feature_columns = feature_columns or default_columns
+        feature_set_version = feature_set_version or default_version
+    if not feature_columns or feature_set_version is None:
+        raise ValueError("build_samples: feature_columns and feature_set_version are required")
+    all_columns = list(feature_columns)
+    group_keys = [c for c in ("exchange", "symbol", "timeframe") if c in candles.columns]
+    groups = candles.partition_by(group_keys, maintain_order=True) if group_keys else [candles]
+    built: list[tuple[pl.DataFrame, pl.DataFrame]] = []
+    for group in groups:
+        group = group.sort("ts")
+        feats = feature_builder(group).sort("ts")
+        missing = [c for c in all_columns if c not in feats.columns]
+        if missing:
+            raise ValueError(f"build_samples: feature frame lacks columns {missing}")
+        built.append((group, feats))
+    # Features without any value in the data (e.g. order-book features when no order book was
+    # collected) cannot be learned from: they are left out of the model's inputs.
+    columns = [
+        c
+        for c in all_columns
+        if any(feats[c].drop_nulls().drop_nans().len() > 0 for _, feats in built)
+    ]
+    if not columns:
+        raise ValueError("build_samples: no feature column has any value in the data")
+    parts: list[SampleSet] = []
+    for group, feats in built:
+        labels = make_labels(group, label_config)
+        joined = feats.select("ts", *columns).join(labels, on="ts", how="left")
+        values = joined.select(columns).cast(pl.Float32).to_numpy().astype(np.float32, copy=False)
+        windows = make_windows(values, window_len)
+        if windows.shape[0] == 0:
+            continue
+        tail = slice(window_len - 1, None)
+        label = joined["label"].to_numpy()[tail]
+        finite = np.isfinite(windows).all(axis=(1, 2))
+        keep = finite & ~np.isnan(label.astype(np.float64))
+        symbol = str(group["symbol"][0]) if "symbol" in group.columns else ""
+        ts = joined["ts"].dt.replace_time_zone(None).to_numpy()[tail].astype("datetime64[us]")
+        parts.append(
+            SampleSet(
+                windows=windows[keep],
+                labels=label[keep].astype(np.int64),
+                ts=ts[keep],
+                symbol=np.full(int(keep.sum()), symbol, dtype=object),
+                forward_return=joined["forward_return"].to_numpy()[tail][keep].astype(np.float64),
+                feature_columns=tuple(columns),
+                feature_set_version=feature_set_version,
+                all_feature_columns=tuple(all_columns),
+            )
+        )
+    if not parts:
+        raise ValueError(f"build_samples: no complete windows of {window_len} rows with labels")
+    merged = SampleSet(
+        windows=np.concatenate([p.windows for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+        ts=np.concatenate([p.ts for p in parts]),
+        symbol=np.concatenate([p.symbol for p in parts]),
+        forward_return=np.concatenate([p.forward_return for p in parts]),
+        feature_columns=tuple(columns),
+        feature_set_version=feature_set_version,
+        all_feature_columns=tuple(all_columns),
+    )
+    return merged.take(np.argsort(merged.ts, kind="stable"))
+
+
+def split_samples(
+    samples: SampleSet,
+    *,
+    purge_bars: int,
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    max_samples: int | None = None,
+) -> tuple[SampleSet, SampleSet, SampleSet]:
+    """(train, validation, test) in time order with purge gaps (see ``pipelines.labels.time_splits``);
+    with ``max_samples`` only the most recent samples are used."""
+    if max_samples is not None and len(samples) > max_samples:
+        samples = samples.last(max_samples)
+    splits = time_splits(
+        samples.ts,
+        purge_bars=purge_bars,
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+    )
+    return samples.take(splits.train), samples.take(splits.validation), samples.take(splits.test)

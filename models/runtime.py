@@ -1,0 +1,174 @@
+"""Serving: the exported ensemble in ONNX Runtime. Imports neither torch nor onnx.
+
+    predictor = OnnxPredictor.load(path, expected_feature_set_version=FEATURE_SET_VERSION)
+    prediction = predictor.predict(windows)  # (batch, window_len, n_features) float32, raw features
+    prediction.probabilities  # (batch, 3): [buy, hold, sell]
+    prediction.confidence     # (batch,) in [0, 1]
+
+Session options are tuned for single-sample latency: one intra-op and one inter-op thread,
+sequential execution, all graph optimizations, no thread spinning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+CLASSES = ("buy", "hold", "sell")
+INPUT_NAME = "window"
+OUTPUT_NAMES = ("probabilities", "confidence")
+
+
+class ModelFileError(ValueError):
+    """The ONNX file is unreadable, or not a tradeloop signal model, or does not match what
+    the caller expects (feature set, window shape)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: np.ndarray  # (batch, 3) float32, [buy, hold, sell]
+    confidence: np.ndarray  # (batch,) float32
+
+    @property
+    def predicted_class(self) -> list[str]:
+        return [CLASSES[i] for i in self.probabilities.argmax(axis=1)]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    feature_set_version: str
+    feature_columns: tuple[str, ...]
+    selected_features: tuple[str, ...]  # the columns the model uses (others may be NaN)
+    window_len: int
+    n_features: int
+    horizon_bars: int
+    members: tuple[str, ...]
+    combine: str
+    opset: int
+    metadata: dict[str, str]
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return options
+
+
+def model_info(session: ort.InferenceSession, where: str) -> ModelInfo:
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    required = (
+        "tradeloop.feature_set_version",
+        "tradeloop.feature_columns",
+        "tradeloop.window_len",
+    )
+    missing = [key for key in required if key not in meta]
+    if missing:
+        raise ModelFileError(f"{where}: not a tradeloop signal model (metadata lacks {missing})")
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type != "tensor(float)":
+        found = [(i.name, i.type) for i in inputs]
+        raise ModelFileError(f"{where}: expected one float input {INPUT_NAME!r}, found {found}")
+    outputs = tuple(o.name for o in session.get_outputs())
+    if outputs != OUTPUT_NAMES:
+        raise ModelFileError(
+            f"{where}: expected outputs {list(OUTPUT_NAMES)}, found {list(outputs)}"
+        )
+    try:
+        columns = tuple(json.loads(meta["tradeloop.feature_columns"]))
+        window_len = int(meta["tradeloop.window_len"])
+        info = ModelInfo(
+            feature_set_version=meta["tradeloop.feature_set_version"],
+            feature_columns=columns,
+            selected_features=tuple(
+                json.loads(meta.get("tradeloop.selected_features", "null")) or columns
+            ),
+            window_len=window_len,
+            n_features=int(meta.get("tradeloop.n_features", len(columns))),
+            horizon_bars=int(meta.get("tradeloop.horizon_bars", "0")),
+            members=tuple(json.loads(meta.get("tradeloop.members", "[]"))),
+            combine=meta.get("tradeloop.combine", "average"),
+            opset=int(meta.get("tradeloop.opset", "0")),
+            metadata=meta,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{where}: malformed tradeloop metadata: {exc}") from exc
+    shape = inputs[0].shape
+    if len(shape) != 3 or shape[1] != info.window_len or shape[2] != info.n_features:
+        raise ModelFileError(
+            f"{where}: input shape {shape} does not match the metadata "
+            f"(window_len={info.window_len}, n_features={info.n_features})"
+        )
+    if len(info.feature_columns) != info.n_features:
+        raise ModelFileError(
+            f"{where}: {len(info.feature_columns)} feature columns but n_features={info.n_features}"
+        )
+    return info
+
+
+def open_session(path: Path | str, threads: int = 1) -> ort.InferenceSession:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such ONNX file")
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # ORT raises its own exception types for corrupt files
+        raise ModelFileError(
+            f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+class OnnxPredictor:
+    """A loaded, checked model; ``predict`` is safe to call from one thread at a time per instance
+    (ONNX Runtime sessions are thread-safe for ``run``)."""
+
+    def __init__(self, session: ort.InferenceSession, info: ModelInfo, path: Path) -> None:
+        self.session = session
+        self.info = info
+        self.path = path
+        self.used_index = np.array([info.feature_columns.index(c) for c in info.selected_features])
+
+    @classmethod
+    def load(
+        cls, onnx_path: Path | str, expected_feature_set_version: str, *, threads: int = 1
+    ) -> OnnxPredictor:
+        path = Path(onnx_path)
+        session = open_session(path, threads)
+        info = model_info(session, str(path))
+        if info.feature_set_version != expected_feature_set_version:
+            raise ModelFileError(
+                f"{path}: trained on feature set {info.feature_set_version!r}, "
+                f"but the features here are {expected_feature_set_version!r}"
+            )
+        return cls(session, info, path)
+
+    def predict(self, windows: np.ndarray) -> Prediction:
+        windows = np.asarray(windows)
+        expected = (self.info.window_len, self.info.n_features)
+        if windows.ndim == 2:
+            windows = windows[None]
+        if windows.ndim != 3 or windows.shape[1:] != expected:
+            raise ValueError(
+                f"predict: windows must have shape (batch, {expected[0]}, {expected[1]}), got {windows.shape}"
+            )
+        used = windows[:, :, self.used_index]
+        if not np.isfinite(used).all():
+            bad = np.argwhere(~np.isfinite(used))[0]
+            column = self.info.selected_features[int(bad[2])]
+            raise ValueError(
+                f"predict: non-finite value in sample {bad[0]}, step {bad[1]}, feature {column!r}"
+            )
+        probabilities, confidence = self.session.run(
+            list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(windows, dtype=np.float32)}
+        )
+        return Prediction(probabilities=probabilities, confidence=confidence)

@@ -1,0 +1,566 @@
+"""Training the signal ensemble (torch + scikit-learn). Never imported by serving code.
+
+Entry points:
+
+* ``train_ensemble(samples, config) -> TrainedEnsemble``: time-ordered train/validation/test
+  split with a purge gap of ``horizon_bars``; the scaler is fit on the training part only; each
+  member is trained with early stopping on validation; member weights come from validation
+  macro F1; the test part (the most recent data) gives the out-of-sample report.
+* ``fit_predict(train, test, config) -> np.ndarray``: for walk-forward backtests: train on
+  ``train`` (its own last part is the validation window) and return [buy, hold, sell]
+  probabilities for every ``test`` sample.
+* ``hp_search(samples, config, grid, time_budget_s)``: a small, time-boxed search.
+
+Members: ``hybrid`` (LSTM + Transformer, with the confidence head), ``conv`` (temporal conv
+net), ``gbm`` (scikit-learn gradient boosting on the last row of the window). Combination:
+``average`` = performance-weighted average of probabilities; ``vote`` = each member's argmax
+counts with its weight (weighted majority vote; shares of the vote are the probabilities).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.ensemble import GradientBoostingClassifier
+from torch import nn
+from tqdm.auto import tqdm
+
+from models.architecture import (
+    ConvConfig,
+    HybridConfig,
+    HybridLSTMTransformer,
+    TemporalConvNet,
+)
+from models.data import SampleSet, split_samples
+from models.metrics import (
+    ClassificationReport,
+    classification_report,
+    permutation_importance,
+    select_features,
+)
+from pipelines.labels import LabelConfig, class_weights
+
+MemberName = Literal["hybrid", "conv", "gbm"]
+
+
+class TrainConfig(BaseModel):
+    """Every knob of one training run (stored as the model's hyperparameters)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    window_len: int = Field(32, ge=2)
+    horizon_bars: int = Field(5, ge=1)
+    vol_window_bars: int = Field(60, ge=2)
+    threshold_scale: float = Field(0.5, gt=0)
+    validation_fraction: float = 0.15
+    test_fraction: float = 0.15
+    max_samples: int | None = Field(None, description="keep only the most recent N samples")
+
+    members: tuple[MemberName, ...] = ("hybrid", "conv", "gbm")
+    combine: Literal["average", "vote"] = "average"
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = Field(3, ge=1)
+    confidence_loss_weight: float = 0.5
+    max_train_seconds: float | None = Field(None, description="time box per neural member")
+
+    d_model: int = 32
+    lstm_hidden: int = 32
+    lstm_layers: int = 1
+    n_heads: int = 2
+    transformer_layers: int = 1
+    dropout: float = 0.1
+    conv_channels: int = 32
+    conv_layers: int = 2
+
+    gbm_estimators: int = 60
+    gbm_max_depth: int = 3
+    gbm_learning_rate: float = 0.1
+    gbm_max_train_samples: int = 20_000
+
+    feature_selection: bool = False
+    importance_repeats: int = 1
+    importance_max_samples: int = 2_000
+
+    seed: int = 7
+    threads: int | None = None
+    progress: bool = True
+
+    def with_updates(self, **changes: Any) -> TrainConfig:
+        return self.model_validate({**self.model_dump(), **changes})
+
+
+def split_options(config: TrainConfig) -> dict[str, Any]:
+    """The arguments of ``models.data.split_samples`` that ``config`` implies."""
+    return {
+        "purge_bars": config.horizon_bars,
+        "validation_fraction": config.validation_fraction,
+        "test_fraction": config.test_fraction,
+        "max_samples": config.max_samples,
+    }
+
+
+def label_config(config: TrainConfig) -> LabelConfig:
+    return LabelConfig(
+        horizon_bars=config.horizon_bars,
+        vol_window_bars=config.vol_window_bars,
+        threshold_scale=config.threshold_scale,
+    )
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Per-feature standardization fit on the training window [fit_start, fit_end] only."""
+
+    mean: np.ndarray  # (n_features,) float32
+    std: np.ndarray
+    fit_start: np.datetime64
+    fit_end: np.datetime64
+    fit_samples: int
+
+    @classmethod
+    def fit(cls, train: SampleSet) -> Scaler:
+        rows = train.windows.reshape(-1, train.windows.shape[2]).astype(np.float64)
+        std = rows.std(axis=0)
+        std[~np.isfinite(std) | (std < 1e-8)] = 1.0
+        return cls(
+            mean=rows.mean(axis=0).astype(np.float32),
+            std=std.astype(np.float32),
+            fit_start=train.ts.min(),
+            fit_end=train.ts.max(),
+            fit_samples=len(train),
+        )
+
+    def transform(self, windows: np.ndarray) -> np.ndarray:
+        return ((windows - self.mean) * (np.float32(1.0) / self.std)).astype(np.float32)
+
+
+@dataclass
+class Member:
+    name: MemberName
+    model: Any  # nn.Module for neural members, GradientBoostingClassifier for gbm
+    validation: ClassificationReport
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    samples_per_s: float = 0.0
+
+
+@dataclass
+class TrainedEnsemble:
+    config: TrainConfig
+    feature_columns: tuple[str, ...]  # the feature set's full column list (the graph's input)
+    input_columns: tuple[str, ...]  # the columns of the training windows (features with data)
+    selected_features: tuple[str, ...]  # the columns the members use (subset, in order)
+    feature_set_version: str
+    scaler: Scaler  # over selected_features
+    members: list[Member]
+    weights: np.ndarray  # (n_members,), sums to 1
+    validation: ClassificationReport | None = None
+    test: ClassificationReport | None = None
+    member_test: dict[str, ClassificationReport] = field(default_factory=dict)
+    importance: dict[str, float] = field(default_factory=dict)
+    train_samples: int = 0
+    test_window: tuple[np.datetime64, np.datetime64] | None = None
+    train_seconds: float = 0.0
+
+    @property
+    def feature_index(self) -> np.ndarray:
+        """Positions of the selected features in the full column list (the exported graph)."""
+        return np.array(
+            [self.feature_columns.index(c) for c in self.selected_features], dtype=np.int64
+        )
+
+    @property
+    def input_index(self) -> np.ndarray:
+        """Positions of the selected features in the training windows' columns."""
+        return np.array(
+            [self.input_columns.index(c) for c in self.selected_features], dtype=np.int64
+        )
+
+    def member_outputs(self, windows: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Per-member probabilities and the ensemble confidence for RAW windows over
+        ``input_columns`` (the columns of the SampleSet it was trained on)."""
+        x = np.ascontiguousarray(windows[:, :, self.input_index], dtype=np.float32)
+        z = torch.from_numpy(self.scaler.transform(x))
+        probs: list[np.ndarray] = []
+        confidence: np.ndarray | None = None
+        with torch.no_grad():
+            for member in self.members:
+                if member.name == "gbm":
+                    probs.append(member.model.predict_proba(x[:, -1, :]).astype(np.float32))
+                    continue
+                member.model.eval()
+                logits, conf = member.model(z)
+                probs.append(torch.softmax(logits, dim=1).numpy())
+                if confidence is None and member.name == "hybrid":
+                    confidence = conf.numpy()
+        return probs, confidence if confidence is not None else np.empty(0, dtype=np.float32)
+
+    def predict(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (n, 3) [buy, hold, sell], confidence (n,)) for RAW windows."""
+        probs, confidence = self.member_outputs(windows)
+        combined = combine_probabilities(probs, self.weights, self.config.combine)
+        if confidence.size == 0:
+            confidence = combined.max(axis=1)
+        return combined, confidence
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            **self.config.model_dump(),
+            "members": [m.name for m in self.members],
+            "weights": [float(w) for w in self.weights],
+            "selected_features": list(self.selected_features),
+            "scaler_fit_start": str(self.scaler.fit_start),
+            "scaler_fit_end": str(self.scaler.fit_end),
+        }
+
+
+def combine_probabilities(
+    probs: Sequence[np.ndarray], weights: np.ndarray, mode: str
+) -> np.ndarray:
+    """Weighted average of member probabilities, or weighted shares of member argmax votes.
+
+    Accumulates in member order in float32, as the exported graph does.
+    """
+    total = np.zeros_like(probs[0], dtype=np.float32)
+    for p, w in zip(probs, weights, strict=True):
+        term = p if mode == "average" else np.eye(p.shape[1], dtype=np.float32)[p.argmax(axis=1)]
+        total = total + np.float32(w) * term.astype(np.float32)
+    return total
+
+
+def _seed_everything(seed: int) -> None:
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _build_neural(name: MemberName, n_features: int, config: TrainConfig) -> nn.Module:
+    if name == "hybrid":
+        return HybridLSTMTransformer(
+            HybridConfig(
+                n_features=n_features,
+                d_model=config.d_model,
+                lstm_hidden=config.lstm_hidden,
+                lstm_layers=config.lstm_layers,
+                n_heads=config.n_heads,
+                transformer_layers=config.transformer_layers,
+                dropout=config.dropout,
+            )
+        )
+    if name == "conv":
+        return TemporalConvNet(
+            ConvConfig(
+                n_features=n_features,
+                channels=config.conv_channels,
+                layers=config.conv_layers,
+                dropout=config.dropout,
+            )
+        )
+    raise ValueError(f"unknown neural member {name!r}")
+
+
+def train_neural(
+    name: MemberName,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    config: TrainConfig,
+) -> Member:
+    """Train one neural member on standardized windows with early stopping on validation loss."""
+    _seed_everything(config.seed)
+    model = _build_neural(name, train_x.shape[2], config)
+    weights = torch.from_numpy(class_weights(train_y))
+    ce = nn.CrossEntropyLoss(weight=weights)
+    bce = nn.BCELoss()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    x_train, y_train = torch.from_numpy(train_x), torch.from_numpy(train_y)
+    x_val, y_val = torch.from_numpy(val_x), torch.from_numpy(val_y)
+    generator = torch.Generator().manual_seed(config.seed)
+    best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    seen = 0
+    bar = tqdm(range(config.epochs), desc=f"train {name}", disable=not config.progress, leave=False)
+    for epoch in bar:
+        model.train()
+        # Shuffling inside the training window only; the windows never cross into validation.
+        order = torch.randperm(x_train.shape[0], generator=generator)
+        running = 0.0
+        for start in range(0, x_train.shape[0], config.batch_size):
+            batch = order[start : start + config.batch_size]
+            logits, confidence = model(x_train[batch])
+            loss = ce(logits, y_train[batch])
+            if name == "hybrid":
+                correct = (logits.argmax(dim=1) == y_train[batch]).float()
+                loss = loss + config.confidence_loss_weight * bce(confidence, correct)
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            running += loss.item() * batch.shape[0]
+            seen += int(batch.shape[0])
+        model.eval()
+        with torch.no_grad():
+            val_logits, _ = model(x_val)
+            val_loss = float(ce(val_logits, y_val))
+            val_acc = float((val_logits.argmax(dim=1) == y_val).float().mean())
+        history.append(
+            {
+                "epoch": float(epoch),
+                "train_loss": running / max(1, x_train.shape[0]),
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+            }
+        )
+        bar.set_postfix(train_loss=f"{history[-1]['train_loss']:.4f}", val_loss=f"{val_loss:.4f}")
+        if val_loss < best_loss - 1e-6:
+            best_loss, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+        if (
+            config.max_train_seconds is not None
+            and time.perf_counter() - started > config.max_train_seconds
+        ):
+            break
+    elapsed = time.perf_counter() - started
+    model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        logits, confidence = model(x_val)
+    report = classification_report(
+        val_y,
+        torch.softmax(logits, dim=1).numpy(),
+        confidence=confidence.numpy(),
+        train_labels=train_y,
+    )
+    return Member(name, model, report, history, elapsed, seen / elapsed if elapsed > 0 else 0.0)
+
+
+def train_gbm(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    config: TrainConfig,
+) -> Member:
+    """Gradient boosting on the last row of each (raw) window, grown in steps of 10 trees with
+    early stopping on the time-ordered validation log loss (never sklearn's shuffled split)."""
+    if train_x.shape[0] > config.gbm_max_train_samples:
+        train_x, train_y = (
+            train_x[-config.gbm_max_train_samples :],
+            train_y[-config.gbm_max_train_samples :],
+        )
+    sample_weight = class_weights(train_y)[train_y]
+    model = GradientBoostingClassifier(
+        n_estimators=0,
+        max_depth=config.gbm_max_depth,
+        learning_rate=config.gbm_learning_rate,
+        random_state=config.seed,
+        warm_start=True,
+    )
+    started = time.perf_counter()
+    best, stale, history = float("inf"), 0, []
+    for n_trees in range(10, config.gbm_estimators + 1, 10):
+        model.set_params(n_estimators=n_trees)
+        model.fit(train_x, train_y, sample_weight=sample_weight)
+        proba = np.clip(model.predict_proba(val_x), 1e-7, 1.0)
+        loss = float(-np.log(proba[np.arange(val_y.size), val_y]).mean())
+        history.append({"trees": float(n_trees), "val_loss": loss})
+        if loss < best - 1e-6:
+            best, stale = loss, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    elapsed = time.perf_counter() - started
+    report = classification_report(val_y, model.predict_proba(val_x), train_labels=train_y)
+    return Member("gbm", model, report, history, elapsed, train_x.shape[0] * len(history) / elapsed)
+
+
+def _check_classes(labels: np.ndarray, where: str) -> None:
+    counts = np.bincount(labels, minlength=3)
+    if (counts == 0).any():
+        raise ValueError(
+            f"{where}: every class needs samples, got buy={counts[0]} hold={counts[1]} sell={counts[2]} "
+            "(more data, a longer horizon or a smaller threshold_scale help)"
+        )
+
+
+def _fit_members(
+    train: SampleSet, validation: SampleSet, columns: tuple[str, ...], config: TrainConfig
+) -> tuple[Scaler, list[Member]]:
+    index = np.array([train.feature_columns.index(c) for c in columns], dtype=np.int64)
+    train_raw = np.ascontiguousarray(train.windows[:, :, index])
+    val_raw = np.ascontiguousarray(validation.windows[:, :, index])
+    scaler = Scaler.fit(_subset(train, index))
+    train_z, val_z = scaler.transform(train_raw), scaler.transform(val_raw)
+    members: list[Member] = []
+    for name in config.members:
+        if name == "gbm":
+            members.append(
+                train_gbm(
+                    train_raw[:, -1, :], train.labels, val_raw[:, -1, :], validation.labels, config
+                )
+            )
+        else:
+            members.append(
+                train_neural(name, train_z, train.labels, val_z, validation.labels, config)
+            )
+    return scaler, members
+
+
+def _subset(samples: SampleSet, index: np.ndarray) -> SampleSet:
+    return SampleSet(
+        windows=np.ascontiguousarray(samples.windows[:, :, index]),
+        labels=samples.labels,
+        ts=samples.ts,
+        symbol=samples.symbol,
+        forward_return=samples.forward_return,
+        feature_columns=tuple(samples.feature_columns[i] for i in index),
+        feature_set_version=samples.feature_set_version,
+        all_feature_columns=samples.all_feature_columns,
+    )
+
+
+def member_weights(members: Sequence[Member]) -> np.ndarray:
+    """Weights proportional to validation macro F1 (floored so no member gets exactly 0)."""
+    scores = np.array([max(m.validation.f1_macro, 1e-3) for m in members], dtype=np.float64)
+    return (scores / scores.sum()).astype(np.float32)
+
+
+def train_ensemble(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
+    """Split by time (purged), fit the scaler and members on train, weight on validation,
+    report on test (the most recent, never-seen window)."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    _seed_everything(config.seed)
+    started = time.perf_counter()
+    train, validation, test = split_samples(samples, **split_options(config))
+    _check_classes(train.labels, "training window")
+    columns = samples.feature_columns
+    scaler, members = _fit_members(train, validation, columns, config)
+    ensemble = TrainedEnsemble(
+        config=config,
+        feature_columns=samples.serving_columns,
+        input_columns=samples.feature_columns,
+        selected_features=columns,
+        feature_set_version=samples.feature_set_version,
+        scaler=scaler,
+        members=members,
+        weights=member_weights(members),
+        train_samples=len(train),
+    )
+    if config.feature_selection or config.importance_repeats > 0:
+        sub = validation.last(config.importance_max_samples)
+        ensemble.importance = permutation_importance(
+            lambda w: ensemble.predict(w)[0],
+            sub.windows,
+            sub.labels,
+            samples.feature_columns,
+            repeats=max(1, config.importance_repeats),
+            seed=config.seed,
+        )
+    if config.feature_selection:
+        chosen = select_features(ensemble.importance)
+        columns = tuple(c for c in samples.feature_columns if c in chosen)
+        scaler, members = _fit_members(train, validation, columns, config)
+        ensemble.selected_features, ensemble.scaler, ensemble.members = columns, scaler, members
+        ensemble.weights = member_weights(members)
+    val_probs, val_conf = ensemble.predict(validation.windows)
+    ensemble.validation = classification_report(
+        validation.labels, val_probs, confidence=val_conf, train_labels=train.labels
+    )
+    test_probs, test_conf = ensemble.predict(test.windows)
+    ensemble.test = classification_report(
+        test.labels, test_probs, confidence=test_conf, train_labels=train.labels
+    )
+    member_probs, _ = ensemble.member_outputs(test.windows)
+    ensemble.member_test = {
+        m.name: classification_report(test.labels, p, train_labels=train.labels)
+        for m, p in zip(ensemble.members, member_probs, strict=True)
+    }
+    ensemble.test_window = (test.ts.min(), test.ts.max())
+    ensemble.train_seconds = time.perf_counter() - started
+    return ensemble
+
+
+def fit_predict(train: SampleSet, test: SampleSet, config: TrainConfig) -> np.ndarray:
+    """Walk-forward helper: train on ``train`` (its latest part validates) and return the
+    [buy, hold, sell] probabilities of ``test`` (which must come after ``train`` in time)."""
+    if len(test) and len(train) and test.ts.min() <= train.ts.max():
+        raise ValueError("fit_predict: test samples must all be later than the training samples")
+    # The whole of `train` is used: its last part validates (after a purge gap), no test part.
+    distinct = np.unique(train.ts)
+    n_val = max(1, int(round(distinct.size * config.validation_fraction)))
+    cut = distinct.size - n_val
+    train_part = train.take(np.flatnonzero(train.ts < distinct[max(0, cut - config.horizon_bars)]))
+    val_part = train.take(np.flatnonzero(train.ts >= distinct[cut]))
+    _check_classes(train_part.labels, "training window")
+    _seed_everything(config.seed)
+    scaler, members = _fit_members(train_part, val_part, train.feature_columns, config)
+    ensemble = TrainedEnsemble(
+        config=config,
+        feature_columns=train.serving_columns,
+        input_columns=train.feature_columns,
+        selected_features=train.feature_columns,
+        feature_set_version=train.feature_set_version,
+        scaler=scaler,
+        members=members,
+        weights=member_weights(members),
+        train_samples=len(train_part),
+    )
+    return ensemble.predict(test.windows)[0]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    best: TrainConfig
+    trials: list[dict[str, Any]]
+    seconds: float
+
+
+def hp_search(
+    samples: SampleSet,
+    config: TrainConfig,
+    grid: dict[str, Sequence[Any]],
+    *,
+    time_budget_s: float,
+    score: Callable[[TrainedEnsemble], float] | None = None,
+) -> SearchResult:
+    """Try the grid's combinations in order until ``time_budget_s`` runs out; the best by
+    validation macro F1 (never the test window) wins. The first trial always runs."""
+    started = time.perf_counter()
+    score = score or (lambda e: e.validation.f1_macro if e.validation else 0.0)
+    keys = list(grid)
+    trials: list[dict[str, Any]] = []
+    best, best_score = config, -np.inf
+    for values in itertools.product(*(grid[k] for k in keys)):
+        if trials and time.perf_counter() - started > time_budget_s:
+            break
+        candidate = config.with_updates(
+            **dict(zip(keys, values, strict=True)), importance_repeats=0
+        )
+        result = score(train_ensemble(samples, candidate))
+        trials.append({**dict(zip(keys, values, strict=True)), "score": result})
+        if result > best_score:
+            best, best_score = (
+                candidate.with_updates(importance_repeats=config.importance_repeats),
+                result,
+            )
+    return SearchResult(best=best, trials=trials, seconds=time.perf_counter() - started)

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from models.data import SampleSet
+from models.training import TrainedEnsemble, fit_predict, train_ensemble
+from pipelines.features import FEATURE_SET_VERSION, feature_columns
+from tests.models.conftest import TINY, assert_probabilities
+
+
+def test_tiny_model_trains_on_real_data_in_seconds(samples: SampleSet) -> None:
+    started = time.perf_counter()
+    ensemble = train_ensemble(samples, TINY)
+    seconds = time.perf_counter() - started
+    assert seconds < 20, f"tiny training took {seconds:.1f} s"
+    assert [m.name for m in ensemble.members] == ["hybrid", "conv", "gbm"]
+    assert ensemble.feature_set_version == FEATURE_SET_VERSION
+    assert ensemble.feature_columns == tuple(feature_columns())
+    assert np.isclose(ensemble.weights.sum(), 1.0) and (ensemble.weights > 0).all()
+    test = ensemble.test
+    assert test is not None and test.samples > 50
+    assert sum(map(sum, test.confusion)) == test.samples
+    assert 0.0 <= test.accuracy <= 1.0 and 0.0 <= test.baseline_accuracy <= 1.0
+    assert test.calibration_error is not None and 0.0 <= test.calibration_error <= 1.0
+    for member in ensemble.members:
+        assert member.history, f"{member.name} recorded no training history"
+    # The scaler saw only the training window, which ends before the test window starts.
+    assert ensemble.test_window is not None
+    assert ensemble.scaler.fit_end < ensemble.test_window[0]
+
+
+def test_training_is_reproducible_with_fixed_seeds(
+    samples: SampleSet, trained: TrainedEnsemble
+) -> None:
+    again = train_ensemble(samples, TINY)
+    window = samples.last(100).windows
+    np.testing.assert_array_equal(again.predict(window)[0], trained.predict(window)[0])
+
+
+def test_confidence_is_a_probability(trained: TrainedEnsemble, recent_windows: SampleSet) -> None:
+    probabilities, confidence = trained.predict(recent_windows.windows)
+    assert_probabilities(probabilities)
+    assert confidence.shape == (len(recent_windows),)
+    assert np.all((confidence >= 0) & (confidence <= 1))
+
+
+def test_fit_predict_for_walk_forward(samples: SampleSet) -> None:
+    recent = samples.last(600)
+    cut = recent.ts[450]
+    train = recent.take(np.flatnonzero(recent.ts < cut))
+    test = recent.take(np.flatnonzero(recent.ts > cut + np.timedelta64(5, "m")))
+    probabilities = fit_predict(train, test, TINY.with_updates(members=("hybrid", "gbm")))
+    assert probabilities.shape == (len(test), 3)
+    assert_probabilities(probabilities)
+
+
+def test_permutation_importance_and_feature_selection(samples: SampleSet) -> None:
+    config = TINY.with_updates(members=("gbm",), feature_selection=True, importance_max_samples=80)
+    ensemble = train_ensemble(samples, config)
+    assert set(ensemble.importance) == set(samples.feature_columns)
+    assert 4 <= len(ensemble.selected_features) < len(samples.feature_columns)
+    best = max(ensemble.importance, key=ensemble.importance.__getitem__)
+    assert best in ensemble.selected_features
