@@ -1,0 +1,333 @@
+"""Importing candle and trade files: freqtrade data directories, CSV and Parquet.
+
+freqtrade names its files ``PAIR-TIMEFRAME[-CANDLETYPE].feather|json|parquet`` (candles, e.g.
+``ETH_BTC-5m.feather``, ``BTC_USDT_USDT-1h-futures.feather``) and ``PAIR-trades.feather``
+(public trades). ``ETH_BTC`` becomes the ccxt symbol ``ETH/BTC``, ``BTC_USDT_USDT`` becomes
+``BTC/USDT:USDT``. Candle files hold ``date`` (the open time, UTC), open, high, low, close,
+volume; a freqtrade ``.json`` file is a list of ``[ts_ms, open, high, low, close, volume]``.
+
+Other CSV/Parquet files need OHLCV columns (any case) and a time column named one of
+``date, timestamp, ts, time, open_time, datetime`` (numbers are epoch seconds or ms, text is
+ISO 8601; naive text times are taken as UTC); the symbol and timeframe come from the file
+name when it follows the freqtrade pattern, else from the caller, else the timeframe is
+inferred as the most common spacing.
+
+Rows are imported exactly as they are: nothing is filled, rounded or resampled. Exact
+duplicate rows are dropped (and counted); two different rows for one open time are an error
+naming the file and the time. Gaps (open times further apart than the timeframe) are
+reported, never filled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from pipelines.resample import TIMEFRAMES_MS, timeframe_ms
+from pipelines.sources.base import CANDLE_SCHEMA, TRADE_SCHEMA
+
+FREQTRADE_NAME = re.compile(
+    r"^(?P<pair>.+?)-(?P<kind>\d+[smhdwM]|trades)"
+    r"(?:-(?P<candle_type>futures|mark|index|premiumIndex|funding_rate|spot))?"
+    r"\.(?P<ext>feather|json|jsongz|parquet|csv)$"
+)
+TIME_COLUMNS = ("date", "timestamp", "ts", "time", "open_time", "datetime")
+OHLCV = ("open", "high", "low", "close", "volume")
+SUPPORTED_SUFFIXES = (".feather", ".json", ".parquet", ".csv", ".arrow", ".ipc")
+
+
+class ImportError_(ValueError):
+    """A file that cannot be imported; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: Path
+    kind: str  # candles | trades
+    symbol: str | None
+    timeframe: str | None
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    path: str
+    kind: str
+    symbol: str
+    timeframe: str | None
+    rows: int
+    first_ts: str | None
+    last_ts: str | None
+    duplicates_dropped: int
+    gaps: int  # number of holes between consecutive candles
+    missing_bars: int  # bars inside those holes (not filled)
+    largest_gap_bars: int
+
+    def summary(self) -> str:
+        what = (
+            f"{self.symbol} {self.timeframe}" if self.kind == "candles" else f"{self.symbol} trades"
+        )
+        text = f"{Path(self.path).name}: {what}: {self.rows} rows {self.first_ts} .. {self.last_ts}"
+        if self.kind == "candles":
+            text += (
+                f"; {self.gaps} gaps ({self.missing_bars} missing bars, "
+                f"largest {self.largest_gap_bars})"
+            )
+        if self.duplicates_dropped:
+            text += f"; {self.duplicates_dropped} duplicate rows dropped"
+        return text
+
+
+def pair_to_symbol(pair: str) -> str:
+    """freqtrade's file pair (``ETH_BTC``, ``BTC_USDT_USDT``) to a ccxt symbol."""
+    parts = pair.split("_")
+    if len(parts) == 2:
+        return f"{parts[0]}/{parts[1]}"
+    if len(parts) == 3:
+        return f"{parts[0]}/{parts[1]}:{parts[2]}"
+    raise ImportError_(f"cannot read a symbol from the file pair {pair!r} (expected BASE_QUOTE)")
+
+
+def describe(path: Path) -> FileInfo:
+    m = FREQTRADE_NAME.match(path.name)
+    if not m:
+        return FileInfo(path, "candles", None, None)
+    symbol = pair_to_symbol(m["pair"])
+    if m["kind"] == "trades":
+        return FileInfo(path, "trades", symbol, None)
+    return FileInfo(path, "candles", symbol, m["kind"])
+
+
+def discover(path: Path) -> list[FileInfo]:
+    """The importable files at ``path`` (a file, or every supported file in a directory tree)."""
+    path = Path(path)
+    if not path.exists():
+        raise ImportError_(f"{path}: no such file or directory")
+    if path.is_file():
+        return [describe(path)]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUPPORTED_SUFFIXES)
+    return [describe(p) for p in files]
+
+
+def _read_any(path: Path) -> pl.DataFrame:
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".feather", ".arrow", ".ipc"):
+            import pyarrow.feather as feather
+
+            frame = pl.from_arrow(feather.read_table(path))
+            assert isinstance(frame, pl.DataFrame)
+            return frame
+        if suffix == ".parquet":
+            return pl.read_parquet(path)
+        if suffix == ".csv":
+            return pl.read_csv(path, try_parse_dates=False, infer_schema_length=10_000)
+        if suffix == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, list) and data and isinstance(data[0], list):
+                arr = np.asarray(data, dtype=np.float64)
+                return pl.DataFrame(
+                    {
+                        "date": arr[:, 0].astype(np.int64),
+                        **{c: arr[:, i + 1] for i, c in enumerate(OHLCV)},
+                    }
+                )
+            return pl.DataFrame(data)
+    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+        raise ImportError_(f"{path}: cannot read: {exc}") from exc
+    raise ImportError_(f"{path}: unsupported file type {suffix!r}")
+
+
+def _time_column(df: pl.DataFrame, path: Path) -> pl.Series:
+    lower = {c.lower(): c for c in df.columns}
+    name = next((lower[c] for c in TIME_COLUMNS if c in lower), None)
+    if name is None:
+        raise ImportError_(
+            f"{path}: no time column (one of {', '.join(TIME_COLUMNS)}) in {df.columns}"
+        )
+    col = df[name]
+    if col.dtype == pl.String:
+        parsed = col.str.to_datetime(time_unit="ms", strict=False, time_zone="UTC")
+        if parsed.null_count() > col.null_count():
+            bad = col.filter(parsed.is_null() & col.is_not_null())[0]
+            raise ImportError_(f"{path}: column {name!r}: cannot parse time {bad!r}")
+        col = parsed
+    if col.dtype.is_numeric():
+        values = col.cast(pl.Int64)
+        top = values.to_numpy().max() if values.len() else 0
+        unit: Literal["s", "ms"] = "s" if int(top) < 100_000_000_000 else "ms"
+        col = pl.from_epoch(values, time_unit=unit).dt.replace_time_zone("UTC")
+    if not isinstance(col.dtype, pl.Datetime):
+        raise ImportError_(f"{path}: column {name!r} has type {col.dtype}, not a time")
+    if col.dtype.time_zone is None:
+        col = col.dt.replace_time_zone("UTC")
+    if col.null_count():
+        raise ImportError_(f"{path}: column {name!r} has {col.null_count()} empty times")
+    return col.dt.convert_time_zone("UTC").dt.cast_time_unit("ms").alias("ts")
+
+
+def _infer_timeframe(ts_ms: np.ndarray, path: Path) -> str:
+    diffs = np.diff(np.unique(ts_ms))
+    if diffs.size == 0:
+        raise ImportError_(
+            f"{path}: cannot infer the timeframe from {ts_ms.size} row(s); pass --timeframe"
+        )
+    values, counts = np.unique(diffs, return_counts=True)
+    step = int(values[np.argmax(counts)])
+    for name, ms in TIMEFRAMES_MS.items():
+        if ms == step:
+            return name
+    raise ImportError_(
+        f"{path}: most common spacing {step} ms is not a known timeframe; pass --timeframe"
+    )
+
+
+def gap_stats(ts_ms: np.ndarray, step_ms: int) -> tuple[int, int, int]:
+    """(holes, missing bars, largest hole in bars) in sorted open times."""
+    if ts_ms.size < 2:
+        return 0, 0, 0
+    missing = np.diff(ts_ms) // step_ms - 1
+    holes = missing[missing > 0]
+    return int(holes.size), int(holes.sum()), int(holes.max()) if holes.size else 0
+
+
+def read_candles(
+    path: Path, *, exchange: str, symbol: str | None = None, timeframe: str | None = None
+) -> tuple[pa.Table, ImportReport]:
+    """One candle file as a warehouse-schema table (sorted by time) and its report."""
+    path = Path(path)
+    info = describe(path)
+    symbol = symbol or info.symbol
+    if symbol is None:
+        raise ImportError_(
+            f"{path}: the file name does not say the symbol (PAIR-TIMEFRAME.ext); pass --symbol"
+        )
+    df = _read_any(path)
+    lower = {c.lower(): c for c in df.columns}
+    missing = [c for c in OHLCV if c not in lower]
+    if missing:
+        raise ImportError_(f"{path}: missing column(s) {', '.join(missing)}; found {df.columns}")
+    ts = _time_column(df, path)
+    frame = pl.DataFrame(
+        [ts, *(df[lower[c]].cast(pl.Float64, strict=False).alias(c) for c in OHLCV)]
+    )
+    for c in OHLCV:
+        bad = frame.filter(pl.col(c).is_null() & df[lower[c]].is_not_null())
+        if bad.height:
+            raise ImportError_(
+                f"{path}: column {c!r} has a value that is not a number at {bad['ts'][0]}"
+            )
+    ts_ms = frame["ts"].dt.epoch("ms").to_numpy()
+    timeframe = timeframe or info.timeframe or _infer_timeframe(ts_ms, path)
+    step = timeframe_ms(timeframe)
+    before = frame.height
+    frame = frame.unique(maintain_order=True).sort("ts")
+    duplicates = before - frame.height
+    clash = frame.filter(pl.col("ts").is_duplicated())
+    if clash.height:
+        raise ImportError_(f"{path}: two different candles for open time {clash['ts'][0]}")
+    off_grid = frame.filter(pl.col("ts").dt.epoch("ms") % step != 0)
+    if off_grid.height:
+        raise ImportError_(f"{path}: open time {off_grid['ts'][0]} is not on the {timeframe} grid")
+    ts_ms = frame["ts"].dt.epoch("ms").to_numpy()
+    holes, missing_bars, largest = gap_stats(ts_ms, step)
+    n = frame.height
+    table = pa.table(
+        {
+            "exchange": pa.array([exchange] * n, pa.string()),
+            "symbol": pa.array([symbol] * n, pa.string()),
+            "timeframe": pa.array([timeframe] * n, pa.string()),
+            "ts": frame["ts"].to_arrow(),
+            **{c: frame[c].to_arrow() for c in OHLCV},
+        }
+    ).cast(CANDLE_SCHEMA)
+    report = ImportReport(
+        path=str(path),
+        kind="candles",
+        symbol=symbol,
+        timeframe=timeframe,
+        rows=n,
+        first_ts=str(frame["ts"][0]) if n else None,
+        last_ts=str(frame["ts"][-1]) if n else None,
+        duplicates_dropped=duplicates,
+        gaps=holes,
+        missing_bars=missing_bars,
+        largest_gap_bars=largest,
+    )
+    return table, report
+
+
+def read_trades(
+    path: Path, *, exchange: str, symbol: str | None = None
+) -> tuple[pa.Table, ImportReport]:
+    """A freqtrade trades file (timestamp ms, id, type, side, price, amount, cost)."""
+    path = Path(path)
+    symbol = symbol or describe(path).symbol
+    if symbol is None:
+        raise ImportError_(
+            f"{path}: the file name does not say the symbol (PAIR-trades.ext); pass --symbol"
+        )
+    df = _read_any(path)
+    needed = ("timestamp", "id", "price", "amount")
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ImportError_(
+            f"{path}: missing trade column(s) {', '.join(missing)}; found {df.columns}"
+        )
+    before = df.height
+    df = df.unique(subset=["id"], keep="first", maintain_order=True).sort("timestamp", "id")
+    n = df.height
+    ts = _time_column(df.select("timestamp"), path)
+    table = pa.table(
+        {
+            "exchange": pa.array([exchange] * n, pa.string()),
+            "symbol": pa.array([symbol] * n, pa.string()),
+            "trade_id": df["id"].cast(pl.String).to_arrow(),
+            "ts": ts.to_arrow(),
+            "side": (
+                df["side"].cast(pl.String)
+                if "side" in df.columns
+                else pl.Series([None] * n, dtype=pl.String)
+            ).to_arrow(),
+            "price": df["price"].cast(pl.Float64).to_arrow(),
+            "amount": df["amount"].cast(pl.Float64).to_arrow(),
+            "cost": (
+                df["cost"].cast(pl.Float64) if "cost" in df.columns else df["price"] * df["amount"]
+            ).to_arrow(),
+        }
+    ).cast(TRADE_SCHEMA)
+    report = ImportReport(
+        path=str(path),
+        kind="trades",
+        symbol=symbol,
+        timeframe=None,
+        rows=n,
+        first_ts=str(ts[0]) if n else None,
+        last_ts=str(ts[-1]) if n else None,
+        duplicates_dropped=before - n,
+        gaps=0,
+        missing_bars=0,
+        largest_gap_bars=0,
+    )
+    return table, report
+
+
+def iter_import(
+    path: Path, *, exchange: str, symbol: str | None = None, timeframe: str | None = None
+) -> Iterator[tuple[FileInfo, pa.Table, ImportReport]]:
+    """Every importable file under ``path``: (what it is, its rows, its report)."""
+    for info in discover(path):
+        if info.kind == "trades":
+            table, report = read_trades(info.path, exchange=exchange, symbol=symbol)
+        else:
+            table, report = read_candles(
+                info.path, exchange=exchange, symbol=symbol, timeframe=timeframe
+            )
+        yield info, table, report

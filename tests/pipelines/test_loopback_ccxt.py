@@ -1,0 +1,126 @@
+"""The real ccxt.binance client against the loopback exchange, with faults injected."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipelines.loopback import Fault, FaultPlan
+from pipelines.simulated_exchange import MINUTE_MS
+from pipelines.sources import FetchStats, SourceError, candles_checksum, table_checksum
+from tests.pipelines.conftest import NOW_MS, ccxt_source
+from warehouse import upsert
+
+FAULTS = FaultPlan(
+    pattern=(
+        Fault.RATE_LIMIT,
+        None,
+        Fault.SERVER_ERROR,
+        Fault.SLOW,
+        Fault.UNAVAILABLE,
+        Fault.TRUNCATED,
+        Fault.DUPLICATES,
+        Fault.SHUFFLED,
+        None,
+    ),
+    slow_s=0.6,  # past the client's 300 ms timeout
+    retry_after_s=0.02,
+)
+
+
+def _server_truth(server, since_ms: int, until_ms: int) -> tuple[int, str]:
+    s = server.exchange.closed_candles("BTC/USDT", since_ms, until_ms)
+    return s.ts.size, candles_checksum(
+        s.ts, np.column_stack([s.open, s.high, s.low, s.close, s.volume])
+    )
+
+
+def test_5000_candles_paged_exactly_through_faults(loopback, lake, settings) -> None:
+    open_minute = NOW_MS - NOW_MS % MINUTE_MS
+    since = open_minute - 5_000 * MINUTE_MS
+    server = loopback(faults=FAULTS)
+    source = ccxt_source(server)
+    stats = FetchStats()
+    batches = list(source.iter_candles("BTC/USDT", "1m", since, None, stats=stats))
+    for batch in batches:
+        upsert(lake, "candles", batch, settings=settings)
+
+    stored = lake.execute(
+        "SELECT exchange, symbol, timeframe, ts, open, high, low, close, volume "
+        "FROM candles ORDER BY ts"
+    ).fetch_arrow_table()
+    count, checksum = _server_truth(server, since, NOW_MS)
+    assert count == 5_000
+    assert stored.num_rows == 5_000  # 0 lost, 0 duplicated
+    assert table_checksum(stored) == checksum
+    assert len(set(stored["ts"].to_pylist())) == 5_000
+    # the open candle (it holds NOW) was served but is not stored
+    assert pa.compute.max(stored["ts"]).as_py().timestamp() * 1000 == open_minute - MINUTE_MS
+    assert stats.open_candles_dropped >= 1
+    # every kind of fault happened and was survived
+    assert stats.retries >= 5
+    kinds = " ".join(stats.errors)
+    assert (
+        "DDoSProtection" in kinds or "RateLimitExceeded" in kinds
+    )  # binance maps 429 to DDoSProtection
+    for name in ("ExchangeNotAvailable", "RequestTimeout", "MalformedResponse"):
+        assert name in kinds, kinds
+    assert stats.duplicates_dropped > 0
+    assert server.exchange.requests["klines"] == stats.requests - 1  # minus exchangeInfo
+
+
+def test_gap_is_preserved_not_filled(loopback) -> None:
+    open_minute = NOW_MS - NOW_MS % MINUTE_MS
+    since = open_minute - 3_000 * MINUTE_MS
+    hole = (since + 1_000 * MINUTE_MS, since + 2_200 * MINUTE_MS)  # longer than one page
+    server = loopback(
+        gaps={"BTC/USDT": [hole]}, faults=FaultPlan(pattern=(Fault.SHUFFLED, Fault.DUPLICATES))
+    )
+    source = ccxt_source(server, page_limit=500)
+    table = pa.concat_tables(list(source.iter_candles("BTC/USDT", "1m", since, open_minute)))
+    ts = table["ts"].cast(pa.int64()).to_numpy()
+    assert table.num_rows == 3_000 - 1_200
+    assert not ((ts >= hole[0]) & (ts < hole[1])).any()
+    assert np.all(np.diff(ts) > 0)
+    assert table_checksum(table) == _server_truth(server, since, open_minute)[1]
+
+
+def test_auth_error_fails_fast_with_a_clear_message(loopback) -> None:
+    server = loopback(faults=FaultPlan(pattern=(Fault.AUTH,), endpoints=("exchangeInfo", "klines")))
+    source = ccxt_source(server)
+    with pytest.raises(SourceError, match=r"binance load_markets: authentication failed.*API key"):
+        list(source.iter_candles("BTC/USDT", "1m", NOW_MS - 60 * MINUTE_MS, None))
+    assert sum(server.exchange.requests.values()) == 1  # no retries
+
+
+def test_unknown_symbol_fails_fast_naming_exchange_and_symbol(loopback) -> None:
+    server = loopback()
+    source = ccxt_source(server)
+    with pytest.raises(SourceError, match=r"binance has no market 'DOGE/USDT'"):
+        list(source.iter_candles("DOGE/USDT", "1m", NOW_MS - 60 * MINUTE_MS, None))
+
+
+def test_retries_are_bounded_and_honour_retry_after(loopback) -> None:
+    server = loopback(faults=FaultPlan(pattern=(Fault.RATE_LIMIT,), retry_after_s=0.25))
+    slept: list[float] = []
+    source = ccxt_source(server, sleep=slept.append)
+    with pytest.raises(
+        SourceError, match=r"gave up after 5 attempts.*(DDoSProtection|RateLimitExceeded).*429"
+    ):
+        list(source.iter_candles("BTC/USDT", "1m", NOW_MS - 60 * MINUTE_MS, None))
+    assert server.exchange.requests["klines"] == 5
+    assert len(slept) == 4 and min(slept) >= 0.25
+
+
+def test_order_book_and_trades_through_ccxt(loopback) -> None:
+    server = loopback()
+    source = ccxt_source(server)
+    book = source.fetch_order_book("BTC/USDT", depth=10).to_pylist()[0]
+    assert len(book["bid_prices"]) == 10 and len(book["ask_prices"]) == 10
+    assert max(book["bid_prices"]) < min(book["ask_prices"])
+    trades = source.fetch_trades("BTC/USDT", NOW_MS - 120 * MINUTE_MS, NOW_MS)
+    expected = server.exchange.simulated.trade_arrays("BTC/USDT", NOW_MS - 120 * MINUTE_MS, NOW_MS)
+    assert trades.num_rows == expected["ts"].size > 1000  # paged past the 1000-trade limit
+    assert trades["trade_id"].to_pylist() == [str(i) for i in expected["id"]]
+    assert set(trades["side"].to_pylist()) == {"buy", "sell"}
