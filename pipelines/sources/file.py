@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.importers import ImportReport, iter_import
 from pipelines.resample import resample_arrow
 from pipelines.sources.base import CANDLE_SCHEMA, TRADE_SCHEMA, TS, FetchStats, SourceError
+
+if TYPE_CHECKING:
+    from pipelines.importers import ImportReport
 
 
 @dataclass
@@ -27,6 +30,8 @@ class FileSource:
     _trades: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        from pipelines.importers import iter_import  # importers import this package
+
         for info, table, report in iter_import(
             Path(self.path), exchange=self.name, symbol=self.symbol, timeframe=self.timeframe
         ):

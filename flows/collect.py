@@ -1,0 +1,227 @@
+"""Flow `collect`: market data from a source, through the quality gate, into the warehouse.
+
+One task per symbol (run concurrently by the task runner); each fetches its timeframes
+(resuming after the last stored candle), passes every batch through
+``expectations.gate.gate_and_merge``, and the flow records the ingestion stats.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipelines.collect import (
+    MergeFn,
+    SeriesStats,
+    SourceOptions,
+    collect_series,
+    collect_trades,
+    make_source,
+    parse_time_ms,
+    record_ingestion,
+    resample_stored,
+    snapshot_order_book,
+    stored_range,
+)
+from pipelines.resample import SUPPORTED_TIMEFRAMES, timeframe_ms
+from pipelines.sources import FileSource, wall_clock_ms
+from warehouse import Settings, connect, get_settings, migrate
+
+
+def _gate(con: Any, settings: Settings, run_id: str) -> MergeFn:
+    from expectations.gate import gate_and_merge
+
+    def merge(table: str, batch: Any) -> Any:
+        return gate_and_merge(con, table, batch, settings=settings, run_id=run_id)
+
+    return merge
+
+
+@task(name="collect-symbol", cache_policy=NONE, retries=0)
+def collect_symbol(
+    options: SourceOptions,
+    settings: Settings,
+    symbol: str,
+    timeframes: Sequence[str],
+    since_ms: int,
+    until_ms: int | None,
+    run_id: str,
+    resume: bool = True,
+    resample_from_1m: bool = False,
+    trades: bool = False,
+    order_book: bool = False,
+) -> list[SeriesStats]:
+    logger = get_run_logger()
+    con = connect(settings)
+    source = make_source(options, settings)
+    merge = _gate(con, settings, run_id)
+    out: list[SeriesStats] = []
+    try:
+        direct = [tf for tf in timeframes if not (resample_from_1m and tf != "1m")]
+        for timeframe in direct:
+            stored = stored_range(con, source.name, symbol, timeframe)
+            stats = collect_series(
+                source,
+                merge,
+                symbol,
+                timeframe,
+                since_ms,
+                until_ms,
+                stored=stored,
+                resume=resume,
+                source_kind=options.kind,
+            )
+            logger.info(stats.summary())
+            out.append(stats)
+        for timeframe in (tf for tf in timeframes if tf not in direct):
+            stats = SeriesStats(
+                options.kind, source.name, symbol, timeframe, started_at=dt.datetime.now(dt.UTC)
+            )
+            batch = resample_stored(con, source.name, symbol, timeframe, since_ms, until_ms)
+            stats.fetch.rows = batch.num_rows
+            if batch.num_rows:
+                result = merge("candles", batch)
+                stats.rows_merged, stats.rows_quarantined = (
+                    result.rows_merged,
+                    result.rows_quarantined,
+                )
+                stats.warnings.extend(result.warnings)
+                stats.status = "ok" if result.success else "failed"
+            stats.finished_at = dt.datetime.now(dt.UTC)
+            logger.info(f"resampled from 1m: {stats.summary()}")
+            out.append(stats)
+        if trades:
+            stats = collect_trades(
+                source, merge, symbol, since_ms, until_ms, source_kind=options.kind
+            )
+            logger.info(stats.summary())
+            out.append(stats)
+        if order_book:
+            stats = snapshot_order_book(source, merge, symbol, source_kind=options.kind)
+            out.append(stats)
+    finally:
+        source.close()
+        con.close()
+    return out
+
+
+@task(name="record-ingestion-stats", cache_policy=NONE)
+def record_stats(settings: Settings, run_id: str, stats: list[SeriesStats]) -> int:
+    con = connect(settings)
+    try:
+        return record_ingestion(con, run_id, stats, settings=settings)
+    finally:
+        con.close()
+
+
+@flow(name="collect", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)  # type: ignore[arg-type]
+def collect(
+    source: str = "simulated",
+    exchange: str | None = None,
+    symbols: list[str] | None = None,
+    timeframes: list[str] | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    ccxt_config: dict[str, Any] | None = None,
+    api_base: str | None = None,
+    path: str | None = None,
+    seed: int = 7,
+    resume: bool = True,
+    resample_from_1m: bool = False,
+    trades: bool = False,
+    order_book: bool = False,
+    lookback_days: float = 1.0,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Collect candles (and optionally trades / an order-book snapshot) for ``symbols``.
+
+    ``since``/``until`` are ISO 8601 (UTC if naive) or epoch ms; ``until`` empty = now;
+    ``since`` empty = ``lookback_days`` before ``until`` (for files: everything in them).
+    """
+    logger = get_run_logger()
+    settings = settings or get_settings()
+    run_id = uuid.uuid4().hex
+    con = connect(settings)
+    migrate(con)
+    con.close()
+    options = SourceOptions(
+        kind=source,  # type: ignore[arg-type]
+        exchange=exchange,
+        ccxt_config=dict(ccxt_config or {}),
+        api_base=api_base,
+        path=path,
+        seed=seed,
+    )
+    until_ms = parse_time_ms(until)
+    probe: FileSource | None = None
+    tfs = list(timeframes or [settings.base_timeframe])
+    for tf in tfs:
+        timeframe_ms(tf)
+    if source == "file":
+        file_source = make_source(options, settings)
+        assert isinstance(file_source, FileSource)
+        probe = file_source
+        for file_report in probe.reports:
+            logger.info(file_report.summary())
+        symbols = symbols or sorted({s for s, _ in probe.series} | set(probe.trade_symbols))
+        if not timeframes:
+            tfs = sorted({tf for _, tf in probe.series}, key=timeframe_ms)
+        since_ms = parse_time_ms(since) or 0
+        resume = False
+        trades = trades or bool(probe.trade_symbols)
+    else:
+        end = until_ms if until_ms is not None else wall_clock_ms()
+        since_ms = parse_time_ms(since) or int(end - lookback_days * 86_400_000)
+    symbols = list(symbols or settings.symbols)
+    unsupported = [tf for tf in tfs if tf not in SUPPORTED_TIMEFRAMES]
+    if unsupported:
+        logger.warning(
+            f"timeframes {unsupported} are outside the supported set {SUPPORTED_TIMEFRAMES}"
+        )
+
+    futures = [
+        collect_symbol.submit(
+            options,
+            settings,
+            symbol,
+            [tf for tf in tfs if probe is None or (symbol, tf) in set(probe.series)],
+            since_ms,
+            until_ms,
+            run_id,
+            resume=resume,
+            resample_from_1m=resample_from_1m,
+            trades=trades and (probe is None or symbol in probe.trade_symbols),
+            order_book=order_book,
+        )
+        for symbol in symbols
+    ]
+    stats: list[SeriesStats] = [s for f in futures for s in f.result()]
+    record_stats(settings, run_id, stats)
+    failed = [s for s in stats if s.status == "failed"]
+    failures = [f"{s.symbol} {s.timeframe}: {s.message}" for s in failed]
+    report = {
+        "run_id": run_id,
+        "series": len(stats),
+        "rows_fetched": sum(s.fetch.rows for s in stats),
+        "rows_merged": sum(s.rows_merged for s in stats),
+        "rows_quarantined": sum(s.rows_quarantined for s in stats),
+        "requests": sum(s.fetch.requests for s in stats),
+        "retries": sum(s.fetch.retries for s in stats),
+        "gaps": sum(s.gaps for s in stats),
+        "failed": failures,
+        "stats": stats,
+    }
+    logger.info(
+        f"collect {run_id}: {report['rows_merged']} rows merged, "
+        f"{report['rows_quarantined']} quarantined, "
+        f"{len(failed)} series failed"
+    )
+    if failed:
+        raise RuntimeError("collect failed for: " + "; ".join(failures))
+    return report
