@@ -124,3 +124,32 @@ def test_order_book_and_trades_through_ccxt(loopback) -> None:
     assert trades.num_rows == expected["ts"].size > 1000  # paged past the 1000-trade limit
     assert trades["trade_id"].to_pylist() == [str(i) for i in expected["id"]]
     assert set(trades["side"].to_pylist()) == {"buy", "sell"}
+
+
+def test_order_endpoints_for_the_broker(loopback) -> None:
+    import ccxt
+
+    from pipelines.sources.ccxt_source import BINANCE_SPOT_OPTIONS, rewrite_api_urls
+
+    server = loopback(api_key="key-1")
+
+    def client(key: str) -> ccxt.binance:
+        ex = ccxt.binance({"apiKey": key, "secret": "s", "options": dict(BINANCE_SPOT_OPTIONS)})
+        ex.urls["api"] = rewrite_api_urls(ex.urls["api"], server.url)
+        ex.rateLimit = 1
+        return ex
+
+    ex = client("key-1")
+    ex.load_markets()
+    market = ex.create_order("BTC/USDT", "market", "buy", 0.01)
+    assert market["status"] == "closed" and market["filled"] == 0.01
+    assert market["average"] == pytest.approx(server.exchange.last_price("BTC/USDT"))
+    limit = ex.create_order("BTC/USDT", "limit", "sell", 0.01, 1e9)
+    assert limit["status"] == "open"
+    assert [o["id"] for o in ex.fetch_open_orders("BTC/USDT")] == [limit["id"]]
+    assert ex.cancel_order(limit["id"], "BTC/USDT")["status"] == "canceled"
+    assert ex.fetch_balance()["total"]["BTC"] == pytest.approx(0.01)
+    intruder = client("wrong-key")
+    intruder.markets, intruder.markets_by_id = ex.markets, ex.markets_by_id
+    with pytest.raises(ccxt.AuthenticationError):
+        intruder.fetch_balance()
