@@ -1,0 +1,71 @@
+"""Flow `features`: incremental rebuild of the warehouse `features` table.
+
+One task per (exchange, symbol, timeframe) with candles (or the ones asked for); each computes
+only candles newer than its last feature row plus the warm-up history
+(``pipelines.features.rebuild.rebuild_features``) and upserts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from pipelines.features import FEATURE_SET_VERSION
+from pipelines.features.rebuild import RebuildResult, list_series, rebuild_features
+from warehouse import Settings, connect, get_settings, migrate
+
+
+@task(name="features-series", cache_policy=NONE, retries=0)
+def featurize_series(
+    settings: Settings, exchange: str, symbol: str, timeframe: str, full: bool
+) -> RebuildResult:
+    con = connect(settings)
+    try:
+        result = rebuild_features(
+            con, exchange=exchange, symbol=symbol, timeframe=timeframe, settings=settings, full=full
+        )
+    finally:
+        con.close()
+    get_run_logger().info(
+        f"{exchange} {symbol} {timeframe}: {result.mode}, {result.candles_read} candles read, "
+        f"{result.write.inserted} rows inserted, {result.write.replaced} replaced"
+    )
+    return result
+
+
+@task(name="features-list-series", cache_policy=NONE)
+def select_series(
+    settings: Settings, symbols: Sequence[str] | None, timeframes: Sequence[str] | None
+) -> list[tuple[str, str, str]]:
+    con = connect(settings)
+    try:
+        migrate(con)
+        series = list_series(con)
+    finally:
+        con.close()
+    return [
+        s
+        for s in series
+        if (not symbols or s[1] in symbols) and (not timeframes or s[2] in timeframes)
+    ]
+
+
+@flow(name="features", log_prints=False)
+def features(
+    symbols: Sequence[str] | None = None,
+    timeframes: Sequence[str] | None = None,
+    full: bool = False,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Bring the features of every stored symbol/timeframe (or the given ones) up to date."""
+    settings = settings or get_settings()
+    series = select_series(settings, symbols, timeframes)
+    results = [featurize_series(settings, e, s, t, full) for e, s, t in series]
+    return {
+        "feature_set_version": FEATURE_SET_VERSION,
+        "results": results,
+        "rows_written": sum(r.write.written for r in results),
+    }
