@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "flows.commands.warehouse",
     "flows.commands.collect",
     "flows.commands.models",
+    "flows.commands.features",
 ]
 
 for _module in COMMAND_MODULES:
