@@ -178,7 +178,8 @@ def collect(
     else:
         end = until_ms if until_ms is not None else wall_clock_ms()
         since_ms = parse_time_ms(since) or int(end - lookback_days * 86_400_000)
-    symbols = list(symbols or settings.symbols)
+    symbols = list(dict.fromkeys(symbols or settings.symbols))  # each once, in order
+    tfs = list(dict.fromkeys(tfs))
     unsupported = [tf for tf in tfs if tf not in SUPPORTED_TIMEFRAMES]
     if unsupported:
         logger.warning(

@@ -131,3 +131,27 @@ def test_simulated_collect_with_resampling(prefect_server, settings) -> None:
     assert one.num_rows == 360 and hourly.num_rows == 6
     expected = resample_arrow(one, "1h", closed_until_ms=until)
     assert hourly.to_pylist() == expected.cast(hourly.schema).to_pylist()
+
+
+def test_cli_import_and_option_errors(prefect_server, tmp_path, monkeypatch, candles_dir) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from warehouse.settings import get_settings
+
+    monkeypatch.setenv("TRADELOOP_HOME", str(tmp_path / "cli-home"))
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        result = runner.invoke(
+            app, ["import", str(candles_dir / "XRP_ETH-5m.feather"), "--exchange", "binance"]
+        )
+        assert result.exit_code == 0, result.output
+        assert "binance XRP/ETH 5m: fetched 706, merged 706" in result.output
+        assert "6 gaps" in result.output
+        bad = runner.invoke(app, ["collect", "--source", "ccxt", "--ccxt-config", "{not json"])
+        assert bad.exit_code == 2 and "--ccxt-config is not valid JSON" in bad.output
+        missing = runner.invoke(app, ["import", str(tmp_path / "nowhere")])
+        assert missing.exit_code == 2 and "no such file or directory" in missing.output
+    finally:
+        get_settings.cache_clear()
