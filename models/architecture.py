@@ -31,6 +31,9 @@ class HybridConfig:
 class Standardize(nn.Module):
     """(x - mean) / std with the statistics of the training data as buffers."""
 
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean.reshape(1, 1, -1).float())

@@ -54,6 +54,8 @@ class ExportResult:
 class _NeuralGraph(nn.Module):
     """Raw window -> per-member probabilities, hybrid confidence, and the GBM's input row."""
 
+    index: torch.Tensor
+
     def __init__(self, ensemble: TrainedEnsemble) -> None:
         super().__init__()
         index = ensemble.feature_index
@@ -100,7 +102,7 @@ def _torch_graph(ensemble: TrainedEnsemble) -> tuple[onnx.ModelProto, list[str]]
             torch.onnx.export(
                 module,
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # a file-like object is accepted
                 input_names=[INPUT_NAME],
                 output_names=names,
                 dynamic_axes={INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in names}},

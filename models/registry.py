@@ -335,7 +335,7 @@ def _switch_champion(
             [now, target.model_id],
         )
         con.execute(
-            "INSERT INTO model_promotions (event_id, model_id, previous_model_id, action, rule, at, ingested_at) "
+            "INSERT INTO model_promotions (event_id, model_id, previous_model_id, action, rule, event_at, ingested_at) "
             "VALUES (?, ?, ?, ?, ?, ?, now())",
             [uuid.uuid4().hex, target.model_id, current, action, rule, now],
         )
@@ -369,7 +369,7 @@ def previous_champion(con: duckdb.DuckDBPyConnection, name: str = DEFAULT_NAME) 
         return None
     row = con.execute(
         "SELECT previous_model_id FROM model_promotions WHERE model_id = ? AND action = 'promote' "
-        "ORDER BY at DESC LIMIT 1",
+        "ORDER BY event_at DESC LIMIT 1",
         [current.model_id],
     ).fetchone()
     return row[0] if row and row[0] else None

@@ -45,7 +45,7 @@ class RetrainRequest:
     exchange: str | None = None
     snapshot_id: int | None = None
     name: str = registry.DEFAULT_NAME
-    config: TrainConfig = field(default_factory=TrainConfig)
+    config: TrainConfig = field(default_factory=lambda: TrainConfig())
 
 
 @dataclass(frozen=True)

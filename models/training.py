@@ -56,24 +56,24 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    window_len: int = Field(32, ge=2)
-    horizon_bars: int = Field(5, ge=1)
-    vol_window_bars: int = Field(60, ge=2)
-    threshold_scale: float = Field(0.5, gt=0)
+    window_len: int = Field(default=32, ge=2)
+    horizon_bars: int = Field(default=5, ge=1)
+    vol_window_bars: int = Field(default=60, ge=2)
+    threshold_scale: float = Field(default=0.5, gt=0)
     validation_fraction: float = 0.15
     test_fraction: float = 0.15
-    max_samples: int | None = Field(None, description="keep only the most recent N samples")
+    max_samples: int | None = Field(default=None, description="keep only the most recent N samples")
 
     members: tuple[MemberName, ...] = ("hybrid", "conv", "gbm")
     combine: Literal["average", "vote"] = "average"
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=128, ge=1)
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    patience: int = Field(3, ge=1)
+    patience: int = Field(default=3, ge=1)
     confidence_loss_weight: float = 0.5
-    max_train_seconds: float | None = Field(None, description="time box per neural member")
+    max_train_seconds: float | None = Field(default=None, description="time box per neural member")
 
     d_model: int = 32
     lstm_hidden: int = 32

@@ -7,7 +7,7 @@ CREATE TABLE model_promotions (
     previous_model_id VARCHAR,
     action VARCHAR NOT NULL,
     rule VARCHAR,
-    at TIMESTAMPTZ NOT NULL,
+    event_at TIMESTAMPTZ NOT NULL,
     ingested_at TIMESTAMPTZ
 );
 

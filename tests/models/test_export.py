@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from models.data import SampleSet
+from models.export import OPSET, ExportResult, export_onnx
+from models.runtime import OnnxPredictor
+from models.training import TrainedEnsemble
+from pipelines.features import FEATURE_SET_VERSION
+from tests.models.conftest import assert_probabilities
+
+
+def test_export_parity_with_torch_on_real_inputs(
+    trained: TrainedEnsemble, exported: ExportResult, recent_windows: SampleSet
+) -> None:
+    predictor = OnnxPredictor.load(exported.path, FEATURE_SET_VERSION)
+    got = predictor.predict(recent_windows.full_windows())
+    reference, reference_confidence = trained.predict(recent_windows.windows)
+    assert np.abs(got.probabilities - reference).max() <= 1e-5
+    assert np.abs(got.confidence - reference_confidence).max() <= 1e-5
+    assert_probabilities(got.probabilities)
+
+
+def test_hybrid_member_alone_matches_torch_eager(
+    trained: TrainedEnsemble, tmp_path: Path, recent_windows: SampleSet
+) -> None:
+    """The hybrid graph on its own vs torch eager (no trees, no combination in between)."""
+    hybrid_only = TrainedEnsemble(
+        config=trained.config,
+        feature_columns=trained.feature_columns,
+        input_columns=trained.input_columns,
+        selected_features=trained.selected_features,
+        feature_set_version=trained.feature_set_version,
+        scaler=trained.scaler,
+        members=[trained.members[0]],
+        weights=np.array([1.0], dtype=np.float32),
+    )
+    path = export_onnx(hybrid_only, tmp_path / "hybrid.onnx").path
+    got = OnnxPredictor.load(path, FEATURE_SET_VERSION).predict(recent_windows.full_windows())
+    model = trained.members[0].model.eval()
+    z = torch.from_numpy(
+        trained.scaler.transform(recent_windows.windows[:, :, trained.input_index])
+    )
+    with torch.no_grad():
+        logits, confidence = model(z)
+    assert np.abs(got.probabilities - torch.softmax(logits, 1).numpy()).max() <= 1e-5
+    assert np.abs(got.confidence - confidence.numpy()).max() <= 1e-5
+
+
+def test_majority_vote_graph_matches_python(
+    trained: TrainedEnsemble, tmp_path: Path, recent_windows: SampleSet
+) -> None:
+    voting = TrainedEnsemble(
+        **{**trained.__dict__, "config": trained.config.with_updates(combine="vote")}
+    )
+    path = export_onnx(voting, tmp_path / "vote.onnx").path
+    got = OnnxPredictor.load(path, FEATURE_SET_VERSION).predict(recent_windows.full_windows())
+    reference, _ = voting.predict(recent_windows.windows)
+    assert np.abs(got.probabilities - reference).max() <= 1e-5
+    # Vote shares are sums of member weights.
+    assert np.allclose(got.probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_graph_has_dynamic_batch_opset_and_metadata(
+    exported: ExportResult, recent_windows: SampleSet
+) -> None:
+    model = onnx.load(str(exported.path))
+    assert {o.domain or "": o.version for o in model.opset_import}[""] == OPSET
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param and not dim.dim_value
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["tradeloop.feature_set_version"] == FEATURE_SET_VERSION
+    predictor = OnnxPredictor.load(exported.path, FEATURE_SET_VERSION)
+    windows = recent_windows.full_windows()
+    for batch in (1, 7, 64):
+        assert predictor.predict(windows[:batch]).probabilities.shape == (batch, 3)
+    single = predictor.predict(windows[3])  # one (window_len, n_features) window
+    np.testing.assert_allclose(
+        single.probabilities[0], predictor.predict(windows[:5]).probabilities[3], atol=1e-6
+    )
