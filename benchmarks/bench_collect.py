@@ -24,7 +24,7 @@ import numpy as np
 import requests
 
 from benchmarks.results import record
-from pipelines.collect import collect_series, upsert_merge
+from pipelines.collect import MergeFn, collect_series, upsert_merge
 from pipelines.loopback import LoopbackExchange, LoopbackServer
 from pipelines.simulated_exchange import DEFAULT_ORIGIN_MS, MINUTE_MS
 from pipelines.sources import CcxtSource, RetryPolicy
@@ -90,11 +90,14 @@ def run_pipeline(
     def one(i: int) -> None:
         con = connect(settings)
         source = _source(url, timers)
+        merge: MergeFn
         if gate:
             from expectations.gate import gate_and_merge
 
-            def merge(table: str, batch: Any) -> Any:
+            def merge_gated(table: str, batch: Any) -> Any:
                 return gate_and_merge(con, table, batch, settings=settings)
+
+            merge = merge_gated
         else:
             merge = upsert_merge(con, settings)
         merge = timers.wrap("warehouse_write", merge)
@@ -121,7 +124,7 @@ def run_baseline(url: str, symbol_id: str) -> tuple[float, int]:
     while cursor < end:
         resp = session.get(
             f"{url}/api/v3/klines",
-            params={
+            params={  # type: ignore[arg-type]
                 "symbol": symbol_id,
                 "interval": "1m",
                 "startTime": cursor,
