@@ -186,6 +186,10 @@ def collect(
             f"timeframes {unsupported} are outside the supported set {SUPPORTED_TIMEFRAMES}"
         )
 
+    if resample_from_1m and source != "file":
+        # fetch 1m from the start of the first whole bucket of the largest timeframe
+        widest = max(timeframe_ms(tf) for tf in tfs)
+        since_ms -= since_ms % widest
     futures = [
         collect_symbol.submit(
             options,

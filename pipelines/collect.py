@@ -309,11 +309,12 @@ def resample_stored(
 ) -> pa.Table:
     """``timeframe`` candles built from the stored 1m candles (rule in pipelines.resample).
 
-    Buckets are aligned: the read starts at the bucket holding ``since_ms``; only buckets that
-    are closed by the stored 1m data (or by ``until_ms``) come back.
+    Only whole buckets come back: the first one starts at ``since_ms`` rounded up to the
+    timeframe (a bucket that began earlier may lack minutes that were never collected), and
+    the last one must be closed by the stored 1m data (or by ``until_ms``).
     """
     step = timeframe_ms(timeframe)
-    start = since_ms - since_ms % step
+    start = since_ms + (-since_ms) % step
     params: list[Any] = [exchange, symbol, dt.datetime.fromtimestamp(start / 1000, dt.UTC)]
     where = "exchange = ? AND symbol = ? AND timeframe = '1m' AND ts >= ?"
     if until_ms is not None:

@@ -82,3 +82,15 @@ def test_resample_stored_matches_the_source(lake, settings) -> None:
     direct = fetch_candles(source, "ETH/USDT", "1h", start, start + 6 * 3_600_000)
     assert hourly.num_rows == 6
     assert hourly.cast(direct.schema).equals(direct)
+
+
+def test_resample_stored_never_emits_a_bucket_with_uncollected_minutes(lake, settings) -> None:
+    source = SimulatedSource(clock=frozen_clock)
+    start = DEFAULT_ORIGIN_MS + 86_400_000 + 17 * M  # mid-hour: 00:17
+    collect_series(
+        source, upsert_merge(lake, settings), "ETH/USDT", "1m", start, start + 3 * 3_600_000
+    )
+    hourly = resample_stored(lake, "simulated", "ETH/USDT", "1h", start, start + 3 * 3_600_000)
+    first = hourly["ts"].cast("int64").to_pylist()[0]
+    assert first == start - 17 * M + 3_600_000  # 00:17..00:59 is not a whole hour
+    assert hourly.num_rows == 2  # 01:00 and 02:00; 03:00..03:17 is not closed
