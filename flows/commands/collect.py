@@ -19,6 +19,7 @@ class SourceName(StrEnum):
 def register(app: typer.Typer) -> None:
     app.command("collect")(collect)
     app.command("import")(import_files)
+    app.command("loopback-exchange")(loopback_exchange)
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -138,3 +139,49 @@ def import_files(
         typer.echo(f"error: {path}: no such file or directory", err=True)
         raise typer.Exit(2)
     _run(source="file", exchange=exchange, path=str(path), symbols=list(symbol) if symbol else None)
+
+
+def loopback_exchange(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0 = any free port)")] = 8765,
+    symbol: Annotated[
+        list[str] | None,
+        typer.Option("--symbol", "-s", help="markets to list (default: settings.symbols)"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="simulated exchange seed")] = 7,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="fault pattern for klines, repeatable: 429, 500, 503, slow, truncated, "
+            "duplicates, shuffled, auth, ok"
+        ),
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="stop after this long (0 = until Ctrl-C)")] = 0.0,
+) -> None:
+    """Serve the simulated exchange in the Binance REST shape on 127.0.0.1 (for --api-base)."""
+    import time
+
+    from pipelines.loopback import Fault, FaultPlan, LoopbackExchange, LoopbackServer
+    from pipelines.simulated_exchange import SimulatedExchange, SimulationConfig
+    from warehouse import get_settings
+
+    try:
+        pattern = tuple(None if f == "ok" else Fault(f) for f in (fault or []))
+    except ValueError as exc:
+        typer.echo(f"error: unknown fault: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    exchange = LoopbackExchange(
+        symbols=list(symbol or get_settings().symbols),
+        simulated=SimulatedExchange(SimulationConfig(seed=seed)),
+        faults=FaultPlan(pattern=pattern),
+    )
+    server = LoopbackServer(exchange, port=port).start()
+    typer.echo(f"loopback exchange on {server.url} (Binance REST shape); Ctrl-C stops it")
+    typer.echo(f"  tradeloop collect --source ccxt --exchange binance --api-base {server.url}")
+    try:
+        deadline = time.monotonic() + seconds if seconds > 0 else None
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

@@ -155,3 +155,17 @@ def test_cli_import_and_option_errors(prefect_server, tmp_path, monkeypatch, can
         assert missing.exit_code == 2 and "no such file or directory" in missing.output
     finally:
         get_settings.cache_clear()
+
+
+def test_cli_loopback_exchange_serves_and_stops() -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(
+        app, ["loopback-exchange", "--port", "0", "--seconds", "0.3", "--fault", "429"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "loopback exchange on http://127.0.0.1:" in result.output
+    bad = CliRunner().invoke(app, ["loopback-exchange", "--fault", "boom", "--seconds", "0.1"])
+    assert bad.exit_code == 2 and "unknown fault" in bad.output
