@@ -18,10 +18,10 @@
 from __future__ import annotations
 
 import random
-from functools import partial
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -226,9 +226,9 @@ class CcxtSource:
         self._check_symbol(symbol)
         cursor = since_ms + (-since_ms) % step
         until = until_ms
-        max_pages = (
-            max(0, (until if until is not None else self.clock()) - cursor) // step
-        ) // max(1, self.page_limit // 2) + 10
+        # every page moves the cursor by at least one candle (exchanges may cap pages below
+        # page_limit), so this bounds the loop even for an exchange that misbehaves
+        max_pages = max(0, (until if until is not None else self.clock()) - cursor) // step + 10
         for _ in range(max_pages):
             now = self.clock()
             end = now if until is None else min(until, now)
