@@ -124,16 +124,17 @@ Whole `train_ensemble` (split, scaler, 3 members, reports): {total_s:.1f} s.
 Out of sample (last 15%, {t.samples:,} samples): accuracy {t.accuracy:.3f} vs majority-class
 baseline {t.baseline_accuracy:.3f}; macro F1 {t.f1_macro:.3f} vs baseline {t.baseline_f1_macro:.3f}.
 
-Export (opset {OPSET}): ensemble graph (hybrid + conv + GBM + combination) {full.export_seconds:.2f} s,
+Export (opset {OPSET}): ensemble graph (hybrid + conv + GBM + combination)
+{full.export_seconds:.2f} s,
 {full.size_bytes / 1e3:.0f} kB; hybrid alone {hybrid.export_seconds:.2f} s.
 
 Single-sample latency, {CALLS:,} calls each, same process, 1 thread:
 
-| model | p50 ms | p99 ms | p50 vs torch eager |
+| model | p50 ms | p99 ms | speed-up of p50 vs torch eager |
 | --- | --- | --- | --- |
 | hybrid, torch eager (inference_mode) | {torch_p50:.3f} | {torch_p99:.3f} | 1.00x |
-| hybrid, ONNX Runtime (tuned session) | {ort_p50:.3f} | {ort_p99:.3f} | {torch_p50 / ort_p50:.2f}x faster |
-| hybrid, ONNX Runtime int8 dynamic | {int8_p50:.3f} | {int8_p99:.3f} | {torch_p50 / int8_p50:.2f}x faster |
+| hybrid, ORT (tuned session) | {ort_p50:.3f} | {ort_p99:.3f} | {torch_p50 / ort_p50:.2f}x |
+| hybrid, ORT int8 dynamic | {int8_p50:.3f} | {int8_p99:.3f} | {torch_p50 / int8_p50:.2f}x |
 | full ensemble, ONNX Runtime | {full_p50:.3f} | {full_p99:.3f} | - |
 
 int8 dynamic quantization of the hybrid: file {size32 / 1e3:.0f} kB -> {size8 / 1e3:.0f} kB,

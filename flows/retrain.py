@@ -117,6 +117,7 @@ def retrain(
     publish_dashboard(settings, outcome, name)
     print(
         f"{outcome.model_id}: accuracy {outcome.challenger['accuracy']:.3f}, macro F1 "
-        f"{outcome.challenger['f1_macro']:.3f}; {'promoted' if outcome.promoted else 'not promoted'}: {outcome.reason}"
+        f"{outcome.challenger['f1_macro']:.3f}; "
+        f"{'promoted' if outcome.promoted else 'not promoted'}: {outcome.reason}"
     )
     return outcome

@@ -84,7 +84,7 @@ class HybridLSTMTransformer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (batch, window, n_features), already standardized -> (logits (b, 3), confidence (b,))."""
+        """x: (batch, window, n_features), standardized -> (logits (b, 3), confidence (b,))."""
         states, _ = self.lstm(self.input_projection(x))
         encoded = self.encoder(states)
         pooled = self.norm(torch.cat([encoded[:, -1, :], encoded.mean(dim=1)], dim=1))

@@ -74,7 +74,10 @@ def load_candles(
             + (f" on exchange {exchange!r}" if exchange else "")
         )
     start = None
-    query = f"SELECT exchange, symbol, timeframe, ts, open, high, low, close, volume FROM {source} WHERE {condition}"
+    query = (
+        "SELECT exchange, symbol, timeframe, ts, open, high, low, close, volume "
+        f"FROM {source} WHERE {condition}"
+    )
     if days is not None:
         start = end - dt.timedelta(days=days)
         query += " AND ts > ?"
@@ -231,8 +234,9 @@ def split_samples(
     test_fraction: float = 0.15,
     max_samples: int | None = None,
 ) -> tuple[SampleSet, SampleSet, SampleSet]:
-    """(train, validation, test) in time order with purge gaps (see ``pipelines.labels.time_splits``);
-    with ``max_samples`` only the most recent samples are used."""
+    """(train, validation, test) in time order with purge gaps
+    (see ``pipelines.labels.time_splits``); with ``max_samples`` only the most recent
+    samples are used."""
     if max_samples is not None and len(samples) > max_samples:
         samples = samples.last(max_samples)
     splits = time_splits(

@@ -240,7 +240,8 @@ def register_model(
     sha = _sha256(source) if source.is_file() else ""
     if expected_sha256 is not None and sha != expected_sha256:
         raise ModelFileError(
-            f"{source}: sha256 {sha or '(missing file)'} differs from the exported {expected_sha256}"
+            f"{source}: sha256 {sha or '(missing file)'} differs from the exported "
+            f"{expected_sha256}"
         )
     info = inspect_onnx(source)
     if info.feature_set_version != feature_set_version:
@@ -324,10 +325,12 @@ def _switch_champion(
         if expect_current is not False and current != expect_current:
             raise RegistryError(f"champion changed concurrently (now {current!r}); try again")
         con.execute(
-            "UPDATE write_tokens SET writes = writes + 1 WHERE table_name IN ('models', 'model_promotions')"
+            "UPDATE write_tokens SET writes = writes + 1 "
+            "WHERE table_name IN ('models', 'model_promotions')"
         )
         con.execute(
-            "UPDATE models SET status = 'retired' WHERE name = ? AND status = 'champion' AND model_id <> ?",
+            "UPDATE models SET status = 'retired' "
+            "WHERE name = ? AND status = 'champion' AND model_id <> ?",
             [target.name, target.model_id],
         )
         con.execute(
@@ -335,7 +338,8 @@ def _switch_champion(
             [now, target.model_id],
         )
         con.execute(
-            "INSERT INTO model_promotions (event_id, model_id, previous_model_id, action, rule, event_at, ingested_at) "
+            "INSERT INTO model_promotions (event_id, model_id, previous_model_id, action, rule, "
+            "event_at, ingested_at) "
             "VALUES (?, ?, ?, ?, ?, ?, now())",
             [uuid.uuid4().hex, target.model_id, current, action, rule, now],
         )

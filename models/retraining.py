@@ -288,19 +288,22 @@ def dashboard_markdown(outcome: RetrainOutcome, history: list[tuple[str, float, 
         f"| majority-class baseline accuracy | {c['baseline_accuracy']:.2%} | | |",
         f"| majority-class baseline macro F1 | {c['baseline_f1_macro']:.3f} | | |",
         "",
-        f"- Out-of-sample window: {outcome.window_start:%Y-%m-%d %H:%M} .. {outcome.window_end:%Y-%m-%d %H:%M} UTC"
+        f"- Out-of-sample window: {outcome.window_start:%Y-%m-%d %H:%M} .. "
+        f"{outcome.window_end:%Y-%m-%d %H:%M} UTC"
         f" ({int(c['samples'])} samples)",
         f"- Training samples: {outcome.train_samples}",
         f"- Last training: {outcome.trained_at:%Y-%m-%d %H:%M:%S} UTC",
-        f"- Data: DuckLake snapshot {outcome.snapshot_id}, feature set {outcome.feature_set_version}",
-        f"- Export: {outcome.export_seconds:.2f} s, ORT vs Python max abs diff {outcome.parity_max_abs:.1e}",
+        f"- Data: DuckLake snapshot {outcome.snapshot_id}, "
+        f"feature set {outcome.feature_set_version}",
+        f"- Export: {outcome.export_seconds:.2f} s, "
+        f"ORT vs Python max abs diff {outcome.parity_max_abs:.1e}",
         f"- Champion now: {outcome.champion_id or 'none'}",
     ]
     if history:
         lines += [
             "",
-            f"Trend (test accuracy, last {len(history)} models): {_sparkline([h[1] for h in history])} "
-            + " ".join(f"{h[1]:.1%}" for h in history),
+            f"Trend (test accuracy, last {len(history)} models): "
+            f"{_sparkline([h[1] for h in history])} " + " ".join(f"{h[1]:.1%}" for h in history),
             f"Trend (test macro F1): {_sparkline([h[2] for h in history])} "
             + " ".join(f"{h[2]:.3f}" for h in history),
         ]

@@ -159,7 +159,8 @@ class OnnxPredictor:
             windows = windows[None]
         if windows.ndim != 3 or windows.shape[1:] != expected:
             raise ValueError(
-                f"predict: windows must have shape (batch, {expected[0]}, {expected[1]}), got {windows.shape}"
+                f"predict: windows must have shape (batch, {expected[0]}, {expected[1]}), "
+                f"got {windows.shape}"
             )
         used = windows[:, :, self.used_index]
         if not np.isfinite(used).all():

@@ -397,7 +397,8 @@ def _check_classes(labels: np.ndarray, where: str) -> None:
     counts = np.bincount(labels, minlength=3)
     if (counts == 0).any():
         raise ValueError(
-            f"{where}: every class needs samples, got buy={counts[0]} hold={counts[1]} sell={counts[2]} "
+            f"{where}: every class needs samples, got buy={counts[0]} hold={counts[1]} "
+            f"sell={counts[2]} "
             "(more data, a longer horizon or a smaller threshold_scale help)"
         )
 

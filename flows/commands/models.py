@@ -48,7 +48,8 @@ def retrain(
         snapshot_id=snapshot,
     )
     typer.echo(
-        f"model {outcome.model_id}: {'promoted' if outcome.promoted else 'not promoted'} ({outcome.reason})"
+        f"model {outcome.model_id}: "
+        f"{'promoted' if outcome.promoted else 'not promoted'} ({outcome.reason})"
     )
 
 
@@ -131,8 +132,10 @@ def _decide_from_shared_window(
     if champion_id is None:
         return registry.decide_promotion(registry.model_metrics(con, challenger_id, "test"), None)
     row = con.execute(
-        "SELECT a.window_name FROM model_metrics a JOIN model_metrics b USING (window_name, metric) "
-        "WHERE a.model_id = ? AND b.model_id = ? AND a.window_name LIKE 'oos_%' AND a.metric = 'f1_macro' "
+        "SELECT a.window_name FROM model_metrics a "
+        "JOIN model_metrics b USING (window_name, metric) "
+        "WHERE a.model_id = ? AND b.model_id = ? AND a.window_name LIKE 'oos_%' "
+        "AND a.metric = 'f1_macro' "
         "ORDER BY a.window_end DESC LIMIT 1",
         [challenger_id, champion_id],
     ).fetchone()

@@ -40,7 +40,7 @@ def test_retrain_flow_registers_records_provenance_and_publishes_dashboard(
     metrics = registry.model_metrics(lake, outcome.model_id, "test")
     assert {"accuracy", "f1_macro", "baseline_accuracy", "calibration_error"} <= set(metrics)
 
-    # More (older) candles are backfilled; the snapshot the model recorded still gives its training data.
+    # Older candles are backfilled; the model's snapshot still gives its training data.
     upsert(
         lake,
         "candles",
