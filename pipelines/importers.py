@@ -20,6 +20,7 @@ reported, never filled.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from collections.abc import Iterator
@@ -37,11 +38,12 @@ from pipelines.sources.base import CANDLE_SCHEMA, TRADE_SCHEMA
 FREQTRADE_NAME = re.compile(
     r"^(?P<pair>.+?)-(?P<kind>\d+[smhdwM]|trades)"
     r"(?:-(?P<candle_type>futures|mark|index|premiumIndex|funding_rate|spot))?"
-    r"\.(?P<ext>feather|json|jsongz|parquet|csv)$"
+    r"\.(?P<ext>feather|json|json\.gz|parquet|csv)$"
 )
 TIME_COLUMNS = ("date", "timestamp", "ts", "time", "open_time", "datetime")
 OHLCV = ("open", "high", "low", "close", "volume")
-SUPPORTED_SUFFIXES = (".feather", ".json", ".parquet", ".csv", ".arrow", ".ipc")
+SUPPORTED_SUFFIXES = (".feather", ".json", ".parquet", ".csv", ".arrow", ".ipc", ".json.gz")
+TRADE_COLUMNS = ("timestamp", "id", "type", "side", "price", "amount", "cost")  # freqtrade order
 
 
 class ImportError_(ValueError):
@@ -112,12 +114,14 @@ def discover(path: Path) -> list[FileInfo]:
         raise ImportError_(f"{path}: no such file or directory")
     if path.is_file():
         return [describe(path)]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUPPORTED_SUFFIXES)
+    files = sorted(
+        p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(SUPPORTED_SUFFIXES)
+    )
     return [describe(p) for p in files]
 
 
-def _read_any(path: Path) -> pl.DataFrame:
-    suffix = path.suffix.lower()
+def _read_any(path: Path, *, trades: bool = False) -> pl.DataFrame:
+    suffix = ".json" if path.name.lower().endswith(".json.gz") else path.suffix.lower()
     try:
         if suffix in (".feather", ".arrow", ".ipc"):
             import pyarrow.feather as feather
@@ -130,7 +134,10 @@ def _read_any(path: Path) -> pl.DataFrame:
         if suffix == ".csv":
             return pl.read_csv(path, try_parse_dates=False, infer_schema_length=10_000)
         if suffix == ".json":
-            data = json.loads(path.read_text())
+            raw = path.read_bytes()
+            data = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+            if trades and isinstance(data, list) and data and isinstance(data[0], list):
+                return pl.DataFrame(data, schema=list(TRADE_COLUMNS), orient="row", strict=False)
             if isinstance(data, list) and data and isinstance(data[0], list):
                 arr = np.asarray(data, dtype=np.float64)
                 return pl.DataFrame(
@@ -274,7 +281,7 @@ def read_trades(
         raise ImportError_(
             f"{path}: the file name does not say the symbol (PAIR-trades.ext); pass --symbol"
         )
-    df = _read_any(path)
+    df = _read_any(path, trades=True)
     needed = ("timestamp", "id", "price", "amount")
     missing = [c for c in needed if c not in df.columns]
     if missing:

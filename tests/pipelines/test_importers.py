@@ -132,3 +132,34 @@ def test_bad_files_are_named(tmp_path: Path) -> None:
     missing.write_text("date,open,high,low\n")
     with pytest.raises(ImportError_, match=r"missing column\(s\) close, volume"):
         read_candles(missing, exchange="x")
+
+
+def test_freqtrade_json_gz_candles_and_json_trades(tmp_path: Path) -> None:
+    import gzip
+
+    rows = [[1_699_999_800_000 + i * 60_000, 1.0 + i, 2.0 + i, 0.5, 1.5, 10.0] for i in range(3)]
+    candles = tmp_path / "ETH_BTC-1m.json.gz"
+    candles.write_bytes(gzip.compress(json.dumps(rows).encode()))
+    trades = tmp_path / "ETH_BTC-trades.json"
+    trades.write_text(
+        json.dumps(
+            [
+                [1_699_999_800_123, "7", None, "buy", 0.05, 2.0, 0.1],
+                [1_699_999_800_456, "8", None, "sell", 0.06, 1.0, 0.06],
+            ]
+        )
+    )
+    found = {f.path.name: f for f in discover(tmp_path)}
+    assert (found["ETH_BTC-1m.json.gz"].kind, found["ETH_BTC-trades.json"].kind) == (
+        "candles",
+        "trades",
+    )
+    table, report = read_candles(candles, exchange="x")
+    assert (report.symbol, report.timeframe, report.rows) == ("ETH/BTC", "1m", 3)
+    assert table["open"].to_pylist() == [1.0, 2.0, 3.0]
+    ttable, treport = read_trades(trades, exchange="x")
+    assert ttable["trade_id"].to_pylist() == ["7", "8"] and ttable["side"].to_pylist() == [
+        "buy",
+        "sell",
+    ]
+    assert ttable["ts"].cast(pa.int64()).to_pylist() == [1_699_999_800_123, 1_699_999_800_456]
