@@ -38,14 +38,14 @@ def loopback() -> Iterator[Callable[..., LoopbackServer]]:
         server.stop()
 
 
-def ccxt_source(server: LoopbackServer, **kw: object) -> CcxtSource:
+def ccxt_source(server: LoopbackServer, timeout_ms: int = 2_000, **kw: object) -> CcxtSource:
     """The real ccxt.binance client pointed at the loopback server (short timeout, fast retries)."""
     kw.setdefault("retry", FAST_RETRY)
     kw.setdefault("clock", server.exchange.clock)
     return CcxtSource(
         "binance",
         api_base=server.url,
-        config={"timeout": 300, "rateLimit": 1},
+        config={"timeout": timeout_ms, "rateLimit": 1},
         seed=1,
         **kw,  # type: ignore[arg-type]
     )

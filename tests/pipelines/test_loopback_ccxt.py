@@ -24,7 +24,7 @@ FAULTS = FaultPlan(
         Fault.SHUFFLED,
         None,
     ),
-    slow_s=0.6,  # past the client's 300 ms timeout
+    slow_s=1.2,  # past the client's 700 ms timeout
     retry_after_s=0.02,
 )
 
@@ -40,7 +40,7 @@ def test_5000_candles_paged_exactly_through_faults(loopback, lake, settings) -> 
     open_minute = NOW_MS - NOW_MS % MINUTE_MS
     since = open_minute - 5_000 * MINUTE_MS
     server = loopback(faults=FAULTS)
-    source = ccxt_source(server)
+    source = ccxt_source(server, timeout_ms=700)
     stats = FetchStats()
     batches = list(source.iter_candles("BTC/USDT", "1m", since, None, stats=stats))
     for batch in batches:
