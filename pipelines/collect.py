@@ -106,6 +106,8 @@ def make_source(
         return SimulatedSource(exchange=sim, clock=clock)
     if options.kind == "ccxt":
         exchange_id = options.exchange or settings.exchange
+        if exchange_id == "simulated":
+            raise SourceError("--source ccxt needs --exchange, a ccxt exchange id such as binance")
         key = settings.exchange_api_key.get_secret_value() if settings.exchange_api_key else None
         secret = (
             settings.exchange_api_secret.get_secret_value()

@@ -94,3 +94,17 @@ def test_resample_stored_never_emits_a_bucket_with_uncollected_minutes(lake, set
     first = hourly["ts"].cast("int64").to_pylist()[0]
     assert first == start - 17 * M + 3_600_000  # 00:17..00:59 is not a whole hour
     assert hourly.num_rows == 2  # 01:00 and 02:00; 03:00..03:17 is not closed
+
+
+def test_make_source_errors_are_clear(settings) -> None:
+    import pytest
+
+    from pipelines.collect import SourceOptions, make_source
+    from pipelines.sources import SourceError
+
+    with pytest.raises(SourceError, match="needs --exchange"):
+        make_source(SourceOptions(kind="ccxt"), settings)
+    with pytest.raises(SourceError, match="unknown ccxt exchange 'nosuchex'"):
+        make_source(SourceOptions(kind="ccxt", exchange="nosuchex"), settings)
+    with pytest.raises(SourceError, match="needs a path"):
+        make_source(SourceOptions(kind="file"), settings)
