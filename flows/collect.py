@@ -43,6 +43,21 @@ def _gate(con: Any, settings: Settings, run_id: str) -> MergeFn:
     return merge
 
 
+def task_runner_for(settings: Settings) -> Any:
+    """The task runner the settings ask for: threads (default) or a Dask cluster."""
+    if settings.task_runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as exc:
+            raise RuntimeError("task_runner = 'dask' needs the prefect-dask package") from exc
+        return (
+            DaskTaskRunner(address=settings.dask_address)
+            if settings.dask_address
+            else DaskTaskRunner()
+        )
+    return ThreadPoolTaskRunner(max_workers=8)
+
+
 @task(name="collect-symbol", cache_policy=NONE, retries=0)
 def collect_symbol(
     options: SourceOptions,
