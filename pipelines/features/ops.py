@@ -66,7 +66,7 @@ def batch_expr(node: Node, args: list[pl.Expr], seg: pl.Expr) -> pl.Expr:
     if op == "shift":
         return x.shift(_w(node)).over(seg)  # type: ignore[union-attr]
     if op == "diff":
-        return x - x.shift(_w(node)).over(seg)  # type: ignore[operator,union-attr]
+        return x - x.shift(_w(node)).over(seg)  # type: ignore[union-attr]
     if op == "sum":
         return x.rolling_sum(_w(node)).over(seg)  # type: ignore[union-attr]
     if op == "sma":
@@ -102,9 +102,9 @@ def batch_expr(node: Node, args: list[pl.Expr], seg: pl.Expr) -> pl.Expr:
             .otherwise(100.0 - 100.0 / (1.0 + g / lo))
         )
     if op == "lt":
-        return (x < _p(node)).cast(pl.Float64)  # type: ignore[operator]
+        return (x < _p(node)).cast(pl.Float64)  # type: ignore[operator,union-attr]
     if op == "gt":
-        return (x > _p(node)).cast(pl.Float64)  # type: ignore[operator]
+        return (x > _p(node)).cast(pl.Float64)  # type: ignore[operator,union-attr]
     if op == "regime":
         er, r = args
         th = _p(node)
@@ -271,7 +271,7 @@ def _std(node: Node) -> Step:
     sqrt = math.sqrt
 
     def recompute() -> None:
-        ref = st["ref"] = buf[(st["pos"] - 1) % n]  # type: ignore[operator]
+        ref = st["ref"] = buf[(int(st["pos"]) - 1) % n]  # type: ignore[arg-type]
         s1 = s2 = 0.0
         for v in buf:
             d = v - ref  # type: ignore[operator]

@@ -176,10 +176,10 @@ def _price_nodes() -> list[Node]:
             )
         )
     for ma in ("sma_20", "sma_50", "ema_12", "ema_26"):
-        ind, w = ma.split("_")
+        ind, win = ma.split("_")
         nodes.append(
             _n(
-                f"close{ind}_{w}",
+                f"close{ind}_{win}",
                 "ratio_m1",
                 "close",
                 ma,
