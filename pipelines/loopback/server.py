@@ -455,6 +455,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(
                 400, {"code": -1102, "msg": f"Mandatory parameter {exc} was not sent."}
             )
+        except ValueError as exc:  # e.g. an unknown interval or a non-numeric startTime
+            return self._send(400, {"code": -1100, "msg": f"Illegal parameter: {exc}"})
         if status == 200 and endpoint == "klines" and isinstance(body, list):
             if fault is Fault.DUPLICATES:
                 body = [row for row in body for _ in (0, 1)]

@@ -184,6 +184,8 @@ class CcxtSource:
                         f"{type(exc).__name__} (attempt {attempt}, retry in {delay:.2f} s)"
                     )
                 self.sleep(delay)
+            except ccxt.BaseError as exc:  # any other exchange error: retrying will not help
+                raise SourceError(f"{where}: {type(exc).__name__}: {exc}") from exc
             except (TypeError, ValueError, KeyError, IndexError) as exc:
                 # ccxt parsed a body that was not what the endpoint returns (e.g. cut JSON)
                 last = MalformedResponse(f"{where}: unparseable response: {exc}")
@@ -218,7 +220,9 @@ class CcxtSource:
     ) -> Iterator[pa.Table]:
         stats = stats if stats is not None else FetchStats()
         step = timeframe_ms(timeframe)
-        if timeframe not in self.exchange.timeframes:
+        if not self.exchange.has.get("fetchOHLCV"):
+            raise SourceError(f"{self.exchange_id} has no fetchOHLCV (NotSupported) for {symbol}")
+        if self.exchange.timeframes and timeframe not in self.exchange.timeframes:
             raise SourceError(
                 f"{self.exchange_id} does not offer timeframe {timeframe!r} for {symbol}"
             )

@@ -153,3 +153,16 @@ def test_order_endpoints_for_the_broker(loopback) -> None:
     intruder.markets, intruder.markets_by_id = ex.markets, ex.markets_by_id
     with pytest.raises(ccxt.AuthenticationError):
         intruder.fetch_balance()
+
+
+def test_other_exchange_errors_fail_fast_naming_the_call(loopback) -> None:
+    from functools import partial
+
+    server = loopback()
+    source = ccxt_source(server)
+    source.load_markets()
+    source.exchange.timeframes = {**source.exchange.timeframes, "7m": "7m"}  # the server rejects it
+    call = partial(source.exchange.fetch_ohlcv, "BTC/USDT", "7m")
+    with pytest.raises(SourceError, match=r"binance fetch_ohlcv BTC/USDT: BadRequest"):
+        source._call("fetch_ohlcv", "BTC/USDT", call, None)
+    assert server.exchange.requests["klines"] == 1  # not retried
