@@ -341,8 +341,8 @@ def _message(
         if rows_in == 0:
             return f"FAILED {text}; empty batch and the policy fails empty batches"
         return (
-            f"FAILED {text}; {len(bad_rows)} bad rows exceed the policy limit of {allowed:g} "
-            f"({policy.max_bad_fraction:.1%} of the batch)"
+            f"FAILED {text}; {len(bad_rows)} bad row(s) exceed the policy limit "
+            f"(max {policy.max_bad_fraction:.1%} of the batch, {allowed:g} rows here)"
         )
     return text
 

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "flows.commands.collect",
     "flows.commands.models",
     "flows.commands.features",
+    "flows.commands.quality",
 ]
 
 for _module in COMMAND_MODULES:

@@ -1,0 +1,68 @@
+"""`tradeloop quality`: re-validate a symbol/date range on demand and rebuild the Data Docs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("quality")(quality)
+
+
+def _when(text: str | None, option: str) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not an ISO date or time", param_hint=option) from exc
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def quality(
+    symbol: Annotated[
+        list[str] | None,
+        typer.Option("--symbol", "-s", help="symbol, repeatable (default: every stored symbol)"),
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="first open time, ISO date/time, UTC (default: all)")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="end of range, exclusive (default: all)")] = None,
+    timeframe: Annotated[
+        list[str] | None, typer.Option("--timeframe", "-t", help="timeframe, repeatable")
+    ] = None,
+    exchange: Annotated[str | None, typer.Option(help="only this exchange")] = None,
+    docs: Annotated[bool, typer.Option(help="rebuild the Great Expectations Data Docs")] = True,
+) -> None:
+    """Re-validate stored candles with the current suites and rebuild the Data Docs."""
+    lo, hi = _when(start, "--start"), _when(end, "--end")
+    from flows.quality import quality as quality_flow
+
+    try:
+        report = quality_flow(
+            symbols=symbol or None,
+            start=lo,
+            end=hi,
+            timeframes=timeframe or None,
+            exchange=exchange,
+            build_docs=docs,
+            fail_on_policy=False,
+        )
+    except Exception as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    results = report["results"]
+    assert isinstance(results, list)
+    if not results:
+        typer.echo("no stored candles match; nothing validated")
+    for r in results:
+        typer.echo(("ok      " if r.success else "FAILED  ") + r.message)
+        for w in r.warnings:
+            typer.echo(f"        warning: {w}")
+    if report["data_docs"] is not None:
+        typer.echo(f"Data Docs: {report['data_docs']}")
+    if any(not r.success for r in results):
+        raise typer.Exit(2)

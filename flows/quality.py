@@ -1,0 +1,127 @@
+"""Flow `quality`: re-validate stored data, rebuild the Data Docs, publish a summary.
+
+Also ``gate_task``, the Prefect task wrapper of the quality gate other flows may call per
+batch (the gate itself is ``expectations.gate.gate_and_merge``, plain Python).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from expectations.gate import GatePolicy, GateResult, QualityGateError, gate_and_merge
+from expectations.report import summary_markdown
+from expectations.revalidate import candle_series, revalidate_candles
+from warehouse import Settings, connect, get_settings, migrate
+
+
+@task(name="quality-gate", cache_policy=NONE)
+def gate_task(
+    settings: Settings,
+    table: str,
+    batch: pa.Table,
+    run_id: str | None = None,
+    policy: GatePolicy | None = None,
+) -> GateResult:
+    """Validate one batch and merge what passes (opens its own warehouse connection)."""
+    con = connect(settings)
+    try:
+        result = gate_and_merge(con, table, batch, settings=settings, run_id=run_id, policy=policy)
+    finally:
+        con.close()
+    logger = get_run_logger()
+    (logger.info if result.success else logger.error)(result.message)
+    for warning in result.warnings:
+        logger.warning(warning)
+    return result
+
+
+@task(name="quality-list-series", cache_policy=NONE)
+def list_series_task(
+    settings: Settings,
+    symbols: Sequence[str] | None,
+    timeframes: Sequence[str] | None,
+    exchange: str | None,
+) -> list[tuple[str, str, str]]:
+    con = connect(settings)
+    try:
+        migrate(con)
+        return candle_series(con, symbols=symbols, timeframes=timeframes, exchange=exchange)
+    finally:
+        con.close()
+
+
+@task(name="quality-revalidate", cache_policy=NONE)
+def revalidate_task(
+    settings: Settings,
+    series: tuple[str, str, str],
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    run_id: str,
+    policy: GatePolicy | None,
+) -> GateResult:
+    exchange, symbol, timeframe = series
+    con = connect(settings)
+    try:
+        result = revalidate_candles(
+            con,
+            settings=settings,
+            exchange=exchange,
+            symbol=symbol,
+            timeframe=timeframe,
+            start=start,
+            end=end,
+            run_id=run_id,
+            policy=policy,
+        )
+    finally:
+        con.close()
+    get_run_logger().info(result.message)
+    return result
+
+
+@task(name="quality-data-docs", cache_policy=NONE)
+def build_docs_task(settings: Settings) -> Path:
+    from expectations.engine import build_data_docs
+
+    return build_data_docs(settings)
+
+
+@task(name="quality-summary", cache_policy=NONE)
+def publish_summary(results: list[GateResult], data_docs: Path | None) -> str:
+    markdown = summary_markdown(results, data_docs)
+    create_markdown_artifact(
+        key="quality-summary", markdown=markdown, description="data quality run"
+    )
+    return markdown
+
+
+@flow(name="quality", log_prints=False)
+def quality(
+    symbols: Sequence[str] | None = None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    timeframes: Sequence[str] | None = None,
+    exchange: str | None = None,
+    build_docs: bool = True,
+    fail_on_policy: bool = True,
+    settings: Settings | None = None,
+) -> dict[str, object]:
+    """Re-validate stored candles in ``[start, end)``; fail only where the policy says so."""
+    settings = settings or get_settings()
+    run_id = f"quality-{uuid.uuid4().hex[:12]}"
+    series = list_series_task(settings, symbols, timeframes, exchange)
+    results = [revalidate_task(settings, s, start, end, run_id, None) for s in series]
+    docs = build_docs_task(settings) if build_docs else None
+    markdown = publish_summary(results, docs)
+    failed = [r.message for r in results if not r.success]
+    if failed and fail_on_policy:
+        raise QualityGateError("; ".join(failed))
+    return {"run_id": run_id, "results": results, "data_docs": docs, "summary": markdown}
