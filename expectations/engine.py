@@ -189,6 +189,41 @@ def validate(
     )
 
 
+def prune_stored_results(settings: Settings, *, keep_days: float) -> int:
+    """Delete stored GX validation results (and their Data Docs pages) older than ``keep_days``.
+
+    Every gated batch stores one result (about 50 kB for a 10k-row candle batch), so a
+    long-running collector needs this; ``quality_results`` in the warehouse keeps the record.
+    Returns the number of files deleted.
+    """
+    if keep_days < 0:
+        raise ValueError(f"keep_days must be >= 0, got {keep_days}")
+    import time
+
+    cutoff = time.time() - keep_days * 86_400
+    uncommitted = quality_root(settings) / "gx" / "uncommitted"
+    deleted = 0
+    with _lock:
+        for folder in (
+            uncommitted / "validations",
+            uncommitted / "data_docs" / "local_site" / "validations",
+        ):
+            if not folder.is_dir():
+                continue
+            for path in folder.rglob("*"):
+                if (
+                    path.is_file()
+                    and not path.name.startswith(".")
+                    and path.stat().st_mtime < cutoff
+                ):
+                    path.unlink()
+                    deleted += 1
+            for directory in sorted((d for d in folder.rglob("*") if d.is_dir()), reverse=True):
+                if not any(directory.iterdir()):
+                    directory.rmdir()
+    return deleted
+
+
 def build_data_docs(settings: Settings) -> Path:
     """Rebuild the Data Docs site from every stored validation; returns its index.html."""
     with _lock:

@@ -88,9 +88,14 @@ def revalidate_task(
 
 
 @task(name="quality-data-docs", cache_policy=NONE)
-def build_docs_task(settings: Settings) -> Path:
-    from expectations.engine import build_data_docs
+def build_docs_task(settings: Settings, keep_days: float) -> Path:
+    from expectations.engine import build_data_docs, prune_stored_results
 
+    deleted = prune_stored_results(settings, keep_days=keep_days)
+    if deleted:
+        get_run_logger().info(
+            f"pruned {deleted} stored GX result file(s) older than {keep_days:g} days"
+        )
     return build_data_docs(settings)
 
 
@@ -112,14 +117,18 @@ def quality(
     exchange: str | None = None,
     build_docs: bool = True,
     fail_on_policy: bool = True,
+    keep_days: float = 7.0,
     settings: Settings | None = None,
 ) -> dict[str, object]:
-    """Re-validate stored candles in ``[start, end)``; fail only where the policy says so."""
+    """Re-validate stored candles in ``[start, end)``; fail only where the policy says so.
+
+    Stored GX results older than ``keep_days`` are pruned before the Data Docs are rebuilt.
+    """
     settings = settings or get_settings()
     run_id = f"quality-{uuid.uuid4().hex[:12]}"
     series = list_series_task(settings, symbols, timeframes, exchange)
     results = [revalidate_task(settings, s, start, end, run_id, None) for s in series]
-    docs = build_docs_task(settings) if build_docs else None
+    docs = build_docs_task(settings, keep_days) if build_docs else None
     markdown = publish_summary(results, docs)
     failed = [r.message for r in results if not r.success]
     if failed and fail_on_policy:

@@ -36,6 +36,9 @@ def quality(
     ] = None,
     exchange: Annotated[str | None, typer.Option(help="only this exchange")] = None,
     docs: Annotated[bool, typer.Option(help="rebuild the Great Expectations Data Docs")] = True,
+    keep_days: Annotated[
+        float, typer.Option(help="prune stored GX results older than this before the docs")
+    ] = 7.0,
 ) -> None:
     """Re-validate stored candles with the current suites and rebuild the Data Docs."""
     lo, hi = _when(start, "--start"), _when(end, "--end")
@@ -50,6 +53,7 @@ def quality(
             exchange=exchange,
             build_docs=docs,
             fail_on_policy=False,
+            keep_days=keep_days,
         )
     except Exception as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -284,3 +284,29 @@ def test_extreme_return_is_flagged_and_merged(
     held = gate_and_merge(lake, "candles", to_arrow(rows), settings=settings, policy=strict)
     assert held.rows_quarantined >= 1
     assert START  # the builders' reference time is timezone-aware
+
+
+def test_stored_gx_results_are_pruned_by_age(
+    lake: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
+    import os
+    import time
+
+    from expectations.engine import build_data_docs, prune_stored_results, quality_root
+
+    gate_and_merge(lake, "candles", to_arrow(candle_rows(N)), settings=settings)
+    index = build_data_docs(settings)
+    assert index.is_file() and str(index).startswith(str(settings.home.resolve()))
+    stored = [
+        p
+        for p in (quality_root(settings) / "gx" / "uncommitted").rglob("*")
+        if p.is_file() and "validations" in p.parts and not p.name.startswith(".")
+    ]
+    assert stored  # the result JSON and its Data Docs page
+    assert prune_stored_results(settings, keep_days=1) == 0
+    old = time.time() - 3 * 86_400
+    for path in stored:
+        os.utime(path, (old, old))
+    assert prune_stored_results(settings, keep_days=1) == len(stored)
+    assert not any(p.exists() for p in stored)
+    build_data_docs(settings)  # the site still builds
