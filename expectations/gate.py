@@ -383,7 +383,8 @@ def _write_quarantine(
         for c in ("exchange", "symbol", "timeframe", "ts"):
             out[c].append(lookup[c][row] if lookup is not None else None)
         out["expectation"].append(rules)
-        out["column_name"].append(",".join(dict.fromkeys(p.column for p in ps if p.column)) or None)
+        columns = dict.fromkeys(c for p in ps for c in p.column.split(",") if c)
+        out["column_name"].append(",".join(columns) or None)
         out["reason"].append("; ".join(p.message for p in ps))
         out["row_json"].append(row_json)
     schema = pa.schema(
