@@ -8,6 +8,7 @@ selected with ``USE lake``, so SQL can name tables directly (``SELECT * FROM can
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -87,15 +88,29 @@ def attach_sql(settings: Settings, *, read_only: bool = False) -> list[str]:
     return statements
 
 
+def _ensure_wal(catalog: Path) -> None:
+    """Put the SQLite catalog in WAL mode (persistent in the file).
+
+    In SQLite's default rollback-journal mode a reader fails with "database is locked" while
+    another process commits; in WAL mode readers never wait on writers.
+    """
+    with contextlib.closing(sqlite3.connect(catalog, timeout=30)) as db:
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
+
+
 def _prepare_local_dirs(settings: Settings) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     if settings.catalog_kind == "sqlite":
         settings.sqlite_catalog_path.parent.mkdir(parents=True, exist_ok=True)
+        _ensure_wal(settings.sqlite_catalog_path)
     if "://" not in settings.resolved_data_path:
         Path(settings.resolved_data_path).mkdir(parents=True, exist_ok=True)
 
 
-def connect(settings: Settings | None = None, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    settings: Settings | None = None, *, read_only: bool = False
+) -> duckdb.DuckDBPyConnection:
     """A new connection with the lake attached and selected.
 
     ``read_only`` attaches the catalog read-only: for people and dashboards that must never write.
@@ -110,13 +125,15 @@ def connect(settings: Settings | None = None, *, read_only: bool = False) -> duc
         con.execute("SET ducklake_max_retry_count = 100")
     except duckdb.Error as exc:
         con.close()
-        raise WarehouseError(f"cannot attach the warehouse at {catalog_target(settings)}: {exc}") from exc
+        raise WarehouseError(
+            f"cannot attach the warehouse at {catalog_target(settings)}: {exc}"
+        ) from exc
     return con
 
 
 @dataclass
 class Warehouse:
-    """A settings-bound handle that opens connections on demand (what flows and tasks pass around)."""
+    """A settings-bound handle that opens connections on demand (what flows pass around)."""
 
     settings: Settings
 

@@ -28,7 +28,9 @@ def data_file_count(con: duckdb.DuckDBPyConnection) -> int:
     tables = [r[0] for r in con.execute("SHOW TABLES").fetchall()]
     total = 0
     for table in tables:
-        row = con.execute(f"SELECT count(*) FROM ducklake_list_files('{LAKE}', ?)", [table]).fetchone()
+        row = con.execute(
+            f"SELECT count(*) FROM ducklake_list_files('{LAKE}', ?)", [table]
+        ).fetchone()
         total += int(row[0]) if row else 0
     return total
 

@@ -109,4 +109,3 @@ def migrate(con: duckdb.DuckDBPyConnection, *, max_attempts: int = 50) -> list[i
                     f"migration {migration.version:04d}_{migration.name} failed: {exc}"
                 ) from exc
     return applied_now
-

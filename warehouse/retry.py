@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -31,10 +32,8 @@ def is_conflict(exc: BaseException) -> bool:
 
 
 def rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
-    try:
+    with contextlib.suppress(duckdb.Error):  # no transaction was open
         con.execute("ROLLBACK")
-    except duckdb.Error:
-        pass  # no transaction was open
 
 
 def run_transaction(

@@ -28,7 +28,9 @@ def _type_fits(sql_type: str, arrow_type: pa.DataType) -> str | None:
         ok = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
         return None if ok else f"has type {arrow_type}, expected text (VARCHAR)"
     if sql_type == "BOOLEAN":
-        return None if pa.types.is_boolean(arrow_type) else f"has type {arrow_type}, expected BOOLEAN"
+        return (
+            None if pa.types.is_boolean(arrow_type) else f"has type {arrow_type}, expected BOOLEAN"
+        )
     if sql_type == "TIMESTAMP WITH TIME ZONE":
         if not pa.types.is_timestamp(arrow_type):
             return f"has type {arrow_type}, expected a UTC timestamp"
@@ -53,7 +55,9 @@ def validate_batch(schema: TableSchema, data: pa.Table) -> pa.Table:
     known = set(schema.column_names)
     extra = sorted(given - known)
     if extra:
-        raise SchemaError(f"{where}: unexpected column(s) {extra}; the table has {schema.column_names}")
+        raise SchemaError(
+            f"{where}: unexpected column(s) {extra}; the table has {schema.column_names}"
+        )
     missing = [
         c.name
         for c in schema.columns
@@ -82,7 +86,9 @@ def validate_batch(schema: TableSchema, data: pa.Table) -> pa.Table:
             nan = pc.is_nan(values)
             if pc.any(nan).as_py():
                 first = pc.index(nan, True).as_py()
-                raise SchemaError(f"{where}: key column {column.name!r} has NaN (first at row {first})")
+                raise SchemaError(
+                    f"{where}: key column {column.name!r} has NaN (first at row {first})"
+                )
         columns[column.name] = values
 
     _reject_duplicate_keys(schema, data)

@@ -22,7 +22,9 @@ def _jsonable(value: Any) -> Any:
 def print_arrow(table: pa.Table, output_format: str = "table") -> None:
     rows = table.to_pylist()
     if output_format == "json":
-        json.dump([{k: _jsonable(v) for k, v in row.items()} for row in rows], sys.stdout, default=str)
+        json.dump(
+            [{k: _jsonable(v) for k, v in row.items()} for row in rows], sys.stdout, default=str
+        )
         sys.stdout.write("\n")
     elif output_format == "csv":
         writer = csv.writer(sys.stdout)

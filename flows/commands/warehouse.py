@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -37,7 +37,9 @@ def init() -> None:
 
 
 def sql(
-    query: Annotated[str | None, typer.Argument(help="SQL to run; omit to open the duckdb shell")] = None,
+    query: Annotated[
+        str | None, typer.Argument(help="SQL to run; omit to open the duckdb shell")
+    ] = None,
     output: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
     print_attach: Annotated[
         bool, typer.Option("--print-attach", help="print the SQL that attaches the lake and exit")
@@ -72,7 +74,9 @@ def _open_duckdb_shell(statements: list[str]) -> None:
     binary = Path(sys.executable).parent / "duckdb"
     found = str(binary) if binary.exists() else shutil.which("duckdb")
     if not found:
-        typer.echo("the duckdb CLI is not installed (pip install duckdb-cli==1.4.4.post2)", err=True)
+        typer.echo(
+            "the duckdb CLI is not installed (pip install duckdb-cli==1.4.4.post2)", err=True
+        )
         raise typer.Exit(1)
     os.execv(found, [found, "-cmd", "; ".join(statements) + ";"])
 
@@ -83,7 +87,8 @@ def maintain(
     """Flush inlined rows, merge small files, expire old snapshots, delete unreferenced files."""
     from datetime import timedelta
 
-    from warehouse import connect, maintain as run_maintenance
+    from warehouse import connect
+    from warehouse import maintain as run_maintenance
 
     report = run_maintenance(connect(), keep_snapshots_for=timedelta(days=keep_days))
     typer.echo(
