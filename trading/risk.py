@@ -2,7 +2,8 @@
 
 * Sizing: the weight (fraction of equity) of a new position is
   ``max_position_fraction x decision.size_fraction x confidence_scale`` where
-  ``confidence_scale = min_size_scale + (1 - min_size_scale) x (c - min_confidence) / (1 - min_confidence)``
+  ``confidence_scale = m + (1 - m) x (c - min_confidence) / (1 - min_confidence)``
+  with m = ``min_size_scale``
   (clipped to [0, 1]; 1 when ``confidence_sizing`` is off), then capped so that the sum of
   all positions stays within ``max_total_exposure_fraction``. Units = weight x equity / close.
 * Positions change only when the target DIRECTION changes (entry, exit, flip); the size is set

@@ -1,0 +1,202 @@
+"""Walk-forward evaluation and purged, embargoed cross-validation.
+
+* ``walk_forward_folds``: consecutive out-of-sample test windows; the training window before
+  each is rolling (fixed length) or expanding (from the start). The last ``purge_bars`` rows
+  before a test window are dropped from training, because their labels (which look
+  ``purge_bars`` ahead) would overlap the test window.
+* ``run_walk_forward``: retrains per fold through a pluggable ``fit_predict(train, test)``
+  (the models package's real training code, or ``logistic_fit_predict`` here) and stitches the
+  out-of-sample probabilities together. Before every fit it CHECKS that no training row is at
+  or after the fold's test start, and that no training label reaches into the test window;
+  a violation raises ``LookAheadError`` (not an ``assert``, which ``python -O`` would drop).
+* ``purged_kfold``: k contiguous folds for model selection; training rows whose label window
+  overlaps the test fold are purged, and ``embargo_bars`` rows after the test fold are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from trading.metrics import classification_metrics
+
+FitPredict = Callable[[pl.DataFrame, pl.DataFrame], np.ndarray]
+
+
+class LookAheadError(AssertionError):
+    """Training data at or after a fold's test start (or a label reaching into it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """Row ranges [start, end) of one walk-forward fold (rows sorted by time)."""
+
+    number: int
+    train_start: int
+    train_end: int
+    test_start: int
+    test_end: int
+
+
+def walk_forward_folds(
+    n_rows: int,
+    *,
+    train_bars: int,
+    test_bars: int,
+    mode: Literal["rolling", "expanding"] = "rolling",
+    purge_bars: int = 0,
+    first_test: int | None = None,
+) -> list[Fold]:
+    if train_bars <= purge_bars or test_bars < 1:
+        raise ValueError(
+            f"train_bars ({train_bars}) must exceed purge_bars ({purge_bars}); test_bars >= 1"
+        )
+    start = train_bars if first_test is None else first_test
+    folds = []
+    k = 0
+    while start < n_rows:
+        end = min(start + test_bars, n_rows)
+        train_end = start - purge_bars
+        train_start = 0 if mode == "expanding" else max(0, start - train_bars)
+        if train_end - train_start > 0:
+            folds.append(Fold(k, train_start, train_end, start, end))
+            k += 1
+        start = end
+    return folds
+
+
+def check_no_look_ahead(
+    train: pl.DataFrame, test: pl.DataFrame, label_horizon_bars: int, all_ts: np.ndarray, fold: Fold
+) -> None:
+    """Raise ``LookAheadError`` unless every training row and label ends before the test start."""
+    test_start = test["ts"].min()
+    if train.height and train["ts"].max() >= test_start:
+        raise LookAheadError(
+            f"fold {fold.number}: training row at {train['ts'].max()} >= test start {test_start}"
+        )
+    last_label_row = fold.train_end - 1 + label_horizon_bars
+    if train.height and last_label_row >= fold.test_start:
+        raise LookAheadError(
+            f"fold {fold.number}: label of training row {fold.train_end - 1} looks "
+            f"{label_horizon_bars} bars ahead, into the test window at row {fold.test_start}"
+        )
+    del all_ts
+
+
+@dataclass
+class WalkForwardResult:
+    probabilities: np.ndarray  # (n_test_rows, 3) stitched out-of-sample [buy, hold, sell]
+    test_rows: np.ndarray  # row index (into the input frame) of each probability row
+    folds: list[Fold]
+    fold_metrics: list[dict[str, Any]]
+    train_ts_max: list[Any]  # last training timestamp per fold (the look-ahead audit trail)
+    test_ts_min: list[Any]
+
+
+def run_walk_forward(
+    data: pl.DataFrame,
+    fit_predict: FitPredict,
+    folds: list[Fold],
+    *,
+    label_horizon_bars: int,
+    label_column: str = "label",
+) -> WalkForwardResult:
+    """Retrain per fold and predict its test window; rows must be sorted by ``ts``."""
+    ts = data["ts"].to_numpy()
+    if ts.size > 1 and not (np.diff(ts.astype("datetime64[ns]").astype(np.int64)) > 0).all():
+        raise ValueError("walk-forward data must be sorted by ts without duplicates")
+    probs, rows, metrics, train_max, test_min = [], [], [], [], []
+    for fold in folds:
+        train = data.slice(fold.train_start, fold.train_end - fold.train_start)
+        test = data.slice(fold.test_start, fold.test_end - fold.test_start)
+        check_no_look_ahead(train, test, label_horizon_bars, ts, fold)
+        p = np.asarray(fit_predict(train, test), dtype=np.float64)
+        if p.shape != (test.height, 3):
+            raise ValueError(
+                f"fold {fold.number}: fit_predict returned {p.shape}, expected ({test.height}, 3)"
+            )
+        probs.append(p)
+        rows.append(np.arange(fold.test_start, fold.test_end))
+        train_max.append(train["ts"].max())
+        test_min.append(test["ts"].min())
+        y = test[label_column].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        ok = ~np.isnan(y.astype(np.float64))
+        m = classification_metrics(y[ok].astype(int), p.argmax(axis=1)[ok])
+        train_y = train[label_column].drop_nulls().to_numpy().astype(int)
+        majority = int(np.bincount(train_y, minlength=3).argmax()) if train_y.size else 1
+        m["majority_class"] = majority
+        m["majority_accuracy"] = float(np.mean(y[ok].astype(int) == majority)) if ok.any() else None
+        m.update(
+            fold=fold.number,
+            train_rows=train.height,
+            test_rows=test.height,
+            train_end_ts=str(train["ts"].max()),
+            test_start_ts=str(test["ts"].min()),
+        )
+        metrics.append(m)
+    return WalkForwardResult(
+        np.concatenate(probs) if probs else np.zeros((0, 3)),
+        np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
+        folds,
+        metrics,
+        train_max,
+        test_min,
+    )
+
+
+def purged_kfold(
+    n_rows: int, k: int, *, label_horizon_bars: int, embargo_bars: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, test rows) per fold, purged and embargoed (Lopez de Prado, ch. 7)."""
+    if k < 2 or n_rows < k:
+        raise ValueError(f"need k >= 2 and n_rows >= k, got k={k}, n_rows={n_rows}")
+    bounds = np.linspace(0, n_rows, k + 1).astype(int)
+    out = []
+    idx = np.arange(n_rows)
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        # a training row i labels with rows i+1..i+h: purge it if that window touches [a, b)
+        overlaps = (idx + label_horizon_bars >= a) & (idx < b)
+        embargoed = (idx >= b) & (idx < b + embargo_bars)
+        train = idx[~overlaps & ~embargoed]
+        out.append((train, idx[a:b]))
+    return out
+
+
+def logistic_fit_predict(feature_columns: list[str], label_column: str = "label") -> FitPredict:
+    """A small scikit-learn baseline model (no torch): multinomial logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    def fit_predict(train: pl.DataFrame, test: pl.DataFrame) -> np.ndarray:
+        tr = train.drop_nulls([*feature_columns, label_column])
+        x = tr.select(feature_columns).to_numpy()
+        y = tr[label_column].to_numpy().astype(int)
+        out = np.zeros((test.height, 3))
+        xt = test.select(feature_columns).fill_null(0.0).fill_nan(0.0).to_numpy()
+        if np.unique(y).size < 2:
+            out[:, int(y[0]) if y.size else 1] = 1.0
+            return out
+        scaler = StandardScaler().fit(x)
+        model = LogisticRegression(max_iter=200).fit(scaler.transform(x), y)
+        out[:, model.classes_] = model.predict_proba(scaler.transform(xt))
+        return out
+
+    return fit_predict
+
+
+def simple_features(candles: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """A few causal features (data up to each close) for the logistic baseline."""
+    c = pl.col("close")
+    lr = (c / c.shift(1)).log()
+    cols = {
+        "ret_1": lr,
+        "ret_5": (c / c.shift(5)).log(),
+        "ret_15": (c / c.shift(15)).log(),
+        "vol_20": lr.rolling_std(20),
+        "range_1": (pl.col("high") - pl.col("low")) / c,
+    }
+    return candles.with_columns(**cols), list(cols)
