@@ -191,3 +191,59 @@ def figures(ev: dict[str, Any], max_points: int = 1500) -> dict[str, Any]:
     if "stress" in ev:
         figs["stress"] = ev["stress"]
     return figs
+
+
+def load_warehouse_candles(
+    con: Any, symbol: str, timeframe: str, exchange: str | None = None
+) -> Candles:
+    """One symbol's candles from the warehouse ``candles`` table (time-sorted)."""
+    sql = (
+        "SELECT ts, open, high, low, close, volume FROM candles WHERE symbol = ? AND timeframe = ?"
+    )
+    params: list[Any] = [symbol, timeframe]
+    if exchange:
+        sql += " AND exchange = ?"
+        params.append(exchange)
+    frame = pl.from_arrow(con.execute(sql + " ORDER BY ts", params).fetch_arrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    if frame.height == 0:
+        raise LookupError(
+            f"no candles in the warehouse for {symbol} {timeframe}"
+            + (f" on {exchange}" if exchange else "")
+        )
+    return Candles.from_frame(frame, symbol, timeframe)
+
+
+def signal_backtest(
+    candles: Candles,
+    signals_path: str | Path,
+    config: BacktestConfig,
+    *,
+    n_trials: int = 1,
+    reports_dir: Path | None = None,
+    report_name: str | None = None,
+) -> dict[str, Any]:
+    """Backtest an external signal file on ``candles``; optionally write the report.
+
+    Returns the summary dict (JSON-ready) with ``report_html`` / ``report_json`` paths.
+    """
+    from trading.report import write_report
+    from trading.signals_io import align_signals, read_signal_file
+
+    signals = align_signals(read_signal_file(signals_path), candles)
+    ev = evaluate_signals(
+        candles, signals, config, strategy=Path(signals_path).name, n_trials=n_trials
+    )
+    ev["stress"] = run_stress(candles, lambda c: _realign(signals_path, c), config)
+    summary = ev["summary"]
+    if reports_dir is not None:
+        name = report_name or f"{candles.symbol.replace('/', '_')}-{candles.timeframe}-signals"
+        html_path, json_path = write_report(name, summary, figures(ev), reports_dir)
+        summary["report_html"], summary["report_json"] = str(html_path), str(json_path)
+    return summary
+
+
+def _realign(signals_path: str | Path, candles: Candles) -> SignalSeries:
+    from trading.signals_io import align_signals, read_signal_file
+
+    return align_signals(read_signal_file(signals_path), candles)

@@ -1,0 +1,69 @@
+"""Flow `backtest`: a signal file on warehouse candles -> report, linked as Prefect artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from trading.backtest import BacktestConfig, Candles
+from trading.evaluation import load_warehouse_candles, signal_backtest
+from warehouse import Settings, connect, get_settings
+
+
+@task(name="load-candles", cache_policy=NONE)
+def load_candles_task(
+    settings: Settings, symbol: str, timeframe: str, exchange: str | None
+) -> Candles:
+    con = connect(settings, read_only=True)
+    try:
+        return load_warehouse_candles(con, symbol, timeframe, exchange)
+    finally:
+        con.close()
+
+
+@task(name="run-backtest", cache_policy=NONE)
+def backtest_task(
+    candles: Candles, signals_path: str, config: BacktestConfig, reports_dir: Path, n_trials: int
+) -> dict[str, Any]:
+    return signal_backtest(
+        candles, signals_path, config, n_trials=n_trials, reports_dir=reports_dir
+    )
+
+
+@flow(name="backtest", log_prints=True)
+def backtest(
+    signals_path: str,
+    symbol: str,
+    timeframe: str = "1m",
+    exchange: str | None = None,
+    config: BacktestConfig | None = None,
+    n_trials: int = 1,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Backtest ``signals_path`` for ``symbol`` and publish the report as artifacts."""
+    settings = settings or get_settings()
+    candles = load_candles_task(settings, symbol, timeframe, exchange)
+    summary = backtest_task(
+        candles, signals_path, config or BacktestConfig(), settings.home / "reports", n_trials
+    )
+    html = Path(summary["report_html"]).resolve()
+    create_link_artifact(
+        key="backtest-report", link=html.as_uri(), link_text=f"backtest report {symbol} {timeframe}"
+    )
+    create_markdown_artifact(
+        key="backtest-summary",
+        markdown=(
+            f"# Backtest {symbol} {timeframe}\n\n| metric | value |\n|---|---|\n"
+            + "".join(
+                f"| {k} | {summary[k]} |\n"
+                for k in ("total_return", "sharpe", "max_drawdown", "trades")
+            )
+            + f"\nReport: {html}\n"
+        ),
+    )
+    get_run_logger().info(f"backtest {symbol}: return {summary['total_return']:.4f}, report {html}")
+    return summary

@@ -1,0 +1,107 @@
+"""`tradeloop backtest` and the `backtest` flow on real candles stored in the warehouse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from warehouse import Settings, upsert
+
+
+def _store_real_candles(
+    lake: duckdb.DuckDBPyConnection, settings: Settings, candles_dir: Path
+) -> pl.DataFrame:
+    frame = pl.read_ipc(candles_dir / "XRP_ETH-5m.feather").rename({"date": "ts"})
+    frame = frame.with_columns(
+        pl.col("ts").dt.cast_time_unit("ms"),
+        exchange=pl.lit("binance"),
+        symbol=pl.lit("XRP/ETH"),
+        timeframe=pl.lit("5m"),
+    ).select("exchange", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume")
+    upsert(lake, "candles", frame.to_arrow(), settings=settings)
+    return frame
+
+
+def _signal_file(frame: pl.DataFrame, path: Path) -> Path:
+    sig = ((np.arange(frame.height) // 50) % 2 == 0).astype(np.int64)  # long 50 bars, flat 50
+    pl.DataFrame({"ts": frame["ts"], "symbol": "XRP/ETH", "signal": sig.astype(np.int64)}).filter(
+        pl.col("signal").diff().fill_null(1) != 0  # only the changes: the rest is carried
+    ).write_parquet(path)
+    return path
+
+
+@pytest.fixture
+def env(lake, settings, candles_dir, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    frame = _store_real_candles(lake, settings, candles_dir)
+    lake.close()
+    monkeypatch.setenv("TRADELOOP_HOME", str(settings.home))
+    from warehouse.settings import get_settings
+
+    get_settings.cache_clear()
+    yield frame, _signal_file(frame, tmp_path / "sig.parquet"), settings
+    get_settings.cache_clear()
+
+
+def _run(args: list[str]) -> dict:  # type: ignore[type-arg]
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_cli_backtest_json_and_cost_deltas(env) -> None:  # type: ignore[no-untyped-def]
+    frame, sig_path, settings = env
+    common = [
+        "backtest",
+        "--signals",
+        str(sig_path),
+        "--timeframe",
+        "5m",
+        "--format",
+        "json",
+        "--max-position",
+        "0.5",
+        "--no-report",
+    ]
+    free = _run([*common, "--fee", "0", "--slippage", "0"])
+    costly = _run([*common, "--fee", "0.001", "--slippage", "0.0005"])
+    for key in ("total_return", "sharpe", "max_drawdown", "trades", "win_rate", "turnover"):
+        assert key in free
+    assert set(free["baselines"]) == {"buy_and_hold", "rsi_rule", "majority_class"}
+    assert free["trades"] == costly["trades"] >= 1
+    assert free["trades"] == 7  # 706 bars: long from bars 1, 101, ..., 601 (next-bar opens)
+    assert costly["total_return"] < free["total_return"]
+    assert costly["fees_paid"] > 0 and free["fees_paid"] == 0
+
+
+def test_cli_names_the_bad_row(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from flows.cli import app
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "ts,symbol,signal\n2019-10-11T00:00:00Z,XRP/ETH,1\n2019-10-11T00:05:00Z,XRP/ETH,2\n"
+    )
+    result = CliRunner().invoke(app, ["backtest", "--signals", str(bad), "--timeframe", "5m"])
+    assert result.exit_code == 1
+    assert "bad.csv row 1 (line 3), column 'signal'" in result.output
+
+
+def test_backtest_flow_writes_report_and_artifact(env, prefect_server: None) -> None:  # type: ignore[no-untyped-def]
+    from prefect.artifacts import Artifact
+
+    from flows.backtest import backtest
+
+    frame, sig_path, settings = env
+    summary = backtest(str(sig_path), "XRP/ETH", "5m", settings=settings)
+    html = Path(summary["report_html"])
+    assert html.exists() and html.is_relative_to(settings.home / "reports")
+    assert Path(summary["report_json"]).exists()
+    artifact = Artifact.get("backtest-report")
+    assert artifact is not None and html.as_uri() in str(artifact.data)
