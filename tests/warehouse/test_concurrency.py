@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.warehouse.catalogs import worker_env
 from tests.warehouse.workers import BATCH_ROWS, batch_starts
 from warehouse import Settings, connect, migrate
 
@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.xdist_group("warehouse-processes")
 
 
-def _spawn(*args: str) -> subprocess.Popen[str]:
+def _spawn(settings: Settings, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.warehouse.workers", *args],
         cwd=ROOT,
+        env=worker_env(settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -30,16 +31,17 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    migrate(connect(Settings(home=home)))
-    return home
+def home(settings: Settings) -> Path:
+    con = connect(settings)
+    migrate(con)
+    con.close()
+    return settings.home
 
 
-def test_four_writers_and_a_reader(home: Path) -> None:
+def test_four_writers_and_a_reader(home: Path, settings: Settings) -> None:
     seeds, batches = [11, 12, 13, 14], 6
-    writers = [_spawn("write", str(home), str(seed), str(batches)) for seed in seeds]
-    reader = _spawn("read", str(home), "8")
+    writers = [_spawn(settings, "write", str(home), str(seed), str(batches)) for seed in seeds]
+    reader = _spawn(settings, "read", str(home), "8")
     for writer in writers:
         _, err = writer.communicate(timeout=240)
         assert writer.returncode == 0, err
@@ -50,14 +52,14 @@ def test_four_writers_and_a_reader(home: Path) -> None:
     expected = {
         m for seed in seeds for s in batch_starts(seed, batches) for m in range(s, s + BATCH_ROWS)
     }
-    con = connect(Settings(home=home), read_only=True)
+    con = connect(settings, read_only=True)
     total, distinct = con.execute("SELECT count(*), count(DISTINCT ts) FROM candles").fetchone()
     assert total == distinct == len(expected)
 
 
-def test_sql_cli_while_another_process_writes(home: Path) -> None:
-    writer = _spawn("write", str(home), "7", "10")
-    env = {**os.environ, "TRADELOOP_HOME": str(home)}
+def test_sql_cli_while_another_process_writes(home: Path, settings: Settings) -> None:
+    writer = _spawn(settings, "write", str(home), "7", "10")
+    env = worker_env(settings)
     counts = []
     try:
         for _ in range(4):
@@ -86,16 +88,18 @@ def test_sql_cli_while_another_process_writes(home: Path) -> None:
 
 
 @pytest.mark.parametrize("delay_s", [0.05, 0.25, 0.6])
-def test_writer_killed_mid_batch_leaves_all_or_nothing(home: Path, delay_s: float) -> None:
+def test_writer_killed_mid_batch_leaves_all_or_nothing(
+    home: Path, settings: Settings, delay_s: float
+) -> None:
     rows = 300_000
-    writer = _spawn("big", str(home), str(rows))
+    writer = _spawn(settings, "big", str(home), str(rows))
     assert writer.stdout is not None
     assert writer.stdout.readline().strip() == "begin"
     time.sleep(delay_s)
     writer.send_signal(signal.SIGKILL)
     writer.wait(timeout=30)
 
-    con = connect(Settings(home=home))  # the warehouse opens afterwards
+    con = connect(settings)  # the warehouse opens afterwards
     present = con.execute("SELECT count(*) FROM candles WHERE exchange = 'killme'").fetchone()[0]
     assert present in (0, rows), f"partial batch visible: {present} of {rows} rows"
     # and it still takes writes

@@ -1,5 +1,7 @@
 """Processes the tests start against one warehouse: `python -m tests.warehouse.workers ROLE HOME`.
 
+The catalog comes from the environment (TRADELOOP_CATALOG_URL; unset = SQLite under HOME).
+
 Roles:
   write HOME SEED BATCHES   upsert BATCHES overlapping candle batches (keys in 0..2999 minutes)
   read HOME SECONDS         SELECT count(*) in a loop; print the number of reads; fail on error
