@@ -1,0 +1,176 @@
+"""Broker, decision, signal-file, metrics and stress components on real data."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trading.backtest import BacktestConfig, SignalSeries, run_event_driven
+from trading.broker import BookSnapshot, OrderBookSlippage, PaperBroker
+from trading.decision import (
+    OnlineRSI,
+    OnlineVolatility,
+    ProbabilityDecider,
+    Thresholds,
+    rolling_volatility,
+    rsi,
+    signals_from_probabilities,
+)
+from trading.domain import Bar, FeeModel, Order
+from trading.metrics import deflated_sharpe, performance, probabilistic_sharpe
+from trading.risk import RiskLimits
+from trading.signals_io import SignalFileError, align_signals, read_signal_file
+from trading.stress import run_stress
+
+
+def test_order_book_walk_and_client_ids() -> None:
+    book = BookSnapshot(1000, (99.0, 98.0), (1.0, 5.0), (101.0, 102.0, 103.0), (1.0, 2.0, 1.0))
+    broker = PaperBroker(FeeModel(0.0, 0.001), OrderBookSlippage({"X/Y": [book]}))
+    broker.submit(Order("a-1", "X/Y", "buy", 2.5, created_ts_ms=1000))
+    with pytest.raises(ValueError, match="duplicate client_order_id"):
+        broker.submit(Order("a-1", "X/Y", "buy", 1.0))
+    assert broker.order_status("a-1") == "open"
+    (fill,) = broker.process_bar(Bar("X/Y", 2000, 200.0, 210.0, 190.0, 205.0), 1e9)
+    vwap = (1 * 101.0 + 1.5 * 102.0) / 2.5  # walked two ask levels
+    assert fill.price == pytest.approx(200.0 * (1 + (vwap / 100.0 - 1)), rel=1e-12)
+    assert fill.fee == pytest.approx(2.5 * fill.price * 0.001, rel=1e-12)
+    assert broker.order_status("a-1") == "filled"
+    broker.submit(Order("a-2", "X/Y", "sell", 10.0))  # more than the 6 units of bids
+    (part,) = broker.process_bar(Bar("X/Y", 3000, 200.0, 210.0, 190.0, 205.0), 0.0)
+    assert part.amount == 6.0
+
+
+def test_no_fill_before_the_next_bar() -> None:
+    broker = PaperBroker(FeeModel())
+    bar = Bar("X/Y", 0, 10.0, 11.0, 9.0, 10.5)
+    assert broker.process_bar(bar, 100.0) == []
+    broker.submit(Order("b-1", "X/Y", "buy", 1.0))
+    (fill,) = broker.process_bar(Bar("X/Y", 60_000, 12.0, 12.5, 11.0, 12.2), 100.0)
+    assert (fill.ts_ms, fill.price) == (60_000, 12.0)  # the next bar's open
+
+
+def test_online_forms_equal_batch(eth_btc) -> None:  # type: ignore[no-untyped-def]
+    close = eth_btc.close[:2000]
+    online, vol = OnlineRSI(14), OnlineVolatility(20)
+    got = np.array([online.update(float(x)) for x in close])
+    got_vol = np.array([vol.update(float(x)) for x in close])
+    np.testing.assert_allclose(got, rsi(close, 14), rtol=1e-9, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(got_vol, rolling_volatility(close, 20), rtol=1e-9, equal_nan=True)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(*[st.floats(0.01, 1.0)] * 3), min_size=1, max_size=60))
+def test_probability_decider_online_equals_batch(rows: list[tuple[float, float, float]]) -> None:
+    p = np.array(rows)
+    p = p / p.sum(axis=1, keepdims=True)
+    th = Thresholds(0.4, 0.4, 0.45)
+    batch = signals_from_probabilities(p, None, th)
+    dec = ProbabilityDecider(th)
+    online = [dec.update(tuple(map(float, r))).signal for r in p]
+    assert batch.tolist() == online
+
+
+HEAD = "ts,symbol,signal\n"
+
+
+def test_signal_file_errors_name_row_and_column(tmp_path: Path) -> None:
+    cases = {
+        HEAD + "2018-01-10T05:00:00Z,ETH/BTC,1\n2018-01-10T05:05:00Z,ETH/BTC,x\n": (
+            "row 1 (line 3), column 'signal': 'x' is not a number"
+        ),
+        "ts,symbol,signal\n2018-01-10 05:00:00,ETH/BTC,1\n": "row 0 (line 2), column 'ts'",
+        "ts,symbol,signal,size\n2018-01-10T05:00:00Z,ETH/BTC,1,1.5\n": "column 'size'",
+        "ts,symbol\n2018-01-10T05:00:00Z,ETH/BTC\n": "missing column(s) ['signal']",
+        "ts,symbol,signal\n1515560400000,ETH/BTC,1\n1515560400000,ETH/BTC,0\n": "duplicate",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"s{i}.csv"
+        path.write_text(text)
+        with pytest.raises(
+            SignalFileError,
+            match=message.replace("(", r"\(")
+            .replace(")", r"\)")
+            .replace("[", r"\[")
+            .replace("]", r"\]"),
+        ):
+            read_signal_file(path)
+
+
+def test_signal_acts_at_next_open_and_is_carried(eth_btc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    c = eth_btc.slice(0, 30)
+    ts = pl.Series(c.ts_ms).cast(pl.Datetime("ms", "UTC"))
+    pl.DataFrame({"ts": ts[[5, 12]], "symbol": ["ETH/BTC"] * 2, "signal": [1, 0]}).write_parquet(
+        tmp_path / "s.parquet"
+    )
+    sig = align_signals(read_signal_file(tmp_path / "s.parquet"), c)
+    assert sig.signal.tolist() == [0] * 5 + [1] * 7 + [0] * 18
+    r = run_event_driven(c, sig, BacktestConfig(fees=FeeModel(0, 0)))
+    assert [(f.ts_ms, f.price) for f in r.fills] == [
+        (c.ts_ms[6], c.open[6]),
+        (c.ts_ms[13], c.open[13]),
+    ]
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(20, 150))
+def test_no_look_ahead_future_prices_do_not_change_the_past(eth_btc, k: int) -> None:  # type: ignore[no-untyped-def]
+    """Damaging every bar after k changes nothing up to k's close."""
+    c = eth_btc.slice(0, 160)
+    from dataclasses import replace as dc_replace
+
+    wild = dc_replace(
+        c,
+        close=np.concatenate([c.close[: k + 1], c.close[k + 1 :] * 3]),
+        open=np.concatenate([c.open[: k + 1], c.open[k + 1 :] * 3]),
+        high=np.concatenate([c.high[: k + 1], c.high[k + 1 :] * 3]),
+        low=np.concatenate([c.low[: k + 1], c.low[k + 1 :] * 0.3]),
+    )
+    from trading.decision import rsi_rule_signals
+
+    cfg = BacktestConfig(limits=RiskLimits(stop_loss_vol_mult=2.0))
+    a = run_event_driven(c, SignalSeries.of(rsi_rule_signals(c.close)), cfg)
+    b = run_event_driven(wild, SignalSeries.of(rsi_rule_signals(wild.close)), cfg)
+    assert a.equity[: k + 1].tolist() == b.equity[: k + 1].tolist()
+
+
+def test_sharpe_honesty(eth_btc) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(1)
+    r = rng.normal(0.001, 0.01, 2000)
+    one, many = deflated_sharpe(r, 1), deflated_sharpe(r, 100)
+    assert probabilistic_sharpe(r) == pytest.approx(one)
+    assert 0 < many < one < 1  # more configurations tried -> less convincing
+    eq = 1000 * np.cumprod(1 + r)
+    perf = performance(
+        eq,
+        initial_cash=1000,
+        timeframe="5m",
+        trades=[],
+        units=np.ones(2000),
+        fees_paid=0.0,
+        traded_notional=0.0,
+    )
+    assert perf.sharpe_ci_low < perf.sharpe < perf.sharpe_ci_high
+    assert perf.max_drawdown < 0 and perf.exposure == 1.0
+    assert math.isclose(perf.total_return, eq[-1] / 1000 - 1)
+
+
+def test_stress_crash_hits_drawdown_and_risk_controls(eth_btc) -> None:  # type: ignore[no-untyped-def]
+    c = eth_btc.slice(0, 1500)
+    hold = lambda d: SignalSeries.of(np.ones(len(d)))  # noqa: E731
+    plain = {r["scenario"]: r for r in run_stress(c, hold, BacktestConfig())}
+    assert plain["crash_30pct"]["max_drawdown"] <= plain["baseline"]["max_drawdown"] - 0.15
+    assert plain["crash_30pct"]["worst_bar_return"] == pytest.approx(-0.3, abs=0.01)
+    assert plain["outage_gap"]["bars"] == 1440
+    guarded = BacktestConfig(limits=RiskLimits(max_drawdown_fraction=0.25))
+    rows = {r["scenario"]: r for r in run_stress(c, hold, guarded)}
+    assert rows["crash_30pct"]["kill_switch_fired"] and not rows["baseline"]["kill_switch_fired"]
+    wide = BacktestConfig(slippage_fraction=0.0001)
+    alt = lambda d: SignalSeries.of((np.arange(len(d)) // 10) % 2)  # noqa: E731
+    illiquid = {r["scenario"]: r for r in run_stress(c, alt, wide)}
+    assert illiquid["illiquid_spread"]["total_return"] < illiquid["baseline"]["total_return"]
