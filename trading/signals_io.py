@@ -13,6 +13,7 @@ later one wins. Bad input raises ``SignalFileError`` naming the row and column.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ def read_signal_file(path: str | Path) -> pl.DataFrame:
     return out.sort("symbol", "ts_ms")
 
 
-def _parse_ts(col: pl.Series, where) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _parse_ts(col: pl.Series, where: Callable[[int], str]) -> np.ndarray:
     if isinstance(col.dtype, pl.Datetime):
         if col.dtype.time_zone is None:
             raise SignalFileError(
@@ -123,7 +124,7 @@ def _parse_ts(col: pl.Series, where) -> np.ndarray:  # type: ignore[no-untyped-d
     return arr.astype(np.int64)
 
 
-def _parse_numbers(col: pl.Series, name: str, where) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _parse_numbers(col: pl.Series, name: str, where: Callable[[int], str]) -> np.ndarray:
     values = col.cast(pl.Float64, strict=False)
     bad = np.flatnonzero(values.is_null().to_numpy() | ~np.isfinite(values.fill_null(0).to_numpy()))
     if bad.size:

@@ -73,10 +73,11 @@ def check_no_look_ahead(
     train: pl.DataFrame, test: pl.DataFrame, label_horizon_bars: int, all_ts: np.ndarray, fold: Fold
 ) -> None:
     """Raise ``LookAheadError`` unless every training row and label ends before the test start."""
-    test_start = test["ts"].min()
-    if train.height and train["ts"].max() >= test_start:
+    test_start: Any = test["ts"].min()
+    train_max: Any = train["ts"].max()
+    if train.height and train_max >= test_start:
         raise LookAheadError(
-            f"fold {fold.number}: training row at {train['ts'].max()} >= test start {test_start}"
+            f"fold {fold.number}: training row at {train_max} >= test start {test_start}"
         )
     last_label_row = fold.train_end - 1 + label_horizon_bars
     if train.height and last_label_row >= fold.test_start:
