@@ -105,3 +105,35 @@ def test_backtest_flow_writes_report_and_artifact(env, prefect_server: None) -> 
     assert Path(summary["report_json"]).exists()
     artifact = Artifact.get("backtest-report")
     assert artifact is not None and html.as_uri() in str(artifact.data)
+
+
+def test_walk_forward_retrains_with_the_models_training_code(
+    candles_dir: Path, prefect_server: None
+) -> None:
+    """Real training code per fold (the scikit-learn GBM member keeps it fast); the fold
+    checks guarantee no training sample at or after the test start."""
+    from flows.backtest import walk_forward
+    from models.data import build_samples
+    from models.training import TrainConfig
+    from pipelines.labels import LabelConfig
+
+    frame = pl.read_ipc(candles_dir / "ETH_BTC-5m.feather").rename({"date": "ts"}).head(1500)
+    frame = frame.with_columns(
+        exchange=pl.lit("x"), symbol=pl.lit("ETH/BTC"), timeframe=pl.lit("5m")
+    )
+    config = TrainConfig(
+        window_len=8,
+        horizon_bars=5,
+        members=("gbm",),
+        gbm_estimators=10,
+        importance_repeats=0,
+        progress=False,
+        threads=1,
+    )
+    samples = build_samples(frame, window_len=8, label_config=LabelConfig(horizon_bars=5))
+    result = walk_forward(samples, config, n_folds=3)
+    assert len(result.folds) == 3
+    for train_max, test_min in zip(result.train_ts_max, result.test_ts_min, strict=True):
+        assert train_max < test_min
+    assert result.probabilities.shape == (result.test_rows.size, 3)
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-6)
