@@ -114,7 +114,7 @@ def walk_forward_task(samples: Any, config: Any, n_folds: int) -> Any:
 @flow(name="walk-forward")
 def walk_forward(samples: Any, config: Any, n_folds: int = 3) -> Any:
     """Walk-forward retraining of the signal ensemble on one symbol's samples."""
-    result = walk_forward_task(samples, config, n_folds)
+    result: Any = walk_forward_task(samples, config, n_folds)
     create_markdown_artifact(
         key="walk-forward-folds",
         markdown="# Walk-forward folds\n\n| fold | train rows | test rows | accuracy | f1 |\n"
