@@ -174,3 +174,68 @@ def test_stress_crash_hits_drawdown_and_risk_controls(eth_btc) -> None:  # type:
     alt = lambda d: SignalSeries.of((np.arange(len(d)) // 10) % 2)  # noqa: E731
     illiquid = {r["scenario"]: r for r in run_stress(c, alt, wide)}
     assert illiquid["illiquid_spread"]["total_return"] < illiquid["baseline"]["total_return"]
+
+
+def test_limit_order_pays_maker_fee_at_its_price() -> None:
+    broker = PaperBroker(FeeModel(maker_fraction=0.0002, taker_fraction=0.001))
+    broker.submit(Order("l-1", "X/Y", "buy", 2.0, order_type="limit", price=9.5))
+    assert broker.process_bar(Bar("X/Y", 0, 10.0, 10.5, 9.6, 10.0), 1e6) == []  # not reached
+    (fill,) = broker.process_bar(Bar("X/Y", 60_000, 10.0, 10.2, 9.4, 9.8), 1e6)
+    assert (fill.price, fill.fee) == (9.5, 2.0 * 9.5 * 0.0002)
+
+
+def test_confidence_sizing_and_total_exposure_limit() -> None:
+    from trading.domain import Decision
+    from trading.portfolio import Portfolio
+    from trading.risk import RiskState, plan_orders
+
+    limits = RiskLimits(
+        max_position_fraction=0.6,
+        max_total_exposure_fraction=0.8,
+        min_confidence=0.6,
+        confidence_sizing=True,
+        min_size_scale=0.25,
+    )
+    book = Portfolio(cash=1000.0)
+    state = RiskState()
+    weak = plan_orders(
+        Decision(1, 0.5),
+        symbol="A/B",
+        ts_ms=0,
+        close=10.0,
+        volatility_fraction=0.01,
+        portfolio=book,
+        state=state,
+        limits=limits,
+    )
+    assert weak.orders == () and "confidence" in weak.note
+    a = plan_orders(
+        Decision(1, 0.8),
+        symbol="A/B",
+        ts_ms=0,
+        close=10.0,
+        volatility_fraction=0.01,
+        portfolio=book,
+        state=state,
+        limits=limits,
+    )
+    scale = 0.25 + 0.75 * (0.8 - 0.6) / 0.4  # 0.625
+    assert a.orders[0].amount == pytest.approx(0.6 * scale * 1000.0 / 10.0)  # 37.5 units
+    # hold 0.6 of equity in A/B: only 0.2 is left for C/D under the 0.8 total limit
+    from trading.domain import Position
+
+    book.positions["A/B"] = Position("A/B", 60.0, 10.0, 0, 0.0)
+    book.cash = 400.0
+    book.mark("A/B", 10.0)
+    b = plan_orders(
+        Decision(1, 1.0),
+        symbol="C/D",
+        ts_ms=0,
+        close=5.0,
+        volatility_fraction=0.01,
+        portfolio=book,
+        state=state,
+        limits=limits,
+    )
+    assert b.orders[0].amount == pytest.approx(0.2 * 1000.0 / 5.0)
+    assert a.orders[0].client_order_id != b.orders[0].client_order_id
