@@ -1,0 +1,167 @@
+"""Helpers for the serving-loop tests: one tiny real model trained and exported per session
+(torch only here, never in the serving path), constant models built directly in ONNX, a
+migrated warehouse with a champion."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import polars as pl
+from onnx import TensorProto, helper
+
+from models.registry import promote, register_model
+from pipelines.features import FEATURE_SET_VERSION, feature_columns
+from trading.backtest import Candles
+from warehouse import Settings
+
+CANDLE_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "candles" / "UNITTEST_BTC-1m.feather"
+SYMBOL = "UNITTEST/BTC"
+_TMP = Path(tempfile.mkdtemp(prefix="serve-tests-"))
+atexit.register(shutil.rmtree, _TMP, True)
+
+
+def real_frame(rows: int) -> pl.DataFrame:
+    frame = pl.read_ipc(CANDLE_FILE).rename({"date": "ts"})
+    return frame.with_columns(pl.col("ts").dt.convert_time_zone("UTC")).tail(rows)
+
+
+def slice_file(rows: int) -> Path:
+    """The last ``rows`` real candles as a Feather file named like the shared data."""
+    path = _TMP / f"slice{rows}" / "UNITTEST_BTC-1m.feather"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        real_frame(rows).rename({"ts": "date"}).write_ipc(path)
+    return path
+
+
+def candles(rows: int) -> Candles:
+    return Candles.from_frame(real_frame(rows), SYMBOL, "1m")
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_model() -> Path:
+    """A real hybrid model (LSTM + Transformer) trained 1 epoch on real candles, in ONNX."""
+    import torch
+
+    from models.data import build_samples
+    from models.export import export_onnx
+    from models.training import TrainConfig, label_config, train_ensemble
+
+    torch.set_num_threads(1)
+    frame = (
+        real_frame(4000)
+        .head(2600)
+        .with_columns(exchange=pl.lit("binance"), symbol=pl.lit(SYMBOL), timeframe=pl.lit("1m"))
+    )
+    cfg = TrainConfig(
+        window_len=12,
+        horizon_bars=5,
+        epochs=1,
+        batch_size=64,
+        d_model=8,
+        lstm_hidden=8,
+        n_heads=2,
+        conv_channels=8,
+        max_samples=500,
+        importance_repeats=0,
+        progress=False,
+        threads=1,
+        members=("hybrid",),
+    )
+    samples = build_samples(frame, window_len=12, label_config=label_config(cfg))
+    ensemble = train_ensemble(samples, cfg)
+    path = _TMP / "tiny.onnx"
+    export_onnx(ensemble, path)
+    return path
+
+
+def constant_model(
+    path: Path,
+    probabilities: tuple[float, float, float],
+    confidence: float,
+    *,
+    feature_set_version: str = FEATURE_SET_VERSION,
+    window_len: int = 12,
+) -> Path:
+    """A tradeloop-shaped ONNX model that ignores its input and always says the same thing."""
+    cols = feature_columns()
+    n = len(cols)
+    x = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", window_len, n])
+    probs = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])
+    conf = helper.make_tensor_value_info("confidence", TensorProto.FLOAT, ["batch"])
+    inits = [
+        helper.make_tensor("p", TensorProto.FLOAT, [1, 3], list(probabilities)),
+        helper.make_tensor("c", TensorProto.FLOAT, [1], [confidence]),
+        helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("three", TensorProto.INT64, [1], [3]),
+    ]
+    nodes = [
+        helper.make_node("Shape", ["window"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Concat", ["batch", "three"], ["pshape"], axis=0),
+        helper.make_node("Expand", ["p", "pshape"], ["probabilities"]),
+        helper.make_node("Expand", ["c", "batch"], ["confidence"]),
+    ]
+    graph = helper.make_graph(nodes, "constant", [x], [probs, conf], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {
+        "tradeloop.feature_set_version": feature_set_version,
+        "tradeloop.feature_columns": json.dumps(cols),
+        "tradeloop.selected_features": json.dumps(cols[:5]),
+        "tradeloop.window_len": str(window_len),
+        "tradeloop.n_features": str(n),
+        "tradeloop.horizon_bars": "5",
+    }
+    for k, v in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.save(model, path)
+    return path
+
+
+def register_champion(con, settings: Settings, path: Path, *, fsv: str = FEATURE_SET_VERSION) -> str:  # type: ignore[no-untyped-def]
+    rec = register_model(
+        con,
+        settings,
+        path,
+        feature_set_version=fsv,
+        training_snapshot_id=None,
+        hyperparameters={},
+        metrics={},
+    )
+    promote(con, settings, rec.model_id)
+    return rec.model_id
+
+
+def table_rows(con, table: str, order: str) -> list[tuple]:  # type: ignore[no-untyped-def]
+    cols = [
+        r[0]
+        for r in con.execute(f"DESCRIBE {table}").fetchall()
+        if r[0] not in ("ingested_at", "updated_at")
+    ]
+    return con.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}").fetchall()
+
+
+def fsv_mismatch_probe() -> np.ndarray:
+    return np.zeros(1)
+
+
+def make_loop(settings: Settings, config, *, background: bool = False, lookup_con=None):  # type: ignore[no-untyped-def]
+    """A ServingLoop on the warehouse of ``settings`` (registry lookups on ``lookup_con``)."""
+    from models.registry import champion
+    from trading.fallback import ModelManager
+    from trading.loop import ServingLoop
+    from trading.writer import BufferedWriter
+    from warehouse import connect
+
+    con = lookup_con or connect(settings)
+    manager = ModelManager(lambda: champion(con, config.model_name), FEATURE_SET_VERSION)
+    writer = BufferedWriter(settings, lambda: connect(settings), background=background)
+    return ServingLoop(config, manager=manager, writer=writer, home=settings.home), con

@@ -1,0 +1,192 @@
+"""Market input of the serving loop: ticks of closed candles across symbols.
+
+* ``ReplayMarket``: candles from a file (any format ``tradeloop import`` reads) or from the
+  warehouse, replayed in time order at maximum speed (``speed=None``) or accelerated
+  (``speed=60`` plays one 1m candle per second).
+* ``PollingMarket``: any ``pipelines.sources`` Source (ccxt against a real exchange or the
+  loopback server, the simulated exchange) polled for newly CLOSED candles. A failing poll
+  (exchange outage) is an alert, never a loss: the per-symbol cursor only moves past candles
+  that were received, so the next successful poll fetches what was missed.
+
+A ``Tick`` carries the candles that closed since the previous tick (at most one per symbol and
+open time), the market clock, and alerts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from pipelines.resample import timeframe_ms
+from pipelines.sources.base import Source, SourceError, wall_clock_ms
+from trading.backtest import Candles
+from trading.domain import Bar
+
+
+@dataclass(frozen=True)
+class Tick:
+    now_ms: int
+    bars: tuple[Bar, ...]
+    alerts: tuple[str, ...] = ()
+
+
+def _bar(c: Candles, i: int) -> Bar:
+    return Bar(
+        c.symbol,
+        int(c.ts_ms[i]),
+        float(c.open[i]),
+        float(c.high[i]),
+        float(c.low[i]),
+        float(c.close[i]),
+        float(c.volume[i]),
+        -1,
+    )
+
+
+def load_replay_candles(
+    source: str,
+    *,
+    con: duckdb.DuckDBPyConnection | None = None,
+    exchange: str = "binance",
+    timeframe: str | None = None,
+    symbol: str | None = None,
+) -> list[Candles]:
+    """A candle file's candles, or one warehouse symbol's (``source`` = a symbol like BTC/USDT)."""
+    path = Path(source)
+    if path.exists():
+        from pipelines.importers import read_candles
+
+        table, _ = read_candles(path, exchange=exchange, symbol=symbol, timeframe=timeframe)
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        sym = str(frame["symbol"][0]) if frame.height else (symbol or path.stem)
+        tf = str(frame["timeframe"][0]) if frame.height else (timeframe or "1m")
+        return [Candles.from_frame(frame, sym, tf)]
+    if con is None:
+        raise FileNotFoundError(f"replay source {source!r}: no such file, and no warehouse given")
+    tf = timeframe or "1m"
+    frame = con.execute(
+        "SELECT ts, open, high, low, close, volume FROM candles "
+        "WHERE symbol = ? AND timeframe = ? AND exchange = ? ORDER BY ts",
+        [source, tf, exchange],
+    ).pl()
+    if frame.height == 0:
+        raise FileNotFoundError(
+            f"replay source {source!r}: no such file and no {tf} candles for symbol {source!r} "
+            f"on {exchange!r} in the warehouse"
+        )
+    return [Candles.from_frame(frame, source, tf)]
+
+
+@dataclass
+class ReplayMarket:
+    candles: Sequence[Candles]
+    speed: float | None = None  # None: as fast as possible; x: x times real time
+    sleep: Callable[[float], None] = time.sleep
+    max_ticks: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.candles:
+            raise ValueError("ReplayMarket: no candles")
+        tfs = {c.timeframe for c in self.candles}
+        if len(tfs) != 1:
+            raise ValueError(f"ReplayMarket: one timeframe at a time, got {sorted(tfs)}")
+        self.timeframe = tfs.pop()
+        self.step_ms = timeframe_ms(self.timeframe)
+        self.symbols = [c.symbol for c in self.candles]
+        all_ts = np.unique(np.concatenate([c.ts_ms for c in self.candles]))
+        self.times = all_ts
+
+    def ticks(self, *, after_ts_ms: int | None = None) -> Iterator[Tick]:
+        idx = [0] * len(self.candles)
+        if after_ts_ms is not None:
+            idx = [int(np.searchsorted(c.ts_ms, after_ts_ms, side="right")) for c in self.candles]
+        times = self.times if after_ts_ms is None else self.times[self.times > after_ts_ms]
+        count = 0
+        for ts in times:
+            if self.max_ticks is not None and count >= self.max_ticks:
+                return
+            bars = []
+            for k, c in enumerate(self.candles):
+                i = idx[k]
+                if i < len(c) and c.ts_ms[i] == ts:
+                    bars.append(_bar(c, i))
+                    idx[k] = i + 1
+            if self.speed is not None and count > 0:
+                self.sleep(self.step_ms / 1000.0 / self.speed)
+            count += 1
+            yield Tick(int(ts) + self.step_ms, tuple(bars))
+
+    def history(self, up_to_ts_ms: int) -> Iterator[Tick]:
+        """The ticks up to and including ``up_to_ts_ms`` (to re-warm state after a restart)."""
+        for t in ReplayMarket(self.candles).ticks():
+            if t.bars[0].ts_ms > up_to_ts_ms:
+                return
+            yield t
+
+
+@dataclass
+class PollingMarket:
+    """Poll ``source`` for closed candles of ``symbols`` from ``since_ms`` on."""
+
+    source: Source
+    symbols: Sequence[str]
+    timeframe: str
+    since_ms: int
+    clock: Callable[[], int] = wall_clock_ms
+    sleep: Callable[[float], None] = time.sleep
+    poll_interval_s: float = 1.0
+    max_polls: int | None = None
+    cursor: dict[str, int] = field(default_factory=dict)
+    outages: int = 0
+
+    def __post_init__(self) -> None:
+        self.step_ms = timeframe_ms(self.timeframe)
+        for s in self.symbols:
+            self.cursor.setdefault(s, self.since_ms)
+
+    def poll(self) -> Tick:
+        now = self.clock()
+        alerts: list[str] = []
+        bars: list[Bar] = []
+        for s in self.symbols:
+            try:
+                for page in self.source.iter_candles(s, self.timeframe, self.cursor[s], None):
+                    frame = pl.from_arrow(page)
+                    assert isinstance(frame, pl.DataFrame)
+                    c = Candles.from_frame(frame, s, self.timeframe)
+                    for i in range(len(c)):
+                        if c.ts_ms[i] >= self.cursor[s]:
+                            bars.append(_bar(c, i))
+                            self.cursor[s] = int(c.ts_ms[i]) + self.step_ms
+            except SourceError as exc:
+                self.outages += 1
+                alerts.append(
+                    f"exchange outage for {s}: {exc}; will retry from cursor {self.cursor[s]}"
+                )
+        bars.sort(key=lambda b: (b.ts_ms, b.symbol))
+        return Tick(now, tuple(bars), tuple(alerts))
+
+    def ticks(self, *, after_ts_ms: int | None = None) -> Iterator[Tick]:
+        if after_ts_ms is not None:
+            for s in self.symbols:
+                self.cursor[s] = max(self.cursor[s], after_ts_ms + self.step_ms)
+        polls = 0
+        while self.max_polls is None or polls < self.max_polls:
+            tick = self.poll()
+            polls += 1
+            # one tick per candle open time, in order
+            by_ts: dict[int, list[Bar]] = {}
+            for b in tick.bars:
+                by_ts.setdefault(b.ts_ms, []).append(b)
+            if not by_ts:
+                yield Tick(tick.now_ms, (), tick.alerts)
+            for k, ts in enumerate(sorted(by_ts)):
+                yield Tick(tick.now_ms, tuple(by_ts[ts]), tick.alerts if k == 0 else ())
+            self.sleep(self.poll_interval_s)
