@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-_HEADER = "# Benchmark results\n\nRecorded by `make bench`; each section says where and when it ran.\n"
+_HEADER = (
+    "# Benchmark results\n\nRecorded by `make bench`; each section says where and when it ran.\n"
+)
 
 
 def machine() -> str:
@@ -38,5 +40,9 @@ def record(section: str, markdown: str) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else _HEADER
     body = f"## {section}\n\n{stamp()}\n\n{markdown.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: body + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + body
+    text = (
+        pattern.sub(lambda _: body + "\n", text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + body
+    )
     RESULTS.write_text(text)
