@@ -38,3 +38,20 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+
+# Orchestration (deployments/prefect.yaml). `make ui` in one shell, then `make deploy` and
+# `make worker` in another. PREFECT_PORT / PREFECT_API_URL / POOL override the defaults.
+PREFECT_PORT ?= 4200
+PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+POOL ?= tradeloop-process
+
+ui: $(STAMP)
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (API $(PREFECT_API_URL); SQLite under $${PREFECT_HOME:-~/.prefect})"
+	PREFECT_UI_API_URL=$(PREFECT_API_URL) $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deploy: $(STAMP)
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect work-pool create $(POOL) --type process --overwrite
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+
+worker: $(STAMP)
+	PREFECT_API_URL=$(PREFECT_API_URL) $(BIN)/prefect worker start --pool $(POOL)

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "flows.commands.models",
     "flows.commands.features",
     "flows.commands.quality",
+    "flows.commands.demo",
     "flows.commands.backtest",
 ]
 

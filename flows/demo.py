@@ -1,0 +1,220 @@
+"""Flow `demo`: the whole loop on the embedded default (or on candle files), then a dashboard.
+
+    pipeline (collect -> quality gate -> features -> retrain ensemble -> ONNX -> registry/promote
+    [-> serve N candles with paper trading and feedback, when flows/serve.py is installed])
+    -> walk-forward backtest report -> dashboard
+
+Runs offline: the simulated exchange is generated locally, Prefect runs a temporary local
+server, the warehouse lives under ``settings.home``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact
+from prefect.cache_policies import NONE
+
+from flows.pipeline import pipeline, serve_flow
+from models import retraining
+from warehouse import Settings, connect, get_settings
+
+DEMO_SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    model_id: str | None
+    promoted: bool
+    accuracy: float | None
+    accuracy_change: float | None  # vs the previous champion on the same window
+    f1_macro: float | None
+    confidence_mean: float | None
+    train_samples: int
+    trained_at: dt.datetime | None
+    trend: list[tuple[str, float, float]]
+    counts: dict[str, int]
+    pnl_quote: float | None  # paper P&L of the serving run (None: serving did not run)
+    report_html: Path | None
+    data_docs: Path | None
+    warehouse_home: Path
+    elapsed_s: float
+
+
+@task(name="walk-forward-backtest", cache_policy=NONE)
+def walk_forward_backtest(settings: Settings, symbol: str, timeframe: str) -> Path:
+    """Walk-forward (expanding folds, purged) on the stored candles of one series, with the
+    baselines and stress scenarios; writes the HTML + JSON report under home/reports."""
+    from trading.backtest import BacktestConfig
+    from trading.evaluation import evaluate_file, figures
+    from trading.report import write_report
+
+    con = connect(settings, read_only=True)
+    try:
+        frame = pl.from_arrow(
+            con.execute(
+                "SELECT ts, open, high, low, close, volume FROM candles "
+                "WHERE symbol = ? AND timeframe = ? ORDER BY ts",
+                [symbol, timeframe],
+            ).fetch_arrow_table()
+        )
+    finally:
+        con.close()
+    assert isinstance(frame, pl.DataFrame)
+    if frame.height < 500:
+        raise ValueError(
+            f"walk-forward needs >= 500 candles of {symbol} {timeframe}, found {frame.height}"
+        )
+    name = f"{symbol.replace('/', '_')}-{timeframe}"
+    with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
+        path = Path(tmp) / f"{name}.parquet"
+        frame.write_parquet(path)
+        ev = evaluate_file(path, BacktestConfig())
+    html, _ = write_report(
+        f"{name}-walk-forward", ev["summary"], figures(ev), settings.home / "reports"
+    )
+    create_link_artifact(
+        key="walk-forward-report",
+        link=Path(html).resolve().as_uri(),
+        link_text=f"walk-forward backtest {symbol} {timeframe}",
+    )
+    get_run_logger().info(f"walk-forward report: {html}")
+    return Path(html)
+
+
+def _paper_pnl(settings: Settings) -> float | None:
+    """Equity change of the paper account over the serving run, from the `equity` table."""
+    con = connect(settings, read_only=True)
+    try:
+        row = con.execute(
+            "SELECT arg_max(equity, ts) - arg_min(equity, ts), count(*) FROM equity"
+        ).fetchone()
+    except Exception:  # the equity table's columns belong to the serving migration
+        return None
+    finally:
+        con.close()
+    if not row or not row[1]:
+        return None
+    return float(row[0])
+
+
+@flow(name="demo", log_prints=True)
+def demo(
+    data: str | None = None,
+    symbols: list[str] | None = None,
+    days: float = 3.0,
+    epochs: int = 5,
+    max_train_seconds: float = 45.0,
+    serve_candles: int = 120,
+    settings: Settings | None = None,
+) -> DemoSummary:
+    """The whole loop; ``data`` = a folder of candle files instead of the simulated exchange."""
+    settings = settings or get_settings()
+    started = dt.datetime.now(dt.UTC)
+    serving = serve_flow() is not None
+    result = pipeline(
+        source="file" if data else "simulated",
+        path=data,
+        symbols=symbols if data else list(symbols or DEMO_SYMBOLS),
+        timeframes=None if data else ["1m", "5m", "15m", "1h"],
+        lookback_days=days,
+        resample_from_1m=not data,
+        build_docs=True,
+        fail_on_quality=False,
+        run_retrain=True,
+        retrain_days=max(days, 1.0) if not data else None,
+        epochs=epochs,
+        train_overrides={"max_train_seconds": max_train_seconds, "progress": True},
+        serve_candles=serve_candles if serving else 0,
+        settings=settings,
+    )
+    outcome: retraining.RetrainOutcome = result["retrain"]
+    symbol = outcome_symbol(settings, data, symbols)
+    report = walk_forward_backtest(settings, symbol, settings.base_timeframe)
+    prev = outcome.previous
+    return DemoSummary(
+        model_id=outcome.model_id,
+        promoted=outcome.promoted,
+        accuracy=outcome.challenger.get("accuracy"),
+        accuracy_change=(outcome.challenger["accuracy"] - prev["accuracy"]) if prev else None,
+        f1_macro=outcome.challenger.get("f1_macro"),
+        confidence_mean=outcome.challenger.get("confidence_mean"),
+        train_samples=outcome.train_samples,
+        trained_at=outcome.trained_at,
+        trend=retraining.trend(settings, "signal"),
+        counts=dict(result["counts"]),
+        pnl_quote=_paper_pnl(settings) if serving else None,
+        report_html=report,
+        data_docs=result["quality"].get("data_docs"),
+        warehouse_home=settings.home.resolve(),
+        elapsed_s=(dt.datetime.now(dt.UTC) - started).total_seconds(),
+    )
+
+
+def outcome_symbol(settings: Settings, data: str | None, symbols: list[str] | None) -> str:
+    """The series the walk-forward report is about: the first symbol with base candles."""
+    if symbols:
+        return symbols[0]
+    if not data:
+        return DEMO_SYMBOLS[0]
+    con = connect(settings, read_only=True)
+    try:
+        row = con.execute(
+            "SELECT symbol FROM candles WHERE timeframe = ? GROUP BY 1 ORDER BY count(*) DESC",
+            [settings.base_timeframe],
+        ).fetchone()
+    finally:
+        con.close()
+    if row is None:
+        raise LookupError(f"no {settings.base_timeframe} candles in {data}")
+    return str(row[0])
+
+
+def dashboard(summary: DemoSummary) -> Any:
+    """The closing box (a rich Panel)."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1%}"
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    change = (
+        "first model: no previous champion"
+        if summary.accuracy_change is None
+        else f"{summary.accuracy_change:+.1%} vs previous champion"
+    )
+    spark = retraining._sparkline([t[1] for t in summary.trend])
+    grid.add_row(
+        "Model", f"{summary.model_id} ({'champion' if summary.promoted else 'challenger'})"
+    )
+    grid.add_row("Accuracy", f"{pct(summary.accuracy)}  ({change})")
+    grid.add_row("F1 (macro)", "n/a" if summary.f1_macro is None else f"{summary.f1_macro:.3f}")
+    grid.add_row("Confidence", pct(summary.confidence_mean))
+    grid.add_row("Training samples", f"{summary.train_samples:,}")
+    grid.add_row(
+        "Last training",
+        f"{summary.trained_at:%Y-%m-%d %H:%M:%S} UTC" if summary.trained_at else "n/a",
+    )
+    grid.add_row("Trend", f"{spark} " + " ".join(f"{t[1]:.1%}" for t in summary.trend))
+    grid.add_row(
+        "Live P&L (paper)",
+        "serving not run" if summary.pnl_quote is None else f"{summary.pnl_quote:+,.2f} quote",
+    )
+    grid.add_row("Warehouse rows", ", ".join(f"{k} {v:,}" for k, v in summary.counts.items()))
+    grid.add_row("Backtest report", str(summary.report_html))
+    grid.add_row("Data Docs", str(summary.data_docs))
+    grid.add_row(
+        "Query the warehouse",
+        f"TRADELOOP_HOME={summary.warehouse_home} tradeloop sql "
+        '"SELECT symbol, timeframe, count(*) FROM candles GROUP BY ALL"',
+    )
+    return Panel(grid, title=f"tradeloop demo ({summary.elapsed_s:.0f} s)", expand=False)

@@ -1,0 +1,196 @@
+"""Flow `pipeline`: the data loop as one parent flow with the other flows as subflows.
+
+    collect -> quality -> features [-> retrain] [-> serve N candles]
+
+Each step is the real flow (``flows.collect.collect``, ``flows.quality.quality``, ...), so each
+appears in the Prefect UI as a subflow run with its own logs and artifacts. The parent
+publishes a short markdown summary artifact (``pipeline-summary``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.collect import collect
+from flows.features import features
+from flows.quality import quality
+from flows.retrain import retrain
+from warehouse import Settings, connect, get_settings
+
+
+def serve_flow() -> Any | None:
+    """The `serve` flow when ``flows/serve.py`` is installed (issue 9), else None."""
+    try:
+        module = importlib.import_module("flows.serve")
+    except ModuleNotFoundError as exc:
+        if exc.name == "flows.serve":
+            return None
+        raise
+    return getattr(module, "serve", None)
+
+
+def warehouse_counts(settings: Settings) -> dict[str, int]:
+    """Row counts of the tables the loop fills (read-only connection)."""
+    con = connect(settings, read_only=True)
+    try:
+        out: dict[str, int] = {}
+        for table in ("candles", "features", "models", "predictions", "orders", "fills"):
+            row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
+            out[table] = int(row[0]) if row else 0
+        return out
+    finally:
+        con.close()
+
+
+def stored_symbols(settings: Settings, timeframe: str) -> list[str]:
+    """Symbols with candles of ``timeframe`` in the warehouse (what a file import brought)."""
+    con = connect(settings, read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT DISTINCT symbol FROM candles WHERE timeframe = ? ORDER BY 1", [timeframe]
+        ).fetchall()
+    finally:
+        con.close()
+    return [str(r[0]) for r in rows]
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(
+    source: str = "simulated",
+    symbols: list[str] | None = None,
+    timeframes: list[str] | None = None,
+    lookback_days: float = 1.0,
+    since: str | None = None,
+    until: str | None = None,
+    path: str | None = None,
+    seed: int = 7,
+    resample_from_1m: bool = True,
+    build_docs: bool = True,
+    fail_on_quality: bool = True,
+    run_retrain: bool = False,
+    retrain_days: float | None = 30,
+    epochs: int = 10,
+    horizon: int = 5,
+    train_overrides: dict[str, Any] | None = None,
+    serve_candles: int = 0,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Collect, validate and featurize ``symbols``; retrain when ``run_retrain``; then serve
+    ``serve_candles`` candles with the champion (paper trading) when that is > 0.
+
+    ``timeframes`` default: 1m, 5m, 15m, 1h (the higher ones resampled from 1m when
+    ``resample_from_1m``). The model trains on ``settings.base_timeframe``.
+    """
+    logger = get_run_logger()
+    settings = settings or get_settings()
+    if source != "file":  # files decide their own symbols and timeframes unless given
+        symbols = list(symbols or settings.symbols)
+        timeframes = list(timeframes or ["1m", "5m", "15m", "1h"])
+    started = time.monotonic()
+    steps: list[tuple[str, str]] = []
+
+    collected = collect(
+        source=source,
+        symbols=symbols,
+        timeframes=timeframes,
+        since=since,
+        until=until,
+        path=path,
+        seed=seed,
+        resample_from_1m=resample_from_1m and source != "file",
+        lookback_days=lookback_days,
+        settings=settings,
+    )
+    steps.append(
+        (
+            "collect",
+            f"{collected['rows_merged']} rows merged, "
+            f"{collected['rows_quarantined']} quarantined, {collected['gaps']} gaps",
+        )
+    )
+
+    checked = quality(
+        symbols=symbols,
+        timeframes=timeframes,
+        build_docs=build_docs,
+        fail_on_policy=fail_on_quality,
+        settings=settings,
+    )
+    results: list[Any] = list(checked["results"])  # type: ignore[call-overload]
+    steps.append(
+        (
+            "quality",
+            f"{len(results)} series checked, {sum(not r.success for r in results)} failed policy",
+        )
+    )
+
+    built = features(symbols=symbols, timeframes=timeframes, settings=settings)
+    steps.append(("features", f"{built['rows_written']} rows written"))
+
+    outcome = None
+    train_symbols = symbols or stored_symbols(settings, settings.base_timeframe)
+    if run_retrain:
+        outcome = retrain(
+            symbols=train_symbols,
+            days=retrain_days,
+            horizon=horizon,
+            epochs=epochs,
+            timeframe=settings.base_timeframe,
+            train_overrides=train_overrides,
+            settings=settings,
+        )
+        steps.append(
+            (
+                "retrain",
+                f"{outcome.model_id} {'promoted' if outcome.promoted else 'not promoted'} "
+                f"({outcome.reason})",
+            )
+        )
+
+    served: Any = None
+    if serve_candles > 0:
+        serve = serve_flow()
+        if serve is None:
+            raise RuntimeError(
+                "serve_candles > 0 but flows/serve.py (the serving flow) is not installed"
+            )
+        served = serve(symbols=train_symbols, candles=serve_candles, settings=settings)
+        steps.append(("serve", f"{serve_candles} candles served"))
+
+    counts = warehouse_counts(settings)
+    elapsed_s = time.monotonic() - started
+    lines = [
+        "# Pipeline run",
+        "",
+        f"Symbols: {', '.join(symbols or train_symbols)}; "
+        f"timeframes: {', '.join(timeframes or ['as stored'])}; "
+        f"source: {source}; {elapsed_s:.1f} s.",
+        "",
+        "| step | result |",
+        "| --- | --- |",
+        *(f"| {name} | {text} |" for name, text in steps),
+        "",
+        "| table | rows |",
+        "| --- | --- |",
+        *(f"| {table} | {n} |" for table, n in counts.items()),
+    ]
+    if checked.get("data_docs"):
+        lines += ["", f"Data Docs: `{checked['data_docs']}`"]
+    create_markdown_artifact(
+        key="pipeline-summary", markdown="\n".join(lines) + "\n", description="pipeline run"
+    )
+    logger.info(f"pipeline done in {elapsed_s:.1f} s: {counts}")
+    return {
+        "collect": collected,
+        "quality": checked,
+        "features": built,
+        "retrain": outcome,
+        "serve": served,
+        "counts": counts,
+        "elapsed_s": elapsed_s,
+    }
