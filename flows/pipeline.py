@@ -10,6 +10,7 @@ publishes a short markdown summary artifact (``pipeline-summary``).
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from typing import Any
 
@@ -45,6 +46,29 @@ def warehouse_counts(settings: Settings) -> dict[str, int]:
         return out
     finally:
         con.close()
+
+
+SERVE_COUNT_PARAMETERS = ("candles", "max_candles", "n_candles", "steps", "max_steps")
+
+
+def serve_arguments(
+    serve: Any, symbols: list[str], candles: int, settings: Settings
+) -> dict[str, Any]:
+    """Keyword arguments for the serving flow: its symbols, how many candles, the settings."""
+    accepted = set(inspect.signature(serve.fn).parameters)
+    count = next((p for p in SERVE_COUNT_PARAMETERS if p in accepted), None)
+    if count is None:
+        raise TypeError(
+            f"the serve flow takes none of {SERVE_COUNT_PARAMETERS}: {sorted(accepted)}"
+        )
+    out: dict[str, Any] = {count: candles}
+    if "symbols" in accepted:
+        out["symbols"] = symbols
+    elif "symbol" in accepted:
+        out["symbol"] = symbols[0]
+    if "settings" in accepted:
+        out["settings"] = settings
+    return out
 
 
 def stored_symbols(settings: Settings, timeframe: str) -> list[str]:
@@ -159,7 +183,7 @@ def pipeline(
             raise RuntimeError(
                 "serve_candles > 0 but flows/serve.py (the serving flow) is not installed"
             )
-        served = serve(symbols=train_symbols, candles=serve_candles, settings=settings)
+        served = serve(**serve_arguments(serve, train_symbols, serve_candles, settings))
         steps.append(("serve", f"{serve_candles} candles served"))
 
     counts = warehouse_counts(settings)
