@@ -95,8 +95,6 @@ def _paper_pnl(settings: Settings) -> float | None:
         row = con.execute(
             "SELECT arg_max(equity, ts) - arg_min(equity, ts), count(*) FROM equity"
         ).fetchone()
-    except Exception:  # the equity table's columns belong to the serving migration
-        return None
     finally:
         con.close()
     if not row or not row[1]:
