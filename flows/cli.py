@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "flows.commands.quality",
     "flows.commands.demo",
     "flows.commands.backtest",
+    "flows.commands.serve",
 ]
 
 for _module in COMMAND_MODULES:

@@ -21,7 +21,9 @@ from pipelines.features import FEATURE_SET_VERSION, feature_columns
 from trading.backtest import Candles
 from warehouse import Settings
 
-CANDLE_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "candles" / "UNITTEST_BTC-1m.feather"
+CANDLE_FILE = (
+    Path(__file__).resolve().parents[3] / "shared" / "data" / "candles" / "UNITTEST_BTC-1m.feather"
+)
 SYMBOL = "UNITTEST/BTC"
 _TMP = Path(tempfile.mkdtemp(prefix="serve-tests-"))
 atexit.register(shutil.rmtree, _TMP, True)
@@ -126,7 +128,9 @@ def constant_model(
     return path
 
 
-def register_champion(con, settings: Settings, path: Path, *, fsv: str = FEATURE_SET_VERSION) -> str:  # type: ignore[no-untyped-def]
+def register_champion(
+    con, settings: Settings, path: Path, *, fsv: str = FEATURE_SET_VERSION
+) -> str:  # type: ignore[no-untyped-def]
     rec = register_model(
         con,
         settings,

@@ -36,8 +36,13 @@ ROWS = 2200
 EQ_CONFIG = LoopConfig(
     thresholds=ThresholdPolicy(base=Thresholds(0.34, 0.34, 0.0), min_resolved=30),
     protections=ProtectionConfig.off(),
-    limits=RiskLimits(max_position_fraction=0.5, confidence_sizing=True, min_confidence=0.0,
-                      stop_loss_vol_mult=3.0, take_profit_vol_mult=6.0),
+    limits=RiskLimits(
+        max_position_fraction=0.5,
+        confidence_sizing=True,
+        min_confidence=0.0,
+        stop_loss_vol_mult=3.0,
+        take_profit_vol_mult=6.0,
+    ),
     flush_every_steps=100,
     model_check_every_steps=25,
 )
@@ -56,18 +61,26 @@ def _backtest_decider(config: LoopConfig, model: Path, rows: int):  # type: igno
     backtest engineer's event-driven engine."""
     frame = real_frame(rows)
     feats = build_features(
-        frame.with_columns(exchange=pl.lit("binance"), symbol=pl.lit(SYMBOL), timeframe=pl.lit("1m"))
+        frame.with_columns(
+            exchange=pl.lit("binance"), symbol=pl.lit(SYMBOL), timeframe=pl.lit("1m")
+        )
     ).sort("ts")
     values = feats.select(feature_columns()).cast(pl.Float32).to_numpy()
     pred = OnnxPredictor.load(model, FEATURE_SET_VERSION)
     L, used = pred.info.window_len, pred.used_index
     ok = [i for i in range(L - 1, rows) if np.isfinite(values[i - L + 1 : i + 1][:, used]).all()]
     p = pred.predict(np.stack([values[i - L + 1 : i + 1] for i in ok]))
-    by_index = {i: (p.probabilities[k], float(p.confidence[k]), float(np.isfinite(values[i, used]).mean())) for k, i in enumerate(ok)}
+    by_index = {
+        i: (p.probabilities[k], float(p.confidence[k]), float(np.isfinite(values[i, used]).mean()))
+        for k, i in enumerate(ok)
+    }
     fb = Feedback(config.feedback)
     th = AdaptiveThresholds(config.thresholds)
     decider = ProbabilityDecider(th.current)
-    vol, lvol = OnlineVolatility(config.volatility_window), OnlineVolatility(config.feedback.vol_window_bars)
+    vol, lvol = (
+        OnlineVolatility(config.volatility_window),
+        OnlineVolatility(config.feedback.vol_window_bars),
+    )
     ref = VolatilityReference(config.confidence.reference_alpha)
     gaps = feats["gap_bars"].to_numpy()
 
@@ -87,23 +100,46 @@ def _backtest_decider(config: LoopConfig, model: Path, rows: int):  # type: igno
         if i not in by_index:
             return Decision(r.signal, r.confidence, config.fallback_size_fraction)
         probs, conf, present = by_index[i]
-        parts = score(conf, sigma=sigma, sigma_ref=ref.value, present_fraction=present,
-                      gap_bars=int(gaps[i] or 0), hits=fb.hits, resolved=fb.resolved,
-                      policy=config.confidence)
+        parts = score(
+            conf,
+            sigma=sigma,
+            sigma_ref=ref.value,
+            present_fraction=present,
+            gap_bars=int(gaps[i] or 0),
+            hits=fb.hits,
+            resolved=fb.resolved,
+            policy=config.confidence,
+        )
         decider.thresholds = th.current
         d = decider.update((float(probs[0]), float(probs[1]), float(probs[2])), parts.value)
-        fb.add(Pending(SYMBOL, bar.ts_ms, "m", ["buy", "hold", "sell"][int(np.argmax(probs))],
-                       bar.close, fb.threshold(lsig, 5), 5, 5, True))
+        fb.add(
+            Pending(
+                SYMBOL,
+                bar.ts_ms,
+                "m",
+                ["buy", "hold", "sell"][int(np.argmax(probs))],
+                bar.close,
+                fb.threshold(lsig, 5),
+                5,
+                5,
+                True,
+            )
+        )
         return d
 
     return decide
 
 
-def test_replay_is_deterministic_and_matches_event_driven_backtest(settings, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_replay_is_deterministic_and_matches_event_driven_backtest(
+    settings, lake, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     model = tiny_model()
     register_champion(lake, settings, model)
     loop1, s1 = _replay(settings, lake)
-    rows1 = {t: table_rows(lake, t, "1, 2, 3, 4, 5") for t in ("predictions", "signals", "orders", "fills", "equity")}
+    rows1 = {
+        t: table_rows(lake, t, "1, 2, 3, 4, 5")
+        for t in ("predictions", "signals", "orders", "fills", "equity")
+    }
     # second run on a fresh warehouse with the same model
     settings2 = Settings(home=tmp_path / "home2")
     from warehouse import connect, migrate
@@ -122,11 +158,18 @@ def test_replay_is_deterministic_and_matches_event_driven_backtest(settings, lak
     bt = run_event_driven(
         candles(ROWS),
         _backtest_decider(EQ_CONFIG, model, ROWS),
-        BacktestConfig(EQ_CONFIG.initial_cash, EQ_CONFIG.fees, EQ_CONFIG.slippage_fraction,
-                       EQ_CONFIG.limits, EQ_CONFIG.volatility_window, "paper"),
+        BacktestConfig(
+            EQ_CONFIG.initial_cash,
+            EQ_CONFIG.fees,
+            EQ_CONFIG.slippage_fraction,
+            EQ_CONFIG.limits,
+            EQ_CONFIG.volatility_window,
+            "paper",
+        ),
     )
     assert [(t.entry_ts_ms, t.exit_ts_ms, t.direction, t.exit_reason) for t in bt.trades] == [
-        (t.entry_ts_ms, t.exit_ts_ms, t.direction, t.exit_reason) for t in loop1.state.portfolio.trades
+        (t.entry_ts_ms, t.exit_ts_ms, t.direction, t.exit_reason)
+        for t in loop1.state.portfolio.trades
     ]
     np.testing.assert_allclose(
         [t.pnl for t in bt.trades], [t.pnl for t in loop1.state.portfolio.trades], rtol=1e-6

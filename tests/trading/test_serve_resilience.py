@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 
-from models.registry import champion, get_model
+from models.registry import get_model
 from tests.trading.serve_support import (
     SYMBOL,
     constant_model,
@@ -20,7 +19,7 @@ from tests.trading.serve_support import (
 )
 from trading.loop import LoopConfig, run
 from trading.market import PollingMarket, ReplayMarket, load_replay_candles
-from trading.protections import ProtectionConfig, kill_file
+from trading.protections import ProtectionConfig
 from warehouse import Settings, connect, migrate
 
 CONFIG = LoopConfig(model_check_every_steps=5, flush_every_steps=50)
@@ -60,7 +59,9 @@ def test_kill_switch_fires_under_a_bad_model(settings, lake, tmp_path) -> None: 
 
 
 def test_fallback_on_corrupt_file_then_recovers_on_promotion(settings, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    first = register_champion(lake, settings, constant_model(tmp_path / "a.onnx", (0.2, 0.6, 0.2), 0.9))
+    first = register_champion(
+        lake, settings, constant_model(tmp_path / "a.onnx", (0.2, 0.6, 0.2), 0.9)
+    )
     get_model(lake, first).onnx_path.write_bytes(b"this is not an onnx file")
     loop, _ = make_loop(settings, CONFIG, lookup_con=lake)
     market = _market(400)
@@ -70,7 +71,9 @@ def test_fallback_on_corrupt_file_then_recovers_on_promotion(settings, lake, tmp
     assert loop.manager.predictor is None
     fallback = [e for e in loop.events if e[1] == "fallback" and "engaged" in e[3]]
     assert fallback and "unusable" in fallback[0][3] and "sha256" in fallback[0][3]
-    good = register_champion(lake, settings, constant_model(tmp_path / "b.onnx", (0.3, 0.4, 0.3), 0.8))
+    good = register_champion(
+        lake, settings, constant_model(tmp_path / "b.onnx", (0.3, 0.4, 0.3), 0.8)
+    )
     for t in ticks[150:]:
         loop.on_tick(t)
     loop.flush(wait=True)
@@ -79,7 +82,9 @@ def test_fallback_on_corrupt_file_then_recovers_on_promotion(settings, lake, tmp
     assert any(e[1] == "fallback" and "released" in e[3] for e in loop.events)
     ids = _model_ids(lake)
     assert ids[0] == "rsi_fallback" and ids[-1] == good
-    assert lake.execute("SELECT count(*) FROM loop_events WHERE kind = 'fallback'").fetchone()[0] >= 2
+    assert (
+        lake.execute("SELECT count(*) FROM loop_events WHERE kind = 'fallback'").fetchone()[0] >= 2
+    )
 
 
 def test_hot_swap_mid_run_refuses_other_feature_set(settings, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -96,7 +101,9 @@ def test_hot_swap_mid_run_refuses_other_feature_set(settings, lake, tmp_path) ->
     assert refused and x in refused[0][3] and "feature set" in refused[0][3]
     assert f"keeping {a}" in refused[0][3]
     assert loop.manager.model_id == a
-    b = register_champion(lake, settings, constant_model(tmp_path / "b.onnx", (0.25, 0.5, 0.25), 0.8))
+    b = register_champion(
+        lake, settings, constant_model(tmp_path / "b.onnx", (0.25, 0.5, 0.25), 0.8)
+    )
     for t in ticks[150:]:
         loop.on_tick(t)
     loop.flush(wait=True)
@@ -123,9 +130,7 @@ def test_restart_mid_run_resumes_with_identical_positions(settings, lake, tmp_pa
     for t in ticks[:333]:
         crashed.on_tick(t)  # "crash" after 333 ticks: the last snapshot is from tick 320
     crashed.writer.close()
-    snapshot_positions = {
-        s: p.units for s, p in crashed.state.portfolio.positions.items()
-    }
+    snapshot_positions = {s: p.units for s, p in crashed.state.portfolio.positions.items()}
     resumed, _ = make_loop(s2, cfg, lookup_con=lake2)
     summary = run(resumed, _market(700), con=lake2)
     resumed.writer.close()
@@ -135,8 +140,13 @@ def test_restart_mid_run_resumes_with_identical_positions(settings, lake, tmp_pa
     assert resumed.state.portfolio.cash == full.state.portfolio.cash
     assert resumed.state.portfolio.trades == full.state.portfolio.trades
     assert len(full.state.portfolio.trades) >= 3
-    for t, order in (("fills", "fill_id"), ("orders", "client_order_id"), ("equity", "ts"),
-                     ("signals", "ts"), ("predictions", "ts")):
+    for t, order in (
+        ("fills", "fill_id"),
+        ("orders", "client_order_id"),
+        ("equity", "ts"),
+        ("signals", "ts"),
+        ("predictions", "ts"),
+    ):
         assert table_rows(lake, t, order) == table_rows(lake2, t, order), t
     del snapshot_positions
 
@@ -149,7 +159,9 @@ def test_loopback_outage_and_warehouse_failures_lose_nothing(settings, lake, tmp
     frame = real_frame(150).with_columns(
         exchange=pl.lit("binance"), symbol=pl.lit(SYMBOL), timeframe=pl.lit("1m")
     )
-    table = frame.select("exchange", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume").to_arrow()
+    table = frame.select(
+        "exchange", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume"
+    ).to_arrow()
     table = table.set_column(3, "ts", table["ts"].cast(pa.timestamp("ms", tz="UTC")))
     start = int(frame["ts"].dt.epoch("ms")[0])
     now = {"ms": start + 60_000 * 30}
@@ -157,7 +169,9 @@ def test_loopback_outage_and_warehouse_failures_lose_nothing(settings, lake, tmp
         symbols=[SYMBOL],
         tables={SYMBOL: table},
         clock=lambda: now["ms"],
-        faults=FaultPlan(pattern=(Fault.SERVER_ERROR, Fault.UNAVAILABLE, None, Fault.SERVER_ERROR, None)),
+        faults=FaultPlan(
+            pattern=(Fault.SERVER_ERROR, Fault.UNAVAILABLE, None, Fault.SERVER_ERROR, None)
+        ),
     )
 
     def advance(_: float) -> None:
@@ -172,12 +186,20 @@ def test_loopback_outage_and_warehouse_failures_lose_nothing(settings, lake, tmp
         return connect(settings)
 
     with LoopbackServer(exchange) as server:
-        source = CcxtSource("binance", api_base=server.url, config={"timeout": 5000, "rateLimit": 1},
-                            retry=RetryPolicy(max_attempts=1), seed=1)
-        market = PollingMarket(source, [SYMBOL], "1m", start, clock=lambda: now["ms"],
-                               sleep=advance, max_polls=150)
+        source = CcxtSource(
+            "binance",
+            api_base=server.url,
+            config={"timeout": 5000, "rateLimit": 1},
+            retry=RetryPolicy(max_attempts=1),
+            seed=1,
+        )
+        market = PollingMarket(
+            source, [SYMBOL], "1m", start, clock=lambda: now["ms"], sleep=advance, max_polls=150
+        )
         loop, _ = make_loop(settings, CONFIG, lookup_con=lake)
-        loop.writer = BufferedWriter(settings, flaky_connect, background=True, initial_backoff_s=0.01)
+        loop.writer = BufferedWriter(
+            settings, flaky_connect, background=True, initial_backoff_s=0.01
+        )
         run(loop, market)
         loop.writer.close()
     assert market.outages > 5

@@ -1,0 +1,143 @@
+"""`tradeloop serve`, `tradeloop kill`, `tradeloop dashboard`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("kill")(kill)
+    app.command("dashboard")(dashboard)
+
+
+def serve(
+    replay: Annotated[
+        str, typer.Option("--replay", help="candle file (any import format) or warehouse symbol")
+    ],
+    speed: Annotated[
+        str, typer.Option(help="'max' (as fast as possible) or a real-time multiple, e.g. 60")
+    ] = "max",
+    max_candles: Annotated[int | None, typer.Option(help="stop after N candles")] = None,
+    account: Annotated[str, typer.Option(help="paper account name")] = "paper",
+    no_prefect: Annotated[
+        bool, typer.Option("--no-prefect", help="run the loop without the Prefect flow")
+    ] = False,
+) -> None:
+    """Paper-trade a replay through the serving loop; exits 0 at the end of the data."""
+    multiple = None if speed == "max" else float(speed)
+    try:
+        if no_prefect:
+            from trading.service import serve_replay
+            from warehouse import get_settings
+
+            s = serve_replay(get_settings(), replay, speed=multiple, max_candles=max_candles)
+            result = {"candles": s.candles, "equity": s.equity, "positions": s.positions}
+        else:
+            from flows.serve import serve as serve_flow
+
+            result = serve_flow(
+                replay=replay, speed=multiple, max_candles=max_candles, account=account
+            )
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"served {result['candles']} candles; equity {result['equity']:.2f}; "
+        f"positions {result['positions']}"
+    )
+
+
+def kill(
+    account: Annotated[str, typer.Option(help="account")] = "paper",
+    reset: Annotated[
+        bool, typer.Option("--reset", help="lift the manual kill and reset the kill switch")
+    ] = False,
+) -> None:
+    """Stop new orders of a running loop within one step (or lift it with --reset)."""
+    from trading.protections import kill_file, reset_file
+    from warehouse import get_settings
+
+    home = get_settings().home
+    path = kill_file(home, account)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if reset:
+        path.unlink(missing_ok=True)
+        reset_file(home, account).write_text("reset\n")
+        typer.echo(f"kill lifted for {account}; the kill switch resets at the next step")
+    else:
+        path.write_text("killed by tradeloop kill\n")
+        typer.echo(f"kill flag set: {path} (no new orders from the next step)")
+
+
+def dashboard(account: Annotated[str, typer.Option(help="account")] = "paper") -> None:
+    """Latency histograms (per stage) and live performance of the serving loop."""
+    from trading.latency import LatencyHistogram
+    from trading.service import heartbeat_file
+    from warehouse import connect, get_settings
+
+    settings = get_settings()
+    hb = heartbeat_file(settings.home, account)
+    if hb.exists():
+        data = json.loads(hb.read_text())
+        typer.echo(
+            f"account {account}: heartbeat {data['at']}, {data['steps']} steps, "
+            f"model {data['model']}, equity {data['equity']:.2f}, "
+            f"threshold mode {data['threshold_mode']}, killed {data['killed']} "
+            f"{data['kill_reason']}"
+        )
+        typer.echo(
+            f"rolling accuracy {data['rolling_accuracy']} F1 {data['rolling_f1']} "
+            f"over {data['resolved']} resolved predictions"
+        )
+    con = connect(settings, read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT stage, bucket_upper_us, count FROM loop_latency WHERE account = ? "
+            "ORDER BY stage, bucket_upper_us",
+            [account],
+        ).fetchall()
+        eq = con.execute(
+            "SELECT min(equity), max(equity), arg_max(equity, ts), count(*) FROM equity "
+            "WHERE account = ?",
+            [account],
+        ).fetchone()
+        fills = con.execute("SELECT count(*) FROM fills WHERE account = ?", [account]).fetchone()
+        events = con.execute(
+            "SELECT ts, kind, coalesce(symbol, ''), message FROM loop_events WHERE account = ? "
+            "ORDER BY ts DESC LIMIT 10",
+            [account],
+        ).fetchall()
+    finally:
+        con.close()
+    if not rows:
+        typer.echo(f"no latency recorded for account {account!r} yet")
+        return
+    from trading.latency import BUCKET_UPPER_US
+
+    for stage in ("features", "inference", "decision", "total"):
+        h = LatencyHistogram()
+        for st, upper, count in rows:
+            if st == stage:
+                i = min(range(len(BUCKET_UPPER_US)), key=lambda k: abs(BUCKET_UPPER_US[k] - upper))
+                h.counts[i] = int(count)
+                h.total += int(count)
+                h.max_us = max(h.max_us, upper)
+        if not h.total:
+            continue
+        typer.echo(
+            f"\n{stage}: n={h.total} p50={h.quantile_us(0.5):.0f}us p99={h.quantile_us(0.99):.0f}us"
+        )
+        peak = max(h.counts)
+        for upper, count in h.nonzero():
+            typer.echo(f"  <= {upper:>10.0f} us {count:>8} {'#' * max(1, 40 * count // peak)}")
+    if eq and eq[3]:
+        typer.echo(
+            f"\nequity now {eq[2]:.2f} (min {eq[0]:.2f}, max {eq[1]:.2f}) over {eq[3]} "
+            f"steps; {fills[0] if fills else 0} fills"
+        )
+    for ts, kind, sym, msg in events:
+        typer.echo(f"{ts} [{kind}] {sym} {msg}")
