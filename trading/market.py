@@ -120,7 +120,7 @@ class ReplayMarket:
                     idx[k] = i + 1
             if self.speed is not None and count > 0:
                 self.sleep(self.step_ms / 1000.0 / self.speed)
-            count += 1
+            count += 1  # noqa: SIM113
             yield Tick(int(ts) + self.step_ms, tuple(bars))
 
     def history(self, up_to_ts_ms: int) -> Iterator[Tick]:

@@ -104,9 +104,8 @@ class Protections:
         c = self.config
         out: list[str] = []
         for f in fills:
-            if f.reason in ("exit", "stop_loss", "take_profit", "flip") and direction_before.get(
-                f.symbol, 0
-            ):
+            exited = f.reason in ("exit", "stop_loss", "take_profit", "flip")
+            if exited and direction_before.get(f.symbol, 0):  # noqa: SIM102
                 if c.cooldown_candles > 0:
                     self.symbol_lock_until[f.symbol] = candle + 1 + c.cooldown_candles
             if f.reason == "stop_loss" and c.stoploss_guard_count is not None:

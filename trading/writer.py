@@ -11,6 +11,7 @@ recomputed identically on replay and re-upserted without change.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -147,10 +148,8 @@ class BufferedWriter:
                     "warehouse write failed (%s); retrying in %.2f s", self.last_error, backoff
                 )
                 if self._con is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         self._con.close()
-                    except Exception:
-                        pass
                     self._con = None
                 self.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
