@@ -9,10 +9,13 @@ stored there, and the Data Docs site is built from them into
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +57,24 @@ def data_docs_index(settings: Settings) -> Path:
     return quality_root(settings) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
 
+@contextlib.contextmanager
+def _across_processes(root: str) -> Iterator[None]:
+    """Hold an exclusive file lock on the GX project: its config, suite, validation-definition
+    and checkpoint JSON files are shared by every process on this home (Dask and Prefect
+    workers), and GX itself does not guard them against concurrent writers."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with open(Path(root) / ".tradeloop-gx.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def context(settings: Settings) -> Any:
     """The GX file context of this process for ``settings.home`` (built once, then cached)."""
     root = str(quality_root(settings))
-    with _lock:
+    with _lock, _across_processes(root):
         if root in _contexts:
             return _contexts[root]
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -67,7 +84,10 @@ def context(settings: Settings) -> Any:
         Path(root).mkdir(parents=True, exist_ok=True)
         ctx = gx.get_context(mode="file", project_root_dir=root)
         ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-        ctx.data_sources.add_or_update_pandas("tradeloop")
+        try:  # keep a stored one: replacing it drops the assets other processes' checkpoints use
+            ctx.data_sources.get("tradeloop")
+        except (KeyError, LookupError, ValueError):
+            ctx.data_sources.add_pandas("tradeloop")
         _contexts[root] = ctx
         return ctx
 
@@ -111,31 +131,49 @@ def _checkpoint(
     with _lock:
         if cache_key in _checkpoints:
             return _checkpoints[cache_key]
-        import great_expectations as gx
-
         ctx = context(settings)
-        source = ctx.data_sources.get("tradeloop")
-        try:
-            asset = source.get_asset(suite_name)
-        except LookupError:
-            asset = source.add_dataframe_asset(suite_name)
-        try:
-            batch_definition = asset.get_batch_definition("batch")
-        except (KeyError, LookupError, ValueError):
-            batch_definition = asset.add_batch_definition_whole_dataframe("batch")
-        suite = ctx.suites.add_or_update(build_suite(suite_name, definitions))
-        validation = ctx.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=f"{suite_name}_batch", data=batch_definition, suite=suite)
-        )
-        checkpoint = ctx.checkpoints.add_or_update(
-            gx.Checkpoint(
-                name=f"{suite_name}_gate",
-                validation_definitions=[validation],
-                result_format={"result_format": "COMPLETE"},
-            )
-        )
+        with _across_processes(root):
+            checkpoint = _stored_or_new_checkpoint(ctx, suite_name, definitions, cache_key[2])
         _checkpoints[cache_key] = checkpoint
         return checkpoint
+
+
+def _stored_or_new_checkpoint(
+    ctx: Any, suite_name: str, definitions: tuple[ExpectationDef, ...], suite_hash: str
+) -> Any:
+    """The stored checkpoint when another process already saved this exact suite (rewriting it
+    would make that process's copy stale: GX then refuses to run it), else save a new one."""
+    import great_expectations as gx
+
+    try:
+        stored = ctx.suites.get(suite_name)
+        if stored.meta.get("tradeloop_suite_hash") == suite_hash:
+            return ctx.checkpoints.get(f"{suite_name}_gate")
+    except Exception:  # noqa: BLE001 - not stored yet (GX raises several types): build it
+        pass
+    source = ctx.data_sources.get("tradeloop")
+    try:
+        asset = source.get_asset(suite_name)
+    except LookupError:
+        asset = source.add_dataframe_asset(suite_name)
+    try:
+        batch_definition = asset.get_batch_definition("batch")
+    except (KeyError, LookupError, ValueError):
+        batch_definition = asset.add_batch_definition_whole_dataframe("batch")
+    suite = build_suite(suite_name, definitions)
+    suite.meta["tradeloop_suite_hash"] = suite_hash
+    suite = ctx.suites.add_or_update(suite)
+    validation = ctx.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=f"{suite_name}_batch", data=batch_definition, suite=suite)
+    )
+    checkpoint = ctx.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=f"{suite_name}_gate",
+            validation_definitions=[validation],
+            result_format={"result_format": "COMPLETE"},
+        )
+    )
+    return checkpoint
 
 
 def validate(

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import task_runner_for  # noqa: F401  (re-exported for the CLI)
 from pipelines.collect import (
     MergeFn,
     SeriesStats,
@@ -41,21 +42,6 @@ def _gate(con: Any, settings: Settings, run_id: str) -> MergeFn:
         return gate_and_merge(con, table, batch, settings=settings, run_id=run_id)
 
     return merge
-
-
-def task_runner_for(settings: Settings) -> Any:
-    """The task runner the settings ask for: threads (default) or a Dask cluster."""
-    if settings.task_runner == "dask":
-        try:
-            from prefect_dask import DaskTaskRunner
-        except ImportError as exc:
-            raise RuntimeError("task_runner = 'dask' needs the prefect-dask package") from exc
-        return (
-            DaskTaskRunner(address=settings.dask_address)
-            if settings.dask_address
-            else DaskTaskRunner()
-        )
-    return ThreadPoolTaskRunner(max_workers=8)
 
 
 @task(name="collect-symbol", cache_policy=NONE, retries=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
 
 from pipelines.features import FEATURE_SET_VERSION
@@ -63,7 +63,16 @@ def features(
     """Bring the features of every stored symbol/timeframe (or the given ones) up to date."""
     settings = settings or get_settings()
     series = select_series(settings, symbols, timeframes)
-    results = [featurize_series(settings, e, s, t, full) for e, s, t in series]
+    # one mapped task per series, run where the flow's task runner says (threads or Dask)
+    results = list(
+        featurize_series.map(
+            unmapped(settings),
+            [e for e, _, _ in series],
+            [s for _, s, _ in series],
+            [t for _, _, t in series],
+            unmapped(full),
+        ).result()
+    )
     return {
         "feature_set_version": FEATURE_SET_VERSION,
         "results": results,

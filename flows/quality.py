@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
@@ -127,7 +127,17 @@ def quality(
     settings = settings or get_settings()
     run_id = f"quality-{uuid.uuid4().hex[:12]}"
     series = list_series_task(settings, symbols, timeframes, exchange)
-    results = [revalidate_task(settings, s, start, end, run_id, None) for s in series]
+    # one mapped task per series, run where the flow's task runner says (threads or Dask)
+    results = list(
+        revalidate_task.map(
+            unmapped(settings),
+            series,
+            unmapped(start),
+            unmapped(end),
+            unmapped(run_id),
+            unmapped(None),
+        ).result()
+    )
     docs = build_docs_task(settings, keep_days) if build_docs else None
     markdown = publish_summary(results, docs)
     failed = [r.message for r in results if not r.success]

@@ -11,6 +11,7 @@ import contextlib
 import sqlite3
 import sys
 import sysconfig
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,15 +89,29 @@ def attach_sql(settings: Settings, *, read_only: bool = False) -> list[str]:
     return statements
 
 
+_WAL_CHECKED: set[Path] = set()
+_WAL_LOCK = threading.Lock()
+
+
 def _ensure_wal(catalog: Path) -> None:
     """Put the SQLite catalog in WAL mode (persistent in the file).
 
     In SQLite's default rollback-journal mode a reader fails with "database is locked" while
     another process commits; in WAL mode readers never wait on writers.
+
+    Done once per process and catalog, before this process attaches it: Python's ``sqlite3`` is
+    a second copy of SQLite in the process, and closing its connection drops the POSIX locks
+    that DuckDB's copy holds on the same file (other threads' attached lakes then fail with
+    "disk I/O error"; seen with 4 threads collecting 20 symbols).
     """
-    with contextlib.closing(sqlite3.connect(catalog, timeout=30)) as db:
-        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            db.execute("PRAGMA journal_mode=WAL")
+    key = catalog.resolve()
+    with _WAL_LOCK:
+        if key in _WAL_CHECKED:
+            return
+        with contextlib.closing(sqlite3.connect(catalog, timeout=30)) as db:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+        _WAL_CHECKED.add(key)
 
 
 def _prepare_local_dirs(settings: Settings) -> None:

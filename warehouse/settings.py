@@ -54,7 +54,15 @@ class Settings(BaseSettings):
     symbols: tuple[str, ...] = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
     base_timeframe: str = "1m"
     task_runner: Literal["thread", "dask"] = "thread"
-    dask_address: str | None = None
+    dask_address: str | None = Field(
+        default=None, description="Dask scheduler (tcp://host:8786); None = a local cluster"
+    )
+    task_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="tasks at once per flow run: threads, or local Dask worker processes "
+        "(None = 8 threads / one Dask worker per core)",
+    )
 
     live_trading: bool = Field(default=False, description="live orders need this explicit opt-in")
     exchange_api_key: SecretStr | None = None
