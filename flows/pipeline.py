@@ -10,10 +10,11 @@ publishes a short markdown summary artifact (``pipeline-summary``).
 from __future__ import annotations
 
 import importlib
-import inspect
 import time
+from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
@@ -48,27 +49,24 @@ def warehouse_counts(settings: Settings) -> dict[str, int]:
         con.close()
 
 
-SERVE_COUNT_PARAMETERS = ("candles", "max_candles", "n_candles", "steps", "max_steps")
-
-
-def serve_arguments(
-    serve: Any, symbols: list[str], candles: int, settings: Settings
-) -> dict[str, Any]:
-    """Keyword arguments for the serving flow: its symbols, how many candles, the settings."""
-    accepted = set(inspect.signature(serve.fn).parameters)
-    count = next((p for p in SERVE_COUNT_PARAMETERS if p in accepted), None)
-    if count is None:
-        raise TypeError(
-            f"the serve flow takes none of {SERVE_COUNT_PARAMETERS}: {sorted(accepted)}"
-        )
-    out: dict[str, Any] = {count: candles}
-    if "symbols" in accepted:
-        out["symbols"] = symbols
-    elif "symbol" in accepted:
-        out["symbol"] = symbols[0]
-    if "settings" in accepted:
-        out["settings"] = settings
-    return out
+def replay_file(settings: Settings, symbol: str, timeframe: str, candles: int) -> Path:
+    """The latest ``candles`` stored candles of one series as a candle file
+    (``home/replay/BTC_USDT-1m.parquet``) for the serving flow to replay."""
+    con = connect(settings, read_only=True)
+    try:
+        table = con.execute(
+            "SELECT ts, open, high, low, close, volume FROM (SELECT * FROM candles "
+            "WHERE symbol = ? AND timeframe = ? ORDER BY ts DESC LIMIT ?) ORDER BY ts",
+            [symbol, timeframe, candles],
+        ).fetch_arrow_table()
+    finally:
+        con.close()
+    if table.num_rows == 0:
+        raise LookupError(f"no {symbol} {timeframe} candles to serve")
+    path = settings.home / "replay" / f"{symbol.replace('/', '_')}-{timeframe}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
 
 
 def stored_symbols(settings: Settings, timeframe: str) -> list[str]:
@@ -183,7 +181,10 @@ def pipeline(
             raise RuntimeError(
                 "serve_candles > 0 but flows/serve.py (the serving flow) is not installed"
             )
-        served = serve(**serve_arguments(serve, train_symbols, serve_candles, settings))
+        replay = replay_file(settings, train_symbols[0], settings.base_timeframe, serve_candles)
+        served = serve(
+            replay=str(replay), max_candles=serve_candles, retrain_deployment="retrain/daily"
+        )
         steps.append(("serve", f"{serve_candles} candles served"))
 
     counts = warehouse_counts(settings)
