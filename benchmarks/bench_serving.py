@@ -18,12 +18,18 @@ import polars as pl
 
 from benchmarks.results import record
 
-CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "candles" / "UNITTEST_BTC-1m.feather"
+CANDLES = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "candles" / "UNITTEST_BTC-1m.feather"
+)
 SYMBOL = "UNITTEST/BTC"
 
 
 def _frame() -> pl.DataFrame:
-    f = pl.read_ipc(CANDLES).rename({"date": "ts"}).with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
+    f = (
+        pl.read_ipc(CANDLES)
+        .rename({"date": "ts"})
+        .with_columns(pl.col("ts").dt.convert_time_zone("UTC"))
+    )
     return f.with_columns(exchange=pl.lit("binance"), symbol=pl.lit(SYMBOL), timeframe=pl.lit("1m"))
 
 
@@ -40,7 +46,9 @@ def main() -> None:
     torch.set_num_threads(1)
     frame = _frame()
     cfg = TrainConfig(epochs=1, max_samples=3000, importance_repeats=0, progress=False, threads=1)
-    samples = build_samples(frame.head(8000), window_len=cfg.window_len, label_config=label_config(cfg))
+    samples = build_samples(
+        frame.head(8000), window_len=cfg.window_len, label_config=label_config(cfg)
+    )
     ensemble = train_ensemble(samples, cfg)
     tmp = Path(tempfile.mkdtemp())
     export_onnx(ensemble, tmp / "default.onnx")
@@ -101,7 +109,9 @@ def main() -> None:
     manager = ModelManager(lambda: None, FEATURE_SET_VERSION)
     manager.predictor, manager.model_id, manager.generation = ort, "bench", 1
     manager.last_seen = "bench"
-    loop = ServingLoop(LoopConfig(model_check_every_steps=10**9), manager=manager, writer=None, home=tmp)
+    loop = ServingLoop(
+        LoopConfig(model_check_every_steps=10**9), manager=manager, writer=None, home=tmp
+    )
     market = ReplayMarket(candles)
     ticks_list = list(market.ticks())
     for t in ticks_list[:2300]:

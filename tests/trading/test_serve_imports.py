@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_serving_path_runs_without_torch_and_prefect(tmp_path) -> None:  # type: ignore[no-untyped-def]
     code = f"""
 import sys
+import scipy.stats  # noqa: F401  (scipy's array-API shim breaks on a None torch module;
+# it never imports torch itself, so load it first)
+assert 'torch' not in sys.modules
 sys.modules['torch'] = None  # any 'import torch' now raises ImportError
 sys.modules['prefect'] = None
 import trading.loop, trading.market, trading.state, trading.fallback, trading.feedback

@@ -119,23 +119,23 @@ def test_restart_mid_run_resumes_with_identical_positions(settings, lake, tmp_pa
     # no champion: the RSI fallback trades, with stops and protections on
     cfg = dataclasses.replace(CONFIG, flush_every_steps=40, model_check_every_steps=50)
     full, _ = make_loop(settings, cfg, lookup_con=lake)
-    run(full, _market(700))
+    run(full, _market(500))
     full.writer.close()
 
     s2 = Settings(home=tmp_path / "h2")
     lake2 = connect(s2)
     migrate(lake2)
     crashed, _ = make_loop(s2, cfg, lookup_con=lake2)
-    ticks = list(_market(700).ticks())
+    ticks = list(_market(500).ticks())
     for t in ticks[:333]:
         crashed.on_tick(t)  # "crash" after 333 ticks: the last snapshot is from tick 320
     crashed.writer.close()
     snapshot_positions = {s: p.units for s, p in crashed.state.portfolio.positions.items()}
     resumed, _ = make_loop(s2, cfg, lookup_con=lake2)
-    summary = run(resumed, _market(700), con=lake2)
+    summary = run(resumed, _market(500), con=lake2)
     resumed.writer.close()
     assert summary.resumed_from_ts_ms == ticks[319].bars[0].ts_ms
-    assert summary.candles == 700 - 320
+    assert summary.candles == 500 - 320
     assert resumed.state.portfolio.positions == full.state.portfolio.positions
     assert resumed.state.portfolio.cash == full.state.portfolio.cash
     assert resumed.state.portfolio.trades == full.state.portfolio.trades
