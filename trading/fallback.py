@@ -48,7 +48,7 @@ class ModelManager:
 
     @property
     def active_id(self) -> str:
-        return self.model_id if self.predictor is not None else FALLBACK_ID
+        return self.model_id if self.predictor is not None and self.model_id else FALLBACK_ID
 
     def refresh(self) -> list[ModelEvent]:
         try:

@@ -447,7 +447,12 @@ class ServingLoop:
             assert self.manager.predictor is not None
             horizon = self.manager.predictor.info.horizon_bars or horizon
             predicted = CLASS_NAMES[int(np.argmax(probs))]
-            pred_row = {"p_buy": p3[0], "p_hold": p3[1], "p_sell": p3[2], "confidence": parts.value}
+            pred_row: dict[str, float | None] = {
+                "p_buy": p3[0],
+                "p_hold": p3[1],
+                "p_sell": p3[2],
+                "confidence": parts.value,
+            }
             counted = True
         else:
             d = s.rsi_decision
