@@ -48,7 +48,7 @@ def task_runner_for(settings: Settings) -> Any:
 
 def on_runner(flow: F, settings: Settings) -> F:
     """``flow`` with the task runner the settings ask for (``flow.with_options(task_runner=)``)."""
-    return flow.with_options(task_runner=task_runner_for(settings))  # type: ignore[attr-defined,no-any-return]
+    return flow.with_options(task_runner=task_runner_for(settings))  # type: ignore[attr-defined]
 
 
 def describe(settings: Settings) -> str:
