@@ -16,29 +16,6 @@ class Format(StrEnum):
     json = "json"
 
 
-SUMMARY_KEYS = (
-    "total_return",
-    "cagr",
-    "sharpe",
-    "sharpe_ci_low",
-    "sharpe_ci_high",
-    "probabilistic_sharpe",
-    "deflated_sharpe",
-    "sortino",
-    "calmar",
-    "max_drawdown",
-    "max_drawdown_duration_bars",
-    "trades",
-    "win_rate",
-    "profit_factor",
-    "avg_trade_return",
-    "expectancy",
-    "exposure",
-    "turnover",
-    "fees_paid",
-)
-
-
 def register(app: typer.Typer) -> None:
     app.command("backtest")(backtest)
 
@@ -147,6 +124,8 @@ def _print_table(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from trading.report import METRIC_ROWS
+
     base = summary["baselines"]
     table = Table(
         "metric",
@@ -154,7 +133,7 @@ def _print_table(summary: dict[str, Any]) -> None:
         *base,
         title=f"{summary['symbol']} {summary['timeframe']}: {summary['strategy']}",
     )
-    for key in SUMMARY_KEYS:
+    for key in METRIC_ROWS:
         cells = [summary.get(key), *(b.get(key) for b in base.values())]
         table.add_row(key, *(_fmt(v) for v in cells))
     Console(width=120).print(table)
