@@ -9,17 +9,21 @@
   heartbeats mark a crashed run.
 * Degradation calls ``run_deployment(retrain_deployment)`` (no waiting), at most once per the
   feedback cooldown.
+* Paper trading by default. ``live=True`` trades on ``settings.exchange`` with real orders
+  (``trading.live_broker.CcxtBroker``, sandbox first) and needs ``TRADELOOP_LIVE_TRADING=true``
+  too; keys come from the environment or from Prefect Secret blocks named by
+  ``api_key_block`` / ``api_secret_block`` (resolved here, never logged).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 
 from trading.loop import LoopConfig, ServingLoop
-from trading.service import serve_replay
+from trading.service import require_live_opt_in, serve_live, serve_replay
 from warehouse import get_settings
 
 
@@ -36,18 +40,41 @@ def ensure_limit(name: str, limit: int = 1) -> None:
             )
 
 
+def _secret(block_name: str) -> str:
+    """The value of a Prefect Secret block (never logged)."""
+    from prefect.blocks.system import Secret
+
+    block = cast(Secret, Secret.load(block_name))
+    return str(block.get())
+
+
 @flow(name="serve", log_prints=True)
 def serve(
-    replay: str,
+    replay: str | None = None,
     speed: float | None = None,
     max_candles: int | None = None,
     account: str = "paper",
-    retrain_deployment: str = "retrain/retrain",
+    retrain_deployment: str = "retrain/daily",
     heartbeat_every: int = 50,
     lease_duration_s: float = 120.0,
+    exchange: str | None = None,
+    live: bool = False,
+    symbols: list[str] | None = None,
+    api_key_block: str | None = None,
+    api_secret_block: str | None = None,
 ) -> dict[str, Any]:
+    """``exchange``: the exchange a warehouse symbol was collected under (default
+    ``settings.exchange``); ``retrain_deployment`` matches deployments/prefect.yaml."""
     logger = get_run_logger()
     settings = get_settings()
+    api_key = api_secret = None
+    if live:
+        if api_key_block or api_secret_block:
+            api_key = _secret(api_key_block) if api_key_block else None
+            api_secret = _secret(api_secret_block) if api_secret_block else None
+        require_live_opt_in(settings, live=True, api_key=api_key, api_secret=api_secret)
+    elif replay is None:
+        raise ValueError("paper trading needs replay (a candle file or a warehouse symbol)")
     limit_name = f"serve-{account}"
     ensure_limit(limit_name)
 
@@ -66,17 +93,33 @@ def serve(
             f"{loop.state.portfolio.equity():.2f}"
         )
 
+    config = LoopConfig(
+        account=account, model_check_every_steps=60, exchange=exchange or settings.exchange
+    )
     with concurrency(limit_name, occupy=1, strict=True, lease_duration=lease_duration_s):
-        summary = serve_replay(
-            settings,
-            replay,
-            config=LoopConfig(account=account, model_check_every_steps=60),
-            speed=speed,
-            max_candles=max_candles,
-            on_retrain=retrain,
-            heartbeat=beat,
-            heartbeat_every=heartbeat_every,
-        )
+        if live:
+            summary = serve_live(
+                settings,
+                list(symbols or settings.symbols),
+                config=config,
+                api_key=api_key,
+                api_secret=api_secret,
+                max_candles=max_candles,
+                on_retrain=retrain,
+                heartbeat=beat,
+            )
+        else:
+            assert replay is not None
+            summary = serve_replay(
+                settings,
+                replay,
+                config=config,
+                speed=speed,
+                max_candles=max_candles,
+                on_retrain=retrain,
+                heartbeat=beat,
+                heartbeat_every=heartbeat_every,
+            )
     logger.info(f"served {summary.candles} candles; equity {summary.equity:.2f}")
     return {
         "candles": summary.candles,

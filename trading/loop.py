@@ -82,7 +82,9 @@ def default_limits() -> RiskLimits:
 @dataclass(frozen=True)
 class LoopConfig:
     account: str = "paper"
-    exchange: str = "binance"
+    exchange: str = (
+        "simulated"  # the exchange candles/orders are recorded under (settings.exchange)
+    )
     timeframe: str = "1m"
     initial_cash: float = 10_000.0
     fees: FeeModel = field(default_factory=lambda: FeeModel(0.001, 0.001))
@@ -592,6 +594,9 @@ class ServingLoop:
                 "mode": cfg.mode,
             }
         row.update({"status": self.broker.order_status(f.client_order_id), "updated_at": when})
+        exchange_order_id = getattr(self.broker, "exchange_order_id", None)
+        if exchange_order_id is not None:  # live broker: the exchange's order id
+            row["exchange_order_id"] = exchange_order_id(f.client_order_id)
         self.batch.add("orders", (f.client_order_id,), row)
 
     def _resolved_row(self, r: Resolved, ts_ms: int) -> None:

@@ -53,7 +53,7 @@ def load_replay_candles(
     source: str,
     *,
     con: duckdb.DuckDBPyConnection | None = None,
-    exchange: str = "binance",
+    exchange: str = "simulated",
     timeframe: str | None = None,
     symbol: str | None = None,
 ) -> list[Candles]:

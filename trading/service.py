@@ -15,9 +15,43 @@ from models.registry import champion
 from pipelines.features import FEATURE_SET_VERSION
 from trading.fallback import ModelManager
 from trading.loop import LoopConfig, RunSummary, ServingLoop, run
-from trading.market import ReplayMarket, load_replay_candles
+from trading.market import PollingMarket, ReplayMarket, load_replay_candles
 from trading.writer import BufferedWriter
 from warehouse import Settings, connect, migrate
+
+
+class LiveTradingRefused(RuntimeError):
+    """Live trading was asked for without every opt-in it needs."""
+
+
+def require_live_opt_in(
+    settings: Settings, *, live: bool, api_key: str | None = None, api_secret: str | None = None
+) -> None:
+    """Paper trading is the default. Live orders need BOTH ``--live`` and
+    ``TRADELOOP_LIVE_TRADING=true``, a ccxt exchange (``TRADELOOP_EXCHANGE``) and API keys."""
+    if not live:
+        return
+    if not settings.live_trading:
+        raise LiveTradingRefused(
+            "live trading refused: --live also needs TRADELOOP_LIVE_TRADING=true in the "
+            "environment (both are required); without them tradeloop serve paper-trades"
+        )
+    if settings.exchange in ("simulated", "file"):
+        raise LiveTradingRefused(
+            f"live trading refused: TRADELOOP_EXCHANGE={settings.exchange!r} is not a ccxt "
+            "exchange id (e.g. binance)"
+        )
+    key = api_key or (
+        settings.exchange_api_key.get_secret_value() if settings.exchange_api_key else None
+    )
+    secret = api_secret or (
+        settings.exchange_api_secret.get_secret_value() if settings.exchange_api_secret else None
+    )
+    if not key or not secret:
+        raise LiveTradingRefused(
+            "live trading refused: no API key/secret; set TRADELOOP_EXCHANGE_API_KEY and "
+            "TRADELOOP_EXCHANGE_API_SECRET or name a Prefect Secret block"
+        )
 
 
 def heartbeat_file(home: Path, account: str) -> Path:
@@ -62,8 +96,11 @@ def serve_replay(
     heartbeat: Callable[[ServingLoop], None] | None = None,
     heartbeat_every: int = 50,
 ) -> RunSummary:
-    """Replay a candle file or a warehouse symbol through the paper-trading loop."""
-    config = config or LoopConfig(model_check_every_steps=60)
+    """Replay a candle file or a warehouse symbol through the paper-trading loop.
+
+    A warehouse symbol is read under ``config.exchange`` (default: ``settings.exchange``, the
+    exchange the candles were collected under)."""
+    config = config or LoopConfig(model_check_every_steps=60, exchange=settings.exchange)
     con = connect(settings)
     migrate(con)
     try:
@@ -86,6 +123,95 @@ def serve_replay(
         summary = run(
             loop, market, max_candles=max_candles, con=con if resume else None, heartbeat=beat
         )
+        write_heartbeat(settings.home, loop)
+        writer.close()
+        return summary
+    finally:
+        con.close()
+
+
+def serve_live(
+    settings: Settings,
+    symbols: list[str],
+    *,
+    config: LoopConfig | None = None,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+    max_candles: int | None = None,
+    max_polls: int | None = None,
+    poll_interval_s: float = 5.0,
+    on_retrain: Callable[[str], None] | None = None,
+    heartbeat: Callable[[ServingLoop], None] | None = None,
+    heartbeat_every: int = 1,
+) -> RunSummary:
+    """Trade ``symbols`` on ``settings.exchange`` with real orders (``CcxtBroker``): closed
+    candles polled with ccxt, orders sent with client order ids and reconciled by them.
+    Sandbox/testnet unless ``TRADELOOP_EXCHANGE_SANDBOX=false``. Needs the live opt-in."""
+    from pipelines.resample import timeframe_ms
+    from pipelines.sources.base import wall_clock_ms
+    from pipelines.sources.ccxt_source import CcxtSource
+    from trading.live_broker import CcxtBroker
+
+    key = api_key or (
+        settings.exchange_api_key.get_secret_value() if settings.exchange_api_key else None
+    )
+    secret = api_secret or (
+        settings.exchange_api_secret.get_secret_value() if settings.exchange_api_secret else None
+    )
+    require_live_opt_in(settings, live=True, api_key=key, api_secret=secret)
+    mode = "sandbox" if settings.exchange_sandbox else "live"
+    config = dataclasses.replace(
+        config or LoopConfig(account=mode, model_check_every_steps=60),
+        exchange=settings.exchange,
+        mode=mode,
+    )
+    broker = CcxtBroker(
+        settings.exchange,
+        api_key=key,
+        api_secret=secret,
+        sandbox=settings.exchange_sandbox,
+        api_base=settings.exchange_api_base,
+    )
+    source = CcxtSource(settings.exchange, api_base=settings.exchange_api_base)
+    if settings.exchange_sandbox:
+        source.exchange.set_sandbox_mode(True)
+        if settings.exchange_api_base:
+            from pipelines.sources.ccxt_source import rewrite_api_urls
+
+            source.exchange.urls["api"] = rewrite_api_urls(
+                source.exchange.urls["api"], settings.exchange_api_base
+            )
+    step = timeframe_ms(config.timeframe)
+    now = wall_clock_ms()
+    market = PollingMarket(
+        source,
+        symbols,
+        config.timeframe,
+        since_ms=now - now % step - step,  # from the last closed candle on: no old signals
+        poll_interval_s=poll_interval_s,
+        max_polls=max_polls,
+    )
+    con = connect(settings)
+    migrate(con)
+    try:
+        manager = ModelManager(lambda: champion(con, config.model_name), FEATURE_SET_VERSION)
+        writer = BufferedWriter(settings, lambda: connect(settings))
+        loop = ServingLoop(
+            config,
+            manager=manager,
+            writer=writer,
+            home=settings.home,
+            broker=broker,
+            on_retrain=on_retrain,
+        )
+
+        def beat(lp: ServingLoop) -> None:
+            if lp.steps % heartbeat_every == 0:
+                write_heartbeat(settings.home, lp)
+                if heartbeat is not None:
+                    heartbeat(lp)
+
+        summary = run(loop, market, max_candles=max_candles, heartbeat=beat)
         write_heartbeat(settings.home, loop)
         writer.close()
         return summary

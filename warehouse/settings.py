@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     live_trading: bool = Field(default=False, description="live orders need this explicit opt-in")
     exchange_api_key: SecretStr | None = None
     exchange_api_secret: SecretStr | None = None
+    exchange_sandbox: bool = Field(
+        default=True, description="live orders go to the exchange's sandbox/testnet first"
+    )
+    exchange_api_base: str | None = Field(
+        default=None, description="REST base URL replacing the exchange's (e.g. a loopback)"
+    )
 
     @classmethod
     def settings_customise_sources(

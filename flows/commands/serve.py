@@ -16,31 +16,69 @@ def register(app: typer.Typer) -> None:
 
 def serve(
     replay: Annotated[
-        str, typer.Option("--replay", help="candle file (any import format) or warehouse symbol")
-    ],
+        str | None,
+        typer.Option("--replay", help="candle file (any import format) or warehouse symbol"),
+    ] = None,
     speed: Annotated[
         str, typer.Option(help="'max' (as fast as possible) or a real-time multiple, e.g. 60")
     ] = "max",
     max_candles: Annotated[int | None, typer.Option(help="stop after N candles")] = None,
-    account: Annotated[str, typer.Option(help="paper account name")] = "paper",
+    account: Annotated[str, typer.Option(help="account name")] = "paper",
     no_prefect: Annotated[
         bool, typer.Option("--no-prefect", help="run the loop without the Prefect flow")
     ] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="real orders on TRADELOOP_EXCHANGE (sandbox first); also needs "
+            "TRADELOOP_LIVE_TRADING=true",
+        ),
+    ] = False,
+    symbols: Annotated[
+        str | None, typer.Option(help="--live: comma-separated symbols (default: settings)")
+    ] = None,
 ) -> None:
-    """Paper-trade a replay through the serving loop; exits 0 at the end of the data."""
+    """Paper-trade a replay through the serving loop (exits 0 at the end of the data), or,
+    with --live and TRADELOOP_LIVE_TRADING=true, trade on the exchange with real orders."""
+    from warehouse import get_settings
+
+    if live:
+        from trading.service import LiveTradingRefused, require_live_opt_in
+
+        try:
+            require_live_opt_in(get_settings(), live=True)
+        except LiveTradingRefused as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    elif replay is None:
+        typer.echo("error: paper trading needs --replay FILE_OR_SYMBOL (or use --live)", err=True)
+        raise typer.Exit(2)
     multiple = None if speed == "max" else float(speed)
+    symbol_list = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
     try:
         if no_prefect:
-            from trading.service import serve_replay
-            from warehouse import get_settings
+            from trading.service import serve_live, serve_replay
 
-            s = serve_replay(get_settings(), replay, speed=multiple, max_candles=max_candles)
+            settings = get_settings()
+            if live:
+                s = serve_live(
+                    settings, symbol_list or list(settings.symbols), max_candles=max_candles
+                )
+            else:
+                assert replay is not None
+                s = serve_replay(settings, replay, speed=multiple, max_candles=max_candles)
             result = {"candles": s.candles, "equity": s.equity, "positions": s.positions}
         else:
             from flows.serve import serve as serve_flow
 
             result = serve_flow(
-                replay=replay, speed=multiple, max_candles=max_candles, account=account
+                replay=replay,
+                speed=multiple,
+                max_candles=max_candles,
+                account=account,
+                live=live,
+                symbols=symbol_list,
             )
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

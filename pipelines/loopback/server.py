@@ -51,6 +51,7 @@ class Fault(StrEnum):
     DUPLICATES = "duplicates"  # klines: every candle twice
     SHUFFLED = "shuffled"  # klines: candles out of order
     AUTH = "auth"  # 401 {"code": -2015}: invalid API key
+    APPLIED_SLOW = "applied_slow"  # handle the request (e.g. place the order), answer too late
 
 
 @dataclass(frozen=True)
@@ -363,6 +364,11 @@ class LoopbackExchange:
         cid = params.get("origClientOrderId")
         return next((o for o in self._orders.values() if o["clientOrderId"] == cid), None)
 
+    def orders(self) -> list[dict[str, Any]]:
+        """The orders this exchange has accepted (copies), in order of arrival."""
+        with self._lock:
+            return [dict(o) for o in self._orders.values()]
+
     def reset_counters(self) -> None:
         with self._lock:
             self.requests.clear()
@@ -463,6 +469,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif fault is Fault.SHUFFLED:
                 body = list(reversed(body))
         data = json.dumps(body).encode()
+        if fault is Fault.APPLIED_SLOW:  # the request took effect; the answer comes too late
+            time.sleep(ex.faults.slow_s)
         if fault is Fault.TRUNCATED:
             data = data[: max(1, len(data) // 2)]
         elif status == 200 and endpoint == "klines" and isinstance(body, list):

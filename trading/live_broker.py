@@ -1,0 +1,452 @@
+"""``CcxtBroker``: the Broker protocol on a real exchange through the ccxt client (live, opt-in).
+
+Same protocol as ``trading.broker.PaperBroker``, so the serving loop and ``trading.step`` run
+unchanged. Differences from paper trading:
+
+* ``submit`` sends the order to the exchange at once (a market order submitted after bar t's
+  close executes at the exchange's price now, i.e. about bar t+1's open). Fills are taken from
+  the exchange's response (price, amount, fee) and handed to the portfolio by the next
+  ``process_bar`` of that symbol, which also polls resting orders for new fills.
+* Every order carries a deterministic client order id (``newClientOrderId`` on binance; ids
+  longer than the exchange's 36 characters are hashed deterministically).
+* **Never a blind re-send.** When an order request fails without a definite answer (timeout,
+  connection error, 5xx: any ``ccxt.NetworkError``), the broker first reconciles by client
+  order id (``fetch_order`` with ``origClientOrderId``). Only when the exchange CONFIRMS the
+  order does not exist (``ccxt.OrderNotFound``) is it sent again, with the same client order
+  id. While the outcome stays unknown the order is kept as ``unknown`` and reconciled again
+  at the next ``process_bar``; it is never sent twice.
+* Stop-loss / take-profit brackets are watched on each closed bar (same trigger rule as the
+  paper broker) and exit with a market order (client id ``<entry id>-sl`` / ``-tp``).
+* ``available_cash`` is not used: the exchange enforces the balance and rejects what it can't
+  fill (a rejected order is logged and recorded as ``rejected``).
+* Keys come from the caller (``Settings.exchange_api_key`` / ``_secret`` SecretStr, or a
+  Prefect Secret block resolved in ``flows/``); they are never logged, never put into error
+  messages (``LiveBrokerError`` scrubs them) and never written to the warehouse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ccxt
+
+from pipelines.sources.ccxt_source import BINANCE_SPOT_OPTIONS, rewrite_api_urls
+from trading.broker import bracket_prices, stop_trigger
+from trading.domain import Bar, Fill, Order, OrderReason
+
+log = logging.getLogger("tradeloop.live")
+
+MAX_CLIENT_ID_CHARS = 36  # binance: ^[.A-Z:/a-z0-9_-]{1,36}$
+_CLIENT_ID_OK = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+
+
+class _RedactSecrets(logging.Filter):
+    """ccxt logs every request's headers at DEBUG, the API key included: redact our keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            text = record.getMessage()
+            if any(s in text for s in self.secrets):
+                for s in self.secrets:
+                    text = text.replace(s, "***")
+                record.msg, record.args = text, ()
+        return True
+
+
+_REDACT = _RedactSecrets()
+for _name in ("ccxt.base.exchange", "ccxt"):
+    logging.getLogger(_name).addFilter(_REDACT)
+
+
+class LiveBrokerError(RuntimeError):
+    """An exchange call failed for good (authentication, rejected order, ...)."""
+
+
+def exchange_client_order_id(client_order_id: str) -> str:
+    """The id sent to the exchange: the loop's id when the exchange accepts it, else a
+    deterministic hash of it (same input -> same id, so reconciliation still works)."""
+    if _CLIENT_ID_OK.match(client_order_id):
+        return client_order_id
+    digest = hashlib.sha256(client_order_id.encode()).hexdigest()
+    return "tl-" + digest[: MAX_CLIENT_ID_CHARS - 3]
+
+
+@dataclass
+class _Tracked:
+    order: Order
+    exchange_client_id: str
+    status: str  # open | filled | cancelled | rejected | unknown
+    reported_amount: float = 0.0
+    exchange_order_id: str | None = None
+    sends: int = 0
+
+
+@dataclass
+class _LiveBracket:
+    units: float
+    stop_loss_price: float | None
+    take_profit_price: float | None
+    client_order_id: str
+
+
+_STATUS = {"open": "open", "closed": "filled", "canceled": "cancelled", "expired": "cancelled"}
+
+
+class CcxtBroker:
+    """Orders on a ccxt exchange (see the module docstring)."""
+
+    def __init__(
+        self,
+        exchange_id: str,
+        *,
+        api_key: str | None,
+        api_secret: str | None,
+        sandbox: bool = True,
+        api_base: str | None = None,
+        timeout_ms: int = 10_000,
+        reconcile_attempts: int = 3,
+        reconcile_wait_s: float = 0.5,
+        max_sends: int = 3,
+        config: dict[str, Any] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not hasattr(ccxt, exchange_id) or not isinstance(getattr(ccxt, exchange_id), type):
+            raise LiveBrokerError(f"unknown ccxt exchange {exchange_id!r}")
+        if not api_key or not api_secret:
+            raise LiveBrokerError(
+                f"live trading on {exchange_id} needs an API key and secret: set "
+                "TRADELOOP_EXCHANGE_API_KEY and TRADELOOP_EXCHANGE_API_SECRET (or a Prefect "
+                "Secret block)"
+            )
+        user = dict(config or {})
+        options = dict(BINANCE_SPOT_OPTIONS) if exchange_id in ("binance", "binanceus") else {}
+        options.update(user.pop("options", {}) or {})
+        self.exchange: ccxt.Exchange = getattr(ccxt, exchange_id)(
+            {
+                "enableRateLimit": True,
+                "timeout": timeout_ms,
+                **user,
+                "options": options,
+                "apiKey": api_key,
+                "secret": api_secret,
+            }
+        )
+        self._secrets = tuple(s for s in (api_key, api_secret) if s)
+        _REDACT.secrets.update(self._secrets)
+        if sandbox:
+            try:
+                self.exchange.set_sandbox_mode(True)
+            except ccxt.NotSupported as exc:
+                raise LiveBrokerError(
+                    f"{exchange_id} has no sandbox/testnet in ccxt; set "
+                    "TRADELOOP_EXCHANGE_SANDBOX=false to trade on the real exchange"
+                ) from exc
+        if api_base:
+            self.exchange.urls["api"] = rewrite_api_urls(self.exchange.urls["api"], api_base)
+        self.exchange_id = exchange_id
+        self.sandbox = sandbox
+        self.reconcile_attempts = reconcile_attempts
+        self.reconcile_wait_s = reconcile_wait_s
+        self.max_sends = max_sends
+        self.sleep = sleep
+        self._orders: dict[str, _Tracked] = {}
+        self._ready: dict[str, list[Fill]] = {}  # symbol -> fills not yet handed out
+        self._brackets: dict[str, _LiveBracket] = {}
+        self._net_units: dict[str, float] = {}
+        self._markets_loaded = False
+        self.resends = 0
+        self.reconciliations = 0
+
+    # ------------------------------------------------------------------ safety
+    def _scrub(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def _fail(self, what: str, exc: Exception) -> LiveBrokerError:
+        if isinstance(exc, ccxt.AuthenticationError | ccxt.PermissionDenied):
+            return LiveBrokerError(
+                f"{self.exchange_id} {what}: authentication failed ({type(exc).__name__}); "
+                "check TRADELOOP_EXCHANGE_API_KEY / TRADELOOP_EXCHANGE_API_SECRET and the key's "
+                "permissions"
+            )
+        return LiveBrokerError(
+            self._scrub(f"{self.exchange_id} {what}: {type(exc).__name__}: {exc}")
+        )
+
+    def _load_markets(self) -> None:
+        if not self._markets_loaded:
+            try:
+                self.exchange.load_markets()
+            except ccxt.BaseError as exc:
+                raise self._fail("load_markets", exc) from exc
+            self._markets_loaded = True
+
+    # ------------------------------------------------------------------ protocol
+    def submit(self, order: Order) -> None:
+        if order.client_order_id in self._orders:
+            raise ValueError(f"duplicate client_order_id {order.client_order_id!r}")
+        self._load_markets()
+        tracked = _Tracked(order, exchange_client_order_id(order.client_order_id), "unknown")
+        self._orders[order.client_order_id] = tracked
+        self._send(tracked)
+
+    def cancel(self, client_order_id: str) -> bool:
+        t = self._orders.get(client_order_id)
+        if t is None or t.status not in ("open", "unknown"):
+            return False
+        try:
+            self.exchange.cancel_order(
+                t.exchange_order_id or "",
+                t.order.symbol,
+                {"origClientOrderId": t.exchange_client_id},
+            )
+        except ccxt.OrderNotFound:
+            return False
+        except ccxt.BaseError as exc:
+            raise self._fail(f"cancel {client_order_id}", exc) from exc
+        t.status = "cancelled"
+        return True
+
+    def open_orders(self) -> list[Order]:
+        return [t.order for t in self._orders.values() if t.status in ("open", "unknown")]
+
+    def order_status(self, client_order_id: str) -> str:
+        t = self._orders.get(client_order_id)
+        return "unknown" if t is None else t.status
+
+    def net_units(self, symbol: str) -> float:
+        return self._net_units.get(symbol, 0.0)
+
+    def exchange_order_id(self, client_order_id: str) -> str | None:
+        t = self._orders.get(client_order_id)
+        return None if t is None else t.exchange_order_id
+
+    def process_bar(self, bar: Bar, available_cash: float) -> list[Fill]:
+        for t in list(self._orders.values()):
+            if t.order.symbol != bar.symbol:
+                continue
+            if t.status == "unknown":
+                self._reconcile_or_resend(t)
+            elif t.status == "open":
+                self._poll(t)
+        fills = self._ready.pop(bar.symbol, [])
+        exit_fill = self._check_bracket(bar)
+        if exit_fill:
+            fills.extend(exit_fill)
+        return fills
+
+    # ------------------------------------------------------------------ sending
+    def _params(self, t: _Tracked) -> dict[str, Any]:
+        key = "newClientOrderId" if self.exchange_id.startswith("binance") else "clientOrderId"
+        return {key: t.exchange_client_id}
+
+    def _send(self, t: _Tracked) -> None:
+        o = t.order
+        order_type = "market" if o.order_type == "stop" else o.order_type
+        price = o.price if order_type == "limit" else None
+        t.sends += 1
+        try:
+            resp = self.exchange.create_order(
+                o.symbol, order_type, o.side, o.amount, price, self._params(t)
+            )
+        except ccxt.NetworkError as exc:  # timeout, connection, 5xx, 429: outcome unknown
+            t.status = "unknown"
+            log.warning(
+                "%s order %s: request failed (%s); reconciling by client order id before any "
+                "re-send",
+                self.exchange_id,
+                o.client_order_id,
+                type(exc).__name__,
+            )
+            self._reconcile_or_resend(t)
+            return
+        except ccxt.InvalidOrder as exc:  # incl. InsufficientFunds: the exchange said no
+            t.status = "rejected"
+            log.error("%s", self._fail(f"order {o.client_order_id} rejected", exc))
+            return
+        except ccxt.BaseError as exc:
+            t.status = "rejected"
+            raise self._fail(f"create_order {o.client_order_id}", exc) from exc
+        self._apply(t, resp)
+
+    def _reconcile_or_resend(self, t: _Tracked) -> None:
+        """Look the order up by client id; re-send only when the exchange says it never got it."""
+        for attempt in range(1, self.reconcile_attempts + 1):
+            self.reconciliations += 1
+            try:
+                found = self.exchange.fetch_order(
+                    "", t.order.symbol, {"origClientOrderId": t.exchange_client_id}
+                )
+            except ccxt.OrderNotFound:
+                if t.sends >= self.max_sends:
+                    t.status = "rejected"
+                    log.error(
+                        "%s order %s: not on the exchange after %d sends; given up",
+                        self.exchange_id,
+                        t.order.client_order_id,
+                        t.sends,
+                    )
+                    return
+                self.resends += 1
+                log.warning(
+                    "%s order %s: the exchange confirms it does not exist; sending it again "
+                    "with the same client order id",
+                    self.exchange_id,
+                    t.order.client_order_id,
+                )
+                self._send(t)
+                return
+            except ccxt.NetworkError as exc:
+                log.warning(
+                    "%s order %s: reconciliation attempt %d failed (%s)",
+                    self.exchange_id,
+                    t.order.client_order_id,
+                    attempt,
+                    type(exc).__name__,
+                )
+                if attempt < self.reconcile_attempts:
+                    self.sleep(self.reconcile_wait_s * attempt)
+                continue
+            except ccxt.BaseError as exc:
+                raise self._fail(f"reconcile {t.order.client_order_id}", exc) from exc
+            log.warning(
+                "%s order %s: found on the exchange by client order id (status %s); not re-sent",
+                self.exchange_id,
+                t.order.client_order_id,
+                found.get("status"),
+            )
+            self._apply(t, found)
+            return
+        t.status = "unknown"  # still unknown: try again at the next bar, never re-send blindly
+
+    def _poll(self, t: _Tracked) -> None:
+        try:
+            found = self.exchange.fetch_order(
+                t.exchange_order_id or "",
+                t.order.symbol,
+                {"origClientOrderId": t.exchange_client_id},
+            )
+        except ccxt.NetworkError as exc:
+            log.warning("%s poll %s failed: %s", self.exchange_id, t.order.client_order_id, exc)
+            return
+        except ccxt.BaseError as exc:
+            raise self._fail(f"fetch_order {t.order.client_order_id}", exc) from exc
+        self._apply(t, found)
+
+    # ------------------------------------------------------------------ fills
+    def _apply(self, t: _Tracked, resp: dict[str, Any]) -> None:
+        o = t.order
+        t.exchange_order_id = str(resp.get("id") or t.exchange_order_id or "") or None
+        filled = float(resp.get("filled") or 0.0)
+        t.status = _STATUS.get(str(resp.get("status")), "open")
+        if t.status == "open" and filled >= o.amount * (1 - 1e-12):
+            t.status = "filled"
+        new = filled - t.reported_amount
+        if new <= 1e-15:
+            return
+        cost = float(resp.get("cost") or 0.0)
+        average = (
+            resp.get("average") or (cost / filled if filled > 0 else None) or resp.get("price")
+        )
+        if average is None:
+            raise LiveBrokerError(
+                f"{self.exchange_id} order {o.client_order_id}: filled {filled} but no price "
+                "in the exchange's response"
+            )
+        price = float(average)
+        fee = self._fee_quote(resp, price) * (new / filled)
+        t.reported_amount = filled
+        ts_ms = int(resp.get("lastTradeTimestamp") or resp.get("timestamp") or o.created_ts_ms)
+        fill = Fill(
+            fill_id=f"{o.client_order_id}-f{round(filled / o.amount * 1e6)}",
+            client_order_id=o.client_order_id,
+            symbol=o.symbol,
+            ts_ms=ts_ms,
+            side=o.side,
+            price=price,
+            amount=new,
+            fee=fee,
+            reason=o.reason,
+            reference_price=price,
+        )
+        self._ready.setdefault(o.symbol, []).append(fill)
+        before = self._net_units.get(o.symbol, 0.0)
+        after = before + new if o.side == "buy" else before - new
+        self._net_units[o.symbol] = after
+        self._update_bracket(o, price, before, after)
+
+    def _fee_quote(self, resp: dict[str, Any], price: float) -> float:
+        """The order's fees in quote currency (a fee in base units is valued at the fill
+        price; fees in a third currency are not convertible here and are logged)."""
+        market = self.exchange.market(resp.get("symbol") or "") if resp.get("symbol") else None
+        quote = market["quote"] if market else None
+        base = market["base"] if market else None
+        fees = resp.get("fees") or ([resp["fee"]] if resp.get("fee") else [])
+        total = 0.0
+        for f in fees:
+            if not f or f.get("cost") is None:
+                continue
+            cost, cur = float(f["cost"]), f.get("currency")
+            if cur is None or cur == quote:
+                total += cost
+            elif cur == base:
+                total += cost * price
+            elif cost:
+                log.warning("fee of %s %s not in the quote currency: not booked", cost, cur)
+        return total
+
+    # ------------------------------------------------------------------ brackets
+    def _update_bracket(self, order: Order, price: float, before: float, after: float) -> None:
+        symbol = order.symbol
+        if abs(after) < 1e-15:
+            self._brackets.pop(symbol, None)
+            return
+        if abs(before) < 1e-15 or (before > 0) != (after > 0):
+            self._brackets.pop(symbol, None)
+            direction = 1 if after > 0 else -1
+            sl, tp = bracket_prices(
+                price, direction, order.stop_loss_fraction, order.take_profit_fraction
+            )
+            if sl is not None or tp is not None:
+                self._brackets[symbol] = _LiveBracket(after, sl, tp, order.client_order_id)
+        elif symbol in self._brackets:
+            self._brackets[symbol].units = after
+
+    def _check_bracket(self, bar: Bar) -> list[Fill]:
+        b = self._brackets.get(bar.symbol)
+        if b is None:
+            return []
+        direction = 1 if b.units > 0 else -1
+        hit = stop_trigger(
+            direction, bar.open, bar.high, bar.low, b.stop_loss_price, b.take_profit_price
+        )
+        if hit is None:
+            return []
+        reason: OrderReason = hit[0]
+        cid = f"{b.client_order_id}-{'sl' if reason == 'stop_loss' else 'tp'}"
+        if cid in self._orders:
+            return []
+        self._brackets.pop(bar.symbol, None)
+        self.submit(
+            Order(
+                client_order_id=cid,
+                symbol=bar.symbol,
+                side="sell" if direction > 0 else "buy",
+                amount=abs(b.units),
+                order_type="market",
+                created_ts_ms=bar.ts_ms,
+                reason=reason,
+            )
+        )
+        return self._ready.pop(bar.symbol, [])
