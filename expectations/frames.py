@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from expectations.specs import ExpectationDef
+from expectations.specs import ExpectationDef, flag, not_null
 from warehouse.settings import Settings
 
 FEATURE_KEYS = ("exchange", "symbol", "timeframe", "ts")
@@ -83,28 +83,7 @@ def _between(column: str, lo: float | None, hi: float | None, rule: str) -> Expe
 
 
 def _flag(column: str, rule: str, describe: str) -> ExpectationDef:
-    return ExpectationDef(
-        "ExpectColumnValuesToBeInSet",
-        {"column": column, "value_set": [True]},
-        rule,
-        "critical",
-        (column,),
-        describe,
-    )
-
-
-def _not_null(columns: tuple[str, ...]) -> list[ExpectationDef]:
-    return [
-        ExpectationDef(
-            "ExpectColumnValuesToNotBeNull",
-            {"column": c},
-            "not_null",
-            "critical",
-            (c,),
-            f"{c} is missing",
-        )
-        for c in columns
-    ]
+    return flag(column, rule, describe, columns=(column,))
 
 
 def _key_unique(keys: tuple[str, ...]) -> pl.Expr:
@@ -123,7 +102,7 @@ def features_suite(frame: pl.DataFrame) -> tuple[pl.DataFrame, tuple[Expectation
         _key_unique(FEATURE_KEYS),
     )
     definitions: list[ExpectationDef] = [
-        *_not_null((*FEATURE_KEYS, "feature_set_version")),
+        *not_null((*FEATURE_KEYS, "feature_set_version"), what="is missing"),
         _flag(
             "all_finite",
             "finite",
@@ -145,29 +124,24 @@ def predictions_suite(frame: pl.DataFrame) -> tuple[pl.DataFrame, tuple[Expectat
         _key_unique(PREDICTION_KEYS),
     )
     definitions = (
-        *_not_null((*PREDICTION_KEYS, "horizon_bars", "predicted_class")),
+        *not_null((*PREDICTION_KEYS, "horizon_bars", "predicted_class"), what="is missing"),
         *[
             _between(c, 0.0, 1.0, "probability_range")
             for c in ("p_buy", "p_hold", "p_sell", "confidence")
         ],
         _flag("probabilities_sum_to_one", "probabilities_sum", "p_buy + p_hold + p_sell must be 1"),
         _flag("key_unique", "key_unique", "the key appears more than once"),
-        ExpectationDef(
-            "ExpectColumnValuesToBeInSet",
-            {"column": "predicted_class", "value_set": CLASSES},
-            "class_known",
-            "critical",
-            ("predicted_class",),
-            "predicted_class is not buy/hold/sell",
-        ),
-        ExpectationDef(
-            "ExpectColumnValuesToBeInSet",
-            {"column": "outcome_class", "value_set": CLASSES},
-            "class_known",
-            "critical",
-            ("outcome_class",),
-            "outcome_class is not buy/hold/sell",
-        ),
+        *[
+            ExpectationDef(
+                "ExpectColumnValuesToBeInSet",
+                {"column": c, "value_set": CLASSES},
+                "class_known",
+                "critical",
+                (c,),
+                f"{c} is not buy/hold/sell",
+            )
+            for c in ("predicted_class", "outcome_class")
+        ],
         ExpectationDef(
             "ExpectColumnValuesToBeBetween",
             {"column": "horizon_bars", "min_value": 1},

@@ -17,6 +17,7 @@ Severity:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -122,7 +123,10 @@ TRADES = TableSpec(
 SPECS: dict[str, TableSpec] = {s.name: s for s in (CANDLES, ORDER_BOOK_SNAPSHOTS, TRADES)}
 
 
-def _not_null(columns: list[str]) -> list[ExpectationDef]:
+def not_null(
+    columns: Iterable[str], what: str = "is missing (null or NaN)"
+) -> list[ExpectationDef]:
+    """One critical not-null expectation per column, described as ``"<column> <what>"``."""
     return [
         ExpectationDef(
             "ExpectColumnValuesToNotBeNull",
@@ -130,13 +134,13 @@ def _not_null(columns: list[str]) -> list[ExpectationDef]:
             "not_null",
             "critical",
             (c,),
-            f"{c} is missing (null or NaN)",
+            f"{c} {what}",
         )
         for c in columns
     ]
 
 
-def _flag(
+def flag(
     column: str,
     rule: str,
     describe: str,
@@ -181,22 +185,33 @@ def _positive(column: str, strict: bool = True) -> ExpectationDef:
     )
 
 
-def _common_time_rules(series: str) -> list[ExpectationDef]:
-    return [
-        _flag(
+def _common_time_rules(increasing_within: str | None) -> list[ExpectationDef]:
+    """Key unique and ts not in the future; with ``increasing_within`` (the series columns,
+    as text) also ts strictly increasing per series."""
+    rules = [
+        flag(
             "key_unique",
             "key_unique",
             "the key appears more than once in the batch "
             "(identical copies: all but the first; conflicting copies: all)",
         ),
-        _flag("ts_not_future", "ts_not_future", "ts is in the future"),
+        flag("ts_not_future", "ts_not_future", "ts is in the future"),
     ]
+    if increasing_within is not None:
+        rules.append(
+            flag(
+                "ts_increasing",
+                "ts_increasing",
+                f"ts is not strictly increasing within ({increasing_within})",
+            )
+        )
+    return rules
 
 
 def candle_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
     prices = ["open", "high", "low", "close"]
     return (
-        *_not_null(["exchange", "symbol", "timeframe", "ts", *prices, "volume"]),
+        *not_null(["exchange", "symbol", "timeframe", "ts", *prices, "volume"]),
         *[_positive(c) for c in prices],
         _positive("volume", strict=False),
         _pair("high", "low", "ohlc_consistent", "high must be >= low"),
@@ -204,26 +219,21 @@ def candle_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
         _pair("high", "close", "ohlc_consistent", "high must be >= close"),
         _pair("open", "low", "ohlc_consistent", "low must be <= open"),
         _pair("close", "low", "ohlc_consistent", "low must be <= close"),
-        _flag(
+        flag(
             "timeframe_known",
             "timeframe_known",
             "timeframe is not a known duration like 1m, 5m, 15m, 1h, 1d",
             columns=("timeframe",),
         ),
-        *_common_time_rules("exchange, symbol, timeframe"),
-        _flag(
-            "ts_increasing",
-            "ts_increasing",
-            "ts is not strictly increasing within (exchange, symbol, timeframe)",
-        ),
-        _flag("ts_aligned", "ts_aligned", "ts is not aligned to the timeframe"),
-        _flag(
+        *_common_time_rules(increasing_within="exchange, symbol, timeframe"),
+        flag("ts_aligned", "ts_aligned", "ts is not aligned to the timeframe"),
+        flag(
             "candle_closed",
             "candle_closed",
             "the candle is not closed yet (close time after now)",
             severity="hold" if policy.reject_unclosed_candles else "warning",
         ),
-        _flag(
+        flag(
             "return_within_sigma",
             "extreme_return",
             f"|log return| above {policy.extreme_return_sigmas:g} rolling sigmas "
@@ -249,26 +259,26 @@ def candle_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
 
 def order_book_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
     return (
-        *_not_null(["exchange", "symbol", "ts"]),
-        _flag(
+        *not_null(["exchange", "symbol", "ts"]),
+        flag(
             "levels_parse",
             "levels_present",
             "price and size lists missing, of different lengths, or empty",
             columns=("bid_prices", "bid_sizes", "ask_prices", "ask_sizes"),
         ),
-        _flag(
+        flag(
             "prices_positive",
             "price_positive",
             "a level price is not > 0 (or not finite)",
             columns=("bid_prices", "ask_prices"),
         ),
-        _flag(
+        flag(
             "sizes_positive",
             "size_positive",
             "a level size is not > 0 (or not finite)",
             columns=("bid_sizes", "ask_sizes"),
         ),
-        _flag(
+        flag(
             "levels_sorted",
             "levels_sorted",
             "bids must be strictly descending and asks strictly ascending",
@@ -287,18 +297,13 @@ def order_book_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
             ("bid_prices", "ask_prices"),
             "best bid must be < best ask",
         ),
-        *_common_time_rules("exchange, symbol"),
-        _flag(
-            "ts_increasing",
-            "ts_increasing",
-            "ts is not strictly increasing within (exchange, symbol)",
-        ),
+        *_common_time_rules(increasing_within="exchange, symbol"),
     )
 
 
 def trade_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
     return (
-        *_not_null(["exchange", "symbol", "trade_id", "ts", "price", "amount"]),
+        *not_null(["exchange", "symbol", "trade_id", "ts", "price", "amount"]),
         _positive("price"),
         ExpectationDef(
             "ExpectColumnValuesToBeBetween",
@@ -316,8 +321,8 @@ def trade_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
             ("side",),
             "side must be buy or sell (or null)",
         ),
-        *_common_time_rules("exchange, symbol"),
-        _flag(
+        *_common_time_rules(increasing_within=None),
+        flag(
             "cost_consistent",
             "cost_consistent",
             "cost differs from price * amount by more than 0.1%",
