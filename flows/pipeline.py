@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import importlib
 import time
-from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
@@ -47,26 +45,6 @@ def warehouse_counts(settings: Settings) -> dict[str, int]:
         return out
     finally:
         con.close()
-
-
-def replay_file(settings: Settings, symbol: str, timeframe: str, candles: int) -> Path:
-    """The latest ``candles`` stored candles of one series as a candle file
-    (``home/replay/BTC_USDT-1m.parquet``) for the serving flow to replay."""
-    con = connect(settings, read_only=True)
-    try:
-        table = con.execute(
-            "SELECT ts, open, high, low, close, volume FROM (SELECT * FROM candles "
-            "WHERE symbol = ? AND timeframe = ? ORDER BY ts DESC LIMIT ?) ORDER BY ts",
-            [symbol, timeframe, candles],
-        ).fetch_arrow_table()
-    finally:
-        con.close()
-    if table.num_rows == 0:
-        raise LookupError(f"no {symbol} {timeframe} candles to serve")
-    path = settings.home / "replay" / f"{symbol.replace('/', '_')}-{timeframe}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
-    return path
 
 
 def stored_symbols(settings: Settings, timeframe: str) -> list[str]:
@@ -181,9 +159,14 @@ def pipeline(
             raise RuntimeError(
                 "serve_candles > 0 but flows/serve.py (the serving flow) is not installed"
             )
-        replay = replay_file(settings, train_symbols[0], settings.base_timeframe, serve_candles)
+        # the warehouse symbol itself, under the exchange the candles were collected as
+        stored_as = source if source in ("simulated", "file") else settings.exchange
         served = serve(
-            replay=str(replay), max_candles=serve_candles, retrain_deployment="retrain/daily"
+            replay=train_symbols[0],
+            exchange=stored_as,
+            last_candles=serve_candles,
+            max_candles=serve_candles,
+            retrain_deployment="retrain/daily",
         )
         steps.append(("serve", f"{serve_candles} candles served"))
 

@@ -62,9 +62,11 @@ def serve(
     symbols: list[str] | None = None,
     api_key_block: str | None = None,
     api_secret_block: str | None = None,
+    last_candles: int | None = None,
 ) -> dict[str, Any]:
     """``exchange``: the exchange a warehouse symbol was collected under (default
-    ``settings.exchange``); ``retrain_deployment`` matches deployments/prefect.yaml."""
+    ``settings.exchange``); ``last_candles``: replay only a warehouse symbol's latest N
+    candles; ``retrain_deployment`` matches deployments/prefect.yaml."""
     logger = get_run_logger()
     settings = get_settings()
     api_key = api_secret = None
@@ -119,6 +121,7 @@ def serve(
                 on_retrain=retrain,
                 heartbeat=beat,
                 heartbeat_every=heartbeat_every,
+                last_candles=last_candles,
             )
     logger.info(f"served {summary.candles} candles; equity {summary.equity:.2f}")
     return {

@@ -56,8 +56,10 @@ def load_replay_candles(
     exchange: str = "simulated",
     timeframe: str | None = None,
     symbol: str | None = None,
+    last: int | None = None,
 ) -> list[Candles]:
-    """A candle file's candles, or one warehouse symbol's (``source`` = a symbol like BTC/USDT)."""
+    """A candle file's candles, or one warehouse symbol's (``source`` = a symbol like BTC/USDT)
+    stored under ``exchange``; ``last``: only the latest ``last`` candles of the symbol."""
     path = Path(source)
     if path.exists():
         from pipelines.importers import read_candles
@@ -71,11 +73,15 @@ def load_replay_candles(
     if con is None:
         raise FileNotFoundError(f"replay source {source!r}: no such file, and no warehouse given")
     tf = timeframe or "1m"
-    frame = con.execute(
+    query = (
         "SELECT ts, open, high, low, close, volume FROM candles "
-        "WHERE symbol = ? AND timeframe = ? AND exchange = ? ORDER BY ts",
-        [source, tf, exchange],
-    ).pl()
+        "WHERE symbol = ? AND timeframe = ? AND exchange = ?"
+    )
+    if last is not None:
+        query = f"SELECT * FROM ({query} ORDER BY ts DESC LIMIT {int(last)}) ORDER BY ts"
+    else:
+        query += " ORDER BY ts"
+    frame = con.execute(query, [source, tf, exchange]).pl()
     if frame.height == 0:
         raise FileNotFoundError(
             f"replay source {source!r}: no such file and no {tf} candles for symbol {source!r} "

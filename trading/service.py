@@ -95,17 +95,19 @@ def serve_replay(
     on_retrain: Callable[[str], None] | None = None,
     heartbeat: Callable[[ServingLoop], None] | None = None,
     heartbeat_every: int = 50,
+    last_candles: int | None = None,
 ) -> RunSummary:
     """Replay a candle file or a warehouse symbol through the paper-trading loop.
 
     A warehouse symbol is read under ``config.exchange`` (default: ``settings.exchange``, the
-    exchange the candles were collected under)."""
+    exchange the candles were collected under); ``last_candles``: only its latest N."""
     config = config or LoopConfig(model_check_every_steps=60, exchange=settings.exchange)
     con = connect(settings)
     migrate(con)
     try:
         market = ReplayMarket(
-            load_replay_candles(source, con=con, exchange=config.exchange), speed=speed
+            load_replay_candles(source, con=con, exchange=config.exchange, last=last_candles),
+            speed=speed,
         )
         config = dataclasses.replace(config, timeframe=market.timeframe)
         manager = ModelManager(lambda: champion(con, config.model_name), FEATURE_SET_VERSION)

@@ -58,16 +58,25 @@ def serve(
     symbol_list = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
     try:
         if no_prefect:
+            from trading.loop import LoopConfig
             from trading.service import serve_live, serve_replay
 
             settings = get_settings()
+            config = LoopConfig(
+                account=account, exchange=settings.exchange, model_check_every_steps=60
+            )
             if live:
                 s = serve_live(
-                    settings, symbol_list or list(settings.symbols), max_candles=max_candles
+                    settings,
+                    symbol_list or list(settings.symbols),
+                    config=config,
+                    max_candles=max_candles,
                 )
             else:
                 assert replay is not None
-                s = serve_replay(settings, replay, speed=multiple, max_candles=max_candles)
+                s = serve_replay(
+                    settings, replay, config=config, speed=multiple, max_candles=max_candles
+                )
             result = {"candles": s.candles, "equity": s.equity, "positions": s.positions}
         else:
             from flows.serve import serve as serve_flow

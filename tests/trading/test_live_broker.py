@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import ccxt
 import pytest
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from pipelines.loopback.server import Fault, FaultPlan, LoopbackExchange, LoopbackServer
@@ -195,3 +196,38 @@ def test_ccxt_maps_loopback_missing_order_to_order_not_found(server: LoopbackSer
     b.exchange.load_markets()
     with pytest.raises(ccxt.OrderNotFound):
         b.exchange.fetch_order("", "BTC/USDT", {"origClientOrderId": "nope"})
+
+
+def test_serve_live_runs_the_loop_against_the_loopback(
+    server: LoopbackServer, exchange: LoopbackExchange, settings: Settings
+) -> None:
+    from trading.service import serve_live
+    from warehouse import connect
+
+    live = settings.model_copy(
+        update={
+            "live_trading": True,
+            "exchange": "binance",
+            "exchange_api_base": server.url,
+            "exchange_api_key": SecretStr(KEY),
+            "exchange_api_secret": SecretStr(SECRET),
+        }
+    )
+    summary = serve_live(live, ["BTC/USDT"], max_polls=1, poll_interval_s=0.0)
+    assert summary.candles >= 1
+    assert exchange.requests["klines"] >= 1
+    con = connect(live, read_only=True)
+    try:
+        signals = con.execute("SELECT count(*), min(exchange) FROM signals").fetchone()
+        state = con.execute("SELECT count(*) FROM loop_state").fetchone()
+    finally:
+        con.close()
+    assert signals is not None and signals[0] == summary.candles and signals[1] == "binance"
+    assert state is not None and state[0] == 1
+    # nothing in the warehouse holds the keys
+    con = connect(live, read_only=True)
+    try:
+        dump = str(con.execute("SELECT state_json FROM loop_state").fetchall())
+    finally:
+        con.close()
+    assert KEY not in dump and SECRET not in dump
