@@ -69,45 +69,20 @@ def backtest(
     return summary
 
 
-def models_fit_predict(samples: Any, config: Any) -> Any:
-    """A ``trading.walkforward.FitPredict`` over the rows of ``samples`` (a models SampleSet)
-    that retrains with the models package's real training code (``models.training``) per fold.
-
-    The frames the walk-forward hands over carry a ``row`` column (the sample index); torch is
-    imported here, in orchestration, never in ``trading/``.
-    """
-    import numpy as np
-    import polars as pl
-
-    from models.training import fit_predict
-
-    def fit(train: pl.DataFrame, test: pl.DataFrame) -> np.ndarray:
-        return fit_predict(
-            samples.take(train["row"].to_numpy()), samples.take(test["row"].to_numpy()), config
-        )
-
-    return fit
-
-
 @task(name="walk-forward", cache_policy=NONE)
 def walk_forward_task(samples: Any, config: Any, n_folds: int) -> Any:
-    import polars as pl
+    """Retrains with the models package's real training code (``models.training``) per fold;
+    torch is imported here, in orchestration, never in ``trading/``."""
+    import numpy as np
 
-    from trading.walkforward import run_walk_forward, walk_forward_folds
+    from models.training import fit_predict
+    from trading.walkforward import walk_forward_rows
 
-    order = samples.ts.argsort(kind="stable")
-    frame = pl.DataFrame({"row": order, "ts": samples.ts[order], "label": samples.labels[order]})
-    n = frame.height
-    train = max(n // (n_folds + 1), config.horizon_bars + 1)
-    folds = walk_forward_folds(
-        n,
-        train_bars=train,
-        test_bars=max((n - train) // n_folds, 1),
-        mode="expanding",
-        purge_bars=config.horizon_bars,
-    )
-    return run_walk_forward(
-        frame, models_fit_predict(samples, config), folds, label_horizon_bars=config.horizon_bars
+    def fit(train_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
+        return fit_predict(samples.take(train_rows), samples.take(test_rows), config)
+
+    return walk_forward_rows(
+        samples.ts, samples.labels, fit, n_folds=n_folds, horizon_bars=config.horizon_bars
     )
 
 

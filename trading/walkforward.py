@@ -149,6 +149,36 @@ def run_walk_forward(
     )
 
 
+def walk_forward_rows(
+    ts: np.ndarray,
+    labels: np.ndarray,
+    fit_predict_rows: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    n_folds: int,
+    horizon_bars: int,
+) -> WalkForwardResult:
+    """Expanding walk-forward over samples given by open time and label, ``n_folds`` equal
+    test windows after a first training window of ``n // (n_folds + 1)`` rows, purged by
+    ``horizon_bars``. ``fit_predict_rows(train_rows, test_rows)`` gets indices into the
+    caller's samples (in time order) and returns the test rows' [buy, hold, sell]."""
+    order = ts.argsort(kind="stable")
+    frame = pl.DataFrame({"row": order, "ts": ts[order], "label": labels[order]})
+    n = frame.height
+    train = max(n // (n_folds + 1), horizon_bars + 1)
+    folds = walk_forward_folds(
+        n,
+        train_bars=train,
+        test_bars=max((n - train) // n_folds, 1),
+        mode="expanding",
+        purge_bars=horizon_bars,
+    )
+
+    def fit(train_frame: pl.DataFrame, test_frame: pl.DataFrame) -> np.ndarray:
+        return fit_predict_rows(train_frame["row"].to_numpy(), test_frame["row"].to_numpy())
+
+    return run_walk_forward(frame, fit, folds, label_horizon_bars=horizon_bars)
+
+
 def purged_kfold(
     n_rows: int, k: int, *, label_horizon_bars: int, embargo_bars: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:
