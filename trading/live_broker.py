@@ -12,9 +12,12 @@ unchanged. Differences from paper trading:
 * **Never a blind re-send.** When an order request fails without a definite answer (timeout,
   connection error, 5xx: any ``ccxt.NetworkError``), the broker first reconciles by client
   order id (``fetch_order`` with ``origClientOrderId``). Only when the exchange CONFIRMS the
-  order does not exist (``ccxt.OrderNotFound``) is it sent again, with the same client order
-  id. While the outcome stays unknown the order is kept as ``unknown`` and reconciled again
-  at the next ``process_bar``; it is never sent twice.
+  order does not exist (``ccxt.OrderNotFound``) AND the first request can no longer take
+  effect — its ``recvWindow`` (after which the exchange rejects a signed request) plus a grace
+  period has passed since it was sent — is it sent again, with the same client order id. A
+  "not found" inside that window only means "not yet" (the request may still be in flight).
+  While the outcome stays unknown the order is kept as ``unknown`` and reconciled again at the
+  next ``process_bar``; it is never sent twice on a guess.
 * Stop-loss / take-profit brackets are watched on each closed bar (same trigger rule as the
   paper broker) and exit with a market order (client id ``<entry id>-sl`` / ``-tp``).
 * ``available_cash`` is not used: the exchange enforces the balance and rejects what it can't
@@ -89,6 +92,7 @@ class _Tracked:
     reported_amount: float = 0.0
     exchange_order_id: str | None = None
     sends: int = 0
+    last_send_s: float = 0.0  # wall time of the last send (the request's signed timestamp)
 
 
 @dataclass
@@ -117,6 +121,9 @@ class CcxtBroker:
         reconcile_attempts: int = 3,
         reconcile_wait_s: float = 0.5,
         max_sends: int = 3,
+        recv_window_ms: int = 5_000,
+        resend_grace_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
         config: dict[str, Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -131,6 +138,7 @@ class CcxtBroker:
         user = dict(config or {})
         options = dict(BINANCE_SPOT_OPTIONS) if exchange_id in ("binance", "binanceus") else {}
         options.update(user.pop("options", {}) or {})
+        options["recvWindow"] = recv_window_ms  # binance: a signed request older is rejected
         self.exchange: ccxt.Exchange = getattr(ccxt, exchange_id)(
             {
                 "enableRateLimit": True,
@@ -158,6 +166,9 @@ class CcxtBroker:
         self.reconcile_attempts = reconcile_attempts
         self.reconcile_wait_s = reconcile_wait_s
         self.max_sends = max_sends
+        self.recv_window_ms = recv_window_ms
+        self.resend_grace_s = resend_grace_s
+        self.clock = clock
         self.sleep = sleep
         self._orders: dict[str, _Tracked] = {}
         self._ready: dict[str, list[Fill]] = {}  # symbol -> fills not yet handed out
@@ -256,6 +267,7 @@ class CcxtBroker:
         order_type = "market" if o.order_type == "stop" else o.order_type
         price = o.price if order_type == "limit" else None
         t.sends += 1
+        t.last_send_s = self.clock()
         try:
             resp = self.exchange.create_order(
                 o.symbol, order_type, o.side, o.amount, price, self._params(t)
@@ -289,6 +301,16 @@ class CcxtBroker:
                     "", t.order.symbol, {"origClientOrderId": t.exchange_client_id}
                 )
             except ccxt.OrderNotFound:
+                safe_at = t.last_send_s + self.recv_window_ms / 1000.0 + self.resend_grace_s
+                if self.clock() < safe_at:
+                    t.status = "unknown"
+                    log.warning(
+                        "%s order %s: not on the exchange yet, but the request may still arrive "
+                        "(recvWindow); checking again at the next candle, not re-sending",
+                        self.exchange_id,
+                        t.order.client_order_id,
+                    )
+                    return
                 if t.sends >= self.max_sends:
                     t.status = "rejected"
                     log.error(

@@ -536,6 +536,16 @@ class _Handler(BaseHTTPRequestHandler):
             if endpoint == "openOrders":
                 return 200, [o for o in ex._orders.values() if o["status"] == "NEW"]
             if method == "POST":
+                # like Binance: a signed request older than its recvWindow is rejected
+                if (
+                    "timestamp" in p
+                    and "recvWindow" in p
+                    and (time.time() * 1000 > int(p["timestamp"]) + int(p["recvWindow"]))
+                ):
+                    return 400, {
+                        "code": -1021,
+                        "msg": "Timestamp for this request is outside of the recvWindow.",
+                    }
                 return 200, ex.create_order(p)
             order = ex.find_order(p)
             if order is None:

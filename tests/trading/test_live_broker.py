@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import ccxt
@@ -37,8 +38,10 @@ def _broker(server: LoopbackServer, **kw: object) -> CcxtBroker:
         "api_secret": SECRET,
         "sandbox": True,
         "api_base": server.url,
-        "timeout_ms": 400,
+        "timeout_ms": 2_000,
         "reconcile_wait_s": 0.05,
+        "recv_window_ms": 300,
+        "resend_grace_s": 0.1,
     }
     args.update(kw)
     return CcxtBroker("binance", **args)  # type: ignore[arg-type]
@@ -86,7 +89,7 @@ def test_timed_out_order_is_reconciled_not_duplicated(
 ) -> None:
     # the exchange places the order but answers after the client's timeout
     exchange.faults = FaultPlan(
-        pattern=(Fault.APPLIED_SLOW,), endpoints=("order",), slow_s=1.0, repeat=False
+        pattern=(Fault.APPLIED_SLOW,), endpoints=("order",), slow_s=2.5, repeat=False
     )
     b = _broker(server)
     with caplog.at_level(logging.WARNING, logger="tradeloop.live"):
@@ -107,23 +110,43 @@ def test_timed_out_order_is_reconciled_not_duplicated(
 def test_order_lost_before_the_exchange_is_resent_once(
     server: LoopbackServer, exchange: LoopbackExchange
 ) -> None:
-    # 503: the request never took effect; the exchange confirms the id is unknown -> re-send
+    # 503: the request never took effect. "Not found" right away only means "not yet" (the
+    # request could still arrive); once its recvWindow has passed, the exchange's "does not
+    # exist" is final and the order is sent again, once, with the same client order id.
     exchange.faults = FaultPlan(pattern=(Fault.UNAVAILABLE,), endpoints=("order",), repeat=False)
     b = _broker(server)
     b.submit(_order("paper-BTCUSDT-3-1"))
+    assert b.order_status("paper-BTCUSDT-3-1") == "unknown"
+    assert b.resends == 0 and exchange.orders() == []
+    time.sleep(0.5)  # > recvWindow (0.3 s) + grace (0.1 s)
+    fills = b.process_bar(_bar(exchange), 0.0)
     assert b.resends == 1
     assert [o["clientOrderId"] for o in exchange.orders()] == ["paper-BTCUSDT-3-1"]
-    assert b.order_status("paper-BTCUSDT-3-1") == "filled"
+    assert b.order_status("paper-BTCUSDT-3-1") == "filled" and len(fills) == 1
+    assert b.process_bar(_bar(exchange), 0.0) == [] and len(exchange.orders()) == 1
+
+
+def test_loopback_rejects_a_request_past_its_recv_window(
+    server: LoopbackServer, exchange: LoopbackExchange
+) -> None:
+    # why the re-send is safe: a delayed original arriving after its recvWindow is refused
+    exchange.faults = FaultPlan(pattern=(Fault.SLOW,), endpoints=("order",), slow_s=0.6)
+    b = _broker(server, timeout_ms=2_000)
+    b.exchange.load_markets()
+    with pytest.raises(ccxt.InvalidNonce):
+        b.exchange.create_order("BTC/USDT", "market", "buy", 0.01)
+    assert exchange.orders() == []
 
 
 def test_unreachable_exchange_keeps_order_unknown_and_never_resends(
     server: LoopbackServer, exchange: LoopbackExchange
 ) -> None:
-    # the order is placed, then every lookup times out: outcome unknown, no second send
+    # the order is placed but the answer is late, then every lookup fails (503): the outcome is
+    # unknown, so nothing is re-sent
     exchange.faults = FaultPlan(
-        pattern=(Fault.APPLIED_SLOW, Fault.SLOW, Fault.SLOW),
+        pattern=(Fault.APPLIED_SLOW, Fault.UNAVAILABLE, Fault.UNAVAILABLE),
         endpoints=("order",),
-        slow_s=0.6,
+        slow_s=2.5,
         repeat=False,
     )
     b = _broker(server, reconcile_attempts=2)
