@@ -20,6 +20,7 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
+# The one table of timeframe lengths (features, importers and resampling all use it).
 TIMEFRAMES_MS: dict[str, int] = {
     "1m": 60_000,
     "3m": 180_000,
@@ -27,6 +28,7 @@ TIMEFRAMES_MS: dict[str, int] = {
     "15m": 900_000,
     "30m": 1_800_000,
     "1h": 3_600_000,
+    "2h": 7_200_000,
     "4h": 14_400_000,
     "1d": 86_400_000,
 }

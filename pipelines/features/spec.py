@@ -22,21 +22,13 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from pipelines.resample import TIMEFRAMES_MS
+
 # Gaps of up to this many missing bars are carried; longer gaps restart every window.
 MAX_CARRIED_GAP_BARS = 5
 # Higher timeframes joined as-of (only closed candles) onto the base timeframe.
 HIGHER_TIMEFRAMES: tuple[str, ...] = ("5m", "15m", "1h")
-TIMEFRAME_MS: dict[str, int] = {
-    "1m": 60_000,
-    "3m": 180_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "30m": 1_800_000,
-    "1h": 3_600_000,
-    "2h": 7_200_000,
-    "4h": 14_400_000,
-    "1d": 86_400_000,
-}
+TIMEFRAME_MS = TIMEFRAMES_MS
 # Inputs every timeframe graph gets from its candles.
 CANDLE_INPUTS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 # Inputs only the base timeframe gets (null when there is no order book / no trades).
