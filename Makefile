@@ -23,7 +23,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tradeloop demo
 
-test: $(STAMP)
+# ruff and mypy are part of the test: a lint or type error fails it like a failing test.
+test: lint typecheck
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)

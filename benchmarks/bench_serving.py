@@ -33,6 +33,11 @@ def _frame() -> pl.DataFrame:
     return f.with_columns(exchange=pl.lit("binance"), symbol=pl.lit(SYMBOL), timeframe=pl.lit("1m"))
 
 
+def _latency_row(path: str, micros: np.ndarray) -> str:
+    p50, p99 = np.percentile(micros, 50), np.percentile(micros, 99)
+    return f"| {path} | {micros.size} | {p50:.0f} | {p99:.0f} | {micros.mean():.0f} |"
+
+
 def main() -> None:
     import torch
 
@@ -92,8 +97,8 @@ def main() -> None:
     table = [
         "| path (1 thread) | ticks | p50 µs | p99 µs | mean µs |",
         "| --- | ---: | ---: | ---: | ---: |",
-        f"| ONNX Runtime | {a.size} | {np.percentile(a, 50):.0f} | {np.percentile(a, 99):.0f} | {a.mean():.0f} |",
-        f"| torch eager | {b.size} | {np.percentile(b, 50):.0f} | {np.percentile(b, 99):.0f} | {b.mean():.0f} |",
+        _latency_row("ONNX Runtime", a),
+        _latency_row("torch eager", b),
     ]
     ratio50 = np.percentile(b, 50) / np.percentile(a, 50)
     ratio99 = np.percentile(b, 99) / np.percentile(a, 99)
@@ -124,8 +129,9 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     inf = loop.latency.summary()["inference"]
     md = "\n".join(table) + (
-        f"\n\nDefault model ({', '.join(cfg.members)}, window {L}), features + inference + decision "
-        f"per tick, same ticks and same process. Eager/ORT: p50 {ratio50:.1f}x, p99 {ratio99:.1f}x. "
+        f"\n\nDefault model ({', '.join(cfg.members)}, window {L}), features + inference + "
+        f"decision per tick, same ticks and same process. "
+        f"Eager/ORT: p50 {ratio50:.1f}x, p99 {ratio99:.1f}x. "
         f"Max |p_ort - p_torch| = {max_diff:.1e}.\n\n"
         f"Loop throughput, 100 symbols, one batched ORT call per tick (writes off): "
         f"{n} candles in {elapsed:.2f} s = {n / elapsed:,.0f} candles/s; batched inference "
