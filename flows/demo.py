@@ -1,7 +1,7 @@
 """Flow `demo`: the whole loop on the embedded default (or on candle files), then a dashboard.
 
     pipeline (collect -> quality gate -> features -> retrain ensemble -> ONNX -> registry/promote
-    [-> serve N candles with paper trading and feedback, when flows/serve.py is installed])
+    -> serve N candles with paper trading and feedback)
     -> walk-forward backtest report -> dashboard
 
 Runs offline: the simulated exchange is generated locally, Prefect runs a temporary local
@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact
 from prefect.cache_policies import NONE
 
-from flows.pipeline import pipeline, serve_flow
+from flows.pipeline import pipeline
 from models import retraining
 from warehouse import Settings, connect, get_settings
 
@@ -115,7 +115,6 @@ def demo(
     """The whole loop; ``data`` = a folder of candle files instead of the simulated exchange."""
     settings = settings or get_settings()
     started = dt.datetime.now(dt.UTC)
-    serving = serve_flow() is not None
     result = pipeline(
         source="file" if data else "simulated",
         path=data,
@@ -129,7 +128,7 @@ def demo(
         retrain_days=max(days, 1.0) if not data else None,
         epochs=epochs,
         train_overrides={"max_train_seconds": max_train_seconds, "progress": True},
-        serve_candles=serve_candles if serving else 0,
+        serve_candles=serve_candles,
         settings=settings,
     )
     outcome: retraining.RetrainOutcome = result["retrain"]
@@ -147,7 +146,7 @@ def demo(
         trained_at=outcome.trained_at,
         trend=retraining.trend(settings, "signal"),
         counts=dict(result["counts"]),
-        pnl_quote=_paper_pnl(settings) if serving else None,
+        pnl_quote=_paper_pnl(settings) if serve_candles > 0 else None,
         report_html=report,
         data_docs=result["quality"].get("data_docs"),
         warehouse_home=settings.home.resolve(),

@@ -9,7 +9,6 @@ publishes a short markdown summary artifact (``pipeline-summary``).
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import Any
 
@@ -20,18 +19,8 @@ from flows.collect import collect
 from flows.features import features
 from flows.quality import quality
 from flows.retrain import retrain
+from flows.serve import serve
 from warehouse import Settings, connect, get_settings
-
-
-def serve_flow() -> Any | None:
-    """The `serve` flow when ``flows/serve.py`` is installed (issue 9), else None."""
-    try:
-        module = importlib.import_module("flows.serve")
-    except ModuleNotFoundError as exc:
-        if exc.name == "flows.serve":
-            return None
-        raise
-    return getattr(module, "serve", None)
 
 
 def warehouse_counts(settings: Settings) -> dict[str, int]:
@@ -154,11 +143,6 @@ def pipeline(
 
     served: Any = None
     if serve_candles > 0:
-        serve = serve_flow()
-        if serve is None:
-            raise RuntimeError(
-                "serve_candles > 0 but flows/serve.py (the serving flow) is not installed"
-            )
         # the warehouse symbol itself, under the exchange the candles were collected as
         stored_as = source if source in ("simulated", "file") else settings.exchange
         served = serve(
@@ -167,6 +151,7 @@ def pipeline(
             last_candles=serve_candles,
             max_candles=serve_candles,
             retrain_deployment="retrain/daily",
+            settings=settings,
         )
         steps.append(("serve", f"{serve_candles} candles served"))
 

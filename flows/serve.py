@@ -24,7 +24,7 @@ from prefect.concurrency.sync import concurrency
 
 from trading.loop import LoopConfig, ServingLoop
 from trading.service import require_live_opt_in, serve_live, serve_replay
-from warehouse import get_settings
+from warehouse import Settings, get_settings
 
 
 def ensure_limit(name: str, limit: int = 1) -> None:
@@ -63,12 +63,13 @@ def serve(
     api_key_block: str | None = None,
     api_secret_block: str | None = None,
     last_candles: int | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """``exchange``: the exchange a warehouse symbol was collected under (default
     ``settings.exchange``); ``last_candles``: replay only a warehouse symbol's latest N
     candles; ``retrain_deployment`` matches deployments/prefect.yaml."""
     logger = get_run_logger()
-    settings = get_settings()
+    settings = settings or get_settings()
     api_key = api_secret = None
     if live:
         if api_key_block or api_secret_block:
