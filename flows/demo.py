@@ -35,6 +35,8 @@ class DemoSummary:
     accuracy: float | None
     accuracy_change: float | None  # vs the previous champion on the same window
     f1_macro: float | None
+    baseline_accuracy: float | None  # always predicting the majority class, same window
+    baseline_f1_macro: float | None
     confidence_mean: float | None
     train_samples: int
     trained_at: dt.datetime | None
@@ -141,6 +143,8 @@ def demo(
         accuracy=outcome.challenger.get("accuracy"),
         accuracy_change=(outcome.challenger["accuracy"] - prev["accuracy"]) if prev else None,
         f1_macro=outcome.challenger.get("f1_macro"),
+        baseline_accuracy=outcome.challenger.get("baseline_accuracy"),
+        baseline_f1_macro=outcome.challenger.get("baseline_f1_macro"),
         confidence_mean=outcome.challenger.get("confidence_mean"),
         train_samples=outcome.train_samples,
         trained_at=outcome.trained_at,
@@ -189,12 +193,19 @@ def dashboard(summary: DemoSummary) -> Any:
         if summary.accuracy_change is None
         else f"{summary.accuracy_change:+.1%} vs previous champion"
     )
-    spark = retraining._sparkline([t[1] for t in summary.trend])
+    spark = retraining.sparkline([t[1] for t in summary.trend])
     grid.add_row(
         "Model", f"{summary.model_id} ({'champion' if summary.promoted else 'challenger'})"
     )
     grid.add_row("Accuracy", f"{pct(summary.accuracy)}  ({change})")
     grid.add_row("F1 (macro)", "n/a" if summary.f1_macro is None else f"{summary.f1_macro:.3f}")
+    baseline_f1 = summary.baseline_f1_macro
+    grid.add_row(
+        "Baseline",
+        f"majority class: accuracy {pct(summary.baseline_accuracy)}, F1 (macro) "
+        + ("n/a" if baseline_f1 is None else f"{baseline_f1:.3f}")
+        + " (same out-of-sample window)",
+    )
     grid.add_row("Confidence", pct(summary.confidence_mean))
     grid.add_row("Training samples", f"{summary.train_samples:,}")
     grid.add_row(

@@ -251,7 +251,7 @@ def trend(settings: Settings, name: str, limit: int = 10) -> list[tuple[str, flo
     return [(str(r[0]), float(r[1]), float(r[2])) for r in reversed(rows)]
 
 
-def _sparkline(values: list[float]) -> str:
+def sparkline(values: list[float]) -> str:
     if not values:
         return ""
     bars = "▁▂▃▄▅▆▇█"
@@ -303,8 +303,8 @@ def dashboard_markdown(outcome: RetrainOutcome, history: list[tuple[str, float, 
         lines += [
             "",
             f"Trend (test accuracy, last {len(history)} models): "
-            f"{_sparkline([h[1] for h in history])} " + " ".join(f"{h[1]:.1%}" for h in history),
-            f"Trend (test macro F1): {_sparkline([h[2] for h in history])} "
+            f"{sparkline([h[1] for h in history])} " + " ".join(f"{h[1]:.1%}" for h in history),
+            f"Trend (test macro F1): {sparkline([h[2] for h in history])} "
             + " ".join(f"{h[2]:.3f}" for h in history),
         ]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,65 @@
+"""The demo's closing dashboard shows the figures a user needs, baseline beside the model."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from rich.console import Console
+
+from flows.demo import DemoSummary, dashboard
+
+
+def _render(summary: DemoSummary) -> str:
+    console = Console(record=True, width=160)
+    console.print(dashboard(summary))
+    return console.export_text()
+
+
+def test_dashboard_shows_model_baseline_pnl_and_paths(tmp_path: Path) -> None:
+    summary = DemoSummary(
+        model_id="signal-v2-abc",
+        promoted=True,
+        accuracy=0.412,
+        accuracy_change=0.031,
+        f1_macro=0.377,
+        baseline_accuracy=0.545,
+        baseline_f1_macro=0.235,
+        confidence_mean=0.61,
+        train_samples=9415,
+        trained_at=dt.datetime(2026, 11, 25, 6, 0, tzinfo=dt.UTC),
+        trend=[("signal-v1-x", 0.381, 0.35), ("signal-v2-abc", 0.412, 0.377)],
+        counts={"candles": 100, "features": 100, "models": 2, "predictions": 10},
+        pnl_quote=-10.54,
+        report_html=tmp_path / "report.html",
+        data_docs=tmp_path / "docs" / "index.html",
+        warehouse_home=tmp_path,
+        elapsed_s=12.0,
+    )
+    text = _render(summary)
+    for expected in (
+        "signal-v2-abc (champion)",
+        "41.2%",
+        "+3.1% vs previous champion",
+        "0.377",
+        "majority class: accuracy 54.5%",
+        "0.235",
+        "9,415",
+        "-10.54",
+        "report.html",
+        "index.html",
+        "tradeloop sql",
+    ):
+        assert expected in text, f"{expected!r} missing from the dashboard:\n{text}"
+
+
+def test_dashboard_says_when_serving_did_not_run(tmp_path: Path) -> None:
+    summary = DemoSummary(
+        model_id=None, promoted=False, accuracy=None, accuracy_change=None, f1_macro=None,
+        baseline_accuracy=None, baseline_f1_macro=None, confidence_mean=None, train_samples=0,
+        trained_at=None, trend=[], counts={}, pnl_quote=None, report_html=None, data_docs=None,
+        warehouse_home=tmp_path, elapsed_s=1.0,
+    )  # fmt: skip
+    text = _render(summary)
+    assert "serving not run" in text
+    assert "n/a" in text
