@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
 
+from flows.runners import default_task_runner
 from pipelines.features import FEATURE_SET_VERSION
 from pipelines.features.rebuild import RebuildResult, list_series, rebuild_features
 from warehouse import Settings, connect, get_settings, migrate
@@ -53,7 +54,7 @@ def select_series(
     ]
 
 
-@flow(name="features", log_prints=False)
+@flow(name="features", task_runner=default_task_runner(), log_prints=False)
 def features(
     symbols: Sequence[str] | None = None,
     timeframes: Sequence[str] | None = None,

@@ -19,6 +19,7 @@ from prefect.cache_policies import NONE
 from expectations.gate import GatePolicy, GateResult, QualityGateError, gate_and_merge
 from expectations.report import summary_markdown
 from expectations.revalidate import candle_series, revalidate_candles
+from flows.runners import default_task_runner
 from warehouse import Settings, connect, get_settings, migrate
 
 
@@ -108,7 +109,7 @@ def publish_summary(results: list[GateResult], data_docs: Path | None) -> str:
     return markdown
 
 
-@flow(name="quality", log_prints=False)
+@flow(name="quality", task_runner=default_task_runner(), log_prints=False)
 def quality(
     symbols: Sequence[str] | None = None,
     start: dt.datetime | None = None,

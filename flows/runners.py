@@ -46,6 +46,12 @@ def task_runner_for(settings: Settings) -> Any:
     return ThreadPoolTaskRunner(max_workers=settings.task_workers or DEFAULT_THREADS)
 
 
+def default_task_runner() -> Any:
+    """The runner a flow uses when called directly: a bounded thread pool, so a flow over
+    hundreds of series never starts them all at once (Prefect's own default is unbounded)."""
+    return ThreadPoolTaskRunner(max_workers=DEFAULT_THREADS)
+
+
 def on_runner(flow: F, settings: Settings) -> F:
     """``flow`` with the task runner the settings ask for (``flow.with_options(task_runner=)``)."""
     return flow.with_options(task_runner=task_runner_for(settings))  # type: ignore[attr-defined]

@@ -35,9 +35,13 @@ def features(
         typer.echo(feature_table_markdown())
         return
     from flows.features import features as features_flow
+    from flows.runners import on_runner
+    from warehouse import get_settings
 
     try:
-        report = features_flow(symbols=symbol or None, timeframes=timeframe or None, full=full)
+        report = on_runner(features_flow, get_settings())(
+            symbols=symbol or None, timeframes=timeframe or None, full=full
+        )
     except Exception as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -43,9 +43,11 @@ def quality(
     """Re-validate stored candles with the current suites and rebuild the Data Docs."""
     lo, hi = _when(start, "--start"), _when(end, "--end")
     from flows.quality import quality as quality_flow
+    from flows.runners import on_runner
+    from warehouse import get_settings
 
     try:
-        report = quality_flow(
+        report = on_runner(quality_flow, get_settings())(
             symbols=symbol or None,
             start=lo,
             end=hi,
