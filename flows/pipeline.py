@@ -19,6 +19,7 @@ from flows.collect import collect
 from flows.features import features
 from flows.quality import quality
 from flows.retrain import retrain
+from flows.runners import on_runner
 from flows.serve import serve
 from warehouse import Settings, connect, get_settings
 
@@ -83,7 +84,8 @@ def pipeline(
     started = time.monotonic()
     steps: list[tuple[str, str]] = []
 
-    collected = collect(
+    # the per-symbol / per-series subflows run where the settings say (threads or Dask)
+    collected = on_runner(collect, settings)(
         source=source,
         symbols=symbols,
         timeframes=timeframes,
@@ -103,7 +105,7 @@ def pipeline(
         )
     )
 
-    checked = quality(
+    checked = on_runner(quality, settings)(
         symbols=symbols,
         timeframes=timeframes,
         build_docs=build_docs,
@@ -118,7 +120,7 @@ def pipeline(
         )
     )
 
-    built = features(symbols=symbols, timeframes=timeframes, settings=settings)
+    built = on_runner(features, settings)(symbols=symbols, timeframes=timeframes, settings=settings)
     steps.append(("features", f"{built['rows_written']} rows written"))
 
     outcome = None
@@ -150,7 +152,6 @@ def pipeline(
             exchange=stored_as,
             last_candles=serve_candles,
             max_candles=serve_candles,
-            retrain_deployment="retrain/daily",
             settings=settings,
         )
         steps.append(("serve", f"{serve_candles} candles served"))

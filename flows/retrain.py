@@ -121,3 +121,40 @@ def retrain(
         f"{'promoted' if outcome.promoted else 'not promoted'}: {outcome.reason}"
     )
     return outcome
+
+
+@flow(name="walk-forward-retrain", log_prints=True)
+def walk_forward_retrain(
+    symbol: str = "BTC/USDT",
+    days: float | None = 30,
+    horizon: int = 5,
+    epochs: int = 10,
+    n_folds: int = 3,
+    timeframe: str | None = None,
+    exchange: str | None = None,
+    snapshot_id: int | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> list[dict[str, Any]]:
+    """Walk-forward retraining of the ensemble on one warehouse symbol (deployable: JSON
+    parameters only): loads the last ``days`` days like ``retrain``, then runs the
+    ``walk-forward`` flow (one purged retrain per fold, the ``walk-forward-folds`` artifact).
+    Returns the per-fold metrics; registers no model."""
+    from flows.backtest import walk_forward
+
+    settings = settings or get_settings()
+    config = TrainConfig(**{"horizon_bars": horizon, "epochs": epochs, **(train_overrides or {})})
+    request = retraining.RetrainRequest(
+        symbols=(symbol,),
+        timeframe=timeframe or settings.base_timeframe,
+        days=days,
+        exchange=exchange,
+        snapshot_id=snapshot_id,
+        config=config,
+    )
+    samples = prepare_samples(load_training_data(settings, request), config)
+    result: Any = walk_forward(samples, config, n_folds)
+    folds = [dict(m) for m in result.fold_metrics]
+    for m in folds:
+        print(f"fold {m['fold']}: accuracy {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}")
+    return folds

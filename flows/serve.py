@@ -7,8 +7,14 @@
 * Heartbeats: every ``heartbeat_every`` steps the loop writes
   ``TRADELOOP_HOME/serve/<account>.heartbeat`` (and the flow logs it); Prefect's own flow-run
   heartbeats mark a crashed run.
-* Degradation calls ``run_deployment(retrain_deployment)`` (no waiting), at most once per the
-  feedback cooldown.
+* Degradation emits the Prefect event ``tradeloop.model.degraded`` on the resource
+  ``tradeloop.model.<model name>`` (related: ``tradeloop.account.<account>``), at most once per
+  the feedback cooldown (kept in the loop's snapshot). The ``retrain/daily`` deployment in
+  deployments/prefect.yaml has an event trigger on it: the event is the only retrain request.
+* ``follow_every_s``: a long-running paper loop. After the stored candles the flow checks for new
+  ones every ``follow_every_s`` seconds and serves them (resuming from the last served candle),
+  until cancelled or ``max_candles`` were served. ``python -m flows.serve`` runs it (the
+  ``serve`` service of deployments/docker-compose.yml).
 * Paper trading by default. ``live=True`` trades on ``settings.exchange`` with real orders
   (``trading.live_broker.CcxtBroker``, sandbox first) and needs ``TRADELOOP_LIVE_TRADING=true``
   too; keys come from the environment or from Prefect Secret blocks named by
@@ -17,14 +23,19 @@
 
 from __future__ import annotations
 
+import argparse
+import time
 from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
+from prefect.events import Event, emit_event
 
-from trading.loop import LoopConfig, ServingLoop
+from trading.loop import LoopConfig, RunSummary, ServingLoop
 from trading.service import require_live_opt_in, serve_live, serve_replay
 from warehouse import Settings, get_settings
+
+DEGRADED_EVENT = "tradeloop.model.degraded"
 
 
 def ensure_limit(name: str, limit: int = 1) -> None:
@@ -48,13 +59,46 @@ def _secret(block_name: str) -> str:
     return str(block.get())
 
 
+def emit_degraded(model_name: str, account: str, reason: str) -> Event | None:
+    """The event the ``retrain/daily`` deployment's trigger waits for (None: no Prefect API)."""
+    return emit_event(
+        DEGRADED_EVENT,
+        resource={
+            "prefect.resource.id": f"tradeloop.model.{model_name}",
+            "prefect.resource.name": model_name,
+            "tradeloop.account": account,
+        },
+        related=[
+            {
+                "prefect.resource.id": f"tradeloop.account.{account}",
+                "prefect.resource.role": "account",
+                "prefect.resource.name": account,
+            }
+        ],
+        payload={"reason": reason, "account": account, "model": model_name},
+    )
+
+
+def _add(total: RunSummary | None, part: RunSummary) -> RunSummary:
+    if total is None:
+        return part
+    return RunSummary(
+        ticks=total.ticks + part.ticks,
+        candles=total.candles + part.candles,
+        last_ts_ms=part.last_ts_ms if part.last_ts_ms is not None else total.last_ts_ms,
+        equity=part.equity,
+        positions=part.positions,
+        resumed_from_ts_ms=total.resumed_from_ts_ms,
+        events=total.events + part.events,
+    )
+
+
 @flow(name="serve", log_prints=True)
 def serve(
     replay: str | None = None,
     speed: float | None = None,
     max_candles: int | None = None,
     account: str = "paper",
-    retrain_deployment: str = "retrain/daily",
     heartbeat_every: int = 50,
     lease_duration_s: float = 120.0,
     exchange: str | None = None,
@@ -63,11 +107,13 @@ def serve(
     api_key_block: str | None = None,
     api_secret_block: str | None = None,
     last_candles: int | None = None,
+    follow_every_s: float | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """``exchange``: the exchange a warehouse symbol was collected under (default
     ``settings.exchange``); ``last_candles``: replay only a warehouse symbol's latest N
-    candles; ``retrain_deployment`` matches deployments/prefect.yaml."""
+    candles; ``follow_every_s``: keep serving the replay source's new candles, checking every
+    that many seconds (a long-running paper loop; stops at ``max_candles`` or when cancelled)."""
     logger = get_run_logger()
     settings = settings or get_settings()
     api_key = api_secret = None
@@ -78,17 +124,22 @@ def serve(
         require_live_opt_in(settings, live=True, api_key=api_key, api_secret=api_secret)
     elif replay is None:
         raise ValueError("paper trading needs replay (a candle file or a warehouse symbol)")
+    if follow_every_s is not None and follow_every_s <= 0:
+        raise ValueError(f"follow_every_s must be > 0 seconds, got {follow_every_s}")
     limit_name = f"serve-{account}"
     ensure_limit(limit_name)
+    config = LoopConfig(
+        account=account, model_check_every_steps=60, exchange=exchange or settings.exchange
+    )
 
     def retrain(reason: str) -> None:
-        from prefect.deployments import run_deployment
-
-        logger.warning(f"model degraded ({reason}); starting deployment {retrain_deployment}")
+        # The loop's feedback calls this at most once per cooldown; the deployment trigger on
+        # the event starts `retrain/daily` (no direct run_deployment: one retrain per event).
+        logger.warning(f"model {config.model_name} degraded ({reason}); emitting {DEGRADED_EVENT}")
         try:
-            run_deployment(retrain_deployment, timeout=0, as_subflow=False)
-        except Exception as exc:  # no such deployment here: log, keep serving
-            logger.error(f"could not start {retrain_deployment}: {exc}")
+            emit_degraded(config.model_name, account, reason)
+        except Exception as exc:  # no events API here: log, keep serving
+            logger.error(f"could not emit {DEGRADED_EVENT}: {exc}")
 
     def beat(loop: ServingLoop) -> None:
         logger.info(
@@ -96,9 +147,21 @@ def serve(
             f"{loop.state.portfolio.equity():.2f}"
         )
 
-    config = LoopConfig(
-        account=account, model_check_every_steps=60, exchange=exchange or settings.exchange
-    )
+    def replay_once(limit: int | None) -> RunSummary:
+        assert replay is not None
+        return serve_replay(
+            settings,
+            replay,
+            config=config,
+            speed=speed,
+            max_candles=limit,
+            on_retrain=retrain,
+            heartbeat=beat,
+            heartbeat_every=heartbeat_every,
+            last_candles=last_candles,
+        )
+
+    summary: RunSummary | None = None
     with concurrency(limit_name, occupy=1, strict=True, lease_duration=lease_duration_s):
         if live:
             summary = serve_live(
@@ -111,19 +174,21 @@ def serve(
                 on_retrain=retrain,
                 heartbeat=beat,
             )
+        elif follow_every_s is None:
+            summary = replay_once(max_candles)
         else:
-            assert replay is not None
-            summary = serve_replay(
-                settings,
-                replay,
-                config=config,
-                speed=speed,
-                max_candles=max_candles,
-                on_retrain=retrain,
-                heartbeat=beat,
-                heartbeat_every=heartbeat_every,
-                last_candles=last_candles,
-            )
+            served = 0
+            while True:
+                try:
+                    left = None if max_candles is None else max_candles - served
+                    summary = _add(summary, replay_once(left))
+                    served = summary.candles
+                except ValueError as exc:  # e.g. nothing stored yet: log, keep following
+                    logger.warning(f"replay {replay}: {exc}; next check in {follow_every_s} s")
+                if max_candles is not None and served >= max_candles:
+                    break
+                time.sleep(follow_every_s)
+    assert summary is not None
     logger.info(f"served {summary.candles} candles; equity {summary.equity:.2f}")
     return {
         "candles": summary.candles,
@@ -132,3 +197,33 @@ def serve(
         "positions": summary.positions,
         "resumed_from_ts_ms": summary.resumed_from_ts_ms,
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m flows.serve``: the long-running paper loop on a warehouse symbol."""
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.serve",
+        description="Paper-trade a warehouse symbol (or candle file) with the serve flow, "
+        "then follow its new candles until stopped.",
+    )
+    parser.add_argument("--replay", default="BTC/USDT", help="warehouse symbol or candle file")
+    parser.add_argument("--account", default="paper", help="paper account name")
+    parser.add_argument(
+        "--follow-every",
+        type=float,
+        default=60.0,
+        help="seconds between checks for new candles; 0: serve what is stored, then exit",
+    )
+    parser.add_argument("--max-candles", type=int, default=None, help="stop after N candles")
+    args = parser.parse_args(argv)
+    result = serve(
+        replay=args.replay,
+        account=args.account,
+        follow_every_s=args.follow_every or None,
+        max_candles=args.max_candles,
+    )
+    print(f"served {result['candles']} candles; equity {result['equity']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -53,6 +53,17 @@ def test_runner_selection() -> None:
     assert local.address is None and local.cluster_kwargs["n_workers"] == 2
 
 
+def test_flows_called_directly_use_a_bounded_thread_pool() -> None:
+    """Prefect's default thread runner is unbounded: hundreds of series would all start."""
+    from flows.features import features
+    from flows.quality import quality
+    from flows.runners import DEFAULT_THREADS
+
+    for fl in (collect, quality, features):
+        assert fl.task_runner._max_workers == DEFAULT_THREADS, fl.name
+        assert on_runner(fl, Settings(task_workers=3)).task_runner._max_workers == 3
+
+
 @pytest.mark.xdist_group("dask")
 def test_dask_collect_of_20_symbols_equals_thread_collect(prefect_server, tmp_path: Path) -> None:
     threaded = Settings(home=tmp_path / "threads", task_workers=4)

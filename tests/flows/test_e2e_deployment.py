@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +36,26 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 POOL = "tradeloop-process"
 SYMBOL = "BTC/USDT"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+# Every flow's deployment in deployments/prefect.yaml, as flow/deployment.
+DEPLOYED = {
+    "pipeline/minutely",
+    "pipeline/full",
+    "collect/backfill",
+    "quality/revalidate",
+    "features/rebuild",
+    "retrain/daily",
+    "maintain/daily",
+    "serve/paper",
+    "backtest/signals",
+    "walk-forward-retrain/ensemble",
+}
+UI_PAGE_SIZE = 10  # rows per page of the UI's deployments list (its default)
+# One row of the UI's deployments list: the deployment link, then its flow's link.
+DEPLOYMENT_ROW = re.compile(
+    r'class="deployment-list__deployment"><a href="/deployments/deployment/([0-9a-f-]+)"'
+    r'.*?<a href="/flows/flow/([0-9a-f-]+)".*?class="flow-popover__link-name" title="([^"]+)"',
+    re.DOTALL,
+)
 
 
 def _free_port() -> int:
@@ -208,7 +229,7 @@ def test_triggered_pipeline_fills_the_warehouse(stack: Stack) -> None:
     assert all(d["work_pool_name"] == POOL for d in deployments)
     flows = {f["id"]: f["name"] for f in stack.post("/flows/filter", {"limit": 50})}
     deployed = {f"{flows[d['flow_id']]}/{d['name']}" for d in deployments}
-    assert {"pipeline/minutely", "retrain/daily", "maintain/daily", "collect/backfill"} <= deployed
+    assert deployed >= DEPLOYED, f"missing deployments: {DEPLOYED - deployed}"
     minutely = next(d for d in deployments if flows[d["flow_id"]] == "pipeline")
     assert minutely is not None
 
@@ -285,23 +306,46 @@ def _dump_dom(url: str, profile: Path, budget_ms: int = 20000) -> str:
 
 
 def test_ui_shows_deployments_and_the_run_artifact(stack: Stack, tmp_path: Path) -> None:
+    flows = {f["id"]: f["name"] for f in stack.post("/flows/filter", {"limit": 50})}
+    deployments = {d["id"]: d for d in stack.post("/deployments/filter", {"limit": 50})}
+    qualified = {i: f"{flows[d['flow_id']]}/{d['name']}" for i, d in deployments.items()}
+
+    # Each row links its deployment and names the deployment's own flow (flow/name pairs).
     page = _dump_dom(f"{stack.ui}/deployments", tmp_path / "profile-deployments")
-    for name in ("minutely", "full", "backfill", "daily", "revalidate", "rebuild"):
-        assert name in page, f"deployment {name!r} not on the deployments page"
+    rows = {}
+    for dep_id, flow_id, flow_name in DEPLOYMENT_ROW.findall(page):
+        assert dep_id in deployments, f"unknown deployment {dep_id} on the deployments page"
+        assert flow_id == deployments[dep_id]["flow_id"] and flow_name == flows[flow_id]
+        rows[dep_id] = f"{flow_name}/{deployments[dep_id]['name']}"
+    assert f"{len(deployments)} Deployments" in page
+    if len(deployments) <= UI_PAGE_SIZE:
+        assert set(rows.values()) == set(qualified.values()) >= DEPLOYED, rows
+    else:
+        assert len(rows) == UI_PAGE_SIZE, rows
 
     run = stack.flow_run
     page = _dump_dom(f"{stack.ui}/runs/flow-run/{run['id']}", tmp_path / "profile-run")
     assert run["name"] in page, "the flow run page did not render"
     assert "Completed" in page and "Subflow Runs" in page and "Artifacts" in page
+    assert f'href="/deployments/deployment/{run["deployment_id"]}"' in page, (
+        "the flow run page does not link its deployment"
+    )
+    assert qualified[run["deployment_id"]] == "pipeline/full"
 
+    # The artifact's key page: its latest version, linked to the run that created it.
+    page = _dump_dom(f"{stack.ui}/artifacts/key/pipeline-summary", tmp_path / "profile-key")
     artifacts = stack.post(
         "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 10}
     )
     summary = next(a for a in artifacts if a["key"] == "pipeline-summary")
+    assert "Artifact: pipeline-summary" in page, "the artifact key page did not render"
+    assert f'href="/artifacts/artifact/{summary["id"]}"' in page
+    assert f'href="/runs/flow-run/{run["id"]}"' in page and run["name"] in page
+
     page = _dump_dom(f"{stack.ui}/artifacts/artifact/{summary['id']}", tmp_path / "profile-art")
     assert "pipeline-summary" in page, "the artifact page did not render"
     assert "Pipeline run" in page, "the artifact's markdown is not on the page"
-    assert run["name"] in page, "the artifact page does not link its flow run"
+    assert f'href="/runs/flow-run/{run["id"]}"' in page, "the artifact does not link its run"
 
 
 def test_parameters_survive_the_round_trip(stack: Stack) -> None:
