@@ -7,12 +7,15 @@ only candles newer than its last feature row plus the warm-up history
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
 
+from expectations.feature_gate import gate_features
 from flows.runners import default_task_runner
 from pipelines.features import FEATURE_SET_VERSION
 from pipelines.features.rebuild import RebuildResult, list_series, rebuild_features
@@ -21,18 +24,25 @@ from warehouse import Settings, connect, get_settings, migrate
 
 @task(name="features-series", cache_policy=NONE, retries=0)
 def featurize_series(
-    settings: Settings, exchange: str, symbol: str, timeframe: str, full: bool
+    settings: Settings, exchange: str, symbol: str, timeframe: str, full: bool, run_id: str
 ) -> RebuildResult:
     con = connect(settings)
     try:
         result = rebuild_features(
-            con, exchange=exchange, symbol=symbol, timeframe=timeframe, settings=settings, full=full
+            con,
+            exchange=exchange,
+            symbol=symbol,
+            timeframe=timeframe,
+            settings=settings,
+            full=full,
+            merge=partial(gate_features, settings=settings, run_id=run_id),
         )
     finally:
         con.close()
     get_run_logger().info(
         f"{exchange} {symbol} {timeframe}: {result.mode}, {result.candles_read} candles read, "
-        f"{result.write.inserted} rows inserted, {result.write.replaced} replaced"
+        f"{result.write.inserted} rows inserted, {result.write.replaced} replaced, "
+        f"{result.rows_quarantined} quarantined"
     )
     return result
 
@@ -63,6 +73,7 @@ def features(
 ) -> dict[str, Any]:
     """Bring the features of every stored symbol/timeframe (or the given ones) up to date."""
     settings = settings or get_settings()
+    run_id = f"features-{uuid.uuid4().hex[:12]}"  # names this run's quarantined rows
     series = select_series(settings, symbols, timeframes)
     # one mapped task per series, run where the flow's task runner says (threads or Dask)
     results = list(
@@ -72,10 +83,12 @@ def features(
             [s for _, s, _ in series],
             [t for _, _, t in series],
             unmapped(full),
+            unmapped(run_id),
         ).result()
     )
     return {
         "feature_set_version": FEATURE_SET_VERSION,
         "results": results,
         "rows_written": sum(r.write.written for r in results),
+        "rows_quarantined": sum(r.rows_quarantined for r in results),
     }

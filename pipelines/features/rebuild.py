@@ -6,12 +6,18 @@ timeframe graph is derived from the spec (sum of windows along the longest path;
 operators count the bars after which their seed weighs less than ``SEED_WEIGHT``), and the
 read starts on an hour boundary so higher-timeframe candles are whole. The result equals a
 full rebuild (to rounding: recursive indicators forget the seed geometrically).
+
+The write step is a parameter (``merge``): by default a plain ``warehouse.upsert``; the
+``features`` flow passes ``expectations.feature_gate.gate_features``, which writes rows that
+fail the feature suite to ``quarantine`` instead of ``features`` (counted in
+``RebuildResult.rows_quarantined``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
@@ -40,6 +46,19 @@ class RebuildResult:
     candles_read: int
     rows_computed: int
     write: WriteResult
+    rows_quarantined: int = 0  # computed rows that failed the feature suite (not written)
+
+
+FeatureMerge = Callable[[duckdb.DuckDBPyConnection, pl.DataFrame], tuple[WriteResult, int]]
+
+
+def upsert_features(settings: Settings) -> FeatureMerge:
+    """A merge step that writes every computed row through ``warehouse.upsert``."""
+
+    def merge(con: duckdb.DuckDBPyConnection, features: pl.DataFrame) -> tuple[WriteResult, int]:
+        return upsert(con, "features", features.to_arrow(), settings=settings), 0
+
+    return merge
 
 
 def warmup_bars(graph: Graph) -> int:
@@ -87,8 +106,12 @@ def rebuild_features(
     timeframe: str,
     settings: Settings,
     full: bool = False,
+    merge: FeatureMerge | None = None,
 ) -> RebuildResult:
-    """Compute and upsert the features of candles not yet featurised (all of them if ``full``)."""
+    """Compute and upsert the features of candles not yet featurised (all of them if ``full``).
+
+    ``merge(con, features)`` writes the computed rows and returns (write, rows quarantined);
+    default: ``upsert_features`` (no checks)."""
     step = timeframe_ms(timeframe)
     key = [exchange, symbol, timeframe]
     last = None
@@ -145,6 +168,8 @@ def rebuild_features(
     )
     if last is not None:
         features = features.filter(pl.col("ts") > last)
-    write = upsert(con, "features", features.to_arrow(), settings=settings)
+    write, quarantined = (merge or upsert_features(settings))(con, features)
     mode = "incremental" if last is not None else "full"
-    return RebuildResult(exchange, symbol, timeframe, mode, candles.height, features.height, write)
+    return RebuildResult(
+        exchange, symbol, timeframe, mode, candles.height, features.height, write, quarantined
+    )

@@ -2,37 +2,62 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import duckdb
 import polars as pl
 
 from flows.features import features
-from pipelines.features import FEATURE_SET_VERSION
-from tests.pipelines.features.conftest import CANDLE_FILES, load_candles
-from warehouse import upsert
+from pipelines.features import FEATURE_SET_VERSION, build_features
+from pipelines.features.rebuild import history_start_ms
+from tests.pipelines.features.conftest import CANDLE_FILES, assert_same_features, load_candles
+from warehouse import Settings, upsert
+
+NAMES = ("ETH_BTC-5m.feather", "LTC_BTC-5m.feather")  # 20 complete days each: 5,760 candles
+
+
+def _stored(con: duckdb.DuckDBPyConnection, symbol: str) -> pl.DataFrame:
+    return pl.from_arrow(
+        con.execute(
+            "SELECT * EXCLUDE (ingested_at) FROM features WHERE symbol = ? ORDER BY ts", [symbol]
+        ).fetch_arrow_table()
+    )  # type: ignore[return-value]
 
 
 def test_features_flow_is_incremental_and_idempotent(
-    prefect_server, lake, settings, candles_dir
-) -> None:  # type: ignore[no-untyped-def]
-    for name in ("XRP_ETH-5m.feather", "LTC_BTC-5m.feather"):
-        candles = load_candles(candles_dir / name, *CANDLE_FILES[name]).head(400)
-        upsert(lake, "candles", candles.to_arrow(), settings=settings)
+    prefect_server: None, lake: duckdb.DuckDBPyConnection, settings: Settings, candles_dir: Path
+) -> None:
+    series = {name: load_candles(candles_dir / name, *CANDLE_FILES[name]) for name in NAMES}
+    eth = series["ETH_BTC-5m.feather"]
+    cut = eth.height - 50
+    for candles in series.values():
+        upsert(lake, "candles", candles.head(cut).to_arrow(), settings=settings)
     first = features(settings=settings)
     assert {(r.symbol, r.mode) for r in first["results"]} == {
-        ("XRP/ETH", "full"),
+        ("ETH/BTC", "full"),
         ("LTC/BTC", "full"),
     }
-    assert first["rows_written"] == 800
+    assert first["rows_written"] == 2 * cut
     again = features(settings=settings)
     assert again["rows_written"] == 0
-    more = load_candles(candles_dir / "XRP_ETH-5m.feather", "XRP/ETH", "5m").slice(400, 50)
-    upsert(lake, "candles", more.to_arrow(), settings=settings)
-    third = features(symbols=["XRP/ETH"], settings=settings)
-    assert [(r.symbol, r.mode, r.write.inserted) for r in third["results"]] == [
-        ("XRP/ETH", "incremental", 50)
-    ]
-    stored = pl.from_arrow(
-        lake.execute("SELECT symbol, feature_set_version, rsi_14 FROM features").fetch_arrow_table()
-    )
-    assert stored.height == 850
+
+    # Two appends in a row, each featurised on its own: only the warm-up history is read back.
+    for start, end in ((cut, cut + 20), (cut + 20, eth.height)):
+        upsert(lake, "candles", eth.slice(start, end - start).to_arrow(), settings=settings)
+        run = features(symbols=["ETH/BTC"], settings=settings)
+        [result] = run["results"]
+        assert (result.symbol, result.mode, result.write.inserted) == (
+            "ETH/BTC",
+            "incremental",
+            end - start,
+        )
+        assert result.rows_quarantined == 0 and result.write.replaced == 0
+        history_from = history_start_ms(int(eth["ts"][start].timestamp() * 1000), "5m")
+        read = eth.head(end).filter(pl.col("ts").dt.epoch("ms") >= history_from).height
+        assert result.candles_read == read < end
+
+    stored = _stored(lake, "ETH/BTC")
     assert stored["feature_set_version"].unique().to_list() == [FEATURE_SET_VERSION]
-    assert stored["rsi_14"].drop_nulls().is_between(0, 100).all()
+    assert stored.tail(50)["rsi_14_1h"].null_count() == 0
+    assert_same_features(stored, build_features(eth))  # == a full rebuild of every candle
+    assert _stored(lake, "LTC/BTC").height == cut

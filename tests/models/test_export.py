@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
+from models import retraining
 from models.data import SampleSet
 from models.export import OPSET, ExportResult, export_onnx
 from models.runtime import OnnxPredictor
@@ -82,3 +85,21 @@ def test_graph_has_dynamic_batch_opset_and_metadata(
     np.testing.assert_allclose(
         single.probabilities[0], predictor.predict(windows[:5]).probabilities[3], atol=1e-6
     )
+
+
+def test_retrain_export_refuses_parity_worse_than_1e5(
+    trained: TrainedEnsemble, samples: SampleSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert retraining.PARITY_MAX_ABS == 1e-5  # the documented requirement
+    _, parity = retraining.export(trained, samples, tmp_path / "ok")
+    assert 0 <= parity <= 1e-5
+
+    real_predict = OnnxPredictor.predict
+
+    def drifted(self: OnnxPredictor, windows: np.ndarray) -> object:
+        got = real_predict(self, windows)
+        return dataclasses.replace(got, confidence=got.confidence + np.float32(3e-5))
+
+    monkeypatch.setattr(OnnxPredictor, "predict", drifted)
+    with pytest.raises(RuntimeError, match=r"ensemble by 3\.\d+e-05 .*\(allowed 1e-05\)"):
+        retraining.export(trained, samples, tmp_path / "drifted")
