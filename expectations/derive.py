@@ -1,4 +1,5 @@
-"""Rules that need order or context, computed with polars into columns GX then asserts.
+"""Rules that need order or context, or that GX's range checks miss (+inf passes ``> 0``),
+computed with polars into columns GX then asserts.
 
 Each function takes the typed frame from ``expectations.coerce`` (with ``_row``, the input
 row number) and returns it with boolean rule columns (True = the row passes) and, for
@@ -14,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from expectations.policy import GatePolicy
-from expectations.specs import TableSpec
+from expectations.specs import CANDLE_FINITE, TRADE_FINITE, TableSpec, finite_flag
 
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -46,6 +47,12 @@ def _tf_ms_expr() -> pl.Expr:
         {k: v for k, v in _UNIT_MS.items()}, default=None, return_dtype=pl.Int64
     )
     return (parts.struct.field("1").cast(pl.Int64, strict=False) * unit).alias("_tf_ms")
+
+
+def _finite(columns: tuple[str, ...]) -> list[pl.Expr]:
+    """A ``finite_flag`` column per column, False only for +/-inf. NaN and null stay True:
+    the not-null rule reports them, and one bad value should not be counted twice."""
+    return [pl.col(c).is_infinite().not_().fill_null(True).alias(finite_flag(c)) for c in columns]
 
 
 def _key_unique(frame: pl.DataFrame, key: list[str], values: list[str]) -> pl.Series:
@@ -120,6 +127,7 @@ def derive_candles(
             "candle_closed"
         ),
         ((pl.col("_ts") % pl.col("_tf_ms")) == 0).fill_null(True).alias("ts_aligned"),
+        *_finite(CANDLE_FINITE),
     )
     valid_key = frame.select(pl.all_horizontal(pl.col(k).is_not_null() for k in key)).to_series()
     frame = frame.with_columns(_ts_increasing(frame, series, valid_key & frame["key_unique"]))
@@ -248,6 +256,7 @@ def derive_trades(
         ((pl.col("cost") - notional).abs() <= 1e-3 * notional.abs())
         .fill_null(True)
         .alias("cost_consistent"),
+        *_finite(TRADE_FINITE),
     )
     return frame.with_columns(
         _key_unique(frame, list(spec.key), ["ts", "side", "price", "amount", "cost"])

@@ -330,7 +330,9 @@ def _message(
     where = (
         " ".join(v for v in (_single(frame, "symbol"), _single(frame, "timeframe")) if v) or "batch"
     )
-    rules = Counter(p.rule for ps in problems.values() for p in ps)
+    # rows per rule, not problems: a row breaking three OHLC pairs counts once, so the
+    # counts read as rows and match "quarantined"
+    rules = Counter(rule for ps in problems.values() for rule in dict.fromkeys(p.rule for p in ps))
     by_rule = ", ".join(f"{rule}: {n}" for rule, n in rules.most_common())
     text = f"{table} {where}: {rows_in} rows in, {merged} merged, {quarantined} quarantined"
     if by_rule:

@@ -1,4 +1,5 @@
-"""A markdown summary of gate results (the quality flow publishes it as a Prefect artifact)."""
+"""A markdown summary of gate results (the quality and collect flows publish it as a Prefect
+artifact)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ from pathlib import Path
 from expectations.gate import GateResult
 
 
-def summary_markdown(results: Sequence[GateResult], data_docs: Path | None = None) -> str:
+def summary_markdown(
+    results: Sequence[GateResult], data_docs: Path | None = None, *, title: str = "# Data quality"
+) -> str:
+    """Totals, one table row per gate result, then every warning.
+
+    ``title`` is the heading line; the collect flow nests this under its own run summary.
+    """
     failed = [r for r in results if not r.success]
     rows_in = sum(r.rows_in for r in results)
     merged = sum(r.rows_merged for r in results)
     quarantined = sum(r.rows_quarantined for r in results)
     lines = [
-        "# Data quality",
+        title,
         "",
         f"**{'FAILED' if failed else 'passed'}**: {len(results)} batch(es), {rows_in} rows in, "
         f"{merged} passed, {quarantined} quarantined, {len(failed)} failed the policy.",

@@ -4,10 +4,11 @@ A suite is a tuple of ``ExpectationDef``: a Great Expectations expectation class
 arguments, plus the gate's bookkeeping (rule name, severity, columns, a plain description).
 Expectations over plain columns are evaluated by GX directly. Rules that need order or
 context (key uniqueness, ts strictly increasing per series, alignment to the timeframe,
-future or unclosed candles, extreme returns, gaps, order-book level checks) are computed
-with polars in ``expectations.derive`` into derived columns, which GX then asserts; the
-failing rows come back from GX's ``unexpected_index_list``. Values that cannot be parsed
-into a column's type are found while coercing the batch (``expectations.coerce``).
+future or unclosed candles, extreme returns, gaps, order-book level checks) and finiteness
+(GX's range checks accept +inf) are computed with polars in ``expectations.derive`` into
+derived columns, which GX then asserts; the failing rows come back from GX's
+``unexpected_index_list``. Values that cannot be parsed into a column's type are found while
+coercing the batch (``expectations.coerce``).
 
 Severity:
     critical  the row is quarantined and counts towards failing the batch
@@ -26,7 +27,7 @@ from expectations.policy import GatePolicy
 Kind = Literal["str", "float", "ts", "float_list"]
 Severity = Literal["critical", "hold", "warning"]
 
-SUITE_VERSION = "2"
+SUITE_VERSION = "3"  # 3: finiteness rules for candle and trade numbers
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,16 @@ TRADES = TableSpec(
 
 SPECS: dict[str, TableSpec] = {s.name: s for s in (CANDLES, ORDER_BOOK_SNAPSHOTS, TRADES)}
 
+# Numeric columns that must be finite. GX's range checks let +inf through (inf > 0, and
+# inf >= inf keeps the OHLC pairs consistent), so each gets a derived flag column.
+CANDLE_FINITE = ("open", "high", "low", "close", "volume")
+TRADE_FINITE = ("price", "amount", "cost")
+
+
+def finite_flag(column: str) -> str:
+    """The derived column (``expectations.derive``) that is False where ``column`` is ±inf."""
+    return f"{column}_finite"
+
 
 def not_null(
     columns: Iterable[str], what: str = "is missing (null or NaN)"
@@ -185,6 +196,14 @@ def _positive(column: str, strict: bool = True) -> ExpectationDef:
     )
 
 
+def _finite(columns: Iterable[str]) -> list[ExpectationDef]:
+    """One critical rule per column; it names the column, so quarantine.column_name does too."""
+    return [
+        flag(finite_flag(c), "finite", f"{c} must be finite (not +/-inf)", columns=(c,))
+        for c in columns
+    ]
+
+
 def _common_time_rules(increasing_within: str | None) -> list[ExpectationDef]:
     """Key unique and ts not in the future; with ``increasing_within`` (the series columns,
     as text) also ts strictly increasing per series."""
@@ -214,6 +233,7 @@ def candle_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
         *not_null(["exchange", "symbol", "timeframe", "ts", *prices, "volume"]),
         *[_positive(c) for c in prices],
         _positive("volume", strict=False),
+        *_finite(CANDLE_FINITE),
         _pair("high", "low", "ohlc_consistent", "high must be >= low"),
         _pair("high", "open", "ohlc_consistent", "high must be >= open"),
         _pair("high", "close", "ohlc_consistent", "high must be >= close"),
@@ -313,6 +333,7 @@ def trade_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
             ("amount",),
             "amount must be > 0",
         ),
+        *_finite(TRADE_FINITE),
         ExpectationDef(
             "ExpectColumnValuesToBeInSet",
             {"column": "side", "value_set": ["buy", "sell"]},

@@ -2,44 +2,66 @@
 
 One task per symbol (run concurrently by the task runner); each fetches its timeframes
 (resuming after the last stored candle), passes every batch through
-``expectations.gate.gate_and_merge``, and the flow records the ingestion stats.
+``expectations.gate.gate_and_merge`` and keeps each batch's ``GateResult``. The flow records
+the ingestion stats and publishes a markdown artifact (key ``collect-quality``) summarising
+the run's series and every gated batch.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from expectations.gate import GatePolicy, GateResult, gate_and_merge
+from expectations.report import summary_markdown
 from flows.runners import task_runner_for  # noqa: F401  (re-exported for the CLI)
 from pipelines.collect import (
     MergeFn,
     SeriesStats,
     SourceOptions,
+    collect_resampled,
     collect_series,
     collect_trades,
     make_source,
     parse_time_ms,
     record_ingestion,
-    resample_stored,
     snapshot_order_book,
+    stats_markdown,
     stored_range,
 )
 from pipelines.resample import SUPPORTED_TIMEFRAMES, timeframe_ms
 from pipelines.sources import FileSource, wall_clock_ms
 from warehouse import Settings, connect, get_settings, migrate
 
+ARTIFACT_KEY = "collect-quality"
 
-def _gate(con: Any, settings: Settings, run_id: str) -> MergeFn:
-    from expectations.gate import gate_and_merge
 
-    def merge(table: str, batch: Any) -> Any:
-        return gate_and_merge(con, table, batch, settings=settings, run_id=run_id)
+@dataclass
+class SymbolRun:
+    """What one symbol's task did: its series stats and every gate result, in merge order."""
+
+    stats: list[SeriesStats]
+    gate_results: list[GateResult]
+
+
+def _gate(
+    con: Any,
+    settings: Settings,
+    run_id: str,
+    policy: GatePolicy | None,
+    results: list[GateResult],
+) -> MergeFn:
+    def merge(table: str, batch: Any) -> GateResult:
+        result = gate_and_merge(con, table, batch, settings=settings, run_id=run_id, policy=policy)
+        results.append(result)  # kept for the run's markdown artifact
+        return result
 
     return merge
 
@@ -57,11 +79,13 @@ def collect_symbol(
     resample_from_1m: bool = False,
     trades: bool = False,
     order_book: bool = False,
-) -> list[SeriesStats]:
+    policy: GatePolicy | None = None,
+) -> SymbolRun:
     logger = get_run_logger()
     con = connect(settings)
     source = make_source(options, settings)
-    merge = _gate(con, settings, run_id)
+    results: list[GateResult] = []
+    merge = _gate(con, settings, run_id, policy, results)
     out: list[SeriesStats] = []
     try:
         direct = [tf for tf in timeframes if not (resample_from_1m and tf != "1m")]
@@ -81,20 +105,16 @@ def collect_symbol(
             logger.info(stats.summary())
             out.append(stats)
         for timeframe in (tf for tf in timeframes if tf not in direct):
-            stats = SeriesStats(
-                options.kind, source.name, symbol, timeframe, started_at=dt.datetime.now(dt.UTC)
+            stats = collect_resampled(
+                con,
+                merge,
+                source.name,
+                symbol,
+                timeframe,
+                since_ms,
+                until_ms,
+                source_kind=options.kind,
             )
-            batch = resample_stored(con, source.name, symbol, timeframe, since_ms, until_ms)
-            stats.fetch.rows = batch.num_rows
-            if batch.num_rows:
-                result = merge("candles", batch)
-                stats.rows_merged, stats.rows_quarantined = (
-                    result.rows_merged,
-                    result.rows_quarantined,
-                )
-                stats.warnings.extend(result.warnings)
-                stats.status = "ok" if result.success else "failed"
-            stats.finished_at = dt.datetime.now(dt.UTC)
             logger.info(f"resampled from 1m: {stats.summary()}")
             out.append(stats)
         if trades:
@@ -109,7 +129,7 @@ def collect_symbol(
     finally:
         source.close()
         con.close()
-    return out
+    return SymbolRun(out, results)
 
 
 @task(name="record-ingestion-stats", cache_policy=NONE)
@@ -119,6 +139,18 @@ def record_stats(settings: Settings, run_id: str, stats: list[SeriesStats]) -> i
         return record_ingestion(con, run_id, stats, settings=settings)
     finally:
         con.close()
+
+
+@task(name="collect-summary", cache_policy=NONE)
+def publish_summary(run_id: str, stats: list[SeriesStats], results: list[GateResult]) -> str:
+    """The run as markdown (series, then every gated batch), published as an artifact."""
+    markdown = (
+        stats_markdown(run_id, stats) + "\n" + summary_markdown(results, title="## Quality gate")
+    )
+    create_markdown_artifact(
+        key=ARTIFACT_KEY, markdown=markdown, description=f"collect run {run_id}"
+    )
+    return markdown
 
 
 @flow(name="collect", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)  # type: ignore[arg-type]
@@ -138,12 +170,15 @@ def collect(
     trades: bool = False,
     order_book: bool = False,
     lookback_days: float = 1.0,
+    policy: GatePolicy | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Collect candles (and optionally trades / an order-book snapshot) for ``symbols``.
 
     ``since``/``until`` are ISO 8601 (UTC if naive) or epoch ms; ``until`` empty = now;
     ``since`` empty = ``lookback_days`` before ``until`` (for files: everything in them).
+    ``policy`` is the quality gate's failure policy (default ``GatePolicy()``); a batch that
+    fails it fails its series, and a failed series fails the run after the artifact is out.
     """
     logger = get_run_logger()
     settings = settings or get_settings()
@@ -204,11 +239,16 @@ def collect(
             resample_from_1m=resample_from_1m,
             trades=trades and (probe is None or symbol in probe.trade_symbols),
             order_book=order_book,
+            policy=policy,
         )
         for symbol in symbols
     ]
-    stats: list[SeriesStats] = [s for f in futures for s in f.result()]
+    runs: list[SymbolRun] = [f.result() for f in futures]
+    stats = [s for r in runs for s in r.stats]
+    gate_results = [g for r in runs for g in r.gate_results]
     record_stats(settings, run_id, stats)
+    # published before a failure is raised: a failed run is the one most worth reading
+    summary = publish_summary(run_id, stats, gate_results)
     failed = [s for s in stats if s.status == "failed"]
     failures = [f"{s.symbol} {s.timeframe}: {s.message}" for s in failed]
     report = {
@@ -222,6 +262,8 @@ def collect(
         "gaps": sum(s.gaps for s in stats),
         "failed": failures,
         "stats": stats,
+        "gate_results": gate_results,
+        "summary": summary,
     }
     logger.info(
         f"collect {run_id}: {report['rows_merged']} rows merged, "

@@ -6,8 +6,10 @@
 * :func:`collect_series` pages a series through a source and hands every batch to a
   ``merge`` function (the flow passes the quality gate, ``expectations.gate.gate_and_merge``;
   elsewhere :func:`upsert_merge` writes straight through ``warehouse.upsert``).
-* :func:`resample_stored` builds 5m/15m/1h from the stored 1m candles (pipelines.resample).
-* :func:`record_ingestion` writes the per-series statistics into ``ingestion_runs``.
+* :func:`resample_stored` builds 5m/15m/1h from the stored 1m candles (pipelines.resample);
+  :func:`collect_resampled` merges them like any other batch.
+* :func:`record_ingestion` writes the per-series statistics into ``ingestion_runs``;
+  :func:`stats_markdown` renders them for the run's Prefect artifact.
 """
 
 from __future__ import annotations
@@ -333,6 +335,38 @@ def resample_stored(
     return resample_arrow(one, timeframe, closed_until_ms=until_ms)
 
 
+def collect_resampled(
+    con: duckdb.DuckDBPyConnection,
+    merge: MergeFn,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    since_ms: int,
+    until_ms: int | None,
+    *,
+    source_kind: str = "",
+) -> SeriesStats:
+    """``timeframe`` candles resampled from the stored 1m candles, merged as one batch.
+
+    The outcome goes through ``_absorb`` like any fetched batch, so a batch the gate fails
+    leaves its message (symbol, rule, count) in the stats and in ``ingestion_runs``.
+    """
+    started = time.perf_counter()
+    stats = SeriesStats(
+        source_kind, exchange, symbol, timeframe, started_at=dt.datetime.now(dt.UTC)
+    )
+    batch = resample_stored(con, exchange, symbol, timeframe, since_ms, until_ms)
+    stats.fetch.rows = batch.num_rows
+    stats.window_start_ms, stats.window_end_ms = since_ms, until_ms
+    if batch.num_rows:
+        ts = batch["ts"].cast(pa.int64()).to_numpy()
+        stats.first_ts_ms, stats.last_ts_ms = int(ts[0]), int(ts[-1])
+        _absorb(stats, merge("candles", batch))
+    stats.finished_at = dt.datetime.now(dt.UTC)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
 def collect_trades(
     source: Source,
     merge: MergeFn,
@@ -450,6 +484,37 @@ def record_ingestion(
     if not stats:
         return 0
     return upsert(con, "ingestion_runs", ingestion_table(run_id, stats), settings=settings).rows_in
+
+
+def _cell(text: object) -> str:
+    """A markdown table cell: pipes escaped, newlines flattened."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def stats_markdown(run_id: str, stats: Sequence[SeriesStats]) -> str:
+    """A markdown table of a run's series (the collect flow publishes it as an artifact)."""
+    failed = [s for s in stats if s.status == "failed"]
+    lines = [
+        f"# Collect run `{run_id}`",
+        "",
+        f"**{'FAILED' if failed else 'ok'}**: {len(stats)} series, "
+        f"{sum(s.fetch.rows for s in stats)} rows fetched, "
+        f"{sum(s.rows_merged for s in stats)} merged, "
+        f"{sum(s.rows_quarantined for s in stats)} quarantined, {len(failed)} failed.",
+        "",
+        "| exchange | symbol | timeframe | status | fetched | merged | quarantined | gaps "
+        "| requests | retries | message |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for s in stats:
+        status = "**failed**" if s.status == "failed" else s.status
+        message = s.message or "; ".join(s.warnings[:3])
+        lines.append(
+            f"| {_cell(s.exchange)} | {_cell(s.symbol)} | {s.timeframe} | {status} "
+            f"| {s.fetch.rows} | {s.rows_merged} | {s.rows_quarantined} | {s.gaps} "
+            f"| {s.fetch.requests} | {s.fetch.retries} | {_cell(message)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def parse_time_ms(value: str | int | dt.datetime | None) -> int | None:

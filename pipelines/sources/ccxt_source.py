@@ -161,6 +161,9 @@ class CcxtSource:
                 stats.requests += 1
             self.exchange.last_json_response = None
             self.exchange.last_http_response = None
+            # ccxt leaves the previous response's headers in place when a request times out,
+            # so a Retry-After from an earlier 429 would otherwise delay the next retry too
+            self.exchange.last_response_headers = None
             try:
                 result = fn()
                 if self.exchange.last_json_response is None and self.exchange.last_http_response:

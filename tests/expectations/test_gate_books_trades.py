@@ -98,3 +98,24 @@ def test_bad_trades_are_quarantined(lake: duckdb.DuckDBPyConnection, settings: S
         x for r in rules for x in r.split(",")
     }
     assert any("cost" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("column", ["price", "amount", "cost"])
+def test_infinite_trade_values_are_quarantined_naming_the_column(
+    column: str, lake: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
+    rows = _trades()
+    rows[column][2] = float("inf")  # +inf passes "> 0", so only the finiteness rule sees it
+    batch = pa.table({k: pa.array(v, TS_TYPE if k == "ts" else None) for k, v in rows.items()})
+    result = gate_and_merge(lake, "trades", batch, settings=settings, policy=LOOSE)
+    assert (result.rows_merged, result.rows_quarantined) == (5, 1), result.message
+    assert "finite: 1" in result.message
+    row = lake.execute(
+        "SELECT expectation, column_name, reason, row_json FROM quarantine"
+    ).fetchone()
+    assert row is not None
+    expectation, column_name, reason, row_json = row
+    assert expectation == "finite" and column_name == column
+    assert f"{column}=inf" in reason and '"trade_id": "1002"' in row_json
+    stored = lake.execute("SELECT trade_id FROM trades ORDER BY trade_id").fetchall()
+    assert stored == [(t,) for t in ("1000", "1001", "1003", "1004", "1005")]

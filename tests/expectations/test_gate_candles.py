@@ -34,6 +34,18 @@ def _high_below_low(r: Rows) -> Rows:
     return r
 
 
+def _inf_price(r: Rows) -> Rows:
+    # +inf passes "> 0" and keeps high >= close, so only a finiteness rule catches it
+    r["high"][4] = float("inf")
+    r["close"][4] = float("inf")
+    return r
+
+
+def _inf_volume(r: Rows) -> Rows:
+    r["volume"][6] = float("inf")
+    return r
+
+
 def _conflicting_duplicate(r: Rows) -> Rows:
     r["ts"][7] = r["ts"][6]
     return r
@@ -66,6 +78,8 @@ def _string_in_numeric(r: Rows) -> Rows:
 CASES: dict[str, tuple[Callable[[Rows], Rows], set[int], str]] = {
     "nan_price": (_nan_price, {3}, "not_null"),
     "negative_price": (_negative_price, {4}, "price_positive"),
+    "inf_price": (_inf_price, {4}, "finite"),
+    "inf_volume": (_inf_volume, {6}, "finite"),
     "high_below_low": (_high_below_low, {5}, "ohlc_consistent"),
     "duplicate_key": (_conflicting_duplicate, {6, 7}, "key_unique"),
     "out_of_order": (_out_of_order, {N - 1}, "ts_increasing"),
@@ -102,7 +116,8 @@ def test_bad_rows_are_quarantined_and_the_rest_merged_untouched(
     assert result.rows_quarantined == len(bad)
     assert result.rows_merged == batch.num_rows - len(bad)
     assert result.rows_in == result.rows_merged + result.rows_quarantined
-    assert rule in result.message and "BTC/USDT" in result.message
+    # the message counts rows per rule (a row breaking several OHLC pairs counts once)
+    assert f"{rule}: {len(bad)}" in result.message and "BTC/USDT" in result.message
 
     quarantined = lake.execute(
         "SELECT expectation, column_name, reason, row_json FROM quarantine "
@@ -142,6 +157,22 @@ def test_string_in_numeric_names_the_column_and_value(
     )
     assert column == "close"
     assert "'abc'" in reason and "not a number" in reason
+
+
+def test_infinite_values_are_named_by_column_and_fail_the_batch(
+    lake: duckdb.DuckDBPyConnection, settings: Settings
+) -> None:
+    result = gate_and_merge(
+        lake, "candles", to_arrow(_inf_price(candle_rows(N))), settings=settings
+    )
+    assert not result.success  # 1 of 10 rows > the default 1 %
+    # one row (high and close both inf) counts once
+    assert "BTC/USDT" in result.message and "(finite: 1)" in result.message
+    row = lake.execute("SELECT expectation, column_name, reason FROM quarantine").fetchone()
+    assert row is not None
+    expectation, column, reason = row
+    assert (expectation, column) == ("finite", "high,close")
+    assert "high=inf" in reason and "close=inf" in reason
 
 
 def test_identical_duplicate_keeps_the_first_copy(

@@ -16,13 +16,15 @@ from warehouse import Settings
 
 _symbols = itertools.count()
 
-CORRUPTIONS = ["nan", "negative", "high_low", "duplicate", "string", "null_ts", "swap"]
+CORRUPTIONS = ["nan", "inf", "negative", "high_low", "duplicate", "string", "null_ts", "swap"]
 
 
 def _corrupt(rows: dict[str, list[Any]], kind: str, i: int) -> None:
     n = len(rows["ts"])
     if kind == "nan":
         rows["close"][i] = float("nan")
+    elif kind == "inf":
+        rows["high"][i] = float("inf")
     elif kind == "negative":
         rows["open"][i] = -abs(rows["open"][i])
     elif kind == "high_low":

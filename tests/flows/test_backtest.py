@@ -137,3 +137,33 @@ def test_walk_forward_retrains_with_the_models_training_code(
         assert train_max < test_min
     assert result.probabilities.shape == (result.test_rows.size, 3)
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_walk_forward_retrain_flow_on_a_warehouse_symbol(env, prefect_server: None) -> None:  # type: ignore[no-untyped-def]
+    """The deployable flow (JSON parameters only) loads the stored symbol and returns one
+    metrics row per fold, each trained strictly before its test window."""
+    from flows.retrain import walk_forward_retrain
+
+    frame, _, settings = env
+    folds = walk_forward_retrain(
+        symbol="XRP/ETH",
+        days=None,
+        horizon=5,
+        epochs=1,
+        n_folds=3,
+        timeframe="5m",
+        train_overrides={
+            "window_len": 8,
+            "members": ["gbm"],
+            "gbm_estimators": 10,
+            "importance_repeats": 0,
+            "progress": False,
+            "threads": 1,
+        },
+        settings=settings,
+    )
+    assert len(folds) >= 3 and len({f["fold"] for f in folds}) == len(folds)
+    for fold in folds:
+        assert 0.0 <= fold["accuracy"] <= 1.0
+        assert fold["test_rows"] > 0 and 0 < fold["train_rows"] < frame.height
+        assert fold["train_end_ts"] < fold["test_start_ts"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.feather as feather
 import pytest
 
-from flows.collect import collect
+from expectations.gate import GatePolicy
+from flows.collect import ARTIFACT_KEY, collect
 from pipelines.loopback import Fault, FaultPlan, LoopbackExchange, LoopbackServer
 from pipelines.resample import resample_arrow
 from pipelines.sources import wall_clock_ms
@@ -29,6 +31,140 @@ def _count(settings: Settings, sql: str) -> int:
         con.close()
 
 
+def _rows(settings: Settings, sql: str) -> list[tuple]:
+    con = connect(settings, read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _artifact_for(run_id: str) -> str:
+    """The markdown of this run's ``collect-quality`` artifact, read back from the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY]))
+        )
+    matching = [str(a.data) for a in artifacts if run_id in str(a.data)]
+    assert len(matching) == 1, f"{len(matching)} {ARTIFACT_KEY} artifacts name run {run_id}"
+    return matching[0]
+
+
+BAD_ROW = 20  # its high is below its low
+
+
+def _csv_with_one_bad_row(folder: Path, n: int = 50) -> Path:
+    """``n`` consistent 1m candles of BTC/USDT as a CSV file; row BAD_ROW has high < low."""
+    lines = ["date,open,high,low,close,volume"]
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    for i in range(n):
+        close = 100.0 + i
+        high, low = close + 1.0, close - 1.0
+        if i == BAD_ROW:
+            high, low = low - 5.0, low
+        ts = (start + dt.timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%S")
+        lines.append(f"{ts},{close - 0.5},{high},{low},{close},{10.0 + i}")
+    path = folder / "BTC_USDT-1m.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_file_import_failing_the_policy_names_symbol_rule_and_count(
+    prefect_server, settings, tmp_path: Path
+) -> None:
+    path = _csv_with_one_bad_row(tmp_path)
+    strict = GatePolicy(max_bad_fraction=0.01)  # 1 bad row of 50 is 2 %: the batch fails
+    with pytest.raises(RuntimeError) as failure:
+        collect(source="file", exchange="binance", path=str(path), policy=strict, settings=settings)
+    message = str(failure.value)
+    assert message.startswith("collect failed for: BTC/USDT 1m: FAILED candles BTC/USDT 1m:")
+    assert "(ohlc_consistent: 1)" in message and "1 bad row(s) exceed the policy limit" in message
+    # the series is recorded as failed with the same message, and the artifact still went out
+    [(run_id, status, recorded)] = _rows(
+        settings, "SELECT run_id, status, message FROM ingestion_runs"
+    )
+    assert status == "failed" and "ohlc_consistent: 1" in recorded
+    markdown = _artifact_for(run_id)
+    assert "**FAILED**" in markdown and "ohlc_consistent: 1" in markdown
+
+
+def test_file_import_within_the_policy_quarantines_the_bad_row(
+    prefect_server, settings, tmp_path: Path
+) -> None:
+    path = _csv_with_one_bad_row(tmp_path)
+    tolerant = GatePolicy(max_bad_fraction=0.05)
+    report = collect(
+        source="file", exchange="binance", path=str(path), policy=tolerant, settings=settings
+    )
+    assert (report["rows_fetched"], report["rows_merged"], report["rows_quarantined"]) == (
+        50,
+        49,
+        1,
+    )
+    bad_ts = dt.datetime(2024, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=BAD_ROW)
+    quarantined = _rows(settings, "SELECT symbol, ts, expectation, column_name FROM quarantine")
+    assert [(s, t.astimezone(dt.UTC), e) for s, t, e, _ in quarantined] == [
+        ("BTC/USDT", bad_ts, "ohlc_consistent")
+    ]
+    assert "high" in quarantined[0][3] and "low" in quarantined[0][3]
+    assert _count(settings, f"SELECT count(*) FROM candles WHERE ts = '{bad_ts.isoformat()}'") == 0
+    assert _count(settings, "SELECT count(*) FROM candles") == 49
+    [(fetched, merged, held, status)] = _rows(
+        settings,
+        "SELECT rows_fetched, rows_merged, rows_quarantined, status FROM ingestion_runs",
+    )
+    assert fetched == merged + held and (fetched, held, status) == (50, 1, "ok")
+    # the run's artifact: the series table and the gate's row for the batch
+    markdown = _artifact_for(report["run_id"])
+    assert markdown == report["summary"]
+    assert "| binance | BTC/USDT | 1m | ok | 50 | 49 | 1 |" in markdown
+    assert "## Quality gate" in markdown and "(ohlc_consistent: 1)" in markdown
+
+
+def test_failed_resampled_batch_names_symbol_rule_and_count(prefect_server, settings) -> None:
+    from warehouse import migrate, upsert
+
+    since = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    bad_minute = since + dt.timedelta(minutes=30)  # the first minute of a 5m bucket
+    con = connect(settings)
+    try:
+        migrate(con)
+        # a 1m candle stored around the gate; resume leaves it, so the 5m bucket it opens
+        # has open 1.5 below its low 2.0
+        bad = {
+            "exchange": ["simulated"],
+            "symbol": ["BTC/USDT"],
+            "timeframe": ["1m"],
+            "ts": pa.array([bad_minute], pa.timestamp("ms", tz="UTC")),
+            "open": [1.5],
+            "high": [1.0],
+            "low": [2.0],
+            "close": [1.5],
+            "volume": [1.0],
+        }
+        upsert(con, "candles", pa.table(bad), settings=settings)
+    finally:
+        con.close()
+    with pytest.raises(RuntimeError) as failure:
+        collect(
+            source="simulated",
+            symbols=["BTC/USDT"],
+            timeframes=["1m", "5m"],
+            since=since.isoformat(),
+            until=(since + dt.timedelta(hours=1)).isoformat(),
+            resample_from_1m=True,
+            settings=settings,
+        )
+    message = str(failure.value)
+    assert "BTC/USDT 5m: FAILED candles BTC/USDT 5m: 12 rows in, 11 merged" in message
+    assert "(ohlc_consistent: 1)" in message
+    recorded = _rows(settings, "SELECT status, message FROM ingestion_runs WHERE timeframe = '5m'")
+    assert recorded[0][0] == "failed" and "ohlc_consistent: 1" in recorded[0][1]
+
+
 def test_rerun_over_an_overlapping_window_fetches_only_new_candles(
     prefect_server, settings
 ) -> None:
@@ -40,7 +176,8 @@ def test_rerun_over_an_overlapping_window_fetches_only_new_candles(
         exchange="binance",
         symbols=["BTC/USDT", "ETH/USDT"],
         timeframes=["1m"],
-        ccxt_config={"timeout": 5000, "rateLimit": 1},
+        # generous: a retried request (a timeout on a loaded CI machine) would be counted twice
+        ccxt_config={"timeout": 30000, "rateLimit": 1},
         settings=settings,
     )
     with LoopbackServer(exchange) as server:

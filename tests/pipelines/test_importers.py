@@ -48,7 +48,7 @@ def test_every_candle_file_round_trips_row_for_row(candles_dir: Path, lake, sett
         assert report.gaps == holes
         if info.path.name in EXPECTED_GAPS:
             assert report.gaps == EXPECTED_GAPS[info.path.name], report.summary()
-    assert report.duplicates_dropped == 0
+        assert report.duplicates_dropped == 0, report.summary()  # every file, not just the last
 
 
 def test_trades_file_round_trips(candles_dir: Path, lake, settings) -> None:
@@ -64,8 +64,10 @@ def test_trades_file_round_trips(candles_dir: Path, lake, settings) -> None:
     source = source.sort_values(["timestamp", "id"]).reset_index(drop=True)
     assert list(stored["trade_id"]) == list(source["id"])
     np.testing.assert_array_equal(stored["ts_ms"].to_numpy(), source["timestamp"].to_numpy())
-    np.testing.assert_array_equal(stored["price"].to_numpy(), source["price"].to_numpy())
-    assert report.symbol == "XRP/ETH"
+    assert list(stored["side"]) == list(source["side"])
+    for col in ("price", "amount", "cost"):
+        np.testing.assert_array_equal(stored[col].to_numpy(), source[col].to_numpy(), err_msg=col)
+    assert report.symbol == "XRP/ETH" and report.duplicates_dropped == 0
 
 
 def test_names_and_symbols() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ccxt
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -166,3 +167,99 @@ def test_other_exchange_errors_fail_fast_naming_the_call(loopback) -> None:
     with pytest.raises(SourceError, match=r"binance fetch_ohlcv BTC/USDT: BadRequest"):
         source._call("fetch_ohlcv", "BTC/USDT", call, None)
     assert server.exchange.requests["klines"] == 1  # not retried
+
+
+def test_delisted_symbol_bad_symbol_from_the_server_fails_fast(loopback) -> None:
+    server = loopback(symbols=("BTC/USDT", "ETH/USDT"))
+    source = ccxt_source(server)
+    stats = FetchStats()
+    source.load_markets(stats)
+    # delisted after load_markets: the server answers {"code": -1121, "msg": "Invalid symbol."},
+    # which ccxt.binance raises as BadSymbol
+    del server.exchange.by_id["ETHUSDT"]
+    with pytest.raises(SourceError, match=r"^binance fetch_ohlcv ETH/USDT: BadSymbol: .*-1121"):
+        list(source.iter_candles("ETH/USDT", "1m", NOW_MS - 60 * MINUTE_MS, None, stats=stats))
+    assert server.exchange.requests["klines"] == 1  # not retried
+    assert (stats.requests, stats.retries) == (2, 0)  # exchangeInfo + one klines call
+
+
+def test_not_supported_by_the_client_fails_fast(loopback) -> None:
+    from pipelines.sources import CcxtSource
+    from tests.pipelines.conftest import FAST_RETRY
+
+    server = loopback()
+    # a ccxt option naming a trades endpoint ccxt.binance does not have: the real client
+    # raises NotSupported before sending anything
+    source = CcxtSource(
+        "binance",
+        api_base=server.url,
+        config={"rateLimit": 1, "options": {"fetchTradesMethod": "publicGetNoSuchTrades"}},
+        retry=FAST_RETRY,
+        clock=server.exchange.clock,
+        seed=1,
+    )
+    stats = FetchStats()
+    with pytest.raises(SourceError, match=r"^binance fetch_trades BTC/USDT: NotSupported: "):
+        source.fetch_trades("BTC/USDT", NOW_MS - 10 * MINUTE_MS, NOW_MS, stats=stats)
+    assert (stats.requests, stats.retries) == (2, 0)  # load_markets + one fetch_trades attempt
+    assert server.exchange.requests["aggTrades"] == server.exchange.requests["trades"] == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (ccxt.BadSymbol('binance {"code":-1121,"msg":"Invalid symbol."}'), "BadSymbol: "),
+        (ccxt.NotSupported("binance fetchOHLCV() does not support it"), "NotSupported: "),
+        # ccxt derives these two from AuthenticationError: the message points at the key
+        (
+            ccxt.PermissionDenied('binance {"code":-1002,"msg":"You are not authorized."}'),
+            r"authentication failed \(PermissionDenied\); check the API key",
+        ),
+        (
+            ccxt.AccountSuspended("binance account suspended"),
+            r"authentication failed \(AccountSuspended\)",
+        ),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else "",
+)
+def test_fail_fast_errors_stop_after_one_call_naming_exchange_and_symbol(
+    loopback, error: Exception, says: str
+) -> None:
+    # the loopback server answers no code ccxt maps to these, so the wrapper is driven directly
+    source = ccxt_source(loopback())
+    calls: list[int] = []
+    slept: list[float] = []
+    source.sleep = slept.append
+
+    def call() -> None:
+        calls.append(1)
+        raise error
+
+    stats = FetchStats()
+    with pytest.raises(SourceError, match=rf"^binance fetch_ohlcv BTC/USDT: {says}") as raised:
+        source._call("fetch_ohlcv", "BTC/USDT", call, stats)
+    assert raised.value.__cause__ is error
+    assert len(calls) == 1 and slept == []
+    assert (stats.requests, stats.retries) == (1, 0)
+
+
+def test_a_timeout_after_a_429_does_not_reuse_its_retry_after(loopback) -> None:
+    server = loopback(
+        faults=FaultPlan(
+            pattern=(Fault.RATE_LIMIT, Fault.SLOW, None),
+            retry_after_s=0.25,
+            slow_s=1.5,
+            repeat=False,
+        )
+    )
+    source = ccxt_source(server, timeout_ms=700, sleep=lambda _s: None)
+    stats = FetchStats()
+    list(source.iter_candles("BTC/USDT", "1m", NOW_MS - 60 * MINUTE_MS, None, stats=stats))
+
+    def delay(kind: str) -> float:
+        entry = next(e for e in stats.errors if e.startswith(kind))
+        return float(entry.rsplit("retry in ", 1)[1].removesuffix(" s)"))
+
+    assert delay("DDoSProtection") >= 0.25  # the 429's Retry-After is honoured
+    # the timed-out request has no headers; its backoff is the policy's (<= 20 ms), not 0.25 s
+    assert delay("RequestTimeout") < 0.25
