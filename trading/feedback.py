@@ -11,7 +11,8 @@ model swap); fallback (RSI) predictions are resolved and stored but not counted.
 
 Degradation: when rolling accuracy stays below ``degrade_below`` for ``patience`` consecutive
 resolutions (with at least ``min_resolved``), ``on_degraded(reason)`` is called — at most once
-per ``cooldown_s`` (wall clock). The Prefect flow passes a callback calling ``run_deployment``.
+per ``cooldown_s`` (wall clock). The Prefect flow passes a callback that emits the
+``tradeloop.model.degraded`` event (the retrain deployment's trigger).
 """
 
 from __future__ import annotations

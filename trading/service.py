@@ -1,6 +1,7 @@
 """Assemble and run a serving loop from settings (used by the Prefect flow and the CLI).
 
-No Prefect here: the flow passes ``on_retrain`` (calls ``run_deployment``) and ``heartbeat``.
+No Prefect here: the flow passes ``on_retrain`` (emits the ``tradeloop.model.degraded`` event
+that triggers the retrain deployment) and ``heartbeat``.
 """
 
 from __future__ import annotations
