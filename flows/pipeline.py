@@ -126,7 +126,7 @@ def pipeline(
     outcome = None
     train_symbols = symbols or stored_symbols(settings, settings.base_timeframe)
     if run_retrain:
-        outcome = retrain(
+        outcome = on_runner(retrain, settings)(
             symbols=train_symbols,
             days=retrain_days,
             horizon=horizon,

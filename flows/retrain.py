@@ -8,11 +8,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.runners import default_task_runner
 from models import retraining
-from models.data import CandleBatch, SampleSet
+from models.data import CandleBatch, FeaturizedSeries, SampleSet, featurize_series, split_series
 from models.export import ExportResult
 from models.registry import ModelRecord
 from models.training import TrainConfig, TrainedEnsemble
@@ -24,9 +26,21 @@ def load_training_data(settings: Settings, request: retraining.RetrainRequest) -
     return retraining.load_training_data(settings, request)
 
 
-@task(name="prepare-samples")
+@task(name="featurize-symbol")
+def featurize_symbol(candles: pl.DataFrame) -> FeaturizedSeries:
+    return featurize_series(candles)
+
+
+@task(name="assemble-samples")
+def assemble_samples(featurized: list[FeaturizedSeries], config: TrainConfig) -> SampleSet:
+    return retraining.assemble(featurized, config)
+
+
 def prepare_samples(batch: CandleBatch, config: TrainConfig) -> SampleSet:
-    return retraining.prepare_samples(batch, config)
+    """Features per symbol as mapped tasks (threads or Dask, as the flow's runner says), then
+    labels and windows over all of them."""
+    featurized = featurize_symbol.map(split_series(batch.frame)).result()
+    return assemble_samples(list(featurized), config)
 
 
 @task(name="train-ensemble")
@@ -76,7 +90,7 @@ def publish_dashboard(settings: Settings, outcome: retraining.RetrainOutcome, na
     return markdown
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", task_runner=default_task_runner(), log_prints=True)
 def retrain(
     symbols: list[str] | None = None,
     days: float | None = 30,

@@ -145,6 +145,32 @@ def default_feature_spec() -> tuple[FeatureBuilder, list[str], str]:
     return build, list(features.feature_columns()), str(features.FEATURE_SET_VERSION)
 
 
+@dataclass(frozen=True)
+class FeaturizedSeries:
+    """One exchange/symbol/timeframe: its candles (sorted by ts) and their feature frame."""
+
+    candles: pl.DataFrame
+    features: pl.DataFrame
+
+
+def split_series(candles: pl.DataFrame) -> list[pl.DataFrame]:
+    """``candles`` cut into one frame per exchange/symbol/timeframe (first-seen order)."""
+    group_keys = [c for c in ("exchange", "symbol", "timeframe") if c in candles.columns]
+    return candles.partition_by(group_keys, maintain_order=True) if group_keys else [candles]
+
+
+def featurize_series(
+    candles: pl.DataFrame, feature_builder: FeatureBuilder | None = None
+) -> FeaturizedSeries:
+    """Features of one series (the project feature set unless ``feature_builder`` is given).
+
+    Series are independent here, so callers may run this per symbol in parallel (the retrain
+    flow maps it on its task runner) and then call ``assemble_samples``."""
+    builder = feature_builder or default_feature_spec()[0]
+    group = candles.sort("ts")
+    return FeaturizedSeries(group, builder(group).sort("ts"))
+
+
 def build_samples(
     candles: pl.DataFrame,
     *,
@@ -165,28 +191,48 @@ def build_samples(
         feature_set_version = feature_set_version or default_version
     if not feature_columns or feature_set_version is None:
         raise ValueError("build_samples: feature_columns and feature_set_version are required")
+    built = [featurize_series(group, feature_builder) for group in split_series(candles)]
+    return assemble_samples(
+        built,
+        window_len=window_len,
+        label_config=label_config,
+        feature_columns=feature_columns,
+        feature_set_version=feature_set_version,
+    )
+
+
+def assemble_samples(
+    built: Sequence[FeaturizedSeries],
+    *,
+    window_len: int,
+    label_config: LabelConfig,
+    feature_columns: Sequence[str] | None = None,
+    feature_set_version: str | None = None,
+) -> SampleSet:
+    """Labels and windows of featurized series, merged in time order (see ``build_samples``).
+
+    ``feature_columns``/``feature_set_version`` default to the project feature set."""
+    if feature_columns is None or feature_set_version is None:
+        _, default_columns, default_version = default_feature_spec()
+        feature_columns = feature_columns or default_columns
+        feature_set_version = feature_set_version or default_version
     all_columns = list(feature_columns)
-    group_keys = [c for c in ("exchange", "symbol", "timeframe") if c in candles.columns]
-    groups = candles.partition_by(group_keys, maintain_order=True) if group_keys else [candles]
-    built: list[tuple[pl.DataFrame, pl.DataFrame]] = []
-    for group in groups:
-        group = group.sort("ts")
-        feats = feature_builder(group).sort("ts")
-        missing = [c for c in all_columns if c not in feats.columns]
+    for series in built:
+        missing = [c for c in all_columns if c not in series.features.columns]
         if missing:
             raise ValueError(f"build_samples: feature frame lacks columns {missing}")
-        built.append((group, feats))
     # Features without any value in the data (e.g. order-book features when no order book was
     # collected) cannot be learned from: they are left out of the model's inputs.
     columns = [
         c
         for c in all_columns
-        if any(feats[c].drop_nulls().drop_nans().len() > 0 for _, feats in built)
+        if any(s.features[c].drop_nulls().drop_nans().len() > 0 for s in built)
     ]
     if not columns:
         raise ValueError("build_samples: no feature column has any value in the data")
     parts: list[SampleSet] = []
-    for group, feats in built:
+    for series in built:
+        group, feats = series.candles, series.features
         labels = make_labels(group, label_config)
         joined = feats.select("ts", *columns).join(labels, on="ts", how="left")
         values = joined.select(columns).cast(pl.Float32).to_numpy().astype(np.float32, copy=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from models import registry
-from models.data import CandleBatch, SampleSet, build_samples, load_candles, split_samples
+from models.data import (
+    CandleBatch,
+    FeaturizedSeries,
+    SampleSet,
+    assemble_samples,
+    build_samples,
+    load_candles,
+    split_samples,
+)
 from models.evaluation import evaluate_registered
 from models.export import ExportResult, export_onnx
 from models.metrics import ClassificationReport
@@ -90,6 +99,14 @@ def load_training_data(settings: Settings, request: RetrainRequest) -> CandleBat
 def prepare_samples(batch: CandleBatch, config: TrainConfig) -> SampleSet:
     return build_samples(
         batch.frame, window_len=config.window_len, label_config=label_config(config)
+    )
+
+
+def assemble(featurized: Sequence[FeaturizedSeries], config: TrainConfig) -> SampleSet:
+    """``prepare_samples`` from series featurized one by one (``models.data.featurize_series``
+    over ``models.data.split_series(batch.frame)``): the same samples, built in parallel."""
+    return assemble_samples(
+        featurized, window_len=config.window_len, label_config=label_config(config)
     )
 
 

@@ -253,16 +253,7 @@ class ServingLoop:
             self.event(ts_ms, "alert", alert)
         self._control_files(ts_ms)
         if self.steps % cfg.model_check_every_steps == 0:
-            for ev in self.manager.refresh():
-                self.event(ts_ms, ev.kind, ev.message)
-            if self.manager.generation != self.seen_generation:
-                self.seen_generation = self.manager.generation
-                self.feedback.reset_model()
-                if self.state.risk.killed:
-                    reset_kill_switch(self.state.risk)
-                    self.event(
-                        ts_ms, "kill", f"kill switch reset: new champion {self.manager.model_id}"
-                    )
+            self._check_model(ts_ms)
         self._stale_alerts(tick.now_ms, {b.symbol for b in bars}, ts_ms)
         if not bars:
             return
@@ -316,6 +307,21 @@ class ServingLoop:
         if self.steps % cfg.flush_every_steps == 0:
             self.flush()
 
+    def _check_model(self, ts_ms: int, *, restored_id: str | None = None) -> None:
+        """Look up the champion (hot swap). A NEW champion resets the rolling metrics and the kill
+        switch; ``restored_id`` is the model of a just-restored snapshot, whose state is kept."""
+        for ev in self.manager.refresh():
+            self.event(ts_ms, ev.kind, ev.message)
+        if self.manager.generation == self.seen_generation:
+            return
+        self.seen_generation = self.manager.generation
+        if restored_id is not None and self.manager.model_id == restored_id:
+            return
+        self.feedback.reset_model()
+        if self.state.risk.killed:
+            reset_kill_switch(self.state.risk)
+            self.event(ts_ms, "kill", f"kill switch reset: new champion {self.manager.model_id}")
+
     def _control_files(self, ts_ms: int) -> None:
         killed = self._kill_path.exists()
         if killed != self.protections.manual_kill:
@@ -329,8 +335,13 @@ class ServingLoop:
         if self._reset_path.exists():
             self._reset_path.unlink(missing_ok=True)
             if self.state.risk.killed:
+                # both legs measure afresh (as after a new champion): the drawdown from a new
+                # peak, the accuracy over new resolutions; else the same step would fire it again
                 reset_kill_switch(self.state.risk)
-                self.event(ts_ms, "kill", "kill switch reset by hand")
+                self.feedback.reset_model()
+                self.event(
+                    ts_ms, "kill", "kill switch reset by hand; rolling accuracy starts afresh"
+                )
 
     def _stale_alerts(self, now_ms: int, arrived: set[str], ts_ms: int) -> None:
         limit = self.config.stale_after_timeframes * self.step_ms
@@ -471,26 +482,29 @@ class ServingLoop:
             pred_row = {"p_buy": None, "p_hold": None, "p_sell": None, "confidence": None}
             counted = False
         stale = now_ms - (bar.ts_ms + self.step_ms) > cfg.stale_after_timeframes * self.step_ms
-        current = self.state.portfolio.direction(bar.symbol)
-        if stale:
-            decision = Decision(
-                current,
-                decision.confidence,
-                decision.size_fraction,
-                "stale data: no new signal",
-                decision.probabilities,
-            )
-        decision = self.protections.apply(decision, bar.symbol, current, self.candle_index)
-        directions = {
-            sym: self.state.portfolio.direction(sym) for sym in self.state.portfolio.positions
-        }
-        result = step(bar, decision, s.sigma, self.state, self.broker, cfg.limits)
+
+        def protect(d: Decision, fills: tuple[Fill, ...]) -> Decision:
+            # after this bar's fills: an exit that filled at this bar's open makes a new signal
+            # an ENTRY (seen by the locks), not "keep the position"
+            for msg in self.protections.on_fills(self.candle_index, fills):
+                self.event(bar.ts_ms, "protection", msg, bar.symbol)
+            current = self.state.portfolio.direction(bar.symbol)
+            if stale:
+                d = Decision(
+                    current,
+                    d.confidence,
+                    d.size_fraction,
+                    "stale data: no new signal",
+                    d.probabilities,
+                )
+            return self.protections.apply(d, bar.symbol, current, self.candle_index)
+
+        result = step(bar, decision, s.sigma, self.state, self.broker, cfg.limits, protect)
+        decision = result.decision
         if result.kill_switch_fired:
             self.event(
                 bar.ts_ms, "kill", f"kill switch fired: {self.state.risk.kill_reason}", bar.symbol
             )
-        for msg in self.protections.on_fills(self.candle_index, result.fills, directions):
-            self.event(bar.ts_ms, "protection", msg, bar.symbol)
         # rows
         acct, ex, tf = cfg.account, cfg.exchange, cfg.timeframe
         if predicted:
@@ -701,6 +715,10 @@ class ServingLoop:
         self.order_rows = dict(data["order_rows"])
         self._pending_symbol_state = data["symbols"]
         self.latency.load(data.get("latency", {}))
+        # the model comes back now, not at the next model check (until then the RSI fallback
+        # would decide, and the first load would count as a new champion and wipe the restored
+        # feedback and kill switch)
+        self._check_model(int(self.last_ts_ms or 0), restored_id=data.get("model_id"))
         if self.last_ts_ms is not None:
             check_positions(
                 self.state.portfolio,

@@ -100,8 +100,17 @@ def deflated_sharpe(
 ) -> float:
     """PSR against the Sharpe the best of ``n_trials`` luck-only configurations would show.
 
-    ``trial_sharpe_variance``: variance of the per-bar Sharpe across the configurations tried;
-    if unknown, the sampling variance of this Sharpe estimate is used.
+    The benchmark is Bailey & Lopez de Prado's expected maximum Sharpe of ``n_trials``
+    zero-skill configurations, ``expected_max_sharpe(n_trials, trial_sharpe_variance)``.
+
+    ``trial_sharpe_variance``: variance of the per-bar Sharpe across the configurations tried.
+    ASSUMPTION when it is None (as in ``performance`` and ``tradeloop backtest --trials``): the
+    sampling variance of this Sharpe estimate, (1 - skew*SR + (kurt - 1)/4 * SR**2) / (n - 1),
+    stands in for it, i.e. the trials are taken to differ only by estimation noise, as
+    independent zero-skill strategies on this sample would. Trials that are highly correlated
+    (small parameter tweaks) spread less, so this over-deflates; trials of genuinely different
+    strategies can spread more, so it under-deflates. Pass the variance measured across the
+    trials' Sharpe ratios when it is known.
     """
     n = returns.size
     sd = float(np.std(returns, ddof=1)) if n > 1 else 0.0
@@ -140,6 +149,20 @@ def bootstrap_sharpe_ci(
         s = np.where(sd > 0, mean / sd, 0.0) * math.sqrt(periods_per_year)
     lo, hi = np.quantile(s, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
+
+
+def compound_annual_growth(total_return: float, years: float) -> float:
+    """CAGR of ``total_return`` over ``years``: -1 when ruined, 0 over no time, inf on overflow.
+
+    Computed in logs: ``(1 + total) ** (1 / years)`` overflows (OverflowError) on short, strong
+    curves, e.g. +50 % in three 5m bars.
+    """
+    if total_return <= -1.0:
+        return -1.0
+    if years <= 0:
+        return 0.0
+    growth = math.log1p(total_return) / years
+    return math.expm1(growth) if growth < 709.0 else math.inf
 
 
 @dataclass(frozen=True)
@@ -193,9 +216,9 @@ def performance(
     r = bar_returns(equity, initial_cash)
     n = equity.size
     total = float(equity[-1] / initial_cash - 1.0) if n else 0.0
-    years = n / ppy
-    cagr = (1 + total) ** (1 / years) - 1 if years > 0 and total > -1 else -1.0
-    dd = drawdown(np.concatenate(([initial_cash], equity)))
+    cagr = compound_annual_growth(total, n / ppy)
+    marked = np.concatenate(([initial_cash], equity))  # drawdowns count from the initial cash
+    dd = drawdown(marked)
     mdd = float(dd.min()) if dd.size else 0.0
     pnls = np.array([t.pnl for t in trades])
     rets = np.array([t.return_fraction for t in trades])
@@ -212,7 +235,7 @@ def performance(
         sortino=sortino(r, ppy),
         calmar=float(cagr / -mdd) if mdd < 0 else float("nan"),
         max_drawdown=mdd,
-        max_drawdown_duration_bars=max_drawdown_duration(equity) if n else 0,
+        max_drawdown_duration_bars=max_drawdown_duration(marked) if n else 0,
         volatility_annual=float(np.std(r, ddof=1) * math.sqrt(ppy)) if n > 1 else 0.0,
         trades=len(trades),
         win_rate=win_rate,

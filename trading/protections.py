@@ -77,7 +77,8 @@ class Protections:
         return None
 
     def on_equity(self, candle: int, equity: float) -> str | None:
-        """Max-drawdown lock; returns a message when a lock starts."""
+        """Max-drawdown lock; returns a message when a lock starts. Called after candle
+        ``candle``'s decision: the lock blocks candles ``candle + 1`` .. ``candle + N``."""
         c = self.config
         if c.drawdown_lock_fraction is None:
             return None
@@ -97,17 +98,16 @@ class Protections:
             )
         return None
 
-    def on_fills(
-        self, candle: int, fills: tuple[Fill, ...], direction_before: dict[str, int]
-    ) -> list[str]:
-        """Cooldown after exits, stop-loss guard; returns messages for locks that start."""
+    def on_fills(self, candle: int, fills: tuple[Fill, ...]) -> list[str]:
+        """Cooldown after exits, stop-loss guard; returns messages for locks that start.
+
+        Called with the fills of candle ``candle`` BEFORE that candle's decision is applied, so a
+        lock of N candles blocks the decisions of candles ``candle`` .. ``candle + N - 1``."""
         c = self.config
         out: list[str] = []
         for f in fills:
-            exited = f.reason in ("exit", "stop_loss", "take_profit", "flip")
-            if exited and direction_before.get(f.symbol, 0):  # noqa: SIM102
-                if c.cooldown_candles > 0:
-                    self.symbol_lock_until[f.symbol] = candle + 1 + c.cooldown_candles
+            if f.reason in ("exit", "stop_loss", "take_profit", "flip") and c.cooldown_candles > 0:
+                self.symbol_lock_until[f.symbol] = candle + c.cooldown_candles
             if f.reason == "stop_loss" and c.stoploss_guard_count is not None:
                 self.stoploss_candles.append(candle)
         if c.stoploss_guard_count is not None:
@@ -115,7 +115,7 @@ class Protections:
             while s and s[0] <= candle - c.stoploss_guard_lookback_candles:
                 s.popleft()
             if len(s) >= c.stoploss_guard_count and candle >= self.global_lock_until:
-                self.global_lock_until = candle + 1 + c.stoploss_guard_lock_candles
+                self.global_lock_until = candle + c.stoploss_guard_lock_candles
                 self.global_lock_reason = (
                     f"stop-loss guard: {len(s)} stop-losses in {c.stoploss_guard_lookback_candles}"
                     " candles"

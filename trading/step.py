@@ -12,6 +12,7 @@ For one newly closed bar of one symbol:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trading.broker import Broker
@@ -50,8 +51,14 @@ def step(
     state: TradingState,
     broker: Broker,
     limits: RiskLimits,
+    adjust: Callable[[Decision, tuple[Fill, ...]], Decision] | None = None,
 ) -> StepResult:
-    """Run one bar through broker -> portfolio -> risk -> orders (see module docstring)."""
+    """Run one bar through broker -> portfolio -> risk -> orders (see module docstring).
+
+    ``adjust(decision, fills)``, when given, is called after this bar's fills are booked and
+    returns the decision to plan orders from (the serving loop's protections: they must see the
+    position as it is after an exit filled at this bar's open, or an exit followed by a new
+    signal would re-enter straight through a lock)."""
     portfolio = state.portfolio
     fills = broker.process_bar(bar, portfolio.cash)
     for fill in fills:
@@ -62,6 +69,8 @@ def step(
     portfolio.mark(bar.symbol, bar.close)
     equity = portfolio.equity()
     fired = update_kill_switch(state.risk, equity, limits)
+    if adjust is not None:
+        decision = adjust(decision, tuple(fills))
     plan = plan_orders(
         decision,
         symbol=bar.symbol,

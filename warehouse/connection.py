@@ -8,14 +8,16 @@ selected with ``USE lake``, so SQL can name tables directly (``SELECT * FROM can
 from __future__ import annotations
 
 import contextlib
+import random
 import sqlite3
 import sys
 import sysconfig
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qsl, unquote, urlparse
 
 import duckdb
 
@@ -53,17 +55,34 @@ def extension_path(name: str) -> Path:
     return path
 
 
+def _libpq_value(value: str) -> str:
+    """A libpq keyword value: quoted (with backslash escapes) when it holds spaces or quotes."""
+    if value and not any(c.isspace() or c in "'\\" for c in value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def postgres_dsn(url: str) -> str:
-    """Turn ``postgresql://user:pw@host:port/db`` into the libpq keyword string DuckDB expects."""
+    """``postgresql://user:pw@host:port/db?opt=x`` as the libpq keyword string DuckDB expects.
+
+    Percent-escapes are decoded (``%20`` in a database name is a space), values with spaces or
+    quotes are quoted, and query parameters (``sslmode=require``) are kept.
+    """
     parsed = urlparse(url)
     parts = {
-        "dbname": parsed.path.lstrip("/") or None,
+        "dbname": unquote(parsed.path.lstrip("/")) or None,
         "host": parsed.hostname,
         "port": str(parsed.port) if parsed.port else None,
         "user": unquote(parsed.username) if parsed.username else None,
         "password": unquote(parsed.password) if parsed.password else None,
+        **dict(parse_qsl(parsed.query)),
     }
-    return " ".join(f"{key}={value}" for key, value in parts.items() if value)
+    return " ".join(f"{key}={_libpq_value(value)}" for key, value in parts.items() if value)
+
+
+def _sql_string(value: object) -> str:
+    """``value`` as a SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def catalog_target(settings: Settings) -> str:
@@ -77,17 +96,21 @@ def catalog_target(settings: Settings) -> str:
 def attach_sql(settings: Settings, *, read_only: bool = False) -> list[str]:
     """The statements that attach the lake: usable from any DuckDB 1.4 client (see README)."""
     needed = ["ducklake", "postgres" if settings.catalog_kind == "postgres" else "sqlite"]
-    statements = [f"LOAD '{extension_path(name)}'" for name in needed]
+    statements = [f"LOAD {_sql_string(extension_path(name))}" for name in needed]
     statements.append("SET TimeZone = 'UTC'")
-    options = [f"DATA_PATH '{settings.resolved_data_path}'"]
+    options = [f"DATA_PATH {_sql_string(settings.resolved_data_path)}"]
     if read_only:
         options.append("READ_ONLY")
     else:
         options.append(f"DATA_INLINING_ROW_LIMIT {settings.data_inlining_row_limit}")
-    statements.append(f"ATTACH '{catalog_target(settings)}' AS {LAKE} ({', '.join(options)})")
+    target = _sql_string(catalog_target(settings))
+    statements.append(f"ATTACH {target} AS {LAKE} ({', '.join(options)})")
     statements.append(f"USE {LAKE}")
     return statements
 
+
+_ATTACH_ATTEMPTS = 8
+_INIT_RACE = "Failed to initialize DuckLake"
 
 _WAL_CHECKED: set[Path] = set()
 _WAL_LOCK = threading.Lock()
@@ -132,18 +155,37 @@ def connect(
     """
     settings = settings or get_settings()
     _prepare_local_dirs(settings)
-    con = duckdb.connect(config={"allow_unsigned_extensions": "false"})
-    try:
-        for statement in attach_sql(settings, read_only=read_only):
-            con.execute(statement)
-        # DuckLake retries a commit that lost a race when the changes do not conflict.
-        con.execute("SET ducklake_max_retry_count = 100")
-    except duckdb.Error as exc:
-        con.close()
-        raise WarehouseError(
-            f"cannot attach the warehouse at {catalog_target(settings)}: {exc}"
-        ) from exc
-    return con
+    for attempt in range(_ATTACH_ATTEMPTS):
+        con = duckdb.connect(config={"allow_unsigned_extensions": "false"})
+        try:
+            for statement in attach_sql(settings, read_only=read_only):
+                con.execute(statement)
+            # DuckLake retries a commit that lost a race when the changes do not conflict.
+            con.execute("SET ducklake_max_retry_count = 100")
+            return con
+        except duckdb.Error as exc:
+            con.close()
+            # Processes opening a new, empty catalog at once all try to create DuckLake's tables
+            # in it; the losers fail ("database is locked", "duplicate key") and, retried, find
+            # the catalog made.
+            if _INIT_RACE in str(exc) and attempt < _ATTACH_ATTEMPTS - 1:
+                time.sleep(random.uniform(0.05, 0.15) * (attempt + 1))
+                continue
+            message = f"cannot attach the warehouse at {catalog_target(settings)}: {exc}"
+            password = _catalog_password(settings)
+            if password and password in message:
+                # the DSN, and DuckDB's message quoting it, hold the catalog password: keep it
+                # out of logs and tracebacks (the original exception repeats it)
+                raise WarehouseError(message.replace(password, "***")) from None
+            raise WarehouseError(message) from exc
+    raise AssertionError("unreachable")
+
+
+def _catalog_password(settings: Settings) -> str | None:
+    if settings.catalog_kind != "postgres" or not settings.catalog_url:
+        return None
+    password = urlparse(settings.catalog_url).password
+    return unquote(password) if password else None
 
 
 @dataclass

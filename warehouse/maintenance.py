@@ -50,6 +50,9 @@ def maintain(
     """
     files_before, snaps_before = data_file_count(con), snapshot_count(con)
     con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}')")
+    # Files with deleted rows (a revised candle, a resolved prediction) are never merged:
+    # rewrite them without those rows first, or every revised file stays small for good.
+    con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}', delete_threshold => 0)")
     con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
     seconds = int(keep_snapshots_for.total_seconds())
     con.execute(

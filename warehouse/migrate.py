@@ -82,24 +82,18 @@ def migrate(con: duckdb.DuckDBPyConnection, *, max_attempts: int = 50) -> list[i
     applied_now: list[int] = []
     for migration in available_migrations():
         for attempt in range(max_attempts):
-            done = applied_versions(con)
-            if migration.version in done:
-                if done[migration.version] != migration.checksum:
-                    raise WarehouseError(
-                        f"migration {migration.version:04d}_{migration.name} was edited after it "
-                        "was applied; add a new migration instead"
-                    )
-                break
             try:
+                # Check and apply in one transaction: a check made before BEGIN can be outdated
+                # by another process's commit, and the migration then fails ("already exists").
                 con.execute("BEGIN TRANSACTION")
-                con.execute(migration.sql)
-                con.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?, now())",
-                    [migration.version, migration.name, migration.checksum],
-                )
+                done = applied_versions(con)
+                if migration.version not in done:
+                    con.execute(migration.sql)
+                    con.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?, now())",
+                        [migration.version, migration.name, migration.checksum],
+                    )
                 con.execute("COMMIT")
-                applied_now.append(migration.version)
-                break
             except duckdb.Error as exc:
                 rollback_quietly(con)
                 if is_conflict(exc) and attempt < max_attempts - 1:
@@ -108,4 +102,12 @@ def migrate(con: duckdb.DuckDBPyConnection, *, max_attempts: int = 50) -> list[i
                 raise WarehouseError(
                     f"migration {migration.version:04d}_{migration.name} failed: {exc}"
                 ) from exc
+            if migration.version not in done:
+                applied_now.append(migration.version)
+            elif done[migration.version] != migration.checksum:
+                raise WarehouseError(
+                    f"migration {migration.version:04d}_{migration.name} was edited after it "
+                    "was applied; add a new migration instead"
+                )
+            break
     return applied_now

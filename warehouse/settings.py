@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -74,6 +74,20 @@ class Settings(BaseSettings):
         default=None, description="REST base URL replacing the exchange's (e.g. a loopback)"
     )
 
+    @field_validator("catalog_url")
+    @classmethod
+    def _known_catalog(cls, value: str | None) -> str | None:
+        # Any other value used to fall back silently to the SQLite catalog under home.
+        if not value:
+            return None
+        if value.startswith(("postgresql://", "postgres://", "sqlite:///")):
+            return value
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        raise ValueError(
+            f"catalog_url must be 'postgresql://user:pw@host:port/db' or 'sqlite:///path' "
+            f"(got scheme {scheme!r})"
+        )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -83,7 +97,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_file = Path(os.environ.get("TRADELOOP_CONFIG", "tradeloop.toml"))
+        named = os.environ.get("TRADELOOP_CONFIG")
+        if named and not Path(named).is_file():
+            # a misspelt path would otherwise silently give the defaults
+            raise FileNotFoundError(f"TRADELOOP_CONFIG names {named!r}, which is not a file")
+        toml_file = Path(named or "tradeloop.toml")
         return (
             init_settings,
             env_settings,

@@ -38,8 +38,10 @@ def retrain(
 ) -> None:
     """Retrain the ensemble, export ONNX, register it, and promote it if it beats the champion."""
     from flows.retrain import retrain as retrain_flow
+    from flows.runners import on_runner
+    from warehouse import get_settings
 
-    outcome = retrain_flow(
+    outcome = on_runner(retrain_flow, get_settings())(
         symbols=[s.strip() for s in symbols.split(",") if s.strip()] if symbols else None,
         days=days,
         horizon=horizon,

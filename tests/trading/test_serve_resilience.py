@@ -8,6 +8,7 @@ import polars as pl
 import pyarrow as pa
 
 from models.registry import get_model
+from tests.trading.serve_harness import momentum_model
 from tests.trading.serve_support import (
     SYMBOL,
     constant_model,
@@ -20,6 +21,7 @@ from tests.trading.serve_support import (
 from trading.loop import LoopConfig, run
 from trading.market import PollingMarket, ReplayMarket, load_replay_candles
 from trading.protections import ProtectionConfig
+from trading.state import risk_to_dict
 from warehouse import Settings, connect, migrate
 
 CONFIG = LoopConfig(model_check_every_steps=5, flush_every_steps=50)
@@ -116,21 +118,35 @@ def test_hot_swap_mid_run_refuses_other_feature_set(settings, lake, tmp_path) ->
 
 
 def test_restart_mid_run_resumes_with_identical_positions(settings, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    # no champion: the RSI fallback trades, with stops and protections on
-    cfg = dataclasses.replace(CONFIG, flush_every_steps=40, model_check_every_steps=50)
+    # The RSI fallback trades (stops and protections on) until a real, input-dependent ONNX model
+    # is promoted at tick 150; the "crash" comes at tick 333 while that model decides, so the
+    # snapshot carries its feedback, adaptive thresholds and protections.
+    cfg = dataclasses.replace(
+        CONFIG,
+        flush_every_steps=160,  # snapshots at 160 and 320: the restart is off a model check
+        model_check_every_steps=50,
+        protections=ProtectionConfig(kill_accuracy_below=0.3),
+    )
+    model = momentum_model(tmp_path / "reversal.onnx", -4000.0, 2.0)
+    ticks = list(_market(500).ticks())
+
+    def drive(loop, con, s: Settings, upto: int) -> None:  # type: ignore[no-untyped-def]
+        for i, t in enumerate(ticks[:upto]):
+            if i == 150:
+                register_champion(con, s, model)
+            loop.on_tick(t)
+
     full, _ = make_loop(settings, cfg, lookup_con=lake)
-    run(full, _market(500))
+    drive(full, lake, settings, 500)
+    full.flush(wait=True)
     full.writer.close()
 
     s2 = Settings(home=tmp_path / "h2")
     lake2 = connect(s2)
     migrate(lake2)
     crashed, _ = make_loop(s2, cfg, lookup_con=lake2)
-    ticks = list(_market(500).ticks())
-    for t in ticks[:333]:
-        crashed.on_tick(t)  # "crash" after 333 ticks: the last snapshot is from tick 320
+    drive(crashed, lake2, s2, 333)  # the last snapshot is from tick 320
     crashed.writer.close()
-    snapshot_positions = {s: p.units for s, p in crashed.state.portfolio.positions.items()}
     resumed, _ = make_loop(s2, cfg, lookup_con=lake2)
     summary = run(resumed, _market(500), con=lake2)
     resumed.writer.close()
@@ -140,6 +156,20 @@ def test_restart_mid_run_resumes_with_identical_positions(settings, lake, tmp_pa
     assert resumed.state.portfolio.cash == full.state.portfolio.cash
     assert resumed.state.portfolio.trades == full.state.portfolio.trades
     assert len(full.state.portfolio.trades) >= 3
+    # the model's rolling state and the protections come back exactly
+    assert resumed.manager.model_id == full.manager.model_id is not None
+    assert (resumed.feedback.hits, resumed.feedback.resolved) == (
+        full.feedback.hits,
+        full.feedback.resolved,
+    )
+    assert full.feedback.resolved >= 100
+    assert resumed.feedback.f1 == full.feedback.f1
+    assert resumed.feedback.to_dict() == full.feedback.to_dict()
+    assert resumed.thresholds.to_dict() == full.thresholds.to_dict()
+    assert any(e[1] == "threshold" for e in full.events)  # the mode moved during the run
+    assert resumed.protections.to_dict() == full.protections.to_dict()
+    assert full.protections.symbol_lock_until  # a cooldown was set
+    assert risk_to_dict(resumed.state.risk) == risk_to_dict(full.state.risk)
     for t, order in (
         ("fills", "fill_id"),
         ("orders", "client_order_id"),
@@ -148,7 +178,8 @@ def test_restart_mid_run_resumes_with_identical_positions(settings, lake, tmp_pa
         ("predictions", "ts"),
     ):
         assert table_rows(lake, t, order) == table_rows(lake2, t, order), t
-    del snapshot_positions
+    ids = {r[0] for r in lake2.execute("SELECT DISTINCT model_id FROM predictions").fetchall()}
+    assert ids == {"rsi_fallback", full.manager.model_id}
 
 
 def test_loopback_outage_and_warehouse_failures_lose_nothing(settings, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -209,6 +240,14 @@ def test_loopback_outage_and_warehouse_failures_lose_nothing(settings, lake, tmp
     expected = [int(x) for x in frame["ts"].dt.epoch("ms").to_list()]
     closed = [t for t in expected if t + 60_000 <= now["ms"]]
     assert got == closed  # every closed candle got its step, none twice, none lost
+    # one prediction per processed candle (none lost, none twice); no champion, so the RSI rule
+    # predicts, from its first warm value on (the first ``period`` candles have no RSI yet)
+    preds = lake.execute(
+        "SELECT epoch_ms(ts), model_id FROM predictions ORDER BY ts, model_id"
+    ).fetchall()
+    assert [p[0] for p in preds] == closed[CONFIG.rsi.period :]
+    assert len(preds) == len(closed) - CONFIG.rsi.period
+    assert {p[1] for p in preds} == {"rsi_fallback"}
     n_fills = lake.execute("SELECT count(*) FROM fills").fetchone()[0]
     assert n_fills == loop.state.portfolio.fills
     eq = lake.execute("SELECT count(*) FROM equity").fetchone()[0]

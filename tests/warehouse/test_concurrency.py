@@ -6,14 +6,14 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.warehouse.catalogs import worker_env
-from tests.warehouse.workers import BATCH_ROWS, batch_starts
-from warehouse import Settings, connect, migrate
+from tests.warehouse.checks import assert_one_writer_per_key
+from tests.warehouse.workers import candle_batch
+from warehouse import Settings, connect, migrate, upsert
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.xdist_group("warehouse-processes")
@@ -48,13 +48,7 @@ def test_four_writers_and_a_reader(home: Path, settings: Settings) -> None:
     out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, f"the reader failed while others wrote: {err}"
     assert int(out) > 10, "the reader should have completed many queries"
-
-    expected = {
-        m for seed in seeds for s in batch_starts(seed, batches) for m in range(s, s + BATCH_ROWS)
-    }
-    con = connect(settings, read_only=True)
-    total, distinct = con.execute("SELECT count(*), count(DISTINCT ts) FROM candles").fetchone()
-    assert total == distinct == len(expected)
+    assert_one_writer_per_key(settings, seeds, batches)
 
 
 def test_sql_cli_while_another_process_writes(home: Path, settings: Settings) -> None:
@@ -87,21 +81,45 @@ def test_sql_cli_while_another_process_writes(home: Path, settings: Settings) ->
     assert counts == sorted(counts), "counts seen by successive readers never go back"
 
 
-@pytest.mark.parametrize("delay_s", [0.05, 0.25, 0.6])
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("pause", ["before-commit", "after-commit"])
 def test_writer_killed_mid_batch_leaves_all_or_nothing(
-    home: Path, settings: Settings, delay_s: float
+    home: Path, settings: Settings, pause: str
 ) -> None:
-    rows = 300_000
-    writer = _spawn(settings, "big", str(home), str(rows))
+    rows = 50_000
+    writer = _spawn(settings, "big", str(home), str(rows), pause)
     assert writer.stdout is not None
-    assert writer.stdout.readline().strip() == "begin"
-    time.sleep(delay_s)
-    writer.send_signal(signal.SIGKILL)
-    writer.wait(timeout=30)
+    try:
+        assert writer.stdout.readline().strip() == "begin"
+        if pause == "before-commit":
+            # the worker stopped inside upsert's transaction: the INSERT is done, COMMIT is next
+            line = writer.stdout.readline().strip()
+            if line != f"inserted {rows}":
+                _kill(writer)
+                pytest.fail(f"the worker said {line!r}: {writer.stderr and writer.stderr.read()}")
+            # nothing of the open transaction is visible to others
+            con = connect(settings, read_only=True)
+            seen = con.execute("SELECT count(*) FROM candles WHERE exchange = 'killme'")
+            assert seen.fetchone() == (0,)
+            con.close()
+        else:
+            assert writer.stdout.readline().strip() == "committed"
+    finally:
+        _kill(writer)
+    assert writer.returncode == -signal.SIGKILL
 
     con = connect(settings)  # the warehouse opens afterwards
     present = con.execute("SELECT count(*) FROM candles WHERE exchange = 'killme'").fetchone()[0]
-    assert present in (0, rows), f"partial batch visible: {present} of {rows} rows"
-    # and it still takes writes
-    migrate(con)
-    assert con.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] >= 2
+    assert present == (0 if pause == "before-commit" else rows), f"{present} of {rows} rows"
+    # and it still takes writes, the killed batch included
+    result = upsert(con, "candles", candle_batch(list(range(rows)), exchange="killme"))
+    assert result.inserted == rows - present and result.unchanged == present
+    assert con.execute("SELECT count(*) FROM candles WHERE exchange = 'killme'").fetchone() == (
+        rows,
+    )
+    con.close()

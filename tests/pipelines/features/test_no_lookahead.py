@@ -1,15 +1,33 @@
-"""No look-ahead: changing any future candle never changes an earlier feature row."""
+"""No look-ahead: changing any future candle, order-book snapshot or trade never changes the past.
+
+Availability (ARCHITECTURE.md, conventions: "No look-ahead"): the features of the candle opened at
+``t`` use data up to that candle's close ``t + step``, i.e. data timestamped strictly before
+``close(t)``. So for any time ``T``, rewriting, removing or adding candles (keyed by open time),
+order-book snapshots or trades whose timestamp is ``>= T`` must leave every row with
+``close(t) <= T`` unchanged: ``ts``, ``gap_bars`` and every feature column, nulls (and NaNs)
+equal to each other; online values exactly, batch values to the last bits (``BATCH_RTOL``).
+Rows with ``t < T < close(t)`` are not constrained (their candle is still open at ``T``).
+
+The property is checked on a 1m base timeframe, so the as-of joins of the 5m, 15m and 1h
+features are exercised, with order-book snapshots and trades (some exactly on minute
+boundaries, where "before the close" matters), real gaps (some longer than the carried
+limit), for the batch pipeline and for the online engine fed every event in time order with
+each candle delivered up to a minute after its close.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import polars as pl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipelines.features import build_features, feature_columns
+from pipelines.features import OnlineFeatureEngine, build_features, feature_columns
 
 N = 420  # 5m candles: 35 hours, enough to warm up the 1h features
 
@@ -71,6 +89,349 @@ def test_changing_future_candles_never_changes_the_past(
         .select("logret_1")
         .equals(changed.slice(cut + 1).select("logret_1"), null_equal=True)
     )
+
+
+# --- 1m base with order book and trades ---------------------------------------------------
+
+MINUTE_MS = 60_000
+M = 2_000  # 1m grid: 33 hours; every 1h feature is warm after ~1,560 minutes without long gaps
+START_MS = 1_704_067_200_000  # 2024-01-01 00:00 UTC, on an hour boundary
+SNAPSHOT_EVERY_MS = 20_000  # every third snapshot slot is a minute boundary
+LEVELS = 7  # more than the 5 levels the features read
+# T late enough that the checked rows hold a value for every feature column
+WARM_T_MINUTE = 1_700
+
+
+@dataclass(frozen=True)
+class Market:
+    """One symbol's candles (1m, keyed by open time), order-book snapshots and trades."""
+
+    candle_ts: np.ndarray  # int64 ms, strictly increasing
+    ohlcv: np.ndarray  # (n, 5) float
+    book_ts: np.ndarray  # int64 ms, strictly increasing
+    book: np.ndarray  # (k, 2 + 2 * LEVELS): bid0, ask0, bid sizes, ask sizes
+    trade_ts: np.ndarray  # int64 ms, non-decreasing
+    trade_buy: np.ndarray  # bool
+    trade_amount: np.ndarray  # float
+
+    def candles(self) -> pl.DataFrame:
+        o, h, lo, c, v = self.ohlcv.T
+        return pl.DataFrame(
+            {
+                "exchange": "x",
+                "symbol": "A/B",
+                "timeframe": "1m",
+                "ts": _utc(self.candle_ts),
+                "open": o,
+                "high": h,
+                "low": lo,
+                "close": c,
+                "volume": v,
+            }
+        )
+
+    def order_book(self) -> pl.DataFrame:
+        b = self.book
+        bid0, ask0 = b[:, 0], b[:, 1]
+        return pl.DataFrame(
+            {
+                "ts": _utc(self.book_ts),
+                "bid_prices": _lists(np.stack([bid0, bid0 * 0.999], axis=1)),
+                "bid_sizes": _lists(b[:, 2 : 2 + LEVELS]),
+                "ask_prices": _lists(np.stack([ask0, ask0 * 1.001], axis=1)),
+                "ask_sizes": _lists(b[:, 2 + LEVELS :]),
+            }
+        )
+
+    def trades(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "ts": _utc(self.trade_ts),
+                "side": np.where(self.trade_buy, "buy", "sell"),
+                "amount": self.trade_amount,
+            }
+        )
+
+
+def _utc(ms: np.ndarray) -> pl.Series:
+    return pl.Series(ms, dtype=pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
+
+
+def _lists(rows: np.ndarray) -> pl.Series:
+    return pl.Series(np.ascontiguousarray(rows)).cast(pl.List(pl.Float64))
+
+
+def _book_rows(rng: np.random.Generator, mid: np.ndarray) -> np.ndarray:
+    sizes = rng.uniform(0, 10, (len(mid), 2 * LEVELS))
+    sizes[rng.random(len(mid)) < 0.02] = 0.0  # an empty book: imbalance undefined (null)
+    return np.column_stack([mid * 0.9995, mid * 1.0005, sizes])
+
+
+def make_market(seed: int, gaps: list[tuple[int, int]], trade_start_minute: int) -> Market:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.001, M)))
+    open_ = np.r_[close[0], close[:-1]]
+    ohlcv = np.column_stack(
+        [
+            open_,
+            np.maximum(open_, close) * 1.0005,
+            np.minimum(open_, close) * 0.9995,
+            close,
+            rng.uniform(0, 50, M),
+        ]
+    )
+    present = np.ones(M, dtype=bool)
+    for pos, length in gaps:  # lengths up to 12: some carried, some restarting the windows
+        present[pos : pos + length] = False
+    present[0] = True
+    # snapshots on a 20 s grid, some skipped (stale books are carried), half of them jittered
+    slots = np.arange(M * MINUTE_MS // SNAPSHOT_EVERY_MS, dtype=np.int64)
+    slots = slots[rng.random(len(slots)) < 0.8]
+    jitter = np.where(
+        rng.random(len(slots)) < 0.5, 0, rng.integers(1, SNAPSHOT_EVERY_MS, len(slots))
+    )
+    book_ts = START_MS + slots * SNAPSHOT_EVERY_MS + jitter
+    mid = close[np.minimum((book_ts - START_MS) // MINUTE_MS, M - 1)]
+    # trades from `trade_start_minute` on; a quarter of them exactly on a minute boundary
+    lo_ms = START_MS + trade_start_minute * MINUTE_MS
+    trade_ts = rng.integers(lo_ms, START_MS + M * MINUTE_MS, 2 * M)
+    on_boundary = rng.random(len(trade_ts)) < 0.25
+    trade_ts = np.sort(np.where(on_boundary, trade_ts // MINUTE_MS * MINUTE_MS, trade_ts))
+    return Market(
+        candle_ts=START_MS + np.flatnonzero(present).astype(np.int64) * MINUTE_MS,
+        ohlcv=ohlcv[present],
+        book_ts=book_ts,
+        book=_book_rows(rng, mid),
+        trade_ts=trade_ts,
+        trade_buy=rng.random(len(trade_ts)) < 0.5,
+        trade_amount=rng.uniform(0.1, 10, len(trade_ts)),
+    )
+
+
+def mutate_after(
+    market: Market, t_ms: int, seed: int, *, candles: bool, book: bool, trades: bool
+) -> Market:
+    """Rewrite, drop and add data timestamped ``>= t_ms``; nothing earlier is touched."""
+    rng = np.random.default_rng(seed)
+    out = market
+    if candles:
+        # a fresh set of present minutes from T on (drops candles and fills gaps), new prices
+        first = -(-(t_ms - START_MS) // MINUTE_MS)  # first minute opening at or after T
+        keep = market.candle_ts < t_ms
+        minutes = np.arange(max(first, 0), M, dtype=np.int64)
+        minutes = minutes[rng.random(len(minutes)) < 0.85]
+        price = market.ohlcv[keep][-1, 3] * np.exp(rng.normal(0, 0.02, len(minutes)))
+        new = np.column_stack(
+            [price, price * 1.01, price * 0.98, price * 1.005, rng.uniform(0, 500, len(minutes))]
+        )
+        out = replace(
+            out,
+            candle_ts=np.r_[market.candle_ts[keep], START_MS + minutes * MINUTE_MS],
+            ohlcv=np.vstack([market.ohlcv[keep], new]),
+        )
+    if book:
+        # new sizes and prices, some snapshots dropped, one added exactly at T
+        keep = market.book_ts < t_ms
+        later = market.book_ts[~keep]
+        later = later[(rng.random(len(later)) < 0.7) & (later != t_ms)]
+        ts = np.r_[market.book_ts[keep], [t_ms], later]
+        mid = rng.uniform(50, 200, len(ts) - keep.sum())
+        out = replace(out, book_ts=ts, book=np.vstack([market.book[keep], _book_rows(rng, mid)]))
+    if trades:
+        # other amounts and sides, some trades dropped, one added exactly at T
+        keep = market.trade_ts < t_ms
+        later = np.flatnonzero(~keep)
+        later = later[rng.random(len(later)) < 0.7]
+        n_new = len(later) + 1
+        out = replace(
+            out,
+            trade_ts=np.r_[market.trade_ts[keep], [t_ms], market.trade_ts[later]],
+            trade_buy=np.r_[market.trade_buy[keep], rng.random(n_new) < 0.5],
+            trade_amount=np.r_[market.trade_amount[keep], rng.uniform(0.1, 100, n_new)],
+        )
+    return out
+
+
+def batch_features(market: Market) -> pl.DataFrame:
+    return build_features(
+        market.candles(), order_book=market.order_book(), trades=market.trades()
+    ).select("ts", "gap_bars", *feature_columns())
+
+
+def online_features(market: Market, rows: int, delay_ms: int) -> list[tuple[Any, ...]]:
+    """The first ``rows`` outputs of the online engine, fed every event in time order.
+
+    Each candle is delivered ``delay_ms`` after its close, so snapshots and trades stamped at
+    or after the close (up to the delivery time) have already reached the engine: it must not
+    use them for that candle.
+    """
+    events: list[tuple[int, int, int]] = []  # (arrival ms, kind, index); ticks before candles
+    events += [(int(t), 0, i) for i, t in enumerate(market.book_ts)]
+    events += [(int(t), 1, i) for i, t in enumerate(market.trade_ts)]
+    events += [(int(t) + MINUTE_MS + delay_ms, 2, i) for i, t in enumerate(market.candle_ts)]
+    events.sort()
+    engine = OnlineFeatureEngine("1m")
+    columns = feature_columns()
+    b = market.book
+    out: list[tuple[Any, ...]] = []
+    for at, kind, i in events:
+        if len(out) == rows:
+            break
+        if kind == 0:
+            engine.on_order_book(
+                at,
+                [b[i, 0], b[i, 0] * 0.999],
+                list(b[i, 2 : 2 + LEVELS]),
+                [b[i, 1], b[i, 1] * 1.001],
+                list(b[i, 2 + LEVELS :]),
+            )
+        elif kind == 1:
+            engine.on_trade(at, "buy" if market.trade_buy[i] else "sell", market.trade_amount[i])
+        else:
+            o, h, lo, c, v = (float(x) for x in market.ohlcv[i])
+            ts = int(market.candle_ts[i])
+            row = {"ts": ts, "open": o, "high": h, "low": lo, "close": c, "volume": v}
+            features = engine.step(row)
+            out.append((ts, engine.gap_bars, *[_nan_to_none(features[c]) for c in columns]))
+    return out
+
+
+def _nan_to_none(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else x
+
+
+def checked_rows(market: Market, t_ms: int) -> int:
+    """Rows whose candle had closed by ``t_ms`` (a prefix: candles are sorted)."""
+    return int(np.count_nonzero(market.candle_ts + MINUTE_MS <= t_ms))
+
+
+# Batch values of unchanged rows may differ in the last bit: polars evaluates ``x / 50.0`` as
+# ``x * (1 / 50.0)`` except on length-1 chunks, so a row's rounding can depend on how the frame
+# happens to be chunked (seen on rsixobimb_14: 0.0021735357035358904 vs ...891). That is not
+# information from the future; a look-ahead changes values by far more than this.
+BATCH_RTOL = 1e-12
+BATCH_ATOL = 1e-15
+
+
+def differences(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:
+    """Columns where ``b`` differs from ``a``: keys exactly, nulls/NaNs exactly, values to
+    ``BATCH_RTOL`` (each with its first differing row)."""
+    assert a.columns == b.columns and a.height == b.height
+    problems = []
+    for col in a.columns:
+        x, y = a.get_column(col), b.get_column(col)
+        if x.equals(y, null_equal=True):
+            continue
+        if x.dtype.is_float():
+            xf, yf = x.to_numpy(), y.to_numpy()  # nulls -> NaN
+            close = np.isclose(xf, yf, rtol=BATCH_RTOL, atol=BATCH_ATOL, equal_nan=True)
+            same = close & (x.is_null() == y.is_null()).to_numpy()
+        else:
+            same = (x == y).fill_null(False).to_numpy() | (x.is_null() & y.is_null()).to_numpy()
+        if not same.all():
+            i = int(np.argmin(same))
+            problems.append(f"{col} at row {i} (ts {a['ts'][i]}): {x[i]!r} != {y[i]!r}")
+    return problems
+
+
+scenario = given(
+    seed=st.integers(0, 2**16),
+    gaps=st.lists(st.tuples(st.integers(1, M - 1), st.integers(1, 12)), max_size=5),
+    trade_start=st.integers(0, 300),
+    t_minute=st.integers(120, M),
+    t_offset_ms=st.sampled_from([0, 1, 20_000, 59_999]),
+    mutation_seed=st.integers(0, 2**16),
+    what=st.sampled_from(["candles", "book", "trades", "all"]),
+)
+
+
+# Explicit examples, run first: T late enough that every feature is warm, once on an hour
+# boundary and once inside a 5m / 15m / 1h candle (that candle must stay invisible).
+def warm_examples(test: Any) -> Any:
+    for t_minute, t_offset_ms in ((1_920, 0), (1_903, 20_000)):
+        test = example(
+            seed=1,
+            gaps=[(400, 3), (900, 8), (1_650, 2)],
+            trade_start=100,
+            t_minute=t_minute,
+            t_offset_ms=t_offset_ms,
+            mutation_seed=2,
+            what="all",
+        )(test)
+    return test
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@warm_examples
+@scenario
+def test_future_candles_books_and_trades_never_change_earlier_rows_batch(
+    seed: int,
+    gaps: list[tuple[int, int]],
+    trade_start: int,
+    t_minute: int,
+    t_offset_ms: int,
+    mutation_seed: int,
+    what: str,
+) -> None:
+    t_ms = START_MS + t_minute * MINUTE_MS + t_offset_ms
+    market = make_market(seed, gaps, trade_start)
+    changed = mutate_after(
+        market,
+        t_ms,
+        mutation_seed,
+        candles=what in ("candles", "all"),
+        book=what in ("book", "all"),
+        trades=what in ("trades", "all"),
+    )
+    n = checked_rows(market, t_ms)
+    assert checked_rows(changed, t_ms) == n
+    full, full_changed = batch_features(market), batch_features(changed)
+    past, past_changed = full.head(n), full_changed.head(n)
+    problems = differences(past, past_changed)
+    assert not problems, (
+        f"data at/after {_utc(np.array([t_ms]))[0]} changed earlier rows: " + "; ".join(problems)
+    )
+    if t_minute >= WARM_T_MINUTE:  # not vacuous: every feature (all timeframes) has values here
+        empty = [c for c in feature_columns() if past.get_column(c).null_count() == n]
+        assert not empty, f"never computed before T: {empty}"
+    if what in ("candles", "all"):  # the mutation is real
+        assert not full.equals(full_changed, null_equal=True)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@warm_examples
+@scenario
+def test_future_candles_books_and_trades_never_change_earlier_rows_online(
+    seed: int,
+    gaps: list[tuple[int, int]],
+    trade_start: int,
+    t_minute: int,
+    t_offset_ms: int,
+    mutation_seed: int,
+    what: str,
+) -> None:
+    t_ms = START_MS + t_minute * MINUTE_MS + t_offset_ms
+    market = make_market(seed, gaps, trade_start)
+    changed = mutate_after(
+        market,
+        t_ms,
+        mutation_seed,
+        candles=what in ("candles", "all"),
+        book=what in ("book", "all"),
+        trades=what in ("trades", "all"),
+    )
+    n = checked_rows(market, t_ms)
+    delay_ms = mutation_seed % MINUTE_MS  # how late candles reach the engine after their close
+    past = online_features(market, n, delay_ms)
+    past_changed = online_features(changed, n, delay_ms)
+    assert len(past) == len(past_changed) == n
+    columns = ["ts", "gap_bars", *feature_columns()]
+    for a, b in zip(past, past_changed, strict=True):
+        diff = [(c, x, y) for c, x, y in zip(columns, a, b, strict=True) if x != y]
+        assert not diff, f"row ts={a[0]} changed by data at/after {t_ms}: {diff[:5]}"
+    if t_minute >= WARM_T_MINUTE:
+        for j, c in enumerate(columns):
+            assert any(row[j] is not None for row in past), f"never computed before T: {c}"
 
 
 def test_higher_timeframe_uses_only_closed_candles() -> None:
