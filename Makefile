@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 # ruff and mypy are part of the test: a lint or type error fails it like a failing test.
 test: lint typecheck
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
