@@ -24,6 +24,7 @@ from prefect.cache_policies import NONE
 from flows.pipeline import pipeline
 from models import retraining
 from warehouse import Settings, connect, get_settings
+from warehouse.readers import read_candles
 
 DEMO_SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
 
@@ -59,13 +60,7 @@ def walk_forward_backtest(settings: Settings, symbol: str, timeframe: str) -> Pa
 
     con = connect(settings, read_only=True)
     try:
-        frame = pl.from_arrow(
-            con.execute(
-                "SELECT ts, open, high, low, close, volume FROM candles "
-                "WHERE symbol = ? AND timeframe = ? ORDER BY ts",
-                [symbol, timeframe],
-            ).fetch_arrow_table()
-        )
+        frame = pl.from_arrow(read_candles(con, symbols=[symbol], timeframe=timeframe))
     finally:
         con.close()
     assert isinstance(frame, pl.DataFrame)

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from pipelines.labels import LabelConfig, make_labels, make_windows, time_splits
+from warehouse.readers import current_snapshot_id, newest_candle_ts, read_candles
 
 FeatureBuilder = Callable[[pl.DataFrame], pl.DataFrame]
 
@@ -28,14 +29,6 @@ class CandleBatch:
     snapshot_id: int
     start: dt.datetime | None
     end: dt.datetime | None
-
-
-def current_snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
-    """The id of the newest DuckLake snapshot (the data version a read sees now)."""
-    row = con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()
-    if row is None or row[0] is None:
-        raise RuntimeError("the lake has no snapshots: run `tradeloop init` first")
-    return int(row[0])
 
 
 def load_candles(
@@ -56,34 +49,24 @@ def load_candles(
     if not symbols:
         raise ValueError("load_candles: no symbols given")
     snapshot = current_snapshot_id(con) if snapshot_id is None else int(snapshot_id)
-    source = f"candles AT (VERSION => {snapshot})"
-    where = ["timeframe = ?", "symbol IN (SELECT unnest(?::VARCHAR[]))"]
-    params: list[object] = [timeframe, list(symbols)]
-    if exchange is not None:
-        where.append("exchange = ?")
-        params.append(exchange)
-    condition = " AND ".join(where)
-    try:
-        newest = con.execute(f"SELECT max(ts) FROM {source} WHERE {condition}", params).fetchone()
-    except duckdb.Error as exc:
-        raise RuntimeError(f"cannot read candles at snapshot {snapshot}: {exc}") from exc
-    end = newest[0] if newest else None
+    end = newest_candle_ts(
+        con, symbols=symbols, timeframe=timeframe, exchange=exchange, snapshot_id=snapshot
+    )
     if end is None:
         raise ValueError(
             f"no {timeframe} candles for {list(symbols)} at snapshot {snapshot}"
             + (f" on exchange {exchange!r}" if exchange else "")
         )
-    start = None
-    query = (
-        "SELECT exchange, symbol, timeframe, ts, open, high, low, close, volume "
-        f"FROM {source} WHERE {condition}"
+    start = end - dt.timedelta(days=days) if days is not None else None
+    table = read_candles(
+        con,
+        symbols=symbols,
+        timeframe=timeframe,
+        exchange=exchange,
+        after=start,
+        snapshot_id=snapshot,
     )
-    if days is not None:
-        start = end - dt.timedelta(days=days)
-        query += " AND ts > ?"
-        params.append(start)
-    query += " ORDER BY exchange, symbol, ts"
-    frame = pl.from_arrow(con.execute(query, params).fetch_arrow_table())
+    frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     return CandleBatch(frame=frame, snapshot_id=snapshot, start=start, end=end)
 

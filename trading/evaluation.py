@@ -34,6 +34,7 @@ from trading.walkforward import (
     simple_features,
     walk_forward_folds,
 )
+from warehouse.readers import read_candles
 
 
 def labels_for(candles: Candles, horizon_bars: int = 5) -> np.ndarray:
@@ -197,14 +198,9 @@ def load_warehouse_candles(
     con: Any, symbol: str, timeframe: str, exchange: str | None = None
 ) -> Candles:
     """One symbol's candles from the warehouse ``candles`` table (time-sorted)."""
-    sql = (
-        "SELECT ts, open, high, low, close, volume FROM candles WHERE symbol = ? AND timeframe = ?"
+    frame = pl.from_arrow(
+        read_candles(con, symbols=[symbol], timeframe=timeframe, exchange=exchange or None)
     )
-    params: list[Any] = [symbol, timeframe]
-    if exchange:
-        sql += " AND exchange = ?"
-        params.append(exchange)
-    frame = pl.from_arrow(con.execute(sql + " ORDER BY ts", params).fetch_arrow_table())
     assert isinstance(frame, pl.DataFrame)
     if frame.height == 0:
         raise LookupError(

@@ -27,6 +27,7 @@ from pipelines.resample import timeframe_ms
 from pipelines.sources.base import Source, SourceError, wall_clock_ms
 from trading.backtest import Candles
 from trading.domain import Bar
+from warehouse.readers import read_candles
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,9 @@ def load_replay_candles(
     stored under ``exchange``; ``last``: only the latest ``last`` candles of the symbol."""
     path = Path(source)
     if path.exists():
-        from pipelines.importers import read_candles
+        from pipelines.importers import read_candles as read_candle_file
 
-        table, _ = read_candles(path, exchange=exchange, symbol=symbol, timeframe=timeframe)
+        table, _ = read_candle_file(path, exchange=exchange, symbol=symbol, timeframe=timeframe)
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
         sym = str(frame["symbol"][0]) if frame.height else (symbol or path.stem)
@@ -73,15 +74,10 @@ def load_replay_candles(
     if con is None:
         raise FileNotFoundError(f"replay source {source!r}: no such file, and no warehouse given")
     tf = timeframe or "1m"
-    query = (
-        "SELECT ts, open, high, low, close, volume FROM candles "
-        "WHERE symbol = ? AND timeframe = ? AND exchange = ?"
+    frame = pl.from_arrow(
+        read_candles(con, symbols=[source], timeframe=tf, exchange=exchange, last=last)
     )
-    if last is not None:
-        query = f"SELECT * FROM ({query} ORDER BY ts DESC LIMIT {int(last)}) ORDER BY ts"
-    else:
-        query += " ORDER BY ts"
-    frame = con.execute(query, [source, tf, exchange]).pl()
+    assert isinstance(frame, pl.DataFrame)
     if frame.height == 0:
         raise FileNotFoundError(
             f"replay source {source!r}: no such file and no {tf} candles for symbol {source!r} "

@@ -5,12 +5,14 @@ Public entry points:
     migrate()            -> apply the numbered SQL migrations idempotently
     upsert()             -> transactional, idempotent, validated write of an Arrow table
     maintain()           -> compaction, snapshot expiry, file cleanup
+    read_candles()       -> candles by symbol/timeframe/exchange/time/last n, at a snapshot
 """
 
 from warehouse.connection import Warehouse, connect
 from warehouse.errors import SchemaError, WarehouseError, WriteConflictError
 from warehouse.maintenance import maintain
 from warehouse.migrate import migrate
+from warehouse.readers import current_snapshot_id, read_candles
 from warehouse.settings import Settings, get_settings
 from warehouse.writers import WriteResult, upsert
 
@@ -22,8 +24,10 @@ __all__ = [
     "WriteConflictError",
     "WriteResult",
     "connect",
+    "current_snapshot_id",
     "get_settings",
     "maintain",
     "migrate",
+    "read_candles",
     "upsert",
 ]
