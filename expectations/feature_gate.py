@@ -28,27 +28,12 @@ import polars as pl
 import pyarrow as pa
 
 from expectations.frames import features_suite
+from expectations.gate import QUARANTINE_SCHEMA
 from expectations.specs import ExpectationDef
 from warehouse import Settings, WriteResult, upsert
 
 KEYS = ("exchange", "symbol", "timeframe", "ts")
 _FAIL = "_fail_"
-
-_QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("quarantine_id", pa.string()),
-        ("run_id", pa.string()),
-        ("table_name", pa.string()),
-        ("exchange", pa.string()),
-        ("symbol", pa.string()),
-        ("timeframe", pa.string()),
-        ("ts", pa.timestamp("ms", tz="UTC")),
-        ("expectation", pa.string()),
-        ("column_name", pa.string()),
-        ("reason", pa.string()),
-        ("row_json", pa.string()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -169,7 +154,7 @@ def quarantine_features(
     the row and its rules, as the quality gate does). Returns the number of rows."""
     if not check.problems:
         return 0
-    out: dict[str, list[Any]] = {name: [] for name in _QUARANTINE_SCHEMA.names}
+    out: dict[str, list[Any]] = {name: [] for name in QUARANTINE_SCHEMA.names}
     for row, problem in zip(check.failing.iter_rows(named=True), check.problems, strict=True):
         row_json = _row_json(row)
         rules = ",".join(problem.rules)
@@ -186,7 +171,7 @@ def quarantine_features(
         out["column_name"].append(",".join(problem.columns) or None)
         out["reason"].append(problem.reason)
         out["row_json"].append(row_json)
-    upsert(con, "quarantine", pa.table(out, schema=_QUARANTINE_SCHEMA), settings=settings)
+    upsert(con, "quarantine", pa.table(out, schema=QUARANTINE_SCHEMA), settings=settings)
     return len(check.problems)
 
 

@@ -66,6 +66,24 @@ class _Problem:
     severity: str
 
 
+# the Arrow shape of a `quarantine` batch (the table itself is defined in the migrations)
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("quarantine_id", pa.string()),
+        ("run_id", pa.string()),
+        ("table_name", pa.string()),
+        ("exchange", pa.string()),
+        ("symbol", pa.string()),
+        ("timeframe", pa.string()),
+        ("ts", pa.timestamp("ms", tz="UTC")),
+        ("expectation", pa.string()),
+        ("column_name", pa.string()),
+        ("reason", pa.string()),
+        ("row_json", pa.string()),
+    ]
+)
+
+
 def _sha(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
@@ -389,22 +407,7 @@ def _write_quarantine(
         out["column_name"].append(",".join(columns) or None)
         out["reason"].append("; ".join(p.message for p in ps))
         out["row_json"].append(row_json)
-    schema = pa.schema(
-        [
-            ("quarantine_id", pa.string()),
-            ("run_id", pa.string()),
-            ("table_name", pa.string()),
-            ("exchange", pa.string()),
-            ("symbol", pa.string()),
-            ("timeframe", pa.string()),
-            ("ts", pa.timestamp("ms", tz="UTC")),
-            ("expectation", pa.string()),
-            ("column_name", pa.string()),
-            ("reason", pa.string()),
-            ("row_json", pa.string()),
-        ]
-    )
-    upsert(con, "quarantine", pa.table(dict(out), schema=schema), settings=settings)
+    upsert(con, "quarantine", pa.table(dict(out), schema=QUARANTINE_SCHEMA), settings=settings)
 
 
 def _write_result(
