@@ -17,7 +17,7 @@ from importlib import resources
 import duckdb
 
 from warehouse.errors import WarehouseError
-from warehouse.retry import is_conflict, rollback_quietly
+from warehouse.retry import is_conflict, run_transaction
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -81,33 +81,30 @@ def migrate(con: duckdb.DuckDBPyConnection, *, max_attempts: int = 50) -> list[i
             time.sleep(0.05 * (attempt + 1))
     applied_now: list[int] = []
     for migration in available_migrations():
-        for attempt in range(max_attempts):
-            try:
-                # Check and apply in one transaction: a check made before BEGIN can be outdated
-                # by another process's commit, and the migration then fails ("already exists").
-                con.execute("BEGIN TRANSACTION")
-                done = applied_versions(con)
-                if migration.version not in done:
-                    con.execute(migration.sql)
-                    con.execute(
-                        "INSERT INTO schema_migrations VALUES (?, ?, ?, now())",
-                        [migration.version, migration.name, migration.checksum],
-                    )
-                con.execute("COMMIT")
-            except duckdb.Error as exc:
-                rollback_quietly(con)
-                if is_conflict(exc) and attempt < max_attempts - 1:
-                    time.sleep(0.05 * (attempt + 1))
-                    continue
-                raise WarehouseError(
-                    f"migration {migration.version:04d}_{migration.name} failed: {exc}"
-                ) from exc
-            if migration.version not in done:
-                applied_now.append(migration.version)
-            elif done[migration.version] != migration.checksum:
-                raise WarehouseError(
-                    f"migration {migration.version:04d}_{migration.name} was edited after it "
-                    "was applied; add a new migration instead"
+
+        def apply(c: duckdb.DuckDBPyConnection, m: Migration = migration) -> str | None:
+            # Check and apply in one transaction: a check made before BEGIN can be outdated by
+            # another process's commit, and the migration then fails ("already exists").
+            recorded = applied_versions(c).get(m.version)
+            if recorded is None:
+                c.execute(m.sql)
+                c.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?, now())",
+                    [m.version, m.name, m.checksum],
                 )
-            break
+            return recorded
+
+        label = f"migration {migration.version:04d}_{migration.name}"
+        try:
+            recorded = run_transaction(
+                con, apply, what=label, max_attempts=max_attempts, backoff_initial_s=0.05
+            )
+        except duckdb.Error as exc:
+            raise WarehouseError(f"{label} failed: {exc}") from exc
+        if recorded is None:
+            applied_now.append(migration.version)
+        elif recorded != migration.checksum:
+            raise WarehouseError(
+                f"{label} was edited after it was applied; add a new migration instead"
+            )
     return applied_now
