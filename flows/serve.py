@@ -13,8 +13,8 @@
   deployments/prefect.yaml has an event trigger on it: the event is the only retrain request.
 * ``follow_every_s``: a long-running paper loop. After the stored candles the flow checks for new
   ones every ``follow_every_s`` seconds and serves them (resuming from the last served candle),
-  until cancelled or ``max_candles`` were served. ``python -m flows.serve`` runs it (the
-  ``serve`` service of deployments/docker-compose.yml).
+  until cancelled or ``max_candles`` were served. ``tradeloop serve --follow-every 60`` runs it
+  (the ``serve`` service of deployments/docker-compose.yml).
 * Paper trading by default. ``live=True`` trades on ``settings.exchange`` with real orders
   (``trading.live_broker.CcxtBroker``, sandbox first) and needs ``TRADELOOP_LIVE_TRADING=true``
   too; keys come from the environment or from Prefect Secret blocks named by
@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any, cast
 
@@ -76,20 +75,6 @@ def emit_degraded(model_name: str, account: str, reason: str) -> Event | None:
             }
         ],
         payload={"reason": reason, "account": account, "model": model_name},
-    )
-
-
-def _add(total: RunSummary | None, part: RunSummary) -> RunSummary:
-    if total is None:
-        return part
-    return RunSummary(
-        ticks=total.ticks + part.ticks,
-        candles=total.candles + part.candles,
-        last_ts_ms=part.last_ts_ms if part.last_ts_ms is not None else total.last_ts_ms,
-        equity=part.equity,
-        positions=part.positions,
-        resumed_from_ts_ms=total.resumed_from_ts_ms,
-        events=total.events + part.events,
     )
 
 
@@ -181,7 +166,8 @@ def serve(
             while True:
                 try:
                     left = None if max_candles is None else max_candles - served
-                    summary = _add(summary, replay_once(left))
+                    part = replay_once(left)
+                    summary = part if summary is None else summary.then(part)
                     served = summary.candles
                 except ValueError as exc:  # e.g. nothing stored yet: log, keep following
                     logger.warning(f"replay {replay}: {exc}; next check in {follow_every_s} s")
@@ -197,33 +183,3 @@ def serve(
         "positions": summary.positions,
         "resumed_from_ts_ms": summary.resumed_from_ts_ms,
     }
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m flows.serve``: the long-running paper loop on a warehouse symbol."""
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.serve",
-        description="Paper-trade a warehouse symbol (or candle file) with the serve flow, "
-        "then follow its new candles until stopped.",
-    )
-    parser.add_argument("--replay", default="BTC/USDT", help="warehouse symbol or candle file")
-    parser.add_argument("--account", default="paper", help="paper account name")
-    parser.add_argument(
-        "--follow-every",
-        type=float,
-        default=60.0,
-        help="seconds between checks for new candles; 0: serve what is stored, then exit",
-    )
-    parser.add_argument("--max-candles", type=int, default=None, help="stop after N candles")
-    args = parser.parse_args(argv)
-    result = serve(
-        replay=args.replay,
-        account=args.account,
-        follow_every_s=args.follow_every or None,
-        max_candles=args.max_candles,
-    )
-    print(f"served {result['candles']} candles; equity {result['equity']:.2f}")
-
-
-if __name__ == "__main__":
-    main()

@@ -23,6 +23,14 @@ def serve(
         str, typer.Option(help="'max' (as fast as possible) or a real-time multiple, e.g. 60")
     ] = "max",
     max_candles: Annotated[int | None, typer.Option(help="stop after N candles")] = None,
+    follow_every: Annotated[
+        float | None,
+        typer.Option(
+            "--follow-every",
+            help="after the replay, keep serving the source's new candles, checking every "
+            "SECONDS (a long-running paper loop; needs the Prefect flow)",
+        ),
+    ] = None,
     account: Annotated[str, typer.Option(help="account name")] = "paper",
     no_prefect: Annotated[
         bool, typer.Option("--no-prefect", help="run the loop without the Prefect flow")
@@ -53,6 +61,9 @@ def serve(
             raise typer.Exit(2) from exc
     elif replay is None:
         typer.echo("error: paper trading needs --replay FILE_OR_SYMBOL (or use --live)", err=True)
+        raise typer.Exit(2)
+    if follow_every is not None and (no_prefect or live):
+        typer.echo("error: --follow-every follows a --replay in the Prefect flow", err=True)
         raise typer.Exit(2)
     multiple = None if speed == "max" else float(speed)
     symbol_list = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
@@ -88,6 +99,7 @@ def serve(
                 account=account,
                 live=live,
                 symbols=symbol_list,
+                follow_every_s=follow_every,
             )
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
