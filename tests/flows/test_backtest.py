@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -12,6 +13,16 @@ import pytest
 from typer.testing import CliRunner
 
 from warehouse import Settings, upsert
+
+# the scikit-learn GBM member alone, small: real training code per fold, in seconds
+FAST_GBM: dict[str, Any] = {
+    "window_len": 8,
+    "members": ["gbm"],
+    "gbm_estimators": 10,
+    "importance_repeats": 0,
+    "progress": False,
+    "threads": 1,
+}
 
 
 def _store_real_candles(
@@ -121,15 +132,7 @@ def test_walk_forward_retrains_with_the_models_training_code(
     frame = frame.with_columns(
         exchange=pl.lit("x"), symbol=pl.lit("ETH/BTC"), timeframe=pl.lit("5m")
     )
-    config = TrainConfig(
-        window_len=8,
-        horizon_bars=5,
-        members=("gbm",),
-        gbm_estimators=10,
-        importance_repeats=0,
-        progress=False,
-        threads=1,
-    )
+    config = TrainConfig(horizon_bars=5, **FAST_GBM)
     samples = build_samples(frame, window_len=8, label_config=LabelConfig(horizon_bars=5))
     result = walk_forward(samples, config, n_folds=3)
     assert len(result.folds) == 3
@@ -152,14 +155,7 @@ def test_walk_forward_retrain_flow_on_a_warehouse_symbol(env, prefect_server: No
         epochs=1,
         n_folds=3,
         timeframe="5m",
-        train_overrides={
-            "window_len": 8,
-            "members": ["gbm"],
-            "gbm_estimators": 10,
-            "importance_repeats": 0,
-            "progress": False,
-            "threads": 1,
-        },
+        train_overrides=FAST_GBM,
         settings=settings,
     )
     assert len(folds) >= 3 and len({f["fold"] for f in folds}) == len(folds)

@@ -14,6 +14,7 @@ from flows.collect import ARTIFACT_KEY, collect
 from pipelines.loopback import Fault, FaultPlan, LoopbackExchange, LoopbackServer
 from pipelines.resample import resample_arrow
 from pipelines.sources import wall_clock_ms
+from tests.expectations.conftest import candle_rows
 from warehouse import Settings, connect
 
 MINUTE = 60_000
@@ -23,20 +24,16 @@ def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()
 
 
-def _count(settings: Settings, sql: str) -> int:
-    con = connect(settings, read_only=True)
-    try:
-        return int(con.execute(sql).fetchone()[0])  # type: ignore[index]
-    finally:
-        con.close()
-
-
 def _rows(settings: Settings, sql: str) -> list[tuple]:
     con = connect(settings, read_only=True)
     try:
         return con.execute(sql).fetchall()
     finally:
         con.close()
+
+
+def _count(settings: Settings, sql: str) -> int:
+    return int(_rows(settings, sql)[0][0])
 
 
 def _artifact_for(run_id: str) -> str:
@@ -58,15 +55,13 @@ BAD_ROW = 20  # its high is below its low
 
 def _csv_with_one_bad_row(folder: Path, n: int = 50) -> Path:
     """``n`` consistent 1m candles of BTC/USDT as a CSV file; row BAD_ROW has high < low."""
+    rows = candle_rows(n)
+    rows["high"][BAD_ROW] = rows["low"][BAD_ROW] - 5.0
     lines = ["date,open,high,low,close,volume"]
-    start = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     for i in range(n):
-        close = 100.0 + i
-        high, low = close + 1.0, close - 1.0
-        if i == BAD_ROW:
-            high, low = low - 5.0, low
-        ts = (start + dt.timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%S")
-        lines.append(f"{ts},{close - 0.5},{high},{low},{close},{10.0 + i}")
+        ts = rows["ts"][i].strftime("%Y-%m-%dT%H:%M:%S")
+        values = (rows[c][i] for c in ("open", "high", "low", "close", "volume"))
+        lines.append(",".join([ts, *map(str, values)]))
     path = folder / "BTC_USDT-1m.csv"
     path.write_text("\n".join(lines) + "\n")
     return path

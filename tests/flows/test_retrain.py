@@ -81,9 +81,11 @@ def test_retrain_twice_promotes_by_the_rule_and_reproduces_training_data_from_it
     assert record.feature_set_version == FEATURE_SET_VERSION
     assert record.training_snapshot_id == first.snapshot_id
     assert record.onnx_path.is_file() and first.parity_max_abs <= 1e-5
-    # The decision follows the rule (no champion yet: against the majority baseline).
-    expected = registry.decide_promotion(first.challenger, None)
-    assert first.promoted == expected.promote
+    # The decision follows the documented rule, written out here (no champion yet: the
+    # challenger's macro F1 must beat the majority baseline's by more than the minimum gain).
+    rule = registry.PromotionRule()
+    c = first.challenger
+    assert first.promoted == (c["f1_macro"] > c["baseline_f1_macro"] + rule.min_f1_gain)
     assert record.status == ("champion" if first.promoted else "challenger")
     assert first.previous is None and first.previous_champion_id is None
     metrics = registry.model_metrics(lake, first.model_id, "test")
@@ -123,14 +125,17 @@ def test_retrain_twice_promotes_by_the_rule_and_reproduces_training_data_from_it
     assert second.previous is not None
     assert {k: champion[k] for k in second.previous} == second.previous
     assert {k: challenger[k] for k in second.challenger} == second.challenger
-    decision = registry.decide_promotion(challenger, champion)
-    assert second.promoted == decision.promote and second.reason == decision.reason
+    # against a champion: more macro F1 than the minimum gain, at most the allowed accuracy drop
+    promote = (
+        challenger["f1_macro"] - champion["f1_macro"] > rule.min_f1_gain
+        and champion["accuracy"] - challenger["accuracy"] <= rule.max_accuracy_drop
+    )
+    assert second.promoted == promote
+    assert second.reason == registry.decide_promotion(challenger, champion).reason
     assert registry.champion(lake).model_id == (  # type: ignore[union-attr]
-        second.model_id if decision.promote else first.model_id
+        second.model_id if promote else first.model_id
     )
-    assert registry.get_model(lake, first.model_id).status == (
-        "retired" if decision.promote else "champion"
-    )
+    assert registry.get_model(lake, first.model_id).status == ("retired" if promote else "champion")
 
     dashboard = _dashboards()[0]
     assert second.model_id in dashboard and "n/a" not in dashboard

@@ -115,11 +115,7 @@ def test_degradation_emits_the_event_the_retrain_trigger_waits_for(  # type: ign
         on_retrain("rolling accuracy 0.31 < 0.45 for 20 resolved predictions")
         return RunSummary(1, 1, None, 10_000.0, {}, None, 0)
 
-    def no_deployment(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise AssertionError("serve must not start a deployment itself")
-
     monkeypatch.setattr(serve_module, "serve_replay", fake_replay)
-    monkeypatch.setattr("prefect.deployments.run_deployment", no_deployment)
     serve_module.serve(replay=str(SLICE), account="acct-degraded")
 
     trigger = next(

@@ -8,23 +8,20 @@ import dataclasses
 import datetime as dt
 import functools
 import hashlib
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import onnx
-from onnx import TensorProto, helper
 
 from models.registry import ModelRecord
-from pipelines.features import FEATURE_SET_VERSION, feature_columns
-from tests.trading.serve_support import SYMBOL, slice_file
+from pipelines.features import FEATURE_SET_VERSION
+from tests.trading.serve_support import SYMBOL, replay_market
 from trading.domain import Bar
 from trading.fallback import ModelManager
 from trading.loop import LoopConfig, ServingLoop
-from trading.market import ReplayMarket, Tick, load_replay_candles
+from trading.market import Tick
 
-STEP_MS = 60_000
 BIG = 10**9  # flush_every_steps: keep every row in the loop's batch (no writer)
 
 
@@ -74,7 +71,27 @@ def build_loop(
 @functools.lru_cache(maxsize=4)
 def real_ticks(rows: int) -> tuple[Tick, ...]:
     """The last ``rows`` real 1m candles of UNITTEST/BTC as the replay market's ticks."""
-    return tuple(ReplayMarket(load_replay_candles(str(slice_file(rows)))).ticks())
+    return tuple(replay_market(rows).ticks())
+
+
+TICKS = real_ticks(600)
+INDEX = {t.bars[0].ts_ms: i for i, t in enumerate(TICKS)}  # one symbol: candle index == tick
+
+
+def run_ticks(
+    config: LoopConfig,
+    model: Path,
+    home: Path,
+    ticks: Iterable[Tick] = TICKS,
+) -> ServingLoop:
+    """A loop from ``build_loop`` whose champion is ``model`` (its id: the file's stem), after
+    ``ticks`` (default: the 600 real candles of ``TICKS``)."""
+    registry = MemoryRegistry()
+    registry.promote(model, model.stem)
+    loop = build_loop(config, home, registry)
+    for t in ticks:
+        loop.on_tick(t)  # never raises
+    return loop
 
 
 def renamed(tick: Tick, symbol: str) -> Bar:
@@ -92,11 +109,6 @@ def signals_by_ts(loop: ServingLoop, symbol: str = SYMBOL) -> dict[int, dict[str
     return {r["ts"]: r for r in rows(loop, "signals", symbol)}
 
 
-def order_ts(loop: ServingLoop, symbol: str = SYMBOL) -> set[int]:
-    """Open times of the bars whose decision sent an order (entries and exits, not brackets)."""
-    return {r["ts"] for r in rows(loop, "orders", symbol) if r["order_type"] != "stop"}
-
-
 def events(loop: ServingLoop, kind: str, text: str = "") -> list[tuple[int, str, str | None, str]]:
     return [e for e in loop.events if e[1] == kind and text in e[3]]
 
@@ -108,48 +120,5 @@ def static_batch_model(path: Path, source: Path) -> Path:
     dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     dim.ClearField("dim_param")
     dim.dim_value = 1
-    onnx.save(model, path)
-    return path
-
-
-def momentum_model(
-    path: Path, scale: float = 4000.0, hold: float = 0.0, *, window_len: int = 12
-) -> Path:
-    """A real, input-dependent model in ONNX: logits (s·r, h, −s·r) with r the latest one-bar
-    log return (feature ``logret_1``), softmax probabilities, confidence = max probability."""
-    cols = feature_columns()
-    n = len(cols)
-    j = cols.index("logret_1")
-    x = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", window_len, n])
-    probs = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])
-    conf = helper.make_tensor_value_info("confidence", TensorProto.FLOAT, ["batch"])
-    inits = [
-        helper.make_tensor("last", TensorProto.INT64, [], [window_len - 1]),
-        helper.make_tensor("col", TensorProto.INT64, [1], [j]),
-        helper.make_tensor("w", TensorProto.FLOAT, [1, 3], [scale, 0.0, -scale]),
-        helper.make_tensor("b", TensorProto.FLOAT, [1, 3], [0.0, hold, 0.0]),
-    ]
-    nodes = [
-        helper.make_node("Gather", ["window", "last"], ["row"], axis=1),  # (batch, n)
-        helper.make_node("Gather", ["row", "col"], ["r"], axis=1),  # (batch, 1)
-        helper.make_node("Mul", ["r", "w"], ["scaled"]),  # (batch, 3)
-        helper.make_node("Add", ["scaled", "b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
-        helper.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=0),
-    ]
-    graph = helper.make_graph(nodes, "momentum", [x], [probs, conf], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = {
-        "tradeloop.feature_set_version": FEATURE_SET_VERSION,
-        "tradeloop.feature_columns": json.dumps(cols),
-        "tradeloop.selected_features": json.dumps(["logret_1"]),
-        "tradeloop.window_len": str(window_len),
-        "tradeloop.n_features": str(n),
-        "tradeloop.horizon_bars": "5",
-    }
-    for k, v in meta.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-    onnx.checker.check_model(model)
     onnx.save(model, path)
     return path

@@ -1,6 +1,6 @@
 """Helpers for the serving-loop tests: one tiny real model trained and exported per session
-(torch only here, never in the serving path), constant models built directly in ONNX, a
-migrated warehouse with a champion."""
+(torch only here, never in the serving path), constant and momentum models built directly in
+ONNX, the real candles as a replay market, a migrated warehouse with a champion."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 import polars as pl
 from onnx import TensorProto, helper
@@ -19,6 +18,7 @@ from onnx import TensorProto, helper
 from models.registry import promote, register_model
 from pipelines.features import FEATURE_SET_VERSION, feature_columns
 from trading.backtest import Candles
+from trading.market import ReplayMarket, load_replay_candles
 from warehouse import Settings
 
 CANDLE_FILE = (
@@ -41,6 +41,11 @@ def slice_file(rows: int) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         real_frame(rows).rename({"ts": "date"}).write_ipc(path)
     return path
+
+
+def replay_market(rows: int) -> ReplayMarket:
+    """The last ``rows`` real 1m candles of UNITTEST/BTC as a replay market."""
+    return ReplayMarket(load_replay_candles(str(slice_file(rows))))
 
 
 def candles(rows: int) -> Candles:
@@ -84,6 +89,41 @@ def tiny_model() -> Path:
     return path
 
 
+def _tradeloop_onnx(
+    path: Path,
+    name: str,
+    nodes: list[onnx.NodeProto],
+    initializers: list[onnx.TensorProto],
+    *,
+    feature_set_version: str,
+    window_len: int,
+    selected: list[str],
+) -> Path:
+    """Save a tradeloop-shaped ONNX model: input ``window`` (batch, window_len, n_features),
+    outputs ``probabilities`` (batch, 3) and ``confidence`` (batch), tradeloop metadata."""
+    cols = feature_columns()
+    n = len(cols)
+    x = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", window_len, n])
+    probs = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])
+    conf = helper.make_tensor_value_info("confidence", TensorProto.FLOAT, ["batch"])
+    graph = helper.make_graph(nodes, name, [x], [probs, conf], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {
+        "tradeloop.feature_set_version": feature_set_version,
+        "tradeloop.feature_columns": json.dumps(cols),
+        "tradeloop.selected_features": json.dumps(selected),
+        "tradeloop.window_len": str(window_len),
+        "tradeloop.n_features": str(n),
+        "tradeloop.horizon_bars": "5",
+    }
+    for k, v in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
 def constant_model(
     path: Path,
     probabilities: tuple[float, float, float],
@@ -93,11 +133,6 @@ def constant_model(
     window_len: int = 12,
 ) -> Path:
     """A tradeloop-shaped ONNX model that ignores its input and always says the same thing."""
-    cols = feature_columns()
-    n = len(cols)
-    x = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", window_len, n])
-    probs = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])
-    conf = helper.make_tensor_value_info("confidence", TensorProto.FLOAT, ["batch"])
     inits = [
         helper.make_tensor("p", TensorProto.FLOAT, [1, 3], list(probabilities)),
         helper.make_tensor("c", TensorProto.FLOAT, [1], [confidence]),
@@ -111,21 +146,45 @@ def constant_model(
         helper.make_node("Expand", ["p", "pshape"], ["probabilities"]),
         helper.make_node("Expand", ["c", "batch"], ["confidence"]),
     ]
-    graph = helper.make_graph(nodes, "constant", [x], [probs, conf], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = {
-        "tradeloop.feature_set_version": feature_set_version,
-        "tradeloop.feature_columns": json.dumps(cols),
-        "tradeloop.selected_features": json.dumps(cols[:5]),
-        "tradeloop.window_len": str(window_len),
-        "tradeloop.n_features": str(n),
-        "tradeloop.horizon_bars": "5",
-    }
-    for k, v in meta.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-    onnx.save(model, path)
-    return path
+    return _tradeloop_onnx(
+        path,
+        "constant",
+        nodes,
+        inits,
+        feature_set_version=feature_set_version,
+        window_len=window_len,
+        selected=feature_columns()[:5],
+    )
+
+
+def momentum_model(
+    path: Path, scale: float = 4000.0, hold: float = 0.0, *, window_len: int = 12
+) -> Path:
+    """A real, input-dependent model in ONNX: logits (s·r, h, −s·r) with r the latest one-bar
+    log return (feature ``logret_1``), softmax probabilities, confidence = max probability."""
+    inits = [
+        helper.make_tensor("last", TensorProto.INT64, [], [window_len - 1]),
+        helper.make_tensor("col", TensorProto.INT64, [1], [feature_columns().index("logret_1")]),
+        helper.make_tensor("w", TensorProto.FLOAT, [1, 3], [scale, 0.0, -scale]),
+        helper.make_tensor("b", TensorProto.FLOAT, [1, 3], [0.0, hold, 0.0]),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["window", "last"], ["row"], axis=1),  # (batch, n)
+        helper.make_node("Gather", ["row", "col"], ["r"], axis=1),  # (batch, 1)
+        helper.make_node("Mul", ["r", "w"], ["scaled"]),  # (batch, 3)
+        helper.make_node("Add", ["scaled", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        helper.make_node("ReduceMax", ["probabilities"], ["confidence"], axes=[1], keepdims=0),
+    ]
+    return _tradeloop_onnx(
+        path,
+        "momentum",
+        nodes,
+        inits,
+        feature_set_version=FEATURE_SET_VERSION,
+        window_len=window_len,
+        selected=["logret_1"],
+    )
 
 
 def register_champion(
@@ -151,10 +210,6 @@ def table_rows(con, table: str, order: str) -> list[tuple]:  # type: ignore[no-u
         if r[0] not in ("ingested_at", "updated_at")
     ]
     return con.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}").fetchall()
-
-
-def fsv_mismatch_probe() -> np.ndarray:
-    return np.zeros(1)
 
 
 def make_loop(settings: Settings, config, *, background: bool = False, lookup_con=None):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from trading.domain import Trade
@@ -293,9 +293,8 @@ def test_drawdown_bounds_and_consistency(r: list[float], initial: float) -> None
 @settings(max_examples=60, deadline=None)
 @given(r=returns_list, scale=st.floats(0.01, 100.0))
 def test_sharpe_and_sortino_are_scale_free(r: list[float], scale: float) -> None:
+    assume(_dispersed(r))
     x = np.array(r)
-    if not _dispersed(r):
-        return
     assert sharpe(scale * x, 365) == pytest.approx(sharpe(x, 365), rel=1e-9, abs=1e-9)
     assert sortino(scale * x, 365) == pytest.approx(sortino(x, 365), rel=1e-9, abs=1e-9)
 
@@ -333,9 +332,7 @@ def test_psr_is_a_probability(r: list[float], bench: float) -> None:
 )
 def test_psr_increases_with_the_observed_sharpe(half: list[float], mu: float, step: float) -> None:
     """Same dispersion and shape (symmetric, skew 0), higher mean -> higher Sharpe -> higher PSR."""
-    base = np.concatenate([np.array(half), -np.array(half)])
-    if not _dispersed(list(base)):
-        return
+    base = np.concatenate([np.array(half), -np.array(half)])  # std >= 0.001: always dispersed
     low, high = base + mu, base + mu + step
     assert sharpe(high, 1) > sharpe(low, 1)
     assert probabilistic_sharpe(high) >= probabilistic_sharpe(low)
@@ -346,19 +343,11 @@ def test_psr_increases_with_the_observed_sharpe(half: list[float], mu: float, st
 @settings(max_examples=40, deadline=None)
 @given(r=st.lists(bar_return, min_size=10, max_size=60), var=st.none() | st.floats(1e-4, 1.0))
 def test_deflated_sharpe_falls_as_trials_grow(r: list[float], var: float | None) -> None:
+    assume(_dispersed(r))
     x = np.array(r)
-    if not _dispersed(r):
-        return
     trials = [1, 2, 5, 10, 100, 1000, 10**6]
     dsr = [deflated_sharpe(x, n, var) for n in trials]
     assert all(a >= b for a, b in zip(dsr, dsr[1:], strict=False))
     assert dsr[0] == pytest.approx(probabilistic_sharpe(x))
     emax = [expected_max_sharpe(n, 1.0) for n in trials]
     assert all(a < b for a, b in zip(emax, emax[1:], strict=False))
-
-
-def test_deflated_sharpe_strictly_lower_with_many_trials() -> None:
-    rng = np.random.default_rng(7)
-    r = rng.normal(0.0005, 0.01, 500)
-    one, ten, thousand = (deflated_sharpe(r, n) for n in (1, 10, 1000))
-    assert 0.0 < thousand < ten < one < 1.0

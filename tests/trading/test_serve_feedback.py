@@ -13,12 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.trading.serve_harness import (
+    INDEX,
+    TICKS,
     MemoryRegistry,
     build_loop,
     events,
-    real_ticks,
     renamed,
     rows,
+    run_ticks,
     static_batch_model,
 )
 from tests.trading.serve_support import SYMBOL, constant_model
@@ -28,20 +30,12 @@ from trading.feedback import Feedback, FeedbackConfig, Pending
 from trading.loop import LoopConfig, ServingLoop
 from trading.market import Tick
 
-TICKS = real_ticks(600)
-INDEX = {t.bars[0].ts_ms: i for i, t in enumerate(TICKS)}
 CONFIG = LoopConfig(model_check_every_steps=50)
 
 
 @pytest.fixture(scope="module")
 def buy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return constant_model(tmp_path_factory.mktemp("m") / "buy.onnx", (0.9, 0.05, 0.05), 0.95)
-
-
-def _drive(loop: ServingLoop, ticks: list[Tick] | tuple[Tick, ...]) -> ServingLoop:
-    for t in ticks:
-        loop.on_tick(t)  # never raises
-    return loop
 
 
 def _segments(loop: ServingLoop, symbol: str = SYMBOL) -> list[tuple[str, int]]:
@@ -60,14 +54,13 @@ def test_fallback_on_onnx_runtime_error_and_back(buy_model, tmp_path) -> None:  
     # A champion exported with a fixed batch dimension of 1 runs while one symbol trades; when a
     # second symbol's window completes, the batched call fails inside ONNX Runtime.
     model = static_batch_model(tmp_path / "static.onnx", buy_model)
-    registry = MemoryRegistry()
-    mid = registry.promote(model, "static")
+    mid = model.stem  # run_ticks promotes it under its file's stem
     second = "UNITTEST2/BTC"
     ticks = [
         Tick(t.now_ms, (t.bars[0], renamed(t, second)) if 150 <= i < 300 else t.bars)
         for i, t in enumerate(TICKS[:400])
     ]
-    loop = _drive(build_loop(CONFIG, tmp_path, registry), ticks)
+    loop = run_ticks(CONFIG, model, tmp_path, ticks)
 
     segs = _segments(loop)
     assert [m for m, _ in segs] == [FALLBACK_ID, mid, FALLBACK_ID, mid]
@@ -88,10 +81,9 @@ def test_fallback_on_onnx_runtime_error_and_back(buy_model, tmp_path) -> None:  
 def test_fallback_on_low_feature_quality_and_back(buy_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # The exchange skips 10 candles (more than the 5 a feature window carries): every window
     # restarts, the model's inputs are missing until they are warm again.
-    registry = MemoryRegistry()
-    mid = registry.promote(buy_model, "buy")
+    mid = buy_model.stem  # run_ticks promotes it under its file's stem
     ticks = TICKS[:200] + TICKS[210:400]
-    loop = _drive(build_loop(CONFIG, tmp_path, registry), ticks)
+    loop = run_ticks(CONFIG, buy_model, tmp_path, ticks)
 
     segs = _segments(loop)
     assert [m for m, _ in segs] == [FALLBACK_ID, mid, FALLBACK_ID, mid]

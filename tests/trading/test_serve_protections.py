@@ -14,15 +14,21 @@ import pytest
 from flows.commands.serve import kill
 from models.registry import get_model
 from tests.trading.serve_harness import (
+    INDEX,
+    TICKS,
     MemoryRegistry,
     build_loop,
     events,
-    momentum_model,
-    real_ticks,
     rows,
+    run_ticks,
     signals_by_ts,
 )
-from tests.trading.serve_support import SYMBOL, constant_model, register_champion
+from tests.trading.serve_support import (
+    SYMBOL,
+    constant_model,
+    momentum_model,
+    register_champion,
+)
 from trading.confidence import ConfidencePolicy
 from trading.domain import Decision, Fill
 from trading.loop import LoopConfig, ServingLoop, default_limits
@@ -31,9 +37,6 @@ from trading.protections import ProtectionConfig, Protections
 from trading.thresholds import ThresholdPolicy
 from warehouse import get_settings
 
-N = 600
-TICKS = real_ticks(N)
-INDEX = {t.bars[0].ts_ms: i for i, t in enumerate(TICKS)}  # one symbol: candle index == tick
 NONE = ProtectionConfig(
     kill_accuracy_below=None,
     stoploss_guard_count=None,
@@ -69,17 +72,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _run(
-    config: LoopConfig, model: Path, home: Path, ticks: tuple[Tick, ...] = TICKS
-) -> ServingLoop:
-    registry = MemoryRegistry()
-    registry.promote(model, model.stem)
-    loop = build_loop(config, home, registry)
-    for t in ticks:
-        loop.on_tick(t)
-    return loop
-
-
 def _entries(loop: ServingLoop) -> set[int]:
     """Candles whose decision sent an entry (no shorts here: a market buy is an entry)."""
     return {
@@ -109,7 +101,7 @@ def _stops(config: LoopConfig, mult: float) -> LoopConfig:
 
 def test_stale_data_gives_an_alert_and_no_new_signal(models, tmp_path) -> None:  # type: ignore[no-untyped-def]
     ticks = TICKS[:120]
-    fresh = _run(TRUSTING, models["buy"], tmp_path / "a", ticks)
+    fresh = run_ticks(TRUSTING, models["buy"], tmp_path / "a", ticks)
     k = min(_entries(fresh))  # the first candle the model enters on when data is on time
     assert not events(fresh, "alert")
 
@@ -123,7 +115,7 @@ def test_stale_data_gives_an_alert_and_no_new_signal(models, tmp_path) -> None: 
         + tuple(Tick(late, t.bars) for t in ticks[k : k + 3])
         + ticks[k + 3 :]
     )
-    loop = _run(TRUSTING, models["buy"], tmp_path / "b", stalled)
+    loop = run_ticks(TRUSTING, models["buy"], tmp_path / "b", stalled)
     alerts = events(loop, "alert", "stale data")
     assert len(alerts) == 1, loop.events  # one visible alert, not one per poll
     assert alerts[0][2] == SYMBOL and "no new signals" in alerts[0][3]
@@ -143,12 +135,12 @@ def test_stale_data_gives_an_alert_and_no_new_signal(models, tmp_path) -> None: 
 
 
 def test_cooldown_blocks_entries_of_the_symbol_for_its_candles(models, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    free = _run(TRUSTING, models["reversal"], tmp_path / "a")
+    free = run_ticks(TRUSTING, models["reversal"], tmp_path / "a")
     quick = [x for x, _ in _exits(free) if _entries(free) & set(range(x, x + 5))]
     assert quick  # without a cooldown the model re-enters within 5 candles of an exit
 
     cfg = dataclasses.replace(TRUSTING, protections=dataclasses.replace(NONE, cooldown_candles=5))
-    loop = _run(cfg, models["reversal"], tmp_path / "b")
+    loop = run_ticks(cfg, models["reversal"], tmp_path / "b")
     exits, entries = _exits(loop), _entries(loop)
     assert len(exits) >= 10
     for x, _ in exits:  # the exit filled at candle x's open: decisions x .. x+4 are locked
@@ -167,7 +159,7 @@ def test_stoploss_guard_locks_entries_for_the_lock_period(models, tmp_path) -> N
         stoploss_guard_lock_candles=30,
     )
     cfg = _stops(dataclasses.replace(TRUSTING, protections=guard), 0.5)  # tight stops
-    loop = _run(cfg, models["reversal"], tmp_path)
+    loop = run_ticks(cfg, models["reversal"], tmp_path)
     stops = [x for x, why in _exits(loop) if why == "stop_loss"]
     # the rule, independently: 3 stop-losses within 60 candles (outside a lock) start a lock
     expected, window, until = [], deque[int](), -1
@@ -195,13 +187,15 @@ def test_max_drawdown_lock_locks_entries_for_the_lock_period(models, tmp_path) -
         NONE, drawdown_lock_fraction=0.002, drawdown_lookback_candles=240, drawdown_lock_candles=60
     )
     cfg = _stops(dataclasses.replace(TRUSTING, protections=lock), 1.0)
-    loop = _run(cfg, models["reversal"], tmp_path)
+    loop = run_ticks(cfg, models["reversal"], tmp_path)
     equity = [r["equity"] for r in rows(loop, "equity", None)]  # equity rows carry no symbol
-    assert len(equity) == N
+    assert len(equity) == len(TICKS)
     triggers = _event_candles(loop, "protection", "max-drawdown lock")
     assert len(triggers) >= 3
     # the first lock starts at the first candle whose equity is 0.2 % below the 240-candle peak
-    below = [i for i in range(N) if equity[i] < 0.998 * max(equity[max(0, i - 239) : i + 1])]
+    below = [
+        i for i in range(len(TICKS)) if equity[i] < 0.998 * max(equity[max(0, i - 239) : i + 1])
+    ]
     assert triggers[0] == below[0]
     assert set(triggers) <= set(below)
     entries = _entries(loop)
@@ -262,7 +256,7 @@ def test_protections_lock_lengths_on_exact_sequences() -> None:
 def test_manual_kill_stops_new_orders_within_one_step(models, cli_home) -> None:  # type: ignore[no-untyped-def]
     home = cli_home
     ticks = TICKS[:300]
-    free = _run(TRUSTING, models["reversal"], home, ticks)
+    free = run_ticks(TRUSTING, models["reversal"], home, ticks)
     window = range(100, 160)
     assert _entries(free) & set(window)  # without the kill the loop trades in the window
 
@@ -299,11 +293,8 @@ def test_kill_switch_reset_by_hand(models, cli_home) -> None:  # type: ignore[no
     cfg = dataclasses.replace(
         TRUSTING, protections=dataclasses.replace(NONE, kill_accuracy_below=0.4)
     )
-    registry = MemoryRegistry()
-    registry.promote(models["reversal"], "reversal")  # rolling accuracy ~0.2: fires the switch
-    loop = build_loop(cfg, home, registry)
-    for t in TICKS[:200]:
-        loop.on_tick(t)
+    # the reversal model's rolling accuracy (~0.2) fires the switch
+    loop = run_ticks(cfg, models["reversal"], home, TICKS[:200])
     fired = [INDEX[e[0]] for e in events(loop, "kill", "kill switch fired")]
     assert len(fired) == 1 and loop.state.risk.killed
     assert not _entries(loop) & set(range(fired[0], 200))
@@ -350,7 +341,9 @@ def test_kill_switch_resets_on_a_new_champion_and_nothing_else(settings, lake, t
     )
     get_model(lake, corrupt).onnx_path.write_bytes(b"not an onnx file")
     advance(10)
-    assert [m for m in (refused, corrupt) if events(loop, "model", f"refused new champion {m}")]
+    assert all(
+        len(events(loop, "model", f"refused new champion {m}")) == 1 for m in (refused, corrupt)
+    )
     assert len(events(loop, "model", "refused new champion")) == 2
     assert loop.state.risk.killed and not events(loop, "kill", "kill switch reset")
     assert loop.manager.model_id == bad

@@ -8,27 +8,23 @@ import polars as pl
 import pyarrow as pa
 
 from models.registry import get_model
-from tests.trading.serve_harness import momentum_model
 from tests.trading.serve_support import (
     SYMBOL,
     constant_model,
     make_loop,
+    momentum_model,
     real_frame,
     register_champion,
-    slice_file,
+    replay_market,
     table_rows,
 )
 from trading.loop import LoopConfig, run
-from trading.market import PollingMarket, ReplayMarket, load_replay_candles
+from trading.market import PollingMarket
 from trading.protections import ProtectionConfig
 from trading.state import risk_to_dict
 from warehouse import Settings, connect, migrate
 
 CONFIG = LoopConfig(model_check_every_steps=5, flush_every_steps=50)
-
-
-def _market(rows: int) -> ReplayMarket:
-    return ReplayMarket(load_replay_candles(str(slice_file(rows))))
 
 
 def _model_ids(lake) -> list[str]:  # type: ignore[no-untyped-def]
@@ -43,7 +39,7 @@ def test_kill_switch_fires_under_a_bad_model(settings, lake, tmp_path) -> None: 
         protections=ProtectionConfig(kill_accuracy_below=0.4, kill_min_resolved=40),
     )
     loop, _ = make_loop(settings, cfg, lookup_con=lake)
-    run(loop, _market(500))
+    run(loop, replay_market(500))
     loop.writer.close()
     kills = [e for e in loop.events if e[1] == "kill" and "fired" in e[3]]
     assert kills, loop.events
@@ -66,7 +62,7 @@ def test_fallback_on_corrupt_file_then_recovers_on_promotion(settings, lake, tmp
     )
     get_model(lake, first).onnx_path.write_bytes(b"this is not an onnx file")
     loop, _ = make_loop(settings, CONFIG, lookup_con=lake)
-    market = _market(400)
+    market = replay_market(400)
     ticks = list(market.ticks())
     for t in ticks[:150]:
         loop.on_tick(t)  # never raises
@@ -92,7 +88,7 @@ def test_fallback_on_corrupt_file_then_recovers_on_promotion(settings, lake, tmp
 def test_hot_swap_mid_run_refuses_other_feature_set(settings, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
     a = register_champion(lake, settings, constant_model(tmp_path / "a.onnx", (0.3, 0.4, 0.3), 0.8))
     loop, _ = make_loop(settings, CONFIG, lookup_con=lake)
-    ticks = list(_market(300).ticks())
+    ticks = list(replay_market(300).ticks())
     for t in ticks[:100]:
         loop.on_tick(t)
     other = constant_model(tmp_path / "x.onnx", (0.3, 0.4, 0.3), 0.7, feature_set_version="f-other")
@@ -128,7 +124,7 @@ def test_restart_mid_run_resumes_with_identical_positions(settings, lake, tmp_pa
         protections=ProtectionConfig(kill_accuracy_below=0.3),
     )
     model = momentum_model(tmp_path / "reversal.onnx", -4000.0, 2.0)
-    ticks = list(_market(500).ticks())
+    ticks = list(replay_market(500).ticks())
 
     def drive(loop, con, s: Settings, upto: int) -> None:  # type: ignore[no-untyped-def]
         for i, t in enumerate(ticks[:upto]):
@@ -148,7 +144,7 @@ def test_restart_mid_run_resumes_with_identical_positions(settings, lake, tmp_pa
     drive(crashed, lake2, s2, 333)  # the last snapshot is from tick 320
     crashed.writer.close()
     resumed, _ = make_loop(s2, cfg, lookup_con=lake2)
-    summary = run(resumed, _market(500), con=lake2)
+    summary = run(resumed, replay_market(500), con=lake2)
     resumed.writer.close()
     assert summary.resumed_from_ts_ms == ticks[319].bars[0].ts_ms
     assert summary.candles == 500 - 320
@@ -158,12 +154,7 @@ def test_restart_mid_run_resumes_with_identical_positions(settings, lake, tmp_pa
     assert len(full.state.portfolio.trades) >= 3
     # the model's rolling state and the protections come back exactly
     assert resumed.manager.model_id == full.manager.model_id is not None
-    assert (resumed.feedback.hits, resumed.feedback.resolved) == (
-        full.feedback.hits,
-        full.feedback.resolved,
-    )
     assert full.feedback.resolved >= 100
-    assert resumed.feedback.f1 == full.feedback.f1
     assert resumed.feedback.to_dict() == full.feedback.to_dict()
     assert resumed.thresholds.to_dict() == full.thresholds.to_dict()
     assert any(e[1] == "threshold" for e in full.events)  # the mode moved during the run
@@ -246,7 +237,6 @@ def test_loopback_outage_and_warehouse_failures_lose_nothing(settings, lake, tmp
         "SELECT epoch_ms(ts), model_id FROM predictions ORDER BY ts, model_id"
     ).fetchall()
     assert [p[0] for p in preds] == closed[CONFIG.rsi.period :]
-    assert len(preds) == len(closed) - CONFIG.rsi.period
     assert {p[1] for p in preds} == {"rsi_fallback"}
     n_fills = lake.execute("SELECT count(*) FROM fills").fetchone()[0]
     assert n_fills == loop.state.portfolio.fills

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.warehouse.catalogs import worker_env
-from tests.warehouse.checks import assert_one_writer_per_key
-from tests.warehouse.workers import candle_batch
+from tests.warehouse.workers import assert_one_writer_per_key, candle_batch
 from warehouse import Settings, connect, migrate, upsert
 
 ROOT = Path(__file__).resolve().parents[2]

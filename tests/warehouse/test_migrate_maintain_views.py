@@ -191,9 +191,13 @@ def test_latest_candles_is_the_last_candle_per_exchange_symbol_timeframe(
                 last = rng.randrange(3, 20)
                 minutes = [step * m for m in range(last + 1)]
                 rng.shuffle(minutes)  # the view must not depend on row order
-                batch = candle_batch(minutes, exchange=exchange, price=float(rng.randrange(999)))
-                batch = batch.set_column(1, "symbol", pa.array([symbol] * len(minutes)))
-                batch = batch.set_column(2, "timeframe", pa.array([timeframe] * len(minutes)))
+                batch = candle_batch(
+                    minutes,
+                    exchange=exchange,
+                    symbol=symbol,
+                    timeframe=timeframe,
+                    price=float(rng.randrange(999)),
+                )
                 is_last = pa.array([m == step * last for m in minutes])
                 newer.append(batch.filter(is_last))
                 older.append(batch.filter(pc.invert(is_last)))
@@ -204,8 +208,7 @@ def test_latest_candles_is_the_last_candle_per_exchange_symbol_timeframe(
     upsert(views_lake, "candles", pa.concat_tables(older))
     # a revision of one group's last candle shows in the view
     revised_ts, volume = expected[("kraken", "BTC/USDT", "1h")]
-    revised = candle_batch([int(volume) - 1], exchange="kraken", price=5.0)
-    revised = revised.set_column(2, "timeframe", pa.array(["1h"]))
+    revised = candle_batch([int(volume) - 1], exchange="kraken", timeframe="1h", price=5.0)
     assert revised.column("ts")[0].as_py() == revised_ts
     upsert(views_lake, "candles", revised)
 

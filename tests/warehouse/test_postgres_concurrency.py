@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.warehouse.catalogs import catalog_settings, worker_env
-from tests.warehouse.checks import assert_one_writer_per_key
+from tests.warehouse.workers import assert_one_writer_per_key
 from warehouse import Settings, connect, migrate
 
 ROOT = Path(__file__).resolve().parents[2]

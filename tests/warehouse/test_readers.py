@@ -13,13 +13,6 @@ from warehouse import Settings, current_snapshot_id, read_candles, upsert
 from warehouse.readers import CANDLE_COLUMNS, newest_candle_ts
 
 
-def _with(table: pa.Table, **values: str) -> pa.Table:
-    for name, value in values.items():
-        index = table.schema.get_field_index(name)
-        table = table.set_column(index, name, pa.array([value] * table.num_rows))
-    return table
-
-
 def _minutes(table: pa.Table) -> list[int]:
     return [int((ts - EPOCH).total_seconds() // 60) for ts in table.column("ts").to_pylist()]
 
@@ -27,7 +20,7 @@ def _minutes(table: pa.Table) -> list[int]:
 @pytest.fixture
 def stored(lake: duckdb.DuckDBPyConnection, settings: Settings) -> duckdb.DuckDBPyConnection:
     upsert(lake, "candles", candle_batch(list(range(10))), settings=settings)
-    eth = _with(candle_batch(list(range(5, 12))), symbol="ETH/USDT")
+    eth = candle_batch(list(range(5, 12)), symbol="ETH/USDT")
     upsert(lake, "candles", eth, settings=settings)
     upsert(lake, "candles", candle_batch([0, 1, 2], exchange="other"), settings=settings)
     return lake

@@ -34,20 +34,33 @@ EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 KEY_SPACE = 3000
 
 
-def candle_batch(minutes: list[int], *, exchange: str = "test", price: float = 100.0) -> pa.Table:
+def candle_values(minute: int, price: float) -> tuple[float, float, float, float, float]:
+    """(open, high, low, close, volume) of the candle at ``minute`` written at ``price``: every
+    value follows from the two, so a row mixing two writers' values is detectable."""
+    return price, price + 1, price - 1, price + 0.5, 1.0 + minute
+
+
+def candle_batch(
+    minutes: list[int],
+    *,
+    exchange: str = "test",
+    symbol: str = "BTC/USDT",
+    timeframe: str = "1m",
+    price: float = 100.0,
+) -> pa.Table:
     n = len(minutes)
     ts = [EPOCH + dt.timedelta(minutes=m) for m in minutes]
+    values = list(zip(*(candle_values(m, price) for m in minutes), strict=True)) or [()] * 5
     return pa.table(
         {
             "exchange": [exchange] * n,
-            "symbol": ["BTC/USDT"] * n,
-            "timeframe": ["1m"] * n,
+            "symbol": [symbol] * n,
+            "timeframe": [timeframe] * n,
             "ts": pa.array(ts, pa.timestamp("ms", tz="UTC")),
-            "open": [price] * n,
-            "high": [price + 1] * n,
-            "low": [price - 1] * n,
-            "close": [price + 0.5] * n,
-            "volume": [1.0 + m for m in minutes],
+            **{
+                c: pa.array(list(v), pa.float64())
+                for c, v in zip(("open", "high", "low", "close", "volume"), values, strict=True)
+            },
         }
     )
 
@@ -64,6 +77,34 @@ def batch_starts(seed: int, batches: int) -> list[int]:
 def writer_price(seed: int) -> float:
     """The open price of every candle the writer with this seed writes."""
     return 100.0 + seed
+
+
+def assert_one_writer_per_key(
+    settings: Settings, seeds: list[int], batches: int, *, exchange: str = "test"
+) -> None:
+    """Every key some writer wrote is there once, whole, with one of its writers' values."""
+    writers_of: dict[int, set[float]] = {}
+    for seed in seeds:
+        for start in batch_starts(seed, batches):
+            for minute in range(start, start + BATCH_ROWS):
+                writers_of.setdefault(minute, set()).add(writer_price(seed))
+    con = connect(settings, read_only=True)
+    stored = con.execute(
+        "SELECT ts, open, high, low, close, volume FROM candles WHERE exchange = ?", [exchange]
+    ).fetchall()
+    con.close()
+    rows = [((ts - EPOCH) // dt.timedelta(minutes=1), *values) for ts, *values in stored]
+    minutes = [row[0] for row in rows]
+    assert len(minutes) == len(set(minutes)), "a key is there twice"
+    assert set(minutes) == set(writers_of), "keys are missing or unexpected"
+    for minute, open_, high, low, close, volume in rows:
+        # one writer's complete row: candle_values derives every value from the writer's price
+        assert open_ in writers_of[minute], f"minute {minute}: price {open_} from no writer"
+        assert (open_, high, low, close, volume) == candle_values(minute, open_), (
+            f"minute {minute}: values of different writers mixed in one row"
+        )
+    overlapping = sum(1 for prices in writers_of.values() if len(prices) > 1)
+    assert overlapping > 0, "the test needs keys that several writers write"
 
 
 def write(home: Path, seed: int, batches: int) -> None:
