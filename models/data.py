@@ -168,12 +168,10 @@ def build_samples(
     A sample is kept when its whole window has finite feature values (warm-up rows are null)
     and its label exists. Without an explicit builder the project feature set is used.
     """
-    if feature_builder is None:
-        feature_builder, default_columns, default_version = default_feature_spec()
-        feature_columns = feature_columns or default_columns
-        feature_set_version = feature_set_version or default_version
-    if not feature_columns or feature_set_version is None:
+    if feature_builder is not None and (not feature_columns or feature_set_version is None):
         raise ValueError("build_samples: feature_columns and feature_set_version are required")
+    if feature_builder is None:  # resolved once here, not once per series
+        feature_builder = default_feature_spec()[0]
     built = [featurize_series(group, feature_builder) for group in split_series(candles)]
     return assemble_samples(
         built,

@@ -5,10 +5,10 @@ import numpy as np
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from models.data import build_samples, current_snapshot_id, load_candles
+from models.data import build_samples, load_candles
 from models.training import label_config
 from tests.models.conftest import SYMBOL, TINY, candles_arrow
-from warehouse import Settings, upsert
+from warehouse import Settings, current_snapshot_id, upsert
 
 
 def test_training_data_is_reproducible_from_its_snapshot(
