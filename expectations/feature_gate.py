@@ -17,7 +17,6 @@ module loads no GX.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import polars as pl
 import pyarrow as pa
 
 from expectations.frames import features_suite
-from expectations.gate import QUARANTINE_SCHEMA
+from expectations.gate import QUARANTINE_SCHEMA, stable_id
 from expectations.specs import ExpectationDef
 from warehouse import Settings, WriteResult, upsert
 
@@ -158,11 +157,7 @@ def quarantine_features(
     for row, problem in zip(check.failing.iter_rows(named=True), check.problems, strict=True):
         row_json = _row_json(row)
         rules = ",".join(problem.rules)
-        out["quarantine_id"].append(
-            hashlib.sha256("\x1f".join(("features", row_json, rules, "1")).encode()).hexdigest()[
-                :32
-            ]
-        )
+        out["quarantine_id"].append(stable_id("features", row_json, rules, 1))
         out["run_id"].append(run_id)
         out["table_name"].append("features")
         for key in KEYS:

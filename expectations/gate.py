@@ -84,7 +84,8 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
-def _sha(*parts: object) -> str:
+def stable_id(*parts: object) -> str:
+    """A 32-hex id from ``parts`` (the same parts give the same id: reruns write nothing new)."""
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
 
@@ -169,7 +170,7 @@ def gate_and_merge(
     now_ms = int(now.timestamp() * 1000)
     rows_in = batch.num_rows
     fingerprint = _fingerprint(batch)
-    validation_id = _sha(run_id or uuid.uuid4().hex, table, fingerprint)
+    validation_id = stable_id(run_id or uuid.uuid4().hex, table, fingerprint)
     suite_name = f"{table}@v{SUITE_VERSION}"
 
     coerced = coerce(spec, batch, extra_columns=policy.extra_columns)
@@ -397,7 +398,9 @@ def _write_quarantine(
         ps = problems[row]
         rules = ",".join(dict.fromkeys(p.rule for p in ps))
         occurrences[(row_json, rules)] += 1
-        out["quarantine_id"].append(_sha(table, row_json, rules, occurrences[(row_json, rules)]))
+        out["quarantine_id"].append(
+            stable_id(table, row_json, rules, occurrences[(row_json, rules)])
+        )
         out["run_id"].append(run_id)
         out["table_name"].append(table)
         for c in ("exchange", "symbol", "timeframe", "ts"):
