@@ -10,18 +10,15 @@ import polars as pl
 from flows.features import features
 from pipelines.features import FEATURE_SET_VERSION, build_features
 from pipelines.features.rebuild import history_start_ms
-from tests.pipelines.features.conftest import CANDLE_FILES, assert_same_features, load_candles
+from tests.pipelines.features.conftest import (
+    CANDLE_FILES,
+    assert_same_features,
+    load_candles,
+    stored_features,
+)
 from warehouse import Settings, upsert
 
 NAMES = ("ETH_BTC-5m.feather", "LTC_BTC-5m.feather")  # 20 complete days each: 5,760 candles
-
-
-def _stored(con: duckdb.DuckDBPyConnection, symbol: str) -> pl.DataFrame:
-    return pl.from_arrow(
-        con.execute(
-            "SELECT * EXCLUDE (ingested_at) FROM features WHERE symbol = ? ORDER BY ts", [symbol]
-        ).fetch_arrow_table()
-    )  # type: ignore[return-value]
 
 
 def test_features_flow_is_incremental_and_idempotent(
@@ -56,8 +53,8 @@ def test_features_flow_is_incremental_and_idempotent(
         read = eth.head(end).filter(pl.col("ts").dt.epoch("ms") >= history_from).height
         assert result.candles_read == read < end
 
-    stored = _stored(lake, "ETH/BTC")
+    stored = stored_features(lake, "ETH/BTC")
     assert stored["feature_set_version"].unique().to_list() == [FEATURE_SET_VERSION]
     assert stored.tail(50)["rsi_14_1h"].null_count() == 0
     assert_same_features(stored, build_features(eth))  # == a full rebuild of every candle
-    assert _stored(lake, "LTC/BTC").height == cut
+    assert stored_features(lake, "LTC/BTC").height == cut

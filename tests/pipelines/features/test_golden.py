@@ -32,7 +32,7 @@ import polars as pl
 import pytest
 
 from pipelines.features import FEATURE_SET_VERSION, build_features, feature_columns
-from tests.pipelines.features.conftest import load_candles
+from tests.pipelines.features.conftest import load_candles, load_trades
 
 GOLDEN_DIR = Path(__file__).resolve().parent
 REGENERATE = ".venv/bin/python -m tests.pipelines.features.test_golden"
@@ -75,11 +75,7 @@ def golden_features(candles_dir: Path) -> dict[str, pl.DataFrame]:
     """The feature frames the fingerprint is taken of, by slice name."""
     eth = load_candles(candles_dir / "ETH_BTC-5m.feather", "ETH/BTC", "5m").head(1_500)
     xrp = load_candles(candles_dir / "XRP_ETH-1m.feather", "XRP/ETH", "1m")
-    trades = pl.read_ipc(candles_dir / "XRP_ETH-trades.feather").select(
-        pl.from_epoch(pl.col("timestamp"), time_unit="ms").dt.replace_time_zone("UTC").alias("ts"),
-        "side",
-        "amount",
-    )
+    trades = load_trades(candles_dir / "XRP_ETH-trades.feather")
     return {
         "ETH_BTC-5m[:1500]": build_features(eth),
         "XRP_ETH-1m+trades+book": build_features(

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipelines.features import OnlineFeatureEngine, build_features, feature_columns
+from tests.pipelines.features.conftest import feature_differences
 
 N = 420  # 5m candles: 35 hours, enough to warm up the 1h features
 
@@ -183,7 +184,7 @@ def make_market(seed: int, gaps: list[tuple[int, int]], trade_start_minute: int)
     present = np.ones(M, dtype=bool)
     for pos, length in gaps:  # lengths up to 12: some carried, some restarting the windows
         present[pos : pos + length] = False
-    present[0] = True
+    present[[0, -1]] = True  # the last candle closes after every T drawn: mutations show
     # snapshots on a 20 s grid, some skipped (stale books are carried), half of them jittered
     slots = np.arange(M * MINUTE_MS // SNAPSHOT_EVERY_MS, dtype=np.int64)
     slots = slots[rng.random(len(slots)) < 0.8]
@@ -211,7 +212,13 @@ def make_market(seed: int, gaps: list[tuple[int, int]], trade_start_minute: int)
 def mutate_after(
     market: Market, t_ms: int, seed: int, *, candles: bool, book: bool, trades: bool
 ) -> Market:
-    """Rewrite, drop and add data timestamped ``>= t_ms``; nothing earlier is touched."""
+    """Rewrite, drop and add data timestamped ``>= t_ms``; nothing earlier is touched.
+
+    Each mutation changes the features of the first candle closing after ``t_ms`` (the market
+    must hold one): candles keep the first minute opening at or after ``t_ms`` with a new price,
+    the snapshot that candle reads is a new non-empty one (a new imbalance), and that candle
+    gets a new buy and a new sell trade (a new buy share).
+    """
     rng = np.random.default_rng(seed)
     out = market
     if candles:
@@ -219,7 +226,8 @@ def mutate_after(
         first = -(-(t_ms - START_MS) // MINUTE_MS)  # first minute opening at or after T
         keep = market.candle_ts < t_ms
         minutes = np.arange(max(first, 0), M, dtype=np.int64)
-        minutes = minutes[rng.random(len(minutes)) < 0.85]
+        assert len(minutes), "no minute opens at or after T"
+        minutes = minutes[(rng.random(len(minutes)) < 0.85) | (minutes == minutes[0])]
         price = market.ohlcv[keep][-1, 3] * np.exp(rng.normal(0, 0.02, len(minutes)))
         new = np.column_stack(
             [price, price * 1.01, price * 0.98, price * 1.005, rng.uniform(0, 500, len(minutes))]
@@ -229,25 +237,36 @@ def mutate_after(
             candle_ts=np.r_[market.candle_ts[keep], START_MS + minutes * MINUTE_MS],
             ohlcv=np.vstack([market.ohlcv[keep], new]),
         )
+    # the first candle closing after T (candles were mutated first, so it is in the output)
+    next_open = int(out.candle_ts[out.candle_ts + MINUTE_MS > t_ms][0])
     if book:
         # new sizes and prices, some snapshots dropped, one added exactly at T
         keep = market.book_ts < t_ms
         later = market.book_ts[~keep]
         later = later[(rng.random(len(later)) < 0.7) & (later != t_ms)]
         ts = np.r_[market.book_ts[keep], [t_ms], later]
-        mid = rng.uniform(50, 200, len(ts) - keep.sum())
-        out = replace(out, book_ts=ts, book=np.vstack([market.book[keep], _book_rows(rng, mid)]))
+        new = _book_rows(rng, rng.uniform(50, 200, len(ts) - keep.sum()))
+        # the snapshot the next candle reads (the last before its close, at T or later) is new;
+        # not empty, so its imbalance is a new value, never null again
+        read = int(np.searchsorted(ts, next_open + MINUTE_MS)) - 1 - int(keep.sum())
+        if not new[read, 2:].any():
+            new[read, 2:] = rng.uniform(0.1, 10, 2 * LEVELS)
+        out = replace(out, book_ts=ts, book=np.vstack([market.book[keep], new]))
     if trades:
-        # other amounts and sides, some trades dropped, one added exactly at T
+        # other amounts and sides, some trades dropped, one added exactly at T, and a buy and a
+        # sell in the next candle (at T when it is open at T): it always has a new buy share
         keep = market.trade_ts < t_ms
         later = np.flatnonzero(~keep)
         later = later[rng.random(len(later)) < 0.7]
-        n_new = len(later) + 1
+        at = max(t_ms, next_open)
+        ts = np.r_[[t_ms, at, at], market.trade_ts[later]]
+        buy = np.r_[rng.random(1) < 0.5, [True, False], rng.random(len(later)) < 0.5]
+        order = np.argsort(ts, kind="stable")
         out = replace(
             out,
-            trade_ts=np.r_[market.trade_ts[keep], [t_ms], market.trade_ts[later]],
-            trade_buy=np.r_[market.trade_buy[keep], rng.random(n_new) < 0.5],
-            trade_amount=np.r_[market.trade_amount[keep], rng.uniform(0.1, 100, n_new)],
+            trade_ts=np.r_[market.trade_ts[keep], ts[order]],
+            trade_buy=np.r_[market.trade_buy[keep], buy[order]],
+            trade_amount=np.r_[market.trade_amount[keep], rng.uniform(0.1, 100, len(ts))],
         )
     return out
 
@@ -258,8 +277,8 @@ def batch_features(market: Market) -> pl.DataFrame:
     ).select("ts", "gap_bars", *feature_columns())
 
 
-def online_features(market: Market, rows: int, delay_ms: int) -> list[tuple[Any, ...]]:
-    """The first ``rows`` outputs of the online engine, fed every event in time order.
+def online_features(market: Market, delay_ms: int) -> list[tuple[Any, ...]]:
+    """The outputs of the online engine for every candle, fed every event in time order.
 
     Each candle is delivered ``delay_ms`` after its close, so snapshots and trades stamped at
     or after the close (up to the delivery time) have already reached the engine: it must not
@@ -275,8 +294,6 @@ def online_features(market: Market, rows: int, delay_ms: int) -> list[tuple[Any,
     b = market.book
     out: list[tuple[Any, ...]] = []
     for at, kind, i in events:
-        if len(out) == rows:
-            break
         if kind == 0:
             engine.on_order_book(
                 at,
@@ -313,32 +330,11 @@ BATCH_RTOL = 1e-12
 BATCH_ATOL = 1e-15
 
 
-def differences(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:
-    """Columns where ``b`` differs from ``a``: keys exactly, nulls/NaNs exactly, values to
-    ``BATCH_RTOL`` (each with its first differing row)."""
-    assert a.columns == b.columns and a.height == b.height
-    problems = []
-    for col in a.columns:
-        x, y = a.get_column(col), b.get_column(col)
-        if x.equals(y, null_equal=True):
-            continue
-        if x.dtype.is_float():
-            xf, yf = x.to_numpy(), y.to_numpy()  # nulls -> NaN
-            close = np.isclose(xf, yf, rtol=BATCH_RTOL, atol=BATCH_ATOL, equal_nan=True)
-            same = close & (x.is_null() == y.is_null()).to_numpy()
-        else:
-            same = (x == y).fill_null(False).to_numpy() | (x.is_null() & y.is_null()).to_numpy()
-        if not same.all():
-            i = int(np.argmin(same))
-            problems.append(f"{col} at row {i} (ts {a['ts'][i]}): {x[i]!r} != {y[i]!r}")
-    return problems
-
-
 scenario = given(
     seed=st.integers(0, 2**16),
     gaps=st.lists(st.tuples(st.integers(1, M - 1), st.integers(1, 12)), max_size=5),
     trade_start=st.integers(0, 300),
-    t_minute=st.integers(120, M),
+    t_minute=st.integers(120, M - 2),  # a candle opens after every T: mutations show
     t_offset_ms=st.sampled_from([0, 1, 20_000, 59_999]),
     mutation_seed=st.integers(0, 2**16),
     what=st.sampled_from(["candles", "book", "trades", "all"]),
@@ -361,10 +357,15 @@ def warm_examples(test: Any) -> Any:
     return test
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@warm_examples
-@scenario
-def test_future_candles_books_and_trades_never_change_earlier_rows_batch(
+@dataclass(frozen=True)
+class Case:
+    t_ms: int
+    market: Market
+    changed: Market  # data at/after ``t_ms`` mutated
+    rows: int  # rows whose candle closed by ``t_ms``, in both markets
+
+
+def _case(
     seed: int,
     gaps: list[tuple[int, int]],
     trade_start: int,
@@ -372,7 +373,7 @@ def test_future_candles_books_and_trades_never_change_earlier_rows_batch(
     t_offset_ms: int,
     mutation_seed: int,
     what: str,
-) -> None:
+) -> Case:
     t_ms = START_MS + t_minute * MINUTE_MS + t_offset_ms
     market = make_market(seed, gaps, trade_start)
     changed = mutate_after(
@@ -383,55 +384,53 @@ def test_future_candles_books_and_trades_never_change_earlier_rows_batch(
         book=what in ("book", "all"),
         trades=what in ("trades", "all"),
     )
-    n = checked_rows(market, t_ms)
-    assert checked_rows(changed, t_ms) == n
-    full, full_changed = batch_features(market), batch_features(changed)
+    rows = checked_rows(market, t_ms)
+    assert checked_rows(changed, t_ms) == rows
+    assert rows < len(market.candle_ts) and rows < len(changed.candle_ts)  # a candle after T
+    return Case(t_ms, market, changed, rows)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@warm_examples
+@scenario
+def test_future_candles_books_and_trades_never_change_earlier_rows_batch(**params: Any) -> None:
+    case = _case(**params)
+    n = case.rows
+    full, full_changed = batch_features(case.market), batch_features(case.changed)
     past, past_changed = full.head(n), full_changed.head(n)
-    problems = differences(past, past_changed)
+    problems = feature_differences(past_changed, past, rtol=BATCH_RTOL, atol=BATCH_ATOL)
     assert not problems, (
-        f"data at/after {_utc(np.array([t_ms]))[0]} changed earlier rows: " + "; ".join(problems)
+        f"data at/after {_utc(np.array([case.t_ms]))[0]} changed earlier rows: "
+        + "; ".join(problems)
     )
-    if t_minute >= WARM_T_MINUTE:  # not vacuous: every feature (all timeframes) has values here
+    if params["t_minute"] >= WARM_T_MINUTE:  # not vacuous: every feature has values here
         empty = [c for c in feature_columns() if past.get_column(c).null_count() == n]
         assert not empty, f"never computed before T: {empty}"
-    if what in ("candles", "all"):  # the mutation is real
-        assert not full.equals(full_changed, null_equal=True)
+    # the mutation is real: later rows differ by more than rounding
+    assert feature_differences(full_changed, full, rtol=BATCH_RTOL, atol=BATCH_ATOL)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @warm_examples
 @scenario
 def test_future_candles_books_and_trades_never_change_earlier_rows_online(
-    seed: int,
-    gaps: list[tuple[int, int]],
-    trade_start: int,
-    t_minute: int,
-    t_offset_ms: int,
-    mutation_seed: int,
-    what: str,
+    **params: Any,
 ) -> None:
-    t_ms = START_MS + t_minute * MINUTE_MS + t_offset_ms
-    market = make_market(seed, gaps, trade_start)
-    changed = mutate_after(
-        market,
-        t_ms,
-        mutation_seed,
-        candles=what in ("candles", "all"),
-        book=what in ("book", "all"),
-        trades=what in ("trades", "all"),
-    )
-    n = checked_rows(market, t_ms)
-    delay_ms = mutation_seed % MINUTE_MS  # how late candles reach the engine after their close
-    past = online_features(market, n, delay_ms)
-    past_changed = online_features(changed, n, delay_ms)
+    case = _case(**params)
+    n = case.rows
+    delay_ms = params["mutation_seed"] % MINUTE_MS  # how late candles reach the engine
+    full = online_features(case.market, delay_ms)
+    full_changed = online_features(case.changed, delay_ms)
+    past, past_changed = full[:n], full_changed[:n]
     assert len(past) == len(past_changed) == n
     columns = ["ts", "gap_bars", *feature_columns()]
     for a, b in zip(past, past_changed, strict=True):
         diff = [(c, x, y) for c, x, y in zip(columns, a, b, strict=True) if x != y]
-        assert not diff, f"row ts={a[0]} changed by data at/after {t_ms}: {diff[:5]}"
-    if t_minute >= WARM_T_MINUTE:
+        assert not diff, f"row ts={a[0]} changed by data at/after {case.t_ms}: {diff[:5]}"
+    if params["t_minute"] >= WARM_T_MINUTE:
         for j, c in enumerate(columns):
             assert any(row[j] is not None for row in past), f"never computed before T: {c}"
+    assert full != full_changed  # the mutation is real: later rows differ
 
 
 def test_higher_timeframe_uses_only_closed_candles() -> None:

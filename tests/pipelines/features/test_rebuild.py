@@ -3,6 +3,7 @@ feature rows that fail the feature suite are quarantined, not written."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from functools import partial
@@ -16,23 +17,10 @@ from expectations.feature_gate import gate_features
 from expectations.frames import feature_range
 from pipelines.features import FEATURE_SET_VERSION, build_features
 from pipelines.features.rebuild import history_start_ms, rebuild_features
-from tests.pipelines.features.conftest import assert_same_features
+from tests.pipelines.features.conftest import assert_same_features, stored_features
 from warehouse import Settings, upsert
 
 KEY: dict[str, Any] = {"exchange": "binance", "symbol": "ETH/BTC", "timeframe": "5m"}
-
-
-def _features(con: duckdb.DuckDBPyConnection, symbol: str) -> pl.DataFrame:
-    return pl.from_arrow(
-        con.execute(
-            "SELECT * EXCLUDE (ingested_at) FROM features WHERE symbol = ? ORDER BY ts", [symbol]
-        ).fetch_arrow_table()
-    )  # type: ignore[return-value]
-
-
-def _ms(ts: object) -> int:
-    assert hasattr(ts, "timestamp")
-    return int(ts.timestamp() * 1000)
 
 
 def test_incremental_rebuild_reads_less_and_equals_full_rebuild(
@@ -48,18 +36,18 @@ def test_incremental_rebuild_reads_less_and_equals_full_rebuild(
     assert first.mode == "full" and first.write.inserted == cuts[0]
     assert first.candles_read == cuts[0] and first.rows_quarantined == 0
 
-    for start, end in zip(cuts, cuts[1:], strict=False):
+    for start, end in itertools.pairwise(cuts):
         upsert(lake, "candles", candles.slice(start, end - start).to_arrow(), settings=settings)
         run = rebuild_features(lake, settings=settings, **KEY)
         assert run.mode == "incremental", (start, end)
         assert run.rows_computed == end - start and run.rows_quarantined == 0
         assert run.write.inserted == end - start and run.write.replaced == 0
-        history_from = history_start_ms(_ms(candles["ts"][start]), "5m")
+        history_from = history_start_ms(int(candles["ts"].dt.epoch("ms")[start]), "5m")
         expected_read = candles.head(end).filter(pl.col("ts").dt.epoch("ms") >= history_from)
         assert run.candles_read == expected_read.height
         # it really is incremental: far fewer candles than the history stored so far
         assert end - start < run.candles_read < end, (run.candles_read, end)
-    incremental = _features(lake, "ETH/BTC")
+    incremental = stored_features(lake, "ETH/BTC")
 
     again = rebuild_features(lake, settings=settings, **KEY)
     assert again.mode == "up to date" and again.write.written == 0 and again.candles_read == 0
@@ -73,7 +61,7 @@ def test_incremental_rebuild_reads_less_and_equals_full_rebuild(
     )
     full_run = rebuild_features(lake, settings=settings, **{**KEY, "symbol": "ETH/BTC2"}, full=True)
     assert full_run.candles_read == total
-    full = _features(lake, "ETH/BTC2")
+    full = stored_features(lake, "ETH/BTC2")
     assert incremental.height == full.height == total
     assert (incremental["feature_set_version"] == FEATURE_SET_VERSION).all()
     # the appended rows are warmed up: a comparison of nulls alone would prove nothing
@@ -128,7 +116,7 @@ def test_rows_failing_the_feature_suite_are_quarantined_not_written(
     assert result.rows_quarantined == len(bad)
     assert result.write.inserted == candles.height - len(bad)
 
-    stored = _features(lake, "ETH/BTC")
+    stored = stored_features(lake, "ETH/BTC")
     assert stored.height == candles.height - len(bad)
     assert not bad_ts & set(stored["ts"].to_list())
     good = expected.filter(~pl.col("ts").is_in(list(bad_ts)))
