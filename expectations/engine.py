@@ -138,6 +138,13 @@ def _checkpoint(
         return checkpoint
 
 
+def _forget_checkpoint(
+    settings: Settings, suite_name: str, definitions: tuple[ExpectationDef, ...]
+) -> None:
+    with _lock:
+        _checkpoints.pop((str(quality_root(settings)), suite_name, _suite_hash(definitions)), None)
+
+
 def _stored_or_new_checkpoint(
     ctx: Any, suite_name: str, definitions: tuple[ExpectationDef, ...], suite_hash: str
 ) -> Any:
@@ -186,12 +193,25 @@ def validate(
 ) -> SuiteRun:
     """Run the suite on ``frame`` through its checkpoint; the result is stored for Data Docs."""
     from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.exceptions.resource_freshness import (
+        ResourceFreshnessAggregateError,
+        ResourceFreshnessError,
+    )
 
-    checkpoint = _checkpoint(settings, suite_name, definitions)
-    with _lock:
-        result = checkpoint.run(
-            batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name)
-        )
+    for attempt in range(2):
+        checkpoint = _checkpoint(settings, suite_name, definitions)
+        try:
+            with _lock:
+                result = checkpoint.run(
+                    batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name)
+                )
+            break
+        except (ResourceFreshnessAggregateError, ResourceFreshnessError):
+            # Another process saved the suite (or its checkpoint) after this one cached its
+            # copy; GX refuses to run a stale copy. Load the stored one and run again.
+            if attempt:
+                raise
+            _forget_checkpoint(settings, suite_name, definitions)
     validation = next(iter(result.run_results.values()))
     outcomes = []
     for r in validation.results:
