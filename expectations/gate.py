@@ -160,13 +160,18 @@ def gate_and_merge(
     settings: Settings,
     run_id: str | None = None,
     policy: GatePolicy | None = None,
+    now: dt.datetime | None = None,
 ) -> GateResult:
-    """Validate ``batch`` for ``table``; merge the passing rows, quarantine the rest."""
+    """Validate ``batch`` for ``table``; merge the passing rows, quarantine the rest.
+
+    ``now`` is the clock that the future-timestamp and closed-candle rules judge against
+    (default: the wall clock); an explicit one makes a validation reproducible.
+    """
     started = time.perf_counter()
     policy = policy or GatePolicy()
     spec = spec_for(table)
     definitions = suite_for(table, policy)
-    now = dt.datetime.now(dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
     now_ms = int(now.timestamp() * 1000)
     rows_in = batch.num_rows
     fingerprint = _fingerprint(batch)

@@ -262,11 +262,12 @@ def test_failed_batch_can_be_held_back_whole(
 def test_unclosed_candle_is_held_without_failing(
     lake: duckdb.DuckDBPyConnection, settings: Settings
 ) -> None:
-    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
-    rows = candle_rows(
-        N, start=now - dt.timedelta(minutes=N - 1)
-    )  # the last one opened this minute
-    result = gate_and_merge(lake, "candles", to_arrow(rows), settings=settings)
+    # An explicit clock half-way through the last bar: judged against the wall clock, the
+    # last bar counted as closed whenever the test ran within the skew of a minute's end.
+    this_minute = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    rows = candle_rows(N, start=this_minute - dt.timedelta(minutes=N - 1))
+    now = this_minute + dt.timedelta(seconds=30)
+    result = gate_and_merge(lake, "candles", to_arrow(rows), settings=settings, now=now)
     assert result.success
     assert (result.rows_merged, result.rows_quarantined) == (N - 1, 1)
     assert lake.execute("SELECT expectation FROM quarantine").fetchall() == [("candle_closed",)]
