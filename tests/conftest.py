@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from warehouse import Settings, connect, migrate
+
+# CI (.ci/run) selects "ci": the same examples every run, so a red CI is reproducible and a
+# green one is not luck; local runs keep drawing new examples to find new failures.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("dev", print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("TRADELOOP_HYPOTHESIS_PROFILE", "dev"))
 
 SHARED_CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "candles"
 

@@ -29,7 +29,9 @@ import pytest
 from tests.models.conftest import TINY
 from warehouse import Settings, connect
 
-pytestmark = pytest.mark.xdist_group("e2e-deployment")
+# The module's stack (server, worker, deploy, one full pipeline run) is built in the first
+# test's setup, which pytest-timeout charges to that test: more than the default 300 s.
+pytestmark = [pytest.mark.xdist_group("e2e-deployment"), pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))

@@ -14,7 +14,8 @@ def test_tiny_model_trains_on_real_data_in_seconds(samples: SampleSet) -> None:
     started = time.perf_counter()
     ensemble = train_ensemble(samples, TINY)
     seconds = time.perf_counter() - started
-    assert seconds < 20, f"tiny training took {seconds:.1f} s"
+    # wall time on a shared 2-core machine; about 5-10 s alone, the margin is for a loaded CI
+    assert seconds < 45, f"tiny training took {seconds:.1f} s"
     assert [m.name for m in ensemble.members] == ["hybrid", "conv", "gbm"]
     assert ensemble.feature_set_version == FEATURE_SET_VERSION
     assert ensemble.feature_columns == tuple(feature_columns())

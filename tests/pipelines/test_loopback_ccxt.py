@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.loopback import Fault, FaultPlan
 from pipelines.simulated_exchange import MINUTE_MS
-from pipelines.sources import FetchStats, SourceError, candles_checksum, table_checksum
+from pipelines.sources import FetchStats, RetryPolicy, SourceError, candles_checksum, table_checksum
 from tests.pipelines.conftest import NOW_MS, ccxt_source
 from warehouse import upsert
 
@@ -30,6 +30,9 @@ FAULTS = FaultPlan(
 )
 
 
+SPARE_RETRY = RetryPolicy(max_attempts=8, backoff_initial_s=0.005, backoff_max_s=0.02)
+
+
 def _server_truth(server, since_ms: int, until_ms: int) -> tuple[int, str]:
     s = server.exchange.closed_candles("BTC/USDT", since_ms, until_ms)
     return s.ts.size, candles_checksum(
@@ -41,7 +44,9 @@ def test_5000_candles_paged_exactly_through_faults(loopback, lake, settings) -> 
     open_minute = NOW_MS - NOW_MS % MINUTE_MS
     since = open_minute - 5_000 * MINUTE_MS
     server = loopback(faults=FAULTS)
-    source = ccxt_source(server, timeout_ms=700)
+    # The pattern puts four failures in a row; attempts to spare, so one request that a loaded
+    # machine stalls past the 700 ms timeout does not exhaust them.
+    source = ccxt_source(server, timeout_ms=700, retry=SPARE_RETRY)
     stats = FetchStats()
     batches = list(source.iter_candles("BTC/USDT", "1m", since, None, stats=stats))
     for batch in batches:

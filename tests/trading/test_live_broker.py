@@ -40,7 +40,9 @@ def _broker(server: LoopbackServer, **kw: object) -> CcxtBroker:
         "api_base": server.url,
         "timeout_ms": 2_000,
         "reconcile_wait_s": 0.05,
-        "recv_window_ms": 300,
+        # generous: a signed request that waits longer (a stalled, loaded CI machine) would be
+        # refused by the loopback exchange and turn a plain placement into a reconciliation
+        "recv_window_ms": 5_000,
         "resend_grace_s": 0.1,
     }
     args.update(kw)
@@ -114,11 +116,13 @@ def test_order_lost_before_the_exchange_is_resent_once(
     # request could still arrive); once its recvWindow has passed, the exchange's "does not
     # exist" is final and the order is sent again, once, with the same client order id.
     exchange.faults = FaultPlan(pattern=(Fault.UNAVAILABLE,), endpoints=("order",), repeat=False)
-    b = _broker(server)
+    broker_clock_s = [time.time()]  # the broker's view of time; the exchange keeps the real one
+    b = _broker(server, clock=lambda: broker_clock_s[0])
     b.submit(_order("paper-BTCUSDT-3-1"))
     assert b.order_status("paper-BTCUSDT-3-1") == "unknown"
+    assert b.process_bar(_bar(exchange), 0.0) == []  # within its recvWindow: not yet re-sent
     assert b.resends == 0 and exchange.orders() == []
-    time.sleep(0.5)  # > recvWindow (0.3 s) + grace (0.1 s)
+    broker_clock_s[0] += 5.0 + 0.1 + 0.01  # past recvWindow (5 s) + grace (0.1 s)
     fills = b.process_bar(_bar(exchange), 0.0)
     assert b.resends == 1
     assert [o["clientOrderId"] for o in exchange.orders()] == ["paper-BTCUSDT-3-1"]
@@ -131,7 +135,7 @@ def test_loopback_rejects_a_request_past_its_recv_window(
 ) -> None:
     # why the re-send is safe: a delayed original arriving after its recvWindow is refused
     exchange.faults = FaultPlan(pattern=(Fault.SLOW,), endpoints=("order",), slow_s=0.6)
-    b = _broker(server, timeout_ms=2_000)
+    b = _broker(server, timeout_ms=2_000, recv_window_ms=300)
     b.exchange.load_markets()
     with pytest.raises(ccxt.InvalidNonce):
         b.exchange.create_order("BTC/USDT", "market", "buy", 0.01)
