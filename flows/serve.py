@@ -11,10 +11,12 @@
   ``tradeloop.model.<model name>`` (related: ``tradeloop.account.<account>``), at most once per
   the feedback cooldown (kept in the loop's snapshot). The ``retrain/daily`` deployment in
   deployments/prefect.yaml has an event trigger on it: the event is the only retrain request.
-* ``follow_every_s``: a long-running paper loop. After the stored candles the flow checks for new
-  ones every ``follow_every_s`` seconds and serves them (resuming from the last served candle),
-  until cancelled or ``max_candles`` were served. ``tradeloop serve --follow-every 60`` runs it
-  (the ``serve`` service of deployments/docker-compose.yml).
+* ``follow_every_s``: a long-running paper loop. After the stored candles the flow reads the
+  source's new ones every ``follow_every_s`` seconds and serves them
+  (``trading.market.FollowMarket``: the loop stays in process, a poll reads only candles after
+  the last one served), until cancelled or ``max_candles`` were served.
+  ``tradeloop serve --follow-every 60`` runs it (the ``serve`` service of
+  deployments/docker-compose.yml).
 * Paper trading by default. ``live=True`` trades on ``settings.exchange`` with real orders
   (``trading.live_broker.CcxtBroker``, sandbox first) and needs ``TRADELOOP_LIVE_TRADING=true``
   too; keys come from the environment or from Prefect Secret blocks named by
@@ -132,21 +134,7 @@ def serve(
             f"{loop.state.portfolio.equity():.2f}"
         )
 
-    def replay_once(limit: int | None) -> RunSummary:
-        assert replay is not None
-        return serve_replay(
-            settings,
-            replay,
-            config=config,
-            speed=speed,
-            max_candles=limit,
-            on_retrain=retrain,
-            heartbeat=beat,
-            heartbeat_every=heartbeat_every,
-            last_candles=last_candles,
-        )
-
-    summary: RunSummary | None = None
+    summary: RunSummary
     with concurrency(limit_name, occupy=1, strict=True, lease_duration=lease_duration_s):
         if live:
             summary = serve_live(
@@ -159,22 +147,21 @@ def serve(
                 on_retrain=retrain,
                 heartbeat=beat,
             )
-        elif follow_every_s is None:
-            summary = replay_once(max_candles)
         else:
-            served = 0
-            while True:
-                try:
-                    left = None if max_candles is None else max_candles - served
-                    part = replay_once(left)
-                    summary = part if summary is None else summary.then(part)
-                    served = summary.candles
-                except ValueError as exc:  # e.g. nothing stored yet: log, keep following
-                    logger.warning(f"replay {replay}: {exc}; next check in {follow_every_s} s")
-                if max_candles is not None and served >= max_candles:
-                    break
-                time.sleep(follow_every_s)
-    assert summary is not None
+            assert replay is not None
+            summary = serve_replay(
+                settings,
+                replay,
+                config=config,
+                speed=speed,
+                max_candles=max_candles,
+                on_retrain=retrain,
+                heartbeat=beat,
+                heartbeat_every=heartbeat_every,
+                last_candles=last_candles,
+                follow_every_s=follow_every_s,
+                sleep=time.sleep,
+            )
     logger.info(f"served {summary.candles} candles; equity {summary.equity:.2f}")
     return {
         "candles": summary.candles,

@@ -760,18 +760,6 @@ class RunSummary:
     resumed_from_ts_ms: int | None
     events: int
 
-    def then(self, later: RunSummary) -> RunSummary:
-        """This run followed by ``later`` (a long-running loop serving batch after batch)."""
-        return RunSummary(
-            ticks=self.ticks + later.ticks,
-            candles=self.candles + later.candles,
-            last_ts_ms=later.last_ts_ms if later.last_ts_ms is not None else self.last_ts_ms,
-            equity=later.equity,
-            positions=later.positions,
-            resumed_from_ts_ms=self.resumed_from_ts_ms,
-            events=self.events + later.events,
-        )
-
 
 def run(
     loop: ServingLoop,

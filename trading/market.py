@@ -3,6 +3,8 @@
 * ``ReplayMarket``: candles from a file (any format ``tradeloop import`` reads) or from the
   warehouse, replayed in time order at maximum speed (``speed=None``) or accelerated
   (``speed=60`` plays one 1m candle per second).
+* ``FollowMarket``: a replay source followed as it grows (``tradeloop serve --follow-every``):
+  what it holds, then only its new candles, read every poll from the last one served.
 * ``PollingMarket``: any ``pipelines.sources`` Source (ccxt against a real exchange or the
   loopback server, the simulated exchange) polled for newly CLOSED candles. A failing poll
   (exchange outage) is an alert, never a loss: the per-symbol cursor only moves past candles
@@ -14,6 +16,8 @@ open time), the market clock, and alerts.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +32,9 @@ from pipelines.sources.base import Source, SourceError, wall_clock_ms
 from trading.backtest import Candles
 from trading.domain import Bar
 from warehouse.readers import read_candles
+
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+logger = logging.getLogger("tradeloop.serve")
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ def _bar(c: Candles, i: int) -> Bar:
     )
 
 
-def load_replay_candles(
+def read_replay_candles(
     source: str,
     *,
     con: duckdb.DuckDBPyConnection | None = None,
@@ -58,9 +65,15 @@ def load_replay_candles(
     timeframe: str | None = None,
     symbol: str | None = None,
     last: int | None = None,
-) -> list[Candles]:
+    after_ts_ms: int | None = None,
+    up_to_ts_ms: int | None = None,
+) -> Candles:
     """A candle file's candles, or one warehouse symbol's (``source`` = a symbol like BTC/USDT)
-    stored under ``exchange``; ``last``: only the latest ``last`` candles of the symbol."""
+    stored under ``exchange``, opened after ``after_ts_ms`` (exclusive) and up to
+    ``up_to_ts_ms`` (inclusive); ``last``: only the latest ``last`` of those. Possibly none.
+
+    A warehouse symbol's window is read in SQL, so following a growing symbol reads only its
+    new rows; a file is read whole and then cut (a file has no index to seek by time)."""
     path = Path(source)
     if path.exists():
         from pipelines.importers import read_candles as read_candle_file
@@ -70,20 +83,46 @@ def load_replay_candles(
         assert isinstance(frame, pl.DataFrame)
         sym = str(frame["symbol"][0]) if frame.height else (symbol or path.stem)
         tf = str(frame["timeframe"][0]) if frame.height else (timeframe or "1m")
-        return [Candles.from_frame(frame, sym, tf)]
+        ts_ms = pl.col("ts").dt.epoch("ms")
+        if after_ts_ms is not None:
+            frame = frame.filter(ts_ms > after_ts_ms)
+        if up_to_ts_ms is not None:
+            frame = frame.filter(ts_ms <= up_to_ts_ms)
+        if last is not None:
+            frame = frame.sort("ts").tail(last)
+        return Candles.from_frame(frame, sym, tf)
     if con is None:
         raise FileNotFoundError(f"replay source {source!r}: no such file, and no warehouse given")
     tf = timeframe or "1m"
     frame = pl.from_arrow(
-        read_candles(con, symbols=[source], timeframe=tf, exchange=exchange, last=last)
+        read_candles(
+            con,
+            symbols=[source],
+            timeframe=tf,
+            exchange=exchange,
+            after=None if after_ts_ms is None else _utc(after_ts_ms),
+            before=None if up_to_ts_ms is None else _utc(up_to_ts_ms + 1),
+            last=last,
+        )
     )
     assert isinstance(frame, pl.DataFrame)
-    if frame.height == 0:
-        raise FileNotFoundError(
-            f"replay source {source!r}: no such file and no {tf} candles for symbol {source!r} "
-            f"on {exchange!r} in the warehouse"
-        )
-    return [Candles.from_frame(frame, source, tf)]
+    return Candles.from_frame(frame, source, tf)
+
+
+def require_candles(candles: Candles, source: str, exchange: str) -> Candles:
+    """``candles`` read from ``source``, or an error that names the source when it held none."""
+    if len(candles):
+        return candles
+    if Path(source).exists():
+        raise ValueError(f"replay source {source!r}: the file holds no candles")
+    raise FileNotFoundError(
+        f"replay source {source!r}: no such file and no {candles.timeframe} candles for "
+        f"symbol {source!r} on {exchange!r} in the warehouse"
+    )
+
+
+def _utc(ts_ms: int) -> dt.datetime:
+    return EPOCH + dt.timedelta(milliseconds=ts_ms)
 
 
 @dataclass
@@ -131,6 +170,65 @@ class ReplayMarket:
             if t.bars[0].ts_ms > up_to_ts_ms:
                 return
             yield t
+
+
+ReadCandles = Callable[[int | None, int | None], Candles]
+
+
+@dataclass
+class FollowMarket:
+    """A replay source followed as it grows (the long-running paper loop): the candles it
+    holds, then every ``poll_interval_s`` only those opened after the last one served.
+
+    ``read(after_ts_ms, up_to_ts_ms)`` returns the source's candles in that window (after:
+    exclusive, up to: inclusive, None: open). The loop stays in this process, so a poll costs
+    the new rows, not the history. An unreadable source (a warehouse being migrated, a file
+    being rewritten) is logged and read again from the same cursor at the next poll: nothing
+    is skipped. ``rows_read`` counts every candle read, to show that."""
+
+    read: ReadCandles
+    poll_interval_s: float
+    sleep: Callable[[float], None] = time.sleep
+    max_polls: int | None = None
+    name: str = "replay"
+    rows_read: int = 0
+    read_failures: int = 0
+
+    def __post_init__(self) -> None:
+        if self.poll_interval_s <= 0:
+            raise ValueError(
+                f"FollowMarket: poll_interval_s must be > 0, got {self.poll_interval_s}"
+            )
+
+    def ticks(self, *, after_ts_ms: int | None = None) -> Iterator[Tick]:
+        cursor = after_ts_ms
+        polls = 0
+        while self.max_polls is None or polls < self.max_polls:
+            if polls:
+                self.sleep(self.poll_interval_s)
+            polls += 1
+            try:
+                candles = self.read(cursor, None)
+            except (OSError, ValueError, duckdb.Error) as exc:
+                self.read_failures += 1
+                logger.error(
+                    f"{self.name}: unreadable ({exc}); next read in {self.poll_interval_s:g} s "
+                    f"from cursor {cursor}"
+                )
+                continue
+            self.rows_read += len(candles)
+            if len(candles) == 0 and cursor is None:
+                logger.warning(
+                    f"{self.name}: no candles yet; next read in {self.poll_interval_s:g} s"
+                )
+            step_ms = timeframe_ms(candles.timeframe)
+            for i in range(len(candles)):
+                cursor = int(candles.ts_ms[i])
+                yield Tick(cursor + step_ms, (_bar(candles, i),))
+
+    def history(self, up_to_ts_ms: int) -> Iterator[Tick]:
+        """The ticks up to and including ``up_to_ts_ms`` (to re-warm state after a restart)."""
+        yield from ReplayMarket([self.read(None, up_to_ts_ms)]).ticks()
 
 
 @dataclass

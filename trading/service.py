@@ -9,14 +9,22 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from models.registry import champion
 from pipelines.features import FEATURE_SET_VERSION
+from trading.backtest import Candles
 from trading.fallback import ModelManager
 from trading.loop import LoopConfig, RunSummary, ServingLoop, run
-from trading.market import PollingMarket, ReplayMarket, load_replay_candles
+from trading.market import (
+    FollowMarket,
+    PollingMarket,
+    ReplayMarket,
+    read_replay_candles,
+    require_candles,
+)
 from trading.writer import BufferedWriter
 from warehouse import Settings, connect, migrate
 
@@ -97,20 +105,42 @@ def serve_replay(
     heartbeat: Callable[[ServingLoop], None] | None = None,
     heartbeat_every: int = 50,
     last_candles: int | None = None,
+    follow_every_s: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> RunSummary:
     """Replay a candle file or a warehouse symbol through the paper-trading loop.
 
     A warehouse symbol is read under ``config.exchange`` (default: ``settings.exchange``, the
-    exchange the candles were collected under); ``last_candles``: only its latest N."""
+    exchange the candles were collected under); ``last_candles``: only its latest N.
+    ``follow_every_s``: then keep following the source, reading its new candles every that
+    many seconds (``sleep`` waits), until ``max_candles``; ``speed`` does not apply."""
     config = config or LoopConfig(model_check_every_steps=60, exchange=settings.exchange)
     con = connect(settings)
     migrate(con)
     try:
-        market = ReplayMarket(
-            load_replay_candles(source, con=con, exchange=config.exchange, last=last_candles),
-            speed=speed,
-        )
-        config = dataclasses.replace(config, timeframe=market.timeframe)
+        market: ReplayMarket | FollowMarket
+        if follow_every_s is None:
+            stored = read_replay_candles(
+                source, con=con, exchange=config.exchange, last=last_candles
+            )
+            market = ReplayMarket([require_candles(stored, source, config.exchange)], speed=speed)
+            timeframe = market.timeframe
+        else:
+            exchange = config.exchange
+
+            def read(after_ts_ms: int | None, up_to_ts_ms: int | None) -> Candles:
+                return read_replay_candles(
+                    source,
+                    con=con,
+                    exchange=exchange,
+                    last=last_candles if after_ts_ms is None else None,
+                    after_ts_ms=after_ts_ms,
+                    up_to_ts_ms=up_to_ts_ms,
+                )
+
+            timeframe = read_replay_candles(source, con=con, exchange=exchange, last=1).timeframe
+            market = FollowMarket(read, follow_every_s, sleep=sleep, name=f"replay {source}")
+        config = dataclasses.replace(config, timeframe=timeframe)
         manager = ModelManager(lambda: champion(con, config.model_name), FEATURE_SET_VERSION)
         writer = BufferedWriter(settings, lambda: connect(settings))
         loop = ServingLoop(

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from models.registry import promote, register_model
 from pipelines.features import FEATURE_SET_VERSION, feature_columns
 from trading.backtest import Candles
-from trading.market import ReplayMarket, load_replay_candles
+from trading.market import ReplayMarket, read_replay_candles
 from warehouse import Settings
 
 CANDLE_FILE = (
@@ -45,7 +45,7 @@ def slice_file(rows: int) -> Path:
 
 def replay_market(rows: int) -> ReplayMarket:
     """The last ``rows`` real 1m candles of UNITTEST/BTC as a replay market."""
-    return ReplayMarket(load_replay_candles(str(slice_file(rows))))
+    return ReplayMarket([read_replay_candles(str(slice_file(rows)))])
 
 
 def candles(rows: int) -> Candles:

@@ -22,12 +22,12 @@ import trading.protections, trading.thresholds, trading.confidence, trading.late
 import trading.writer, flows.commands.serve
 from tests.trading.serve_support import make_loop, slice_file
 from trading.loop import LoopConfig, run
-from trading.market import ReplayMarket, load_replay_candles
+from trading.market import ReplayMarket, read_replay_candles
 from warehouse import Settings, connect, migrate
 s = Settings(home={str(tmp_path)!r})
 con = connect(s); migrate(con)
 loop, _ = make_loop(s, LoopConfig(model_check_every_steps=50), lookup_con=con)
-summary = run(loop, ReplayMarket(load_replay_candles(str(slice_file(120)))))
+summary = run(loop, ReplayMarket([read_replay_candles(str(slice_file(120)))]))
 loop.writer.close()
 assert summary.candles == 120, summary
 assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]

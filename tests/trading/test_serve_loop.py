@@ -15,7 +15,7 @@ from tests.trading.serve_support import (
     make_loop,
     real_frame,
     register_champion,
-    slice_file,
+    replay_market,
     table_rows,
     tiny_model,
 )
@@ -24,7 +24,6 @@ from trading.confidence import VolatilityReference, score
 from trading.decision import OnlineVolatility, ProbabilityDecider, Thresholds
 from trading.feedback import Feedback, Pending
 from trading.loop import LoopConfig, run
-from trading.market import ReplayMarket, load_replay_candles
 from trading.protections import ProtectionConfig
 from trading.risk import RiskLimits
 from trading.thresholds import AdaptiveThresholds, ThresholdPolicy
@@ -50,7 +49,7 @@ EQ_CONFIG = LoopConfig(
 
 def _replay(settings: Settings, lake, config: LoopConfig = EQ_CONFIG, rows: int = ROWS):  # type: ignore[no-untyped-def]
     loop, con = make_loop(settings, config, lookup_con=lake)
-    market = ReplayMarket(load_replay_candles(str(slice_file(rows))))
+    market = replay_market(rows)
     summary = run(loop, market)
     loop.writer.close()
     return loop, summary
