@@ -31,6 +31,7 @@ from pipelines.resample import timeframe_ms
 from pipelines.sources.base import Source, SourceError, wall_clock_ms
 from trading.backtest import Candles
 from trading.domain import Bar
+from warehouse.errors import WarehouseError
 from warehouse.readers import read_candles
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -184,11 +185,13 @@ class FollowMarket:
     exclusive, up to: inclusive, None: open). The loop stays in this process, so a poll costs
     the new rows, not the history. An unreadable source (a warehouse being migrated, a file
     being rewritten) is logged and read again from the same cursor at the next poll: nothing
-    is skipped. ``rows_read`` counts every candle read, to show that."""
+    is skipped. ``rows_read`` counts every candle read, to show that. ``on_idle`` runs before
+    each wait (the serving loop saves what it served: rows, snapshot, heartbeat)."""
 
     read: ReadCandles
     poll_interval_s: float
     sleep: Callable[[float], None] = time.sleep
+    on_idle: Callable[[], None] | None = None
     max_polls: int | None = None
     name: str = "replay"
     rows_read: int = 0
@@ -205,11 +208,13 @@ class FollowMarket:
         polls = 0
         while self.max_polls is None or polls < self.max_polls:
             if polls:
+                if self.on_idle is not None:
+                    self.on_idle()
                 self.sleep(self.poll_interval_s)
             polls += 1
             try:
                 candles = self.read(cursor, None)
-            except (OSError, ValueError, duckdb.Error) as exc:
+            except (OSError, ValueError, WarehouseError, duckdb.Error) as exc:
                 self.read_failures += 1
                 logger.error(
                     f"{self.name}: unreadable ({exc}); next read in {self.poll_interval_s:g} s "

@@ -6,6 +6,7 @@ that triggers the retrain deployment) and ``heartbeat``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -26,7 +27,7 @@ from trading.market import (
     require_candles,
 )
 from trading.writer import BufferedWriter
-from warehouse import Settings, connect, migrate
+from warehouse import Settings, Warehouse, connect, migrate
 
 
 class LiveTradingRefused(RuntimeError):
@@ -114,6 +115,8 @@ def serve_replay(
     exchange the candles were collected under); ``last_candles``: only its latest N.
     ``follow_every_s``: then keep following the source, reading its new candles every that
     many seconds (``sleep`` waits), until ``max_candles``; ``speed`` does not apply."""
+    if follow_every_s is not None and speed is not None:
+        raise ValueError("serve_replay: follow_every_s follows new candles as they land; no speed")
     config = config or LoopConfig(model_check_every_steps=60, exchange=settings.exchange)
     con = connect(settings)
     migrate(con)
@@ -126,26 +129,22 @@ def serve_replay(
             market = ReplayMarket([require_candles(stored, source, config.exchange)], speed=speed)
             timeframe = market.timeframe
         else:
-            exchange = config.exchange
-
-            def read(after_ts_ms: int | None, up_to_ts_ms: int | None) -> Candles:
-                return read_replay_candles(
-                    source,
-                    con=con,
-                    exchange=exchange,
-                    last=last_candles if after_ts_ms is None else None,
-                    after_ts_ms=after_ts_ms,
-                    up_to_ts_ms=up_to_ts_ms,
-                )
-
-            timeframe = read_replay_candles(source, con=con, exchange=exchange, last=1).timeframe
-            market = FollowMarket(read, follow_every_s, sleep=sleep, name=f"replay {source}")
+            market, timeframe = _follow_market(
+                settings, source, config.exchange, follow_every_s, sleep, last_candles
+            )
         config = dataclasses.replace(config, timeframe=timeframe)
         manager = ModelManager(lambda: champion(con, config.model_name), FEATURE_SET_VERSION)
         writer = BufferedWriter(settings, lambda: connect(settings))
         loop = ServingLoop(
             config, manager=manager, writer=writer, home=settings.home, on_retrain=on_retrain
         )
+        if isinstance(market, FollowMarket):
+
+            def save_before_waiting() -> None:
+                loop.flush(wait=True)
+                write_heartbeat(settings.home, loop)
+
+            market.on_idle = save_before_waiting
 
         def beat(lp: ServingLoop) -> None:
             if lp.steps % heartbeat_every == 0:
@@ -161,6 +160,37 @@ def serve_replay(
         return summary
     finally:
         con.close()
+
+
+def _follow_market(
+    settings: Settings,
+    source: str,
+    exchange: str,
+    poll_interval_s: float,
+    sleep: Callable[[float], None],
+    last_candles: int | None,
+) -> tuple[FollowMarket, str]:
+    """A FollowMarket on ``source`` and its timeframe. A warehouse symbol (1m) is read on a
+    fresh read-only connection per poll, so a catalog that dropped the session (a PostgreSQL
+    restart, an idle timeout) is simply reconnected at the next poll."""
+    is_file = Path(source).exists()
+    warehouse = Warehouse(settings)
+
+    def read(after_ts_ms: int | None, up_to_ts_ms: int | None) -> Candles:
+        with contextlib.ExitStack() as stack:
+            reader = None if is_file else stack.enter_context(warehouse.session(read_only=True))
+            return read_replay_candles(
+                source,
+                con=reader,
+                exchange=exchange,
+                last=last_candles if after_ts_ms is None else None,
+                after_ts_ms=after_ts_ms,
+                up_to_ts_ms=up_to_ts_ms,
+            )
+
+    timeframe = read_replay_candles(source, last=1).timeframe if is_file else "1m"
+    market = FollowMarket(read, poll_interval_s, sleep=sleep, name=f"replay {source}")
+    return market, timeframe
 
 
 def serve_live(

@@ -9,7 +9,7 @@ Public entry points:
 """
 
 from warehouse.connection import Warehouse, connect
-from warehouse.errors import SchemaError, WarehouseError, WriteConflictError
+from warehouse.errors import SchemaError, WarehouseError, WarehouseReadError, WriteConflictError
 from warehouse.maintenance import maintain
 from warehouse.migrate import migrate
 from warehouse.readers import current_snapshot_id, read_candles
@@ -21,6 +21,7 @@ __all__ = [
     "Settings",
     "Warehouse",
     "WarehouseError",
+    "WarehouseReadError",
     "WriteConflictError",
     "WriteResult",
     "connect",

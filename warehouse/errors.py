@@ -8,3 +8,8 @@ class SchemaError(WarehouseError, ValueError):
 
 class WriteConflictError(WarehouseError):
     """A write still conflicted with other writers after every retry."""
+
+
+class WarehouseReadError(WarehouseError, RuntimeError):
+    """A read from the lake failed (catalog unreachable or locked, unknown snapshot, ...): the
+    message names what was read."""

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
+from warehouse.errors import WarehouseReadError
+
 CANDLE_COLUMNS = ("exchange", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume")
 
 
@@ -76,7 +78,7 @@ def read_candles(
         return con.execute(query, params).fetch_arrow_table()
     except duckdb.Error as exc:
         at = f" at snapshot {snapshot_id}" if snapshot_id is not None else ""
-        raise RuntimeError(f"cannot read candles{at}: {exc}") from exc
+        raise WarehouseReadError(f"cannot read candles{at}: {exc}") from exc
 
 
 def newest_candle_ts(
@@ -98,5 +100,5 @@ def newest_candle_ts(
         row = con.execute(query, params).fetchone()
     except duckdb.Error as exc:
         at = f" at snapshot {snapshot_id}" if snapshot_id is not None else ""
-        raise RuntimeError(f"cannot read candles{at}: {exc}") from exc
+        raise WarehouseReadError(f"cannot read candles{at}: {exc}") from exc
     return row[0] if row else None

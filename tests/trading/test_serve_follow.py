@@ -1,18 +1,18 @@
 """Following a growing warehouse symbol (``tradeloop serve --follow-every``): the loop stays in
-process, each poll reads only the candles stored since the last one served, a restart resumes
-without serving a candle twice, and an unreadable source is read again, not skipped."""
+process, each poll reads only the candles stored since the last one served, what was served is
+saved before each wait, a restart resumes without serving a candle twice, and a failed read is
+repeated from the same candle, not skipped."""
 
 from __future__ import annotations
 
+import json
 import logging
 
-import duckdb
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
 
-from tests.trading.serve_support import SYMBOL, candles, real_frame
+from tests.trading.serve_support import SYMBOL, real_frame
 from trading.backtest import Candles
 from trading.loop import LoopConfig
 from trading.market import FollowMarket, read_replay_candles
@@ -89,45 +89,58 @@ def test_follow_serves_new_candles_and_a_restart_serves_none_twice(
     )
     assert again.resumed_from_ts_ms == first.last_ts_ms
     assert again.candles == 200 and again.last_ts_ms == _epoch_ms(history)[649]
+    assert _served(settings) == _epoch_ms(history)[:650]  # none twice, none skipped
+
+
+def _served(settings: Settings) -> list[int]:
     con = connect(settings, read_only=True)
     try:
-        served = [
-            r[0]
-            for r in con.execute(
-                "SELECT epoch_ms(ts) FROM equity WHERE account = 'follow' ORDER BY ts"
-            ).fetchall()
-        ]
+        rows = con.execute(
+            "SELECT epoch_ms(ts) FROM equity WHERE account = 'follow' ORDER BY ts"
+        ).fetchall()
     finally:
         con.close()
-    assert served == _epoch_ms(history)[:650]  # none twice, none skipped
+    return [r[0] for r in rows]
 
 
-def _window(c: Candles, after_ts_ms: int | None, rows: int) -> Candles:
-    """``c``'s first ``rows`` candles, those opened after ``after_ts_ms``."""
-    keep = np.arange(len(c)) < rows
-    if after_ts_ms is not None:
-        keep &= c.ts_ms > after_ts_ms
-    columns = (c.ts_ms, c.open, c.high, c.low, c.close, c.volume)
-    return Candles(c.symbol, c.timeframe, *(x[keep] for x in columns))
-
-
-def test_an_unreadable_source_is_read_again_from_the_same_cursor(
+def test_a_failed_warehouse_read_is_repeated_and_served_rows_are_saved_before_waiting(
+    settings: Settings,
+    lake,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    whole = candles(50)
-    cursors: list[int | None] = []
+    import trading.market as market_module
 
-    def read(after_ts_ms: int | None, up_to_ts_ms: int | None) -> Candles:
-        cursors.append(after_ts_ms)
-        if len(cursors) == 2:
-            raise duckdb.IOException("catalog locked (injected)")
-        return _window(whole, after_ts_ms, 30 if len(cursors) == 1 else 50)
+    history = real_frame(400)
+    _store(settings, history.head(130))  # not a multiple of the loop's flush interval
+    read_after: list[object] = []
 
-    market = FollowMarket(read, 5.0, sleep=lambda s: None, max_polls=3, name="replay X")
+    def flaky_read_candles(con, **window):  # type: ignore[no-untyped-def]
+        read_after.append(window["after"])
+        if len(read_after) == 2:  # the warehouse's own error: an unknown snapshot
+            return real_read_candles(con, snapshot_id=999_999, **window)
+        return real_read_candles(con, **window)
+
+    real_read_candles = market_module.read_candles
+    monkeypatch.setattr(market_module, "read_candles", flaky_read_candles)
+    saved_at_wait: list[int] = []
+    heartbeat = settings.home / "serve" / "follow.heartbeat"
+
+    def store_more(seconds: float) -> None:
+        saved_at_wait.append(len(_served(settings)))
+        assert json.loads(heartbeat.read_text())["steps"] == 130
+        _store(settings, history.head(130 + 100 * len(saved_at_wait)))
+
     with caplog.at_level(logging.ERROR, logger="tradeloop.serve"):
-        served = [bar.ts_ms for tick in market.ticks() for bar in tick.bars]
-    assert served == [int(t) for t in whole.ts_ms]  # the 20 after the failure too, once
-    last_served = int(whole.ts_ms[29])
-    assert cursors == [None, last_served, last_served]  # the failed read repeated, same cursor
-    assert market.read_failures == 1 and market.rows_read == 50
-    assert any("replay X: unreadable" in r.getMessage() for r in caplog.records)
+        summary = serve_replay(
+            settings, SYMBOL, config=CONFIG, follow_every_s=30.0, sleep=store_more, max_candles=300
+        )
+    assert summary.candles == 300
+    assert saved_at_wait == [130, 130]  # everything served was written before each wait
+    cursor = read_after[1]
+    assert read_after[2] == cursor  # the failed read repeated from the same candle
+    assert any(
+        "unreadable" in r.getMessage() and "snapshot 999999" in r.getMessage()
+        for r in caplog.records
+    )
+    assert _served(settings) == _epoch_ms(history)[:300]  # none skipped, none twice
