@@ -69,27 +69,28 @@ def test_each_poll_reads_only_the_candles_stored_since(settings: Settings, lake)
 def test_follow_serves_new_candles_and_a_restart_serves_none_twice(
     settings: Settings, lake
 ) -> None:  # type: ignore[no-untyped-def]
-    history = real_frame(700)
-    _store(settings, history.head(300))
+    history = real_frame(400)
+    _store(settings, history.head(150))
     waits: list[float] = []
 
     def store_more(seconds: float) -> None:
         waits.append(seconds)
-        _store(settings, history.head(300 + 100 * len(waits)))
+        _store(settings, history.head(150 + 50 * len(waits)))
 
     first = serve_replay(
-        settings, SYMBOL, config=CONFIG, follow_every_s=30.0, sleep=store_more, max_candles=450
+        settings, SYMBOL, config=CONFIG, follow_every_s=30.0, sleep=store_more, max_candles=225
     )
-    assert first.candles == 450 and waits == [30.0, 30.0]
-    assert first.last_ts_ms == _epoch_ms(history)[449]
+    assert first.candles == 225 and waits == [30.0, 30.0]
+    assert first.last_ts_ms == _epoch_ms(history)[224]
 
-    # the process restarts: the loop resumes from its snapshot and follows on
+    # the process restarts: the loop resumes from its snapshot and follows on (25 candles are
+    # stored already, 35 more arrive during its wait)
     again = serve_replay(
-        settings, SYMBOL, config=CONFIG, follow_every_s=30.0, sleep=store_more, max_candles=200
+        settings, SYMBOL, config=CONFIG, follow_every_s=30.0, sleep=store_more, max_candles=60
     )
     assert again.resumed_from_ts_ms == first.last_ts_ms
-    assert again.candles == 200 and again.last_ts_ms == _epoch_ms(history)[649]
-    assert _served(settings) == _epoch_ms(history)[:650]  # none twice, none skipped
+    assert again.candles == 60 and again.last_ts_ms == _epoch_ms(history)[284]
+    assert _served(settings) == _epoch_ms(history)[:285]  # none twice, none skipped
 
 
 def _served(settings: Settings) -> list[int]:
