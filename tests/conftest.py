@@ -18,6 +18,23 @@ hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 hypothesis_settings.register_profile("dev", print_blob=True)
 hypothesis_settings.load_profile(os.environ.get("TRADELOOP_HYPOTHESIS_PROFILE", "dev"))
 
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` a worker tags each xdist_group test's id with its group; an
+    untagged one means this pytest/pytest-xdist pair ignores the groups (pytest 9 with xdist
+    3.8 did), and tests that share a process-wide resource would silently run in parallel."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    ignored = [
+        i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
+    ]
+    if ignored:
+        raise pytest.UsageError(
+            f"xdist_group marks are ignored by this pytest/pytest-xdist pair: {ignored[:3]}"
+        )
+
+
 SHARED_CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "candles"
 
 
