@@ -16,22 +16,17 @@ module loads no GX.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import duckdb
 import polars as pl
-import pyarrow as pa
 
-from expectations.frames import features_suite
-from expectations.gate import QUARANTINE_SCHEMA, stable_id
+from expectations.frames import FEATURE_KEYS, features_suite
+from expectations.gate import Problem, show_value, write_quarantine
 from expectations.specs import ExpectationDef
 from warehouse import Settings, WriteResult, upsert
 
-KEYS = ("exchange", "symbol", "timeframe", "ts")
 _FAIL = "_fail_"
 
 
@@ -77,12 +72,6 @@ def _fails(definition: ExpectationDef, frame: pl.DataFrame) -> pl.Expr:
     )
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def check_features(features: pl.DataFrame) -> FeatureCheck:
     """Split ``features`` into rows that pass the feature suite and rows that fail it."""
     derived, definitions = features_suite(features)
@@ -93,10 +82,8 @@ def check_features(features: pl.DataFrame) -> FeatureCheck:
     if not bad_mask.any():
         return FeatureCheck(features, features.head(0), ())
     bad_rows = [int(i) for i in bad_mask.arg_true().to_list()]
-    indexed = features.with_row_index("_row")
-    passing = indexed.filter(~pl.col("_row").is_in(bad_rows)).drop("_row")
-    failing = indexed.filter(pl.col("_row").is_in(bad_rows)).drop("_row")
-    floats = [c for c, t in features.schema.items() if c not in KEYS and t.is_float()]
+    passing, failing = features.filter(~bad_mask), features.filter(bad_mask)
+    floats = [c for c, t in features.schema.items() if c not in FEATURE_KEYS and t.is_float()]
     failed = fails.filter(bad_mask).iter_rows()
     problems = []
     for row, values, flags in zip(bad_rows, failing.iter_rows(named=True), failed, strict=True):
@@ -112,14 +99,14 @@ def check_features(features: pl.DataFrame) -> FeatureCheck:
                     c for c in floats if values[c] is not None and not math.isfinite(values[c])
                 ]
                 columns += offending
-                shown = ", ".join(f"{c}={_show(values[c])}" for c in offending[:5])
+                shown = ", ".join(f"{c}={show_value(values[c])}" for c in offending[:5])
                 more = f" and {len(offending) - 5} more" if len(offending) > 5 else ""
                 reasons.append(f"{d.describe} ({shown}{more})")
             else:
                 column = str(d.kwargs["column"])
                 columns.append(column)
                 value = values[column] if column in values else derived[column][row]
-                reasons.append(f"{d.describe} ({column}={_show(value)})")
+                reasons.append(f"{d.describe} ({column}={show_value(value)})")
         problems.append(
             FeatureProblem(
                 row,
@@ -131,17 +118,6 @@ def check_features(features: pl.DataFrame) -> FeatureCheck:
     return FeatureCheck(passing, failing, tuple(problems))
 
 
-def _row_json(row: dict[str, Any]) -> str:
-    def plain(value: Any) -> Any:
-        if isinstance(value, dt.datetime):
-            return value.isoformat()
-        if isinstance(value, float) and not math.isfinite(value):
-            return str(value)  # "nan", "inf", "-inf": JSON has no such numbers
-        return value
-
-    return json.dumps({k: plain(v) for k, v in row.items()}, sort_keys=True)
-
-
 def quarantine_features(
     con: duckdb.DuckDBPyConnection,
     check: FeatureCheck,
@@ -149,25 +125,19 @@ def quarantine_features(
     settings: Settings,
     run_id: str | None = None,
 ) -> int:
-    """Write the failing rows of ``check`` to ``quarantine`` (idempotent: the id is a hash of
-    the row and its rules, as the quality gate does). Returns the number of rows."""
-    if not check.problems:
-        return 0
-    out: dict[str, list[Any]] = {name: [] for name in QUARANTINE_SCHEMA.names}
-    for row, problem in zip(check.failing.iter_rows(named=True), check.problems, strict=True):
-        row_json = _row_json(row)
-        rules = ",".join(problem.rules)
-        out["quarantine_id"].append(stable_id("features", row_json, rules, 1))
-        out["run_id"].append(run_id)
-        out["table_name"].append("features")
-        for key in KEYS:
-            out[key].append(row[key])
-        out["expectation"].append(rules)
-        out["column_name"].append(",".join(problem.columns) or None)
-        out["reason"].append(problem.reason)
-        out["row_json"].append(row_json)
-    upsert(con, "quarantine", pa.table(out, schema=QUARANTINE_SCHEMA), settings=settings)
-    return len(check.problems)
+    """Write the failing rows of ``check`` to ``quarantine`` with the quality gate's writer (one
+    row format, one id scheme for every table). Returns the number of rows."""
+    rows = list(range(check.failing.height))
+    problems = {
+        i: [Problem(",".join(p.rules), ",".join(p.columns), p.reason, "critical")]
+        for i, p in enumerate(check.problems)
+    }
+    failing = check.failing
+    write_quarantine(
+        con, "features", failing.to_arrow(), failing.with_row_index("_row"), rows, problems,
+        settings, run_id,
+    )  # fmt: skip
+    return len(rows)
 
 
 def gate_features(

@@ -59,7 +59,10 @@ class GateResult:
 
 
 @dataclass
-class _Problem:
+class Problem:
+    """Why one row failed one rule: what a ``quarantine`` row says (``column`` may list several,
+    comma-separated)."""
+
     rule: str
     column: str
     message: str
@@ -96,12 +99,16 @@ def _fingerprint(batch: pa.Table) -> str:
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:32]
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as a quarantine reason shows it (floats exactly, lists cut at five)."""
     if isinstance(value, dt.datetime):
         return value.isoformat()
     if isinstance(value, list):
         return (
-            "[" + ", ".join(_show(v) for v in value[:5]) + (", ..." if len(value) > 5 else "") + "]"
+            "["
+            + ", ".join(show_value(v) for v in value[:5])
+            + (", ..." if len(value) > 5 else "")
+            + "]"
         )
     return repr(value)
 
@@ -186,7 +193,7 @@ def gate_and_merge(
             f"dropped column(s) the table does not have: {list(coerced.dropped_columns)}"
         )
 
-    problems: dict[int, list[_Problem]] = defaultdict(list)
+    problems: dict[int, list[Problem]] = defaultdict(list)
     details: dict[str, Any] = {"fingerprint": fingerprint, "suite_version": SUITE_VERSION}
     schema_failure = coerced.schema_problem
     if rows_in == 0:
@@ -194,11 +201,11 @@ def gate_and_merge(
     elif schema_failure:
         for row in range(rows_in):
             problems[row].append(
-                _Problem("schema", "", f"batch refused: {schema_failure}", "critical")
+                Problem("schema", "", f"batch refused: {schema_failure}", "critical")
             )
     else:
         for p in coerced.problems:
-            problems[p.row].append(_Problem(p.rule, p.column, p.message, "critical"))
+            problems[p.row].append(Problem(p.rule, p.column, p.message, "critical"))
         if table == "candles":
             frame, gaps, extreme = derive_candles(frame, spec, policy, now_ms)
             warnings += _candle_warnings(gaps, extreme, frame, spec, policy)
@@ -235,12 +242,12 @@ def gate_and_merge(
                 if d.rule == "not_null" and ("type_coercion", d.columns[0]) in already:
                     continue
                 values = (
-                    ", ".join(f"{c}={_show(shown[c][row])}" for c in d.columns)
+                    ", ".join(f"{c}={show_value(shown[c][row])}" for c in d.columns)
                     if shown is not None
                     else ""
                 )
                 problems[row].append(
-                    _Problem(d.rule, ",".join(d.columns), f"{d.describe} ({values})", d.severity)
+                    Problem(d.rule, ",".join(d.columns), f"{d.describe} ({values})", d.severity)
                 )
         details["unexpected_by_rule"] = dict(rule_counts)
 
@@ -254,13 +261,13 @@ def gate_and_merge(
         for row in range(rows_in):
             if row not in problems:
                 problems[row].append(
-                    _Problem(
+                    Problem(
                         "batch_failed", "", "batch failed the quality policy; row held back", "hold"
                     )
                 )
 
     quarantined = sorted(problems)
-    _write_quarantine(con, table, batch, frame, spec, quarantined, problems, settings, run_id)
+    write_quarantine(con, table, batch, frame, quarantined, problems, settings, run_id)
     quarantined_set = set(quarantined)
     passing = frame.filter(~pl.col("_row").is_in(quarantined)) if quarantined else frame
     if rows_in and not schema_failure:
@@ -345,7 +352,7 @@ def _message(
     merged: int,
     quarantined: int,
     bad_rows: list[int],
-    problems: dict[int, list[_Problem]],
+    problems: dict[int, list[Problem]],
     success: bool,
     allowed: float,
     schema_failure: str | None,
@@ -373,17 +380,19 @@ def _message(
     return text
 
 
-def _write_quarantine(
+def write_quarantine(
     con: duckdb.DuckDBPyConnection,
     table: str,
     batch: pa.Table,
     frame: pl.DataFrame,
-    spec: TableSpec,
     rows: list[int],
-    problems: dict[int, list[_Problem]],
+    problems: dict[int, list[Problem]],
     settings: Settings,
     run_id: str | None,
 ) -> None:
+    """Write ``rows`` of ``batch`` (positions) to ``quarantine`` with their ``problems``; the
+    keys come from ``frame`` (the checked rows with a ``_row`` index). Idempotent: the id hashes
+    the table, the row, its rules and the row's occurrence (identical rows stay distinct)."""
     if not rows:
         return
     raw = _row_json(batch, rows)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from expectations.feature_gate import check_features
+from expectations.feature_gate import check_features, gate_features
 from expectations.frames import check_frame
 from pipelines.features import build_features
 from tests.pipelines.features.conftest import load_candles
@@ -25,9 +25,12 @@ CORRUPTIONS: dict[int, tuple[str, object]] = {
 }
 
 
-def test_polars_evaluation_equals_great_expectations(candles_dir: Path, settings: Settings) -> None:
-    features = build_features(load_candles(candles_dir / "ETH_BTC-5m.feather", "ETH/BTC", "5m"))
-    assert check_features(features).problems == ()
+def _features(candles_dir: Path) -> pl.DataFrame:
+    return build_features(load_candles(candles_dir / "ETH_BTC-5m.feather", "ETH/BTC", "5m"))
+
+
+def _corrupted(features: pl.DataFrame) -> pl.DataFrame:
+    """``features`` with CORRUPTIONS written in and row 900 appended again (a duplicated key)."""
     row = pl.int_range(pl.len())
     corrupt = features.with_columns(
         [
@@ -35,7 +38,13 @@ def test_polars_evaluation_equals_great_expectations(candles_dir: Path, settings
             for i, (col, value) in CORRUPTIONS.items()
         ]
     )
-    corrupt = pl.concat([corrupt, corrupt.slice(900, 1)])  # a duplicated key: rows 900 and last
+    return pl.concat([corrupt, corrupt.slice(900, 1)])
+
+
+def test_polars_evaluation_equals_great_expectations(candles_dir: Path, settings: Settings) -> None:
+    features = _features(candles_dir)
+    assert check_features(features).problems == ()
+    corrupt = _corrupted(features)
 
     ours = check_features(corrupt)
     theirs = check_frame("features", corrupt, settings=settings)
@@ -59,3 +68,22 @@ def test_polars_evaluation_equals_great_expectations(candles_dir: Path, settings
     assert "rsi_14=150.0" in by_row[100].reason and "ema_12=inf" in by_row[200].reason
     assert ours.passing.height == corrupt.height - len(ours.problems)
     assert ours.failing.height == len(ours.problems)
+
+
+def test_failing_rows_are_quarantined_once_each_and_the_rest_written(
+    candles_dir: Path,
+    settings: Settings,
+    lake,  # type: ignore[no-untyped-def]
+) -> None:
+    corrupt = _corrupted(_features(candles_dir))
+    bad = len(CORRUPTIONS) + 2  # and both copies of the duplicated row (identical rows)
+    for run in ("a", "b"):  # a second run writes nothing new
+        written, quarantined = gate_features(lake, corrupt, settings=settings, run_id=run)
+        assert quarantined == bad
+    assert lake.execute("SELECT count(*) FROM features").fetchone() == (corrupt.height - bad,)
+    rows = lake.execute(
+        "SELECT expectation, column_name, reason FROM quarantine WHERE table_name = 'features'"
+    ).fetchall()
+    assert len(rows) == bad
+    assert ("feature_range", "rsi_14") in {(r[0], r[1]) for r in rows}
+    assert any("ema_12=inf" in r[2] for r in rows)
