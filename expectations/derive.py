@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from expectations.policy import GatePolicy
-from expectations.specs import CANDLE_FINITE, TRADE_FINITE, TableSpec, finite_flag
+from expectations.specs import TableSpec, finite_flag
 
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -127,7 +127,7 @@ def derive_candles(
             "candle_closed"
         ),
         ((pl.col("_ts") % pl.col("_tf_ms")) == 0).fill_null(True).alias("ts_aligned"),
-        *_finite(CANDLE_FINITE),
+        *_finite(spec.finite_columns),
     )
     valid_key = frame.select(pl.all_horizontal(pl.col(k).is_not_null() for k in key)).to_series()
     frame = frame.with_columns(_ts_increasing(frame, series, valid_key & frame["key_unique"]))
@@ -256,7 +256,7 @@ def derive_trades(
         ((pl.col("cost") - notional).abs() <= 1e-3 * notional.abs())
         .fill_null(True)
         .alias("cost_consistent"),
-        *_finite(TRADE_FINITE),
+        *_finite(spec.finite_columns),
     )
     return frame.with_columns(
         _key_unique(frame, list(spec.key), ["ts", "side", "price", "amount", "cost"])

@@ -126,13 +126,12 @@ def build_suite(name: str, definitions: tuple[ExpectationDef, ...]) -> Any:
 def _checkpoint(
     settings: Settings, suite_name: str, definitions: tuple[ExpectationDef, ...]
 ) -> Any:
-    root = str(quality_root(settings))
-    cache_key = (root, suite_name, _suite_hash(definitions))
+    cache_key = _cache_key(settings, suite_name, definitions)
     with _lock:
         if cache_key in _checkpoints:
             return _checkpoints[cache_key]
         ctx = context(settings)
-        with _across_processes(root):
+        with _across_processes(cache_key[0]):
             checkpoint = _stored_or_new_checkpoint(ctx, suite_name, definitions, cache_key[2])
         _checkpoints[cache_key] = checkpoint
         return checkpoint
@@ -142,7 +141,14 @@ def _forget_checkpoint(
     settings: Settings, suite_name: str, definitions: tuple[ExpectationDef, ...]
 ) -> None:
     with _lock:
-        _checkpoints.pop((str(quality_root(settings)), suite_name, _suite_hash(definitions)), None)
+        _checkpoints.pop(_cache_key(settings, suite_name, definitions), None)
+
+
+def _cache_key(
+    settings: Settings, suite_name: str, definitions: tuple[ExpectationDef, ...]
+) -> tuple[str, str, str]:
+    """(GX project root, suite name, suite hash): one cached checkpoint per suite version."""
+    return str(quality_root(settings)), suite_name, _suite_hash(definitions)
 
 
 def _stored_or_new_checkpoint(

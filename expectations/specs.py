@@ -67,6 +67,13 @@ class TableSpec:
     def required(self) -> list[str]:
         return [c.name for c in self.columns if c.required]
 
+    @property
+    def finite_columns(self) -> tuple[str, ...]:
+        """The scalar float columns: each must be finite. GX's range checks let +inf through
+        (inf > 0, and inf >= inf keeps the OHLC pairs consistent), so each gets a derived flag
+        column (``finite_flag``)."""
+        return tuple(c.name for c in self.columns if c.kind == "float")
+
 
 BOOKKEEPING = frozenset({"ingested_at"})
 
@@ -122,11 +129,6 @@ TRADES = TableSpec(
 )
 
 SPECS: dict[str, TableSpec] = {s.name: s for s in (CANDLES, ORDER_BOOK_SNAPSHOTS, TRADES)}
-
-# Numeric columns that must be finite. GX's range checks let +inf through (inf > 0, and
-# inf >= inf keeps the OHLC pairs consistent), so each gets a derived flag column.
-CANDLE_FINITE = ("open", "high", "low", "close", "volume")
-TRADE_FINITE = ("price", "amount", "cost")
 
 
 def finite_flag(column: str) -> str:
@@ -233,7 +235,7 @@ def candle_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
         *not_null(["exchange", "symbol", "timeframe", "ts", *prices, "volume"]),
         *[_positive(c) for c in prices],
         _positive("volume", strict=False),
-        *_finite(CANDLE_FINITE),
+        *_finite(CANDLES.finite_columns),
         _pair("high", "low", "ohlc_consistent", "high must be >= low"),
         _pair("high", "open", "ohlc_consistent", "high must be >= open"),
         _pair("high", "close", "ohlc_consistent", "high must be >= close"),
@@ -333,7 +335,7 @@ def trade_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
             ("amount",),
             "amount must be > 0",
         ),
-        *_finite(TRADE_FINITE),
+        *_finite(TRADES.finite_columns),
         ExpectationDef(
             "ExpectColumnValuesToBeInSet",
             {"column": "side", "value_set": ["buy", "sell"]},
