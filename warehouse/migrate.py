@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from dataclasses import dataclass
 from importlib import resources
 
 import duckdb
 
 from warehouse.errors import WarehouseError
-from warehouse.retry import is_conflict, run_transaction
+from warehouse.retry import run_transaction
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -71,14 +70,7 @@ def schema_version(con: duckdb.DuckDBPyConnection) -> int:
 
 def migrate(con: duckdb.DuckDBPyConnection, *, max_attempts: int = 50) -> list[int]:
     """Apply every pending migration; return the versions this call applied."""
-    for attempt in range(max_attempts):
-        try:
-            _ensure_version_table(con)
-            break
-        except duckdb.Error as exc:
-            if not is_conflict(exc) or attempt == max_attempts - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
+    run_transaction(con, _ensure_version_table, what="schema_migrations", max_attempts=max_attempts)
     applied_now: list[int] = []
     for migration in available_migrations():
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import duckdb
 import pyarrow as pa
 
+from warehouse.connection import LAKE
 from warehouse.errors import WarehouseReadError
 
 CANDLE_COLUMNS = ("exchange", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume")
@@ -21,9 +22,9 @@ CANDLE_COLUMNS = ("exchange", "symbol", "timeframe", "ts", "open", "high", "low"
 
 def current_snapshot_id(con: duckdb.DuckDBPyConnection) -> int:
     """The id of the newest DuckLake snapshot (the data version a read sees now)."""
-    row = con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()
+    row = con.execute(f"SELECT max(snapshot_id) FROM {LAKE}.snapshots()").fetchone()
     if row is None or row[0] is None:
-        raise RuntimeError("the lake has no snapshots: run `tradeloop init` first")
+        raise WarehouseReadError("the lake has no snapshots: run `tradeloop init` first")
     return int(row[0])
 
 

@@ -20,15 +20,19 @@ import pytest
 
 from tests.warehouse.catalogs import CATALOGS, catalog_settings, worker_env
 from tests.warehouse.workers import EPOCH, candle_batch
-from warehouse import Settings, WarehouseError, connect, maintain, migrate, upsert
+from warehouse import (
+    Settings,
+    WarehouseError,
+    connect,
+    current_snapshot_id,
+    maintain,
+    migrate,
+    upsert,
+)
 from warehouse.migrate import available_migrations, schema_version
 
 ROOT = Path(__file__).resolve().parents[2]
 UTC = dt.UTC
-
-
-def _last_snapshot(con: duckdb.DuckDBPyConnection) -> int:
-    return int(con.execute("SELECT max(snapshot_id) FROM lake.snapshots()").fetchone()[0])
 
 
 def _ts(minutes: int) -> dt.datetime:
@@ -52,10 +56,10 @@ def test_migrations_apply_once_each_and_editing_an_applied_one_is_an_error(
     con = connect(settings)
     assert schema_version(con) == 0
     assert migrate(con) == versions
-    snapshot = _last_snapshot(con)
+    snapshot = current_snapshot_id(con)
     assert migrate(con) == [], "a second migrate must apply nothing"
     assert migrate(connect(settings)) == [], "nor one from another connection"
-    assert _last_snapshot(con) == snapshot, "a no-op migrate must not commit anything"
+    assert current_snapshot_id(con) == snapshot, "a no-op migrate must not commit anything"
 
     recorded = con.execute(
         "SELECT version, name, checksum FROM schema_migrations ORDER BY version"
@@ -125,7 +129,7 @@ def test_maintain_compacts_small_files_and_expires_old_snapshots(
 ) -> None:
     batches = 8
     upsert(lake, "candles", candle_batch(list(range(5)), price=100.0), settings=settings)
-    first = _last_snapshot(lake)
+    first = current_snapshot_id(lake)
     for i in range(1, batches):
         batch = candle_batch(list(range(5 * i, 5 * i + 5)), price=100.0 + i)
         upsert(lake, "candles", batch, settings=settings)
