@@ -86,10 +86,8 @@ def walk_forward_task(samples: Any, config: Any, n_folds: int) -> Any:
     )
 
 
-@flow(name="walk-forward")
-def walk_forward(samples: Any, config: Any, n_folds: int = 3) -> Any:
-    """Walk-forward retraining of the signal ensemble on one symbol's samples."""
-    result: Any = walk_forward_task(samples, config, n_folds)
+def publish_fold_metrics(result: Any) -> None:
+    """The ``walk-forward-folds`` artifact: one row per fold of a walk-forward result."""
     create_markdown_artifact(
         key="walk-forward-folds",
         markdown="# Walk-forward folds\n\n| fold | train rows | test rows | accuracy | f1 |\n"
@@ -100,4 +98,11 @@ def walk_forward(samples: Any, config: Any, n_folds: int = 3) -> Any:
             for m in result.fold_metrics
         ),
     )
+
+
+@flow(name="walk-forward")
+def walk_forward(samples: Any, config: Any, n_folds: int = 3) -> Any:
+    """Walk-forward retraining of the signal ensemble on one symbol's samples."""
+    result: Any = walk_forward_task(samples, config, n_folds)
+    publish_fold_metrics(result)
     return result

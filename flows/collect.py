@@ -17,11 +17,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from expectations.gate import GatePolicy, GateResult, gate_and_merge
 from expectations.report import summary_markdown
-from flows.runners import task_runner_for  # noqa: F401  (re-exported for the CLI)
+from flows.runners import default_task_runner
 from pipelines.collect import (
     MergeFn,
     SeriesStats,
@@ -153,7 +152,7 @@ def publish_summary(run_id: str, stats: list[SeriesStats], results: list[GateRes
     return markdown
 
 
-@flow(name="collect", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)  # type: ignore[arg-type]
+@flow(name="collect", task_runner=default_task_runner(), log_prints=True)
 def collect(
     source: str = "simulated",
     exchange: str | None = None,

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
 
 from flows.runners import default_task_runner
 from models import retraining
@@ -21,17 +23,17 @@ from models.training import TrainConfig, TrainedEnsemble
 from warehouse import Settings, get_settings
 
 
-@task(name="load-training-data")
+@task(name="load-training-data", cache_policy=NONE)
 def load_training_data(settings: Settings, request: retraining.RetrainRequest) -> CandleBatch:
     return retraining.load_training_data(settings, request)
 
 
-@task(name="featurize-symbol")
+@task(name="featurize-symbol", cache_policy=NONE)
 def featurize_symbol(candles: pl.DataFrame) -> FeaturizedSeries:
     return featurize_series(candles)
 
 
-@task(name="assemble-samples")
+@task(name="assemble-samples", cache_policy=NONE)
 def assemble_samples(featurized: list[FeaturizedSeries], config: TrainConfig) -> SampleSet:
     return retraining.assemble(featurized, config)
 
@@ -43,19 +45,19 @@ def prepare_samples(batch: CandleBatch, config: TrainConfig) -> SampleSet:
     return assemble_samples(list(featurized), config)
 
 
-@task(name="train-ensemble")
+@task(name="train-ensemble", cache_policy=NONE)
 def train(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
     return retraining.train(samples, config)
 
 
-@task(name="export-onnx")
+@task(name="export-onnx", cache_policy=NONE)
 def export(
     ensemble: TrainedEnsemble, samples: SampleSet, staging: Path
 ) -> tuple[ExportResult, float]:
     return retraining.export(ensemble, samples, staging)
 
 
-@task(name="register-model")
+@task(name="register-model", cache_policy=NONE)
 def register(
     settings: Settings,
     request: retraining.RetrainRequest,
@@ -66,7 +68,7 @@ def register(
     return retraining.register(settings, request, ensemble, exported, snapshot_id)
 
 
-@task(name="validate-and-promote")
+@task(name="validate-and-promote", cache_policy=NONE)
 def validate_and_promote(
     settings: Settings,
     record: ModelRecord,
@@ -79,7 +81,7 @@ def validate_and_promote(
     return retraining.finish(settings, record, ensemble, samples, snapshot_id, exported, parity)
 
 
-@task(name="publish-dashboard")
+@task(name="publish-dashboard", cache_policy=NONE)
 def publish_dashboard(settings: Settings, outcome: retraining.RetrainOutcome, name: str) -> str:
     markdown = retraining.dashboard_markdown(outcome, retraining.trend(settings, name))
     create_markdown_artifact(
@@ -88,6 +90,31 @@ def publish_dashboard(settings: Settings, outcome: retraining.RetrainOutcome, na
         description=f"retrain of {outcome.model_id}",
     )
     return markdown
+
+
+def _request(
+    settings: Settings,
+    symbols: Sequence[str],
+    days: float | None,
+    horizon: int,
+    epochs: int,
+    timeframe: str | None,
+    exchange: str | None,
+    snapshot_id: int | None,
+    train_overrides: dict[str, Any] | None,
+    name: str = "signal",
+) -> retraining.RetrainRequest:
+    """The flows' JSON parameters as a retraining request (overrides win over the named ones)."""
+    config = TrainConfig(**{"horizon_bars": horizon, "epochs": epochs, **(train_overrides or {})})
+    return retraining.RetrainRequest(
+        symbols=tuple(symbols),
+        timeframe=timeframe or settings.base_timeframe,
+        days=days,
+        exchange=exchange,
+        snapshot_id=snapshot_id,
+        name=name,
+        config=config,
+    )
 
 
 @flow(name="retrain", task_runner=default_task_runner(), log_prints=True)
@@ -106,16 +133,11 @@ def retrain(
     """Retrain on the last ``days`` days (default 30), validate out of sample, export, register,
     promote if the challenger beats the champion on the same window, publish the dashboard."""
     settings = settings or get_settings()
-    config = TrainConfig(**{"horizon_bars": horizon, "epochs": epochs, **(train_overrides or {})})
-    request = retraining.RetrainRequest(
-        symbols=tuple(symbols or settings.symbols),
-        timeframe=timeframe or settings.base_timeframe,
-        days=days,
-        exchange=exchange,
-        snapshot_id=snapshot_id,
-        name=name,
-        config=config,
-    )
+    request = _request(
+        settings, symbols or settings.symbols, days, horizon, epochs, timeframe, exchange,
+        snapshot_id, train_overrides, name=name,
+    )  # fmt: skip
+    config = request.config
     batch = load_training_data(settings, request)
     samples = prepare_samples(batch, config)
     ensemble = train(samples, config)
@@ -151,23 +173,21 @@ def walk_forward_retrain(
     settings: Settings | None = None,
 ) -> list[dict[str, Any]]:
     """Walk-forward retraining of the ensemble on one warehouse symbol (deployable: JSON
-    parameters only): loads the last ``days`` days like ``retrain``, then runs the
-    ``walk-forward`` flow (one purged retrain per fold, the ``walk-forward-folds`` artifact).
-    Returns the per-fold metrics; registers no model."""
-    from flows.backtest import walk_forward
+    parameters only): loads the last ``days`` days like ``retrain``, then one purged retrain
+    per fold (the ``walk-forward-folds`` artifact). Returns the per-fold metrics; registers no
+    model. The samples go to a task, not to the ``walk-forward`` subflow: a subflow's
+    parameters are serialized for the API, which would copy every training window."""
+    from flows.backtest import publish_fold_metrics, walk_forward_task
 
     settings = settings or get_settings()
-    config = TrainConfig(**{"horizon_bars": horizon, "epochs": epochs, **(train_overrides or {})})
-    request = retraining.RetrainRequest(
-        symbols=(symbol,),
-        timeframe=timeframe or settings.base_timeframe,
-        days=days,
-        exchange=exchange,
-        snapshot_id=snapshot_id,
-        config=config,
-    )
+    request = _request(
+        settings, [symbol], days, horizon, epochs, timeframe, exchange, snapshot_id,
+        train_overrides,
+    )  # fmt: skip
+    config = request.config
     samples = prepare_samples(load_training_data(settings, request), config)
-    result: Any = walk_forward(samples, config, n_folds)
+    result: Any = walk_forward_task(samples, config, n_folds)
+    publish_fold_metrics(result)
     folds = [dict(m) for m in result.fold_metrics]
     for m in folds:
         print(f"fold {m['fold']}: accuracy {m['accuracy']:.3f}, macro F1 {m['f1_macro']:.3f}")

@@ -111,8 +111,6 @@ def serve(
         require_live_opt_in(settings, live=True, api_key=api_key, api_secret=api_secret)
     elif replay is None:
         raise ValueError("paper trading needs replay (a candle file or a warehouse symbol)")
-    if follow_every_s is not None and follow_every_s <= 0:
-        raise ValueError(f"follow_every_s must be > 0 seconds, got {follow_every_s}")
     limit_name = f"serve-{account}"
     ensure_limit(limit_name)
     config = LoopConfig(

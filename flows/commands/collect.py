@@ -34,12 +34,11 @@ def _print_report(report: dict[str, Any]) -> None:
 
 def _run(**kwargs: Any) -> None:
     from flows.collect import collect as collect_flow
-    from flows.collect import task_runner_for
+    from flows.runners import on_runner
     from warehouse import get_settings
 
     try:
-        runner = task_runner_for(get_settings())
-        report = collect_flow.with_options(task_runner=runner)(**kwargs)
+        report = on_runner(collect_flow, get_settings())(**kwargs)
     except Exception as exc:  # the flow names the series and the cause
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -28,7 +28,7 @@ def serve(
         typer.Option(
             "--follow-every",
             help="after the replay, keep serving the source's new candles, checking every "
-            "SECONDS (a long-running paper loop; needs the Prefect flow)",
+            "SECONDS (a long-running paper loop)",
         ),
     ] = None,
     account: Annotated[str, typer.Option(help="account name")] = "paper",
@@ -62,8 +62,10 @@ def serve(
     elif replay is None:
         typer.echo("error: paper trading needs --replay FILE_OR_SYMBOL (or use --live)", err=True)
         raise typer.Exit(2)
-    if follow_every is not None and (no_prefect or live):
-        typer.echo("error: --follow-every follows a --replay in the Prefect flow", err=True)
+    if follow_every is not None and live:
+        typer.echo(
+            "error: --follow-every follows a --replay (live trading polls the exchange)", err=True
+        )
         raise typer.Exit(2)
     multiple = None if speed == "max" else float(speed)
     symbol_list = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
@@ -86,7 +88,12 @@ def serve(
             else:
                 assert replay is not None
                 s = serve_replay(
-                    settings, replay, config=config, speed=multiple, max_candles=max_candles
+                    settings,
+                    replay,
+                    config=config,
+                    speed=multiple,
+                    max_candles=max_candles,
+                    follow_every_s=follow_every,
                 )
             result = {"candles": s.candles, "equity": s.equity, "positions": s.positions}
         else:
