@@ -70,7 +70,7 @@ def walk_forward_folds(
 
 
 def check_no_look_ahead(
-    train: pl.DataFrame, test: pl.DataFrame, label_horizon_bars: int, all_ts: np.ndarray, fold: Fold
+    train: pl.DataFrame, test: pl.DataFrame, label_horizon_bars: int, fold: Fold
 ) -> None:
     """Raise ``LookAheadError`` unless every training row and label ends before the test start."""
     test_start: Any = test["ts"].min()
@@ -85,7 +85,6 @@ def check_no_look_ahead(
             f"fold {fold.number}: label of training row {fold.train_end - 1} looks "
             f"{label_horizon_bars} bars ahead, into the test window at row {fold.test_start}"
         )
-    del all_ts
 
 
 @dataclass
@@ -114,7 +113,7 @@ def run_walk_forward(
     for fold in folds:
         train = data.slice(fold.train_start, fold.train_end - fold.train_start)
         test = data.slice(fold.test_start, fold.test_end - fold.test_start)
-        check_no_look_ahead(train, test, label_horizon_bars, ts, fold)
+        check_no_look_ahead(train, test, label_horizon_bars, fold)
         p = np.asarray(fit_predict(train, test), dtype=np.float64)
         if p.shape != (test.height, 3):
             raise ValueError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,9 @@ def test_walk_forward_retrains_with_the_models_training_code(
     samples = build_samples(frame, window_len=8, label_config=LabelConfig(horizon_bars=5))
     result = walk_forward(samples, config, n_folds=3)
     assert len(result.folds) == 3
+    # purged: the last training row's label (5 bars of 5m ahead) ends before the test starts
     for train_max, test_min in zip(result.train_ts_max, result.test_ts_min, strict=True):
-        assert train_max < test_min
+        assert test_min - train_max >= dt.timedelta(minutes=5 * 5)
     assert result.probabilities.shape == (result.test_rows.size, 3)
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-6)
 
@@ -162,4 +164,7 @@ def test_walk_forward_retrain_flow_on_a_warehouse_symbol(env, prefect_server: No
     for fold in folds:
         assert 0.0 <= fold["accuracy"] <= 1.0
         assert fold["test_rows"] > 0 and 0 < fold["train_rows"] < frame.height
-        assert fold["train_end_ts"] < fold["test_start_ts"]
+        gap = dt.datetime.fromisoformat(fold["test_start_ts"]) - dt.datetime.fromisoformat(
+            fold["train_end_ts"]
+        )
+        assert gap >= dt.timedelta(minutes=5 * 5)  # purged by the 5-bar label horizon
