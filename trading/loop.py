@@ -769,19 +769,24 @@ def run(
     con: Any = None,
     heartbeat: Callable[[ServingLoop], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    warm_until_ts_ms: int | None = None,
 ) -> RunSummary:
-    """Restore (when ``con`` is given and a snapshot exists), re-warm from the market's history,
-    then process ticks until the market ends, ``max_candles`` candles were processed, or
-    ``stop()`` says so. Flushes and waits for the writer at the end."""
+    """Restore (when ``con`` is given and a snapshot exists) and re-warm from the market's
+    history up to the snapshot; on a fresh start, warm up to ``warm_until_ts_ms`` when given
+    (those candles only feed the features: no decisions, no rows). Then process ticks until the
+    market ends, ``max_candles`` candles were processed, or ``stop()`` says so. Flushes and
+    waits for the writer at the end."""
     resumed = loop.restore(con) if con is not None else None
-    if resumed is not None:
+    start = resumed if resumed is not None else warm_until_ts_ms
+    if start is not None:
         if not hasattr(market, "history"):
-            raise RuntimeError("restart needs a market with history to re-warm the features")
-        for t in market.history(resumed):
+            raise RuntimeError("a warm-up needs a market with history to feed the features")
+        for t in market.history(start):
             loop.warm(t)
-        loop.finish_restore()
+        if resumed is not None:
+            loop.finish_restore()
     ticks = candles = 0
-    for tick in market.ticks(after_ts_ms=resumed):
+    for tick in market.ticks(after_ts_ms=start):
         loop.on_tick(tick)
         ticks += 1
         candles += len(tick.bars)

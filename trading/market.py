@@ -189,6 +189,7 @@ class FollowMarket:
     each wait (the serving loop saves what it served: rows, snapshot, heartbeat)."""
 
     read: ReadCandles
+    timeframe: str
     poll_interval_s: float
     sleep: Callable[[float], None] = time.sleep
     on_idle: Callable[[], None] | None = None
@@ -202,6 +203,7 @@ class FollowMarket:
             raise ValueError(
                 f"FollowMarket: poll_interval_s must be > 0, got {self.poll_interval_s}"
             )
+        self.step_ms = timeframe_ms(self.timeframe)
 
     def ticks(self, *, after_ts_ms: int | None = None) -> Iterator[Tick]:
         cursor = after_ts_ms
@@ -226,10 +228,9 @@ class FollowMarket:
                 logger.warning(
                     f"{self.name}: no candles yet; next read in {self.poll_interval_s:g} s"
                 )
-            step_ms = timeframe_ms(candles.timeframe)
             for i in range(len(candles)):
                 cursor = int(candles.ts_ms[i])
-                yield Tick(cursor + step_ms, (_bar(candles, i),))
+                yield Tick(cursor + self.step_ms, (_bar(candles, i),))
 
     def history(self, up_to_ts_ms: int) -> Iterator[Tick]:
         """The ticks up to and including ``up_to_ts_ms`` (to re-warm state after a restart)."""

@@ -14,8 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
+
 from models.registry import champion
 from pipelines.features import FEATURE_SET_VERSION
+from pipelines.features.rebuild import history_start_ms
+from pipelines.resample import timeframe_ms
 from trading.backtest import Candles
 from trading.fallback import ModelManager
 from trading.loop import LoopConfig, RunSummary, ServingLoop, run
@@ -62,6 +66,11 @@ def require_live_opt_in(
             "live trading refused: no API key/secret; set TRADELOOP_EXCHANGE_API_KEY and "
             "TRADELOOP_EXCHANGE_API_SECRET or name a Prefect Secret block"
         )
+
+
+# Bars read before the first served candle on top of the features' own warm-up, so that a
+# model's window (TrainConfig.window_len, 32 by default) is complete at that candle.
+MODEL_WINDOW_MARGIN_BARS = 256
 
 
 def heartbeat_file(home: Path, account: str) -> Path:
@@ -112,7 +121,8 @@ def serve_replay(
     """Replay a candle file or a warehouse symbol through the paper-trading loop.
 
     A warehouse symbol is read under ``config.exchange`` (default: ``settings.exchange``, the
-    exchange the candles were collected under); ``last_candles``: only its latest N.
+    exchange the candles were collected under); ``last_candles``: serve only its latest N, after
+    warming the loop's features on the candles before them (see ``_warm_up_window``).
     ``follow_every_s``: then keep following the source, reading its new candles every that
     many seconds (``sleep`` waits), until ``max_candles``; ``speed`` does not apply."""
     if follow_every_s is not None and speed is not None:
@@ -121,18 +131,18 @@ def serve_replay(
     con = connect(settings)
     migrate(con)
     try:
+        read_after, warm_until = _warm_up_window(source, con, config.exchange, last_candles)
         market: ReplayMarket | FollowMarket
         if follow_every_s is None:
             stored = read_replay_candles(
-                source, con=con, exchange=config.exchange, last=last_candles
+                source, con=con, exchange=config.exchange, after_ts_ms=read_after
             )
             market = ReplayMarket([require_candles(stored, source, config.exchange)], speed=speed)
-            timeframe = market.timeframe
         else:
-            market, timeframe = _follow_market(
-                settings, source, config.exchange, follow_every_s, sleep, last_candles
+            market = _follow_market(
+                settings, source, config.exchange, follow_every_s, sleep, read_after
             )
-        config = dataclasses.replace(config, timeframe=timeframe)
+        config = dataclasses.replace(config, timeframe=market.timeframe)
         manager = ModelManager(lambda: champion(con, config.model_name), FEATURE_SET_VERSION)
         writer = BufferedWriter(settings, lambda: connect(settings))
         loop = ServingLoop(
@@ -153,7 +163,12 @@ def serve_replay(
                     heartbeat(lp)
 
         summary = run(
-            loop, market, max_candles=max_candles, con=con if resume else None, heartbeat=beat
+            loop,
+            market,
+            max_candles=max_candles,
+            con=con if resume else None,
+            heartbeat=beat,
+            warm_until_ts_ms=warm_until,
         )
         write_heartbeat(settings.home, loop)
         writer.close()
@@ -162,35 +177,51 @@ def serve_replay(
         con.close()
 
 
+def _warm_up_window(
+    source: str, con: duckdb.DuckDBPyConnection, exchange: str, last_candles: int | None
+) -> tuple[int | None, int | None]:
+    """(read candles opened after, warm up to and including) for serving the latest
+    ``last_candles``: the candles before the first served one that its features depend on
+    (``history_start_ms``) and a model window needs (``MODEL_WINDOW_MARGIN_BARS``) are fed
+    through the loop's warm-up, without decisions, so the model serves from the first candle
+    instead of the RSI fallback. (None, None): serve everything from the start."""
+    if last_candles is None:
+        return None, None
+    latest = read_replay_candles(source, con=con, exchange=exchange, last=last_candles)
+    if len(latest) == 0:
+        return None, None
+    first_ms = int(latest.ts_ms[0])
+    margin_ms = MODEL_WINDOW_MARGIN_BARS * timeframe_ms(latest.timeframe)
+    return history_start_ms(first_ms - margin_ms, latest.timeframe) - 1, first_ms - 1
+
+
 def _follow_market(
     settings: Settings,
     source: str,
     exchange: str,
     poll_interval_s: float,
     sleep: Callable[[float], None],
-    last_candles: int | None,
-) -> tuple[FollowMarket, str]:
-    """A FollowMarket on ``source`` and its timeframe. A warehouse symbol (1m) is read on a
-    fresh read-only connection per poll, so a catalog that dropped the session (a PostgreSQL
-    restart, an idle timeout) is simply reconnected at the next poll."""
-    is_file = Path(source).exists()
-    warehouse = Warehouse(settings)
+    read_after_ts_ms: int | None,
+) -> FollowMarket:
+    """A FollowMarket on ``source``. A warehouse symbol (1m) is read on a fresh read-only
+    connection per poll, so a catalog that dropped the session (a PostgreSQL restart, an idle
+    timeout) is simply reconnected at the next poll."""
+    warehouse = None if Path(source).exists() else Warehouse(settings)
 
     def read(after_ts_ms: int | None, up_to_ts_ms: int | None) -> Candles:
         with contextlib.ExitStack() as stack:
-            reader = None if is_file else stack.enter_context(warehouse.session(read_only=True))
+            session = None if warehouse is None else warehouse.session(read_only=True)
+            con = None if session is None else stack.enter_context(session)
             return read_replay_candles(
                 source,
-                con=reader,
+                con=con,
                 exchange=exchange,
-                last=last_candles if after_ts_ms is None else None,
-                after_ts_ms=after_ts_ms,
+                after_ts_ms=read_after_ts_ms if after_ts_ms is None else after_ts_ms,
                 up_to_ts_ms=up_to_ts_ms,
             )
 
-    timeframe = read_replay_candles(source, last=1).timeframe if is_file else "1m"
-    market = FollowMarket(read, poll_interval_s, sleep=sleep, name=f"replay {source}")
-    return market, timeframe
+    timeframe = "1m" if warehouse is not None else read(None, None).timeframe
+    return FollowMarket(read, timeframe, poll_interval_s, sleep=sleep, name=f"replay {source}")
 
 
 def serve_live(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 import polars as pl
+import pyarrow as pa
 from onnx import TensorProto, helper
 
 from models.registry import promote, register_model
@@ -32,6 +33,16 @@ atexit.register(shutil.rmtree, _TMP, True)
 def real_frame(rows: int) -> pl.DataFrame:
     frame = pl.read_ipc(CANDLE_FILE).rename({"date": "ts"})
     return frame.with_columns(pl.col("ts").dt.convert_time_zone("UTC")).tail(rows)
+
+
+def candle_table(frame: pl.DataFrame, exchange: str = "binance") -> pa.Table:
+    """``frame`` (from ``real_frame``) as warehouse candle rows of SYMBOL 1m on ``exchange``."""
+    table = (
+        frame.with_columns(exchange=pl.lit(exchange), symbol=pl.lit(SYMBOL), timeframe=pl.lit("1m"))
+        .select("exchange", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume")
+        .to_arrow()
+    )
+    return table.set_column(3, "ts", table["ts"].cast(pa.timestamp("ms", tz="UTC")))
 
 
 def slice_file(rows: int) -> Path:

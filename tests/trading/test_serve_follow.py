@@ -9,36 +9,31 @@ import json
 import logging
 
 import polars as pl
-import pyarrow as pa
 import pytest
 
-from tests.trading.serve_support import SYMBOL, real_frame
+from tests.trading.serve_support import SYMBOL, candle_table, real_frame
 from trading.backtest import Candles
 from trading.loop import LoopConfig
 from trading.market import FollowMarket, read_replay_candles
 from trading.service import serve_replay
-from warehouse import Settings, connect, upsert
+from warehouse import Settings, Warehouse, upsert
 
 EXCHANGE = "binance"
 CONFIG = LoopConfig(account="follow", exchange=EXCHANGE, model_check_every_steps=60)
 
 
-def _candle_table(frame: pl.DataFrame) -> pa.Table:
-    table = (
-        frame.with_columns(exchange=pl.lit(EXCHANGE), symbol=pl.lit(SYMBOL), timeframe=pl.lit("1m"))
-        .select("exchange", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume")
-        .to_arrow()
-    )
-    return table.set_column(3, "ts", table["ts"].cast(pa.timestamp("ms", tz="UTC")))
-
-
 def _store(settings: Settings, frame: pl.DataFrame) -> None:
     """Candles written by another connection, as the collect flow's process would."""
-    con = connect(settings)
-    try:
-        upsert(con, "candles", _candle_table(frame), settings=settings)
-    finally:
-        con.close()
+    with Warehouse(settings).session() as con:
+        upsert(con, "candles", candle_table(frame, EXCHANGE), settings=settings)
+
+
+def _served(lake) -> list[int]:  # type: ignore[no-untyped-def]
+    """The candles the loop served (one equity row each), as another connection sees them."""
+    rows = lake.execute(
+        "SELECT epoch_ms(ts) FROM equity WHERE account = 'follow' ORDER BY ts"
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 def _epoch_ms(frame: pl.DataFrame) -> list[int]:
@@ -59,7 +54,7 @@ def test_each_poll_reads_only_the_candles_stored_since(settings: Settings, lake)
             SYMBOL, con=lake, exchange=EXCHANGE, after_ts_ms=after_ts_ms, up_to_ts_ms=up_to_ts_ms
         )
 
-    market = FollowMarket(read, 60.0, sleep=store_more, max_polls=4)
+    market = FollowMarket(read, "1m", 60.0, sleep=store_more, max_polls=4)
     served = [bar.ts_ms for tick in market.ticks() for bar in tick.bars]
     assert served == _epoch_ms(history)  # every candle once, in order
     # 300 + 100 + 100 + 100 rows read: re-reading the history every poll would be 1,800
@@ -90,18 +85,7 @@ def test_follow_serves_new_candles_and_a_restart_serves_none_twice(
     )
     assert again.resumed_from_ts_ms == first.last_ts_ms
     assert again.candles == 60 and again.last_ts_ms == _epoch_ms(history)[284]
-    assert _served(settings) == _epoch_ms(history)[:285]  # none twice, none skipped
-
-
-def _served(settings: Settings) -> list[int]:
-    con = connect(settings, read_only=True)
-    try:
-        rows = con.execute(
-            "SELECT epoch_ms(ts) FROM equity WHERE account = 'follow' ORDER BY ts"
-        ).fetchall()
-    finally:
-        con.close()
-    return [r[0] for r in rows]
+    assert _served(lake) == _epoch_ms(history)[:285]  # none twice, none skipped
 
 
 def test_a_failed_warehouse_read_is_repeated_and_served_rows_are_saved_before_waiting(
@@ -128,7 +112,7 @@ def test_a_failed_warehouse_read_is_repeated_and_served_rows_are_saved_before_wa
     heartbeat = settings.home / "serve" / "follow.heartbeat"
 
     def store_more(seconds: float) -> None:
-        saved_at_wait.append(len(_served(settings)))
+        saved_at_wait.append(len(_served(lake)))
         assert json.loads(heartbeat.read_text())["steps"] == 130
         _store(settings, history.head(130 + 100 * len(saved_at_wait)))
 
@@ -144,4 +128,4 @@ def test_a_failed_warehouse_read_is_repeated_and_served_rows_are_saved_before_wa
         "unreadable" in r.getMessage() and "snapshot 999999" in r.getMessage()
         for r in caplog.records
     )
-    assert _served(settings) == _epoch_ms(history)[:300]  # none skipped, none twice
+    assert _served(lake) == _epoch_ms(history)[:300]  # none skipped, none twice
