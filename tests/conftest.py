@@ -36,6 +36,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 SHARED_CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "candles"
+# every real candle file ("<PAIR>-<timeframe>.feather"; trades files excluded), from the directory
+REAL_CANDLE_FILES = sorted(p.name for p in SHARED_CANDLES.glob("*-[0-9]*.feather"))
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from pipelines.loopback import Fault, FaultPlan, LoopbackExchange, LoopbackServe
 from pipelines.resample import resample_arrow
 from pipelines.sources import wall_clock_ms
 from tests.expectations.conftest import candle_rows
+from tests.flows.conftest import artifact_texts
 from warehouse import Settings, connect
 
 MINUTE = 60_000
@@ -38,14 +39,7 @@ def _count(settings: Settings, sql: str) -> int:
 
 def _artifact_for(run_id: str) -> str:
     """The markdown of this run's ``collect-quality`` artifact, read back from the server."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY]))
-        )
-    matching = [str(a.data) for a in artifacts if run_id in str(a.data)]
+    matching = [text for text in artifact_texts(ARTIFACT_KEY) if run_id in text]
     assert len(matching) == 1, f"{len(matching)} {ARTIFACT_KEY} artifacts name run {run_id}"
     return matching[0]
 

@@ -3,7 +3,6 @@ first model's training data reproduced from its snapshot after more data has arr
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import duckdb
@@ -15,6 +14,7 @@ from models import registry, retraining
 from models.data import SampleSet
 from models.training import TrainConfig
 from pipelines.features import FEATURE_SET_VERSION
+from tests.flows.conftest import artifact_texts
 from tests.models.conftest import SYMBOL, TINY, candles_arrow, real_candles
 from warehouse import Settings, upsert
 
@@ -51,23 +51,6 @@ def _samples_of(
     return retraining.prepare_samples(retraining.load_training_data(settings, request), config)
 
 
-def _dashboards() -> list[str]:
-    """The published dashboard artifacts, newest first."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async def read() -> list:
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(any_=["model-dashboard-signal"])
-                )
-            )
-
-    artifacts = sorted(asyncio.run(read()), key=lambda a: a.created, reverse=True)
-    return [str(a.data) for a in artifacts]
-
-
 def test_retrain_twice_promotes_by_the_rule_and_reproduces_training_data_from_its_snapshot(
     prefect_server: None, lake: duckdb.DuckDBPyConnection, settings: Settings, candles_dir: Path
 ) -> None:
@@ -90,7 +73,7 @@ def test_retrain_twice_promotes_by_the_rule_and_reproduces_training_data_from_it
     assert first.previous is None and first.previous_champion_id is None
     metrics = registry.model_metrics(lake, first.model_id, "test")
     assert {"accuracy", "f1_macro", "baseline_accuracy", "calibration_error"} <= set(metrics)
-    dashboard = _dashboards()[0]
+    dashboard = artifact_texts("model-dashboard-signal")[0]
     assert first.model_id in dashboard and "Training samples" in dashboard
     assert "n/a (no comparable champion)" in dashboard
     before = _samples_of(settings, record, None)  # what the first model was trained on
@@ -137,7 +120,7 @@ def test_retrain_twice_promotes_by_the_rule_and_reproduces_training_data_from_it
     )
     assert registry.get_model(lake, first.model_id).status == ("retired" if promote else "champion")
 
-    dashboard = _dashboards()[0]
+    dashboard = artifact_texts("model-dashboard-signal")[0]
     assert second.model_id in dashboard and "n/a" not in dashboard
     accuracy_change = challenger["accuracy"] - champion["accuracy"]
     f1_change = challenger["f1_macro"] - champion["f1_macro"]

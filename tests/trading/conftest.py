@@ -6,15 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REAL_CANDLE_FILES
 from trading.backtest import Candles, load_candle_file
 
-CANDLE_FILES = [
-    "ETH_BTC-5m.feather",
-    "LTC_BTC-5m.feather",
-    "UNITTEST_BTC-1m.feather",
-    "XRP_ETH-1m.feather",
-    "XRP_ETH-5m.feather",
-]
+CANDLE_FILES = REAL_CANDLE_FILES
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,11 +53,11 @@ def test_four_writers_and_a_reader(home: Path, settings: Settings) -> None:
 
 
 def test_sql_cli_while_another_process_writes(home: Path, settings: Settings) -> None:
-    writer = _spawn(settings, "write", str(home), "7", "10")
+    writer = _spawn(settings, "write", str(home), "7", "100")
     env = worker_env(settings)
-    counts = []
+    counts: list[int] = []
     try:
-        for _ in range(4):
+        while writer.poll() is None and len(counts) < 12:  # each read starts during the writes
             done = subprocess.run(
                 [
                     sys.executable,
@@ -77,6 +79,8 @@ def test_sql_cli_while_another_process_writes(home: Path, settings: Settings) ->
     finally:
         _, err = writer.communicate(timeout=240)
     assert writer.returncode == 0, err
+    assert len(counts) >= 2, f"the writer finished before the CLI read twice: {counts}"
+    assert len(set(counts)) > 1, f"every read saw the same state, none between commits: {counts}"
     assert counts == sorted(counts), "counts seen by successive readers never go back"
 
 
@@ -84,6 +88,27 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+def test_writer_killed_at_a_random_moment_leaves_all_or_nothing(
+    home: Path, settings: Settings
+) -> None:
+    """Unlike the paused cases below, the kill lands wherever the writer is (INSERT, Parquet
+    writes, COMMIT, or after it): whatever it hits, the batch is wholly there or wholly absent."""
+    rows = 50_000
+    writer = _spawn(settings, "big", str(home), str(rows))
+    assert writer.stdout is not None
+    try:
+        assert writer.stdout.readline().strip() == "begin"
+        time.sleep(random.uniform(0.0, 1.5))  # the upsert of 50k rows takes about that long
+    finally:
+        _kill(writer)
+    con = connect(settings)
+    present = con.execute("SELECT count(*) FROM candles WHERE exchange = 'killme'").fetchone()[0]
+    con.close()
+    assert present in (0, rows), f"{present} of {rows} rows: a partial batch survived the kill"
+    if writer.returncode != -signal.SIGKILL:  # it finished first: then all of it is there
+        assert writer.returncode == 0 and present == rows
 
 
 @pytest.mark.parametrize("pause", ["before-commit", "after-commit"])

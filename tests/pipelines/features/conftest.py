@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from pipelines.features import feature_columns
+from tests.conftest import REAL_CANDLE_FILES
 
 CANDLE_FILES = {
     "UNITTEST_BTC-1m.feather": ("BTC/USDT", "1m"),
@@ -19,6 +20,7 @@ CANDLE_FILES = {
     "XRP_ETH-1m.feather": ("XRP/ETH", "1m"),
     "XRP_ETH-5m.feather": ("XRP/ETH", "5m"),
 }
+assert sorted(CANDLE_FILES) == REAL_CANDLE_FILES, "a real candle file has no symbol/timeframe here"
 
 
 def load_candles(
