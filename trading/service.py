@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from models.registry import champion
+from models.registry import ModelRecord, champion
 from pipelines.features import FEATURE_SET_VERSION
 from pipelines.features.rebuild import history_start_ms
 from pipelines.resample import timeframe_ms
@@ -71,6 +71,35 @@ def require_live_opt_in(
 # Bars read before the first served candle on top of the features' own warm-up, so that a
 # model's window (TrainConfig.window_len, 32 by default) is complete at that candle.
 MODEL_WINDOW_MARGIN_BARS = 256
+
+
+class ChampionLookup:
+    """The registry's champion, looked up on a connection of its own that is reopened once
+    when a lookup fails: after a dropped catalog session (a PostgreSQL restart, an idle
+    timeout) hot swap goes on instead of failing at every check until a restart."""
+
+    def __init__(self, settings: Settings, model_name: str) -> None:
+        self.settings = settings
+        self.model_name = model_name
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.reconnects = 0
+
+    def __call__(self) -> ModelRecord | None:
+        if self.con is None:
+            self.con = connect(self.settings, read_only=True)
+        try:
+            return champion(self.con, self.model_name)
+        except duckdb.Error:
+            self.close()
+            self.reconnects += 1
+            self.con = connect(self.settings, read_only=True)
+            return champion(self.con, self.model_name)
+
+    def close(self) -> None:
+        if self.con is not None:
+            with contextlib.suppress(duckdb.Error):
+                self.con.close()
+            self.con = None
 
 
 def heartbeat_file(home: Path, account: str) -> Path:
@@ -130,6 +159,7 @@ def serve_replay(
     config = config or LoopConfig(model_check_every_steps=60, exchange=settings.exchange)
     con = connect(settings)
     migrate(con)
+    lookup = ChampionLookup(settings, config.model_name)
     try:
         read_after, warm_until = _warm_up_window(source, con, config.exchange, last_candles)
         market: ReplayMarket | FollowMarket
@@ -143,7 +173,7 @@ def serve_replay(
                 settings, source, config.exchange, follow_every_s, sleep, read_after
             )
         config = dataclasses.replace(config, timeframe=market.timeframe)
-        manager = ModelManager(lambda: champion(con, config.model_name), FEATURE_SET_VERSION)
+        manager = ModelManager(lookup, FEATURE_SET_VERSION)
         writer = BufferedWriter(settings, lambda: connect(settings))
         loop = ServingLoop(
             config, manager=manager, writer=writer, home=settings.home, on_retrain=on_retrain
@@ -174,6 +204,7 @@ def serve_replay(
         writer.close()
         return summary
     finally:
+        lookup.close()
         con.close()
 
 
@@ -287,8 +318,9 @@ def serve_live(
     )
     con = connect(settings)
     migrate(con)
+    lookup = ChampionLookup(settings, config.model_name)
     try:
-        manager = ModelManager(lambda: champion(con, config.model_name), FEATURE_SET_VERSION)
+        manager = ModelManager(lookup, FEATURE_SET_VERSION)
         writer = BufferedWriter(settings, lambda: connect(settings))
         loop = ServingLoop(
             config,
@@ -310,4 +342,5 @@ def serve_live(
         writer.close()
         return summary
     finally:
+        lookup.close()
         con.close()

@@ -238,3 +238,22 @@ def test_loopback_outage_and_warehouse_failures_lose_nothing(settings, lake, tmp
     assert n_fills == loop.state.portfolio.fills
     eq = lake.execute("SELECT count(*) FROM equity").fetchone()[0]
     assert eq == len(closed)
+
+
+def test_champion_lookup_reconnects_after_a_dropped_session(settings, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from trading.service import ChampionLookup
+
+    model_id = register_champion(
+        lake, settings, constant_model(tmp_path / "a.onnx", (0.2, 0.6, 0.2), 0.9)
+    )
+    lookup = ChampionLookup(settings, "signal")
+    try:
+        first = lookup()
+        assert first is not None and first.model_id == model_id
+        assert lookup.con is not None
+        lookup.con.close()  # the catalog session is gone (a database restart, an idle timeout)
+        again = lookup()
+        assert again is not None and again.model_id == model_id
+        assert lookup.reconnects == 1
+    finally:
+        lookup.close()
