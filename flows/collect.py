@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from expectations.gate import GatePolicy, GateResult, gate_and_merge
 from expectations.report import summary_markdown
+from flows.orchestration import create_markdown_artifact, flow, get_run_logger, task
 from flows.runners import default_task_runner
 from pipelines.collect import (
     MergeFn,

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact
 from prefect.cache_policies import NONE
 
+from flows.orchestration import create_link_artifact, flow, get_run_logger, task
 from flows.pipeline import pipeline
 from models import retraining
 from warehouse import Settings, connect, get_settings

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NONE
 
 from expectations.feature_gate import gate_features
+from flows.orchestration import flow, get_run_logger, task, unmapped
 from flows.runners import default_task_runner
 from pipelines.features import FEATURE_SET_VERSION
 from pipelines.features.rebuild import RebuildResult, list_series, rebuild_features

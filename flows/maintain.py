@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
+from flows.orchestration import create_markdown_artifact, flow, get_run_logger, task
 from warehouse import Settings, connect, get_settings
 from warehouse import maintain as maintain_lake
 from warehouse.maintenance import MaintenanceReport

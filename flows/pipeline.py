@@ -12,11 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
-
 from flows.collect import collect
 from flows.features import features
+from flows.orchestration import create_markdown_artifact, flow, get_run_logger
 from flows.quality import quality
 from flows.retrain import retrain
 from flows.runners import on_runner
@@ -112,7 +110,7 @@ def pipeline(
         fail_on_policy=fail_on_quality,
         settings=settings,
     )
-    results: list[Any] = list(checked["results"])  # type: ignore[call-overload]
+    results: list[Any] = list(checked["results"])
     steps.append(
         (
             "quality",

@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
-from prefect import flow, get_run_logger, task, unmapped
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from expectations.gate import GatePolicy, GateResult, QualityGateError, gate_and_merge
 from expectations.report import summary_markdown
 from expectations.revalidate import candle_series, revalidate_candles
+from flows.orchestration import create_markdown_artifact, flow, get_run_logger, task, unmapped
 from flows.runners import default_task_runner
 from warehouse import Settings, connect, get_settings, migrate
 

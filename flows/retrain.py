@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
+from flows.orchestration import create_markdown_artifact, flow, task
 from flows.runners import default_task_runner
 from models import retraining
 from models.data import CandleBatch, FeaturizedSeries, SampleSet, featurize_series, split_series

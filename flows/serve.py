@@ -28,10 +28,10 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
-from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 from prefect.events import Event, emit_event
 
+from flows.orchestration import flow, get_run_logger
 from trading.loop import LoopConfig, RunSummary, ServingLoop
 from trading.service import require_live_opt_in, serve_live, serve_replay
 from warehouse import Settings, get_settings

@@ -9,7 +9,13 @@ Public entry points:
 """
 
 from warehouse.connection import Warehouse, connect
-from warehouse.errors import SchemaError, WarehouseError, WarehouseReadError, WriteConflictError
+from warehouse.errors import (
+    SchemaError,
+    WarehouseError,
+    WarehouseNotFound,
+    WarehouseReadError,
+    WriteConflictError,
+)
 from warehouse.maintenance import maintain
 from warehouse.migrate import migrate
 from warehouse.readers import current_snapshot_id, read_candles
@@ -17,6 +23,7 @@ from warehouse.settings import Settings, get_settings
 from warehouse.writers import WriteResult, upsert
 
 __all__ = [
+    "WarehouseNotFound",
     "SchemaError",
     "Settings",
     "Warehouse",

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlparse
 
 import duckdb
 
-from warehouse.errors import WarehouseError
+from warehouse.errors import WarehouseError, WarehouseNotFound
 from warehouse.settings import Settings, get_settings
 
 LAKE = "lake"
@@ -154,6 +154,16 @@ def connect(
     ``read_only`` attaches the catalog read-only: for people and dashboards that must never write.
     """
     settings = settings or get_settings()
+    if (
+        read_only
+        and settings.catalog_kind == "sqlite"
+        and not settings.sqlite_catalog_path.exists()
+    ):
+        # a reader must not create an empty catalog (or the data directory) as a side effect
+        raise WarehouseNotFound(
+            f"no warehouse at {settings.lake_dir}: run `tradeloop init`, "
+            "or set TRADELOOP_HOME to the folder that holds one"
+        )
     _prepare_local_dirs(settings)
     for attempt in range(_ATTACH_ATTEMPTS):
         con = duckdb.connect(config={"allow_unsigned_extensions": "false"})

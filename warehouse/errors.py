@@ -13,3 +13,7 @@ class WriteConflictError(WarehouseError):
 class WarehouseReadError(WarehouseError, RuntimeError):
     """A read from the lake failed (catalog unreachable or locked, unknown snapshot, ...): the
     message names what was read."""
+
+
+class WarehouseNotFound(WarehouseError):
+    """No warehouse where the settings point (``tradeloop init`` creates one)."""

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.commands import options as opt
+
 
 class SourceName(StrEnum):
     simulated = "simulated"
@@ -34,11 +36,10 @@ def _print_report(report: dict[str, Any]) -> None:
 
 def _run(**kwargs: Any) -> None:
     from flows.collect import collect as collect_flow
-    from flows.runners import on_runner
-    from warehouse import get_settings
+    from flows.commands.runflow import run_flow
 
     try:
-        report = on_runner(collect_flow, get_settings())(**kwargs)
+        report = run_flow(collect_flow, **kwargs)
     except Exception as exc:  # the flow names the series and the cause
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -53,20 +54,18 @@ def collect(
         str | None,
         typer.Option(help="ccxt exchange id (e.g. binance); for simulated/file: the name stored"),
     ] = None,
-    symbol: Annotated[
-        list[str] | None,
-        typer.Option("--symbol", "-s", help="symbol, repeatable (default: settings.symbols)"),
-    ] = None,
-    timeframe: Annotated[
-        list[str] | None, typer.Option("--timeframe", "-t", help="1m, 5m, 15m, 1h; repeatable")
-    ] = None,
+    symbol: opt.SymbolOption = None,
+    timeframe: opt.TimeframesOption = None,
+    timerange: opt.TimerangeOption = None,
     since: Annotated[
-        str | None, typer.Option(help="ISO 8601 UTC or epoch ms (default: --lookback-days ago)")
+        str | None, typer.Option(hidden=True, help="old spelling of --timerange START:")
     ] = None,
     until: Annotated[
-        str | None, typer.Option(help="ISO 8601 UTC or epoch ms (default: now)")
+        str | None, typer.Option(hidden=True, help="old spelling of --timerange :END")
     ] = None,
-    lookback_days: Annotated[float, typer.Option(help="window when --since is not given")] = 1.0,
+    lookback_days: Annotated[
+        float, typer.Option(help="window when --timerange has no START")
+    ] = 1.0,
     ccxt_config: Annotated[
         str | None,
         typer.Option(help="JSON passed to the ccxt constructor, e.g. '{\"timeout\": 5000}'"),
@@ -96,6 +95,11 @@ def collect(
     ] = False,
 ) -> None:
     """Collect candles through the quality gate (resumes after the last stored candle)."""
+    symbols = opt.symbols(symbol)
+    timeframes = opt.timeframes(timeframe)
+    start, end = opt.timerange(timerange)
+    start = start or opt.when(since, "--since")
+    end = end or opt.when(until, "--until")
     config: dict[str, Any] = {}
     if ccxt_config:
         try:
@@ -112,10 +116,10 @@ def collect(
     _run(
         source=source.value,
         exchange=exchange,
-        symbols=list(symbol) if symbol else None,
-        timeframes=list(timeframe) if timeframe else None,
-        since=since,
-        until=until,
+        symbols=symbols,
+        timeframes=timeframes,
+        since=opt.iso(start),
+        until=opt.iso(end),
         ccxt_config=config,
         api_base=api_base,
         path=str(path) if path else None,
@@ -131,24 +135,18 @@ def collect(
 def import_files(
     path: Annotated[Path, typer.Argument(help="a candle/trade file or a freqtrade data directory")],
     exchange: Annotated[str, typer.Option(help="exchange name stored with the rows")] = "file",
-    symbol: Annotated[
-        list[str] | None,
-        typer.Option("--symbol", "-s", help="only these symbols (default: all in PATH)"),
-    ] = None,
+    symbol: opt.SymbolOption = None,
 ) -> None:
     """Import freqtrade data (PAIR-TF.feather|json|parquet, PAIR-trades.feather), CSV, Parquet."""
+    symbols = opt.symbols(symbol)
     if not path.exists():
-        typer.echo(f"error: {path}: no such file or directory", err=True)
-        raise typer.Exit(2)
-    _run(source="file", exchange=exchange, path=str(path), symbols=list(symbol) if symbol else None)
+        raise opt.usage_error(f"{path}: no such file or directory")
+    _run(source="file", exchange=exchange, path=str(path), symbols=symbols)
 
 
 def loopback_exchange(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0 = any free port)")] = 8765,
-    symbol: Annotated[
-        list[str] | None,
-        typer.Option("--symbol", "-s", help="markets to list (default: settings.symbols)"),
-    ] = None,
+    symbol: opt.SymbolOption = None,
     seed: Annotated[int, typer.Option(help="simulated exchange seed")] = 7,
     fault: Annotated[
         list[str] | None,
@@ -172,7 +170,7 @@ def loopback_exchange(
         typer.echo(f"error: unknown fault: {exc}", err=True)
         raise typer.Exit(2) from exc
     exchange = LoopbackExchange(
-        symbols=list(symbol or get_settings().symbols),
+        symbols=opt.symbols(symbol) or list(get_settings().symbols),
         simulated=SimulatedExchange(SimulationConfig(seed=seed)),
         faults=FaultPlan(pattern=pattern),
     )

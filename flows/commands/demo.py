@@ -39,6 +39,7 @@ def demo(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from rich.console import Console
 
+    from flows.commands.runflow import run_flow
     from flows.demo import dashboard
     from flows.demo import demo as demo_flow
 
@@ -47,8 +48,9 @@ def demo(
         typer.echo(f"error: --data {data} is not a folder", err=True)
         raise typer.Exit(2)
     console.rule("[bold]tradeloop demo")
-    with console.status("running the loop (Prefect logs below)...", spinner="dots"):
-        summary = demo_flow(
+    with console.status("running the loop...", spinner="dots"):
+        summary = run_flow(
+            demo_flow,
             data=str(data.resolve()) if data else None,
             symbols=list(symbol) if symbol else None,
             days=days,

@@ -34,13 +34,12 @@ def features(
         typer.echo(f"feature set {FEATURE_SET_VERSION}\n")
         typer.echo(feature_table_markdown())
         return
+    from flows.commands.runflow import run_flow
     from flows.features import features as features_flow
-    from flows.runners import on_runner
-    from warehouse import get_settings
 
     try:
-        report = on_runner(features_flow, get_settings())(
-            symbols=symbol or None, timeframes=timeframe or None, full=full
+        report = run_flow(
+            features_flow, symbols=symbol or None, timeframes=timeframe or None, full=full
         )
     except Exception as exc:
         typer.echo(f"error: {exc}", err=True)

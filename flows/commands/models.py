@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from flows.commands import options as opt
+
 if TYPE_CHECKING:
     import duckdb
 
@@ -20,33 +22,38 @@ def register(app: typer.Typer) -> None:
 
 
 def retrain(
-    symbols: Annotated[
-        str | None,
-        typer.Option(help="comma-separated symbols, e.g. BTC/USDT,ETH/USDT (default: settings)"),
-    ] = None,
+    symbol: opt.SymbolOption = None,
+    timeframe: opt.TimeframeOption = None,
+    exchange: opt.ExchangeOption = None,
     days: Annotated[float, typer.Option(help="train on the last N days of candles")] = 30,
     horizon: Annotated[int, typer.Option(help="label horizon in bars")] = 5,
     epochs: Annotated[
         int, typer.Option(help="maximum epochs (early stopping may end sooner)")
     ] = 10,
-    timeframe: Annotated[
-        str | None, typer.Option(help="candle timeframe (default: settings)")
-    ] = None,
     snapshot: Annotated[
         int | None, typer.Option(help="train on this DuckLake snapshot (reproduce a run)")
     ] = None,
+    symbols_alias: Annotated[
+        str | None, typer.Option("--symbols", hidden=True, help="old spelling of --symbol")
+    ] = None,
 ) -> None:
-    """Retrain the ensemble, export ONNX, register it, and promote it if it beats the champion."""
-    from flows.retrain import retrain as retrain_flow
-    from flows.runners import on_runner
-    from warehouse import get_settings
+    """Retrain the ensemble, export ONNX, register it, and promote it if it beats the champion.
 
-    outcome = on_runner(retrain_flow, get_settings())(
-        symbols=[s.strip() for s in symbols.split(",") if s.strip()] if symbols else None,
+    Without --symbol / --timeframe / --exchange it trains what the warehouse holds."""
+    from flows.commands.series import resolve
+
+    series = resolve(opt.symbols(symbol, symbols_alias), opt.timeframe(timeframe), exchange)
+    from flows.commands.runflow import run_flow
+    from flows.retrain import retrain as retrain_flow
+
+    outcome = run_flow(
+        retrain_flow,
+        symbols=list(series.symbols),
         days=days,
         horizon=horizon,
         epochs=epochs,
-        timeframe=timeframe,
+        timeframe=series.timeframe,
+        exchange=series.exchange,
         snapshot_id=snapshot,
     )
     typer.echo(

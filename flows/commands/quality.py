@@ -42,12 +42,12 @@ def quality(
 ) -> None:
     """Re-validate stored candles with the current suites and rebuild the Data Docs."""
     lo, hi = _when(start, "--start"), _when(end, "--end")
+    from flows.commands.runflow import run_flow
     from flows.quality import quality as quality_flow
-    from flows.runners import on_runner
-    from warehouse import get_settings
 
     try:
-        report = on_runner(quality_flow, get_settings())(
+        report = run_flow(
+            quality_flow,
             symbols=symbol or None,
             start=lo,
             end=hi,

@@ -33,7 +33,12 @@ def serve(
     ] = None,
     account: Annotated[str, typer.Option(help="account name")] = "paper",
     no_prefect: Annotated[
-        bool, typer.Option("--no-prefect", help="run the loop without the Prefect flow")
+        bool,
+        typer.Option(
+            "--no-prefect",
+            hidden=True,
+            help="run the loop without the Prefect flow (the default without a Prefect API)",
+        ),
     ] = False,
     live: Annotated[
         bool,
@@ -69,8 +74,12 @@ def serve(
         raise typer.Exit(2)
     multiple = None if speed == "max" else float(speed)
     symbol_list = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
+    from flows.commands.context import cli_options
+    from flows.orchestration import api_configured
+
+    as_flow_run = not no_prefect and (cli_options().prefect or api_configured())
     try:
-        if no_prefect:
+        if not as_flow_run:
             from trading.loop import LoopConfig
             from trading.service import serve_live, serve_replay
 
