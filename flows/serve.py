@@ -95,10 +95,11 @@ def serve(
     api_secret_block: str | None = None,
     last_candles: int | None = None,
     follow_every_s: float | None = None,
+    timeframe: str | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """``exchange``: the exchange a warehouse symbol was collected under (default
-    ``settings.exchange``); ``last_candles``: replay only a warehouse symbol's latest N
+    """``exchange`` / ``timeframe``: the series of a warehouse symbol (default
+    ``settings.exchange``, 1m); ``last_candles``: replay only a warehouse symbol's latest N
     candles; ``follow_every_s``: keep serving the replay source's new candles, checking every
     that many seconds (a long-running paper loop; stops at ``max_candles`` or when cancelled)."""
     logger = get_run_logger()
@@ -159,6 +160,7 @@ def serve(
                 last_candles=last_candles,
                 follow_every_s=follow_every_s,
                 sleep=time.sleep,
+                timeframe=timeframe,
             )
     logger.info(f"served {summary.candles} candles; equity {summary.equity:.2f}")
     return {

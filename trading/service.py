@@ -146,12 +146,14 @@ def serve_replay(
     last_candles: int | None = None,
     follow_every_s: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    timeframe: str | None = None,
 ) -> RunSummary:
     """Replay a candle file or a warehouse symbol through the paper-trading loop.
 
     A warehouse symbol is read under ``config.exchange`` (default: ``settings.exchange``, the
-    exchange the candles were collected under); ``last_candles``: serve only its latest N, after
-    warming the loop's features on the candles before them (see ``_warm_up_window``).
+    exchange the candles were collected under) at ``timeframe`` (default 1m);
+    ``last_candles``: serve only its latest N, after warming the loop's features on the
+    candles before them (see ``_warm_up_window``).
     ``follow_every_s``: then keep following the source, reading its new candles every that
     many seconds (``sleep`` waits), until ``max_candles``; ``speed`` does not apply."""
     if follow_every_s is not None and speed is not None:
@@ -161,16 +163,22 @@ def serve_replay(
     migrate(con)
     lookup = ChampionLookup(settings, config.model_name)
     try:
-        read_after, warm_until = _warm_up_window(source, con, config.exchange, last_candles)
+        read_after, warm_until = _warm_up_window(
+            source, con, config.exchange, last_candles, timeframe
+        )
         market: ReplayMarket | FollowMarket
         if follow_every_s is None:
             stored = read_replay_candles(
-                source, con=con, exchange=config.exchange, after_ts_ms=read_after
+                source,
+                con=con,
+                exchange=config.exchange,
+                timeframe=timeframe,
+                after_ts_ms=read_after,
             )
             market = ReplayMarket([require_candles(stored, source, config.exchange)], speed=speed)
         else:
             market = _follow_market(
-                settings, source, config.exchange, follow_every_s, sleep, read_after
+                settings, source, config.exchange, follow_every_s, sleep, read_after, timeframe
             )
         config = dataclasses.replace(config, timeframe=market.timeframe)
         manager = ModelManager(lookup, FEATURE_SET_VERSION)
@@ -209,7 +217,11 @@ def serve_replay(
 
 
 def _warm_up_window(
-    source: str, con: duckdb.DuckDBPyConnection, exchange: str, last_candles: int | None
+    source: str,
+    con: duckdb.DuckDBPyConnection,
+    exchange: str,
+    last_candles: int | None,
+    timeframe: str | None = None,
 ) -> tuple[int | None, int | None]:
     """(read candles opened after, warm up to and including) for serving the latest
     ``last_candles``: the candles before the first served one that its features depend on
@@ -218,7 +230,9 @@ def _warm_up_window(
     instead of the RSI fallback. (None, None): serve everything from the start."""
     if last_candles is None:
         return None, None
-    latest = read_replay_candles(source, con=con, exchange=exchange, last=last_candles)
+    latest = read_replay_candles(
+        source, con=con, exchange=exchange, timeframe=timeframe, last=last_candles
+    )
     if len(latest) == 0:
         return None, None
     first_ms = int(latest.ts_ms[0])
@@ -233,10 +247,11 @@ def _follow_market(
     poll_interval_s: float,
     sleep: Callable[[float], None],
     read_after_ts_ms: int | None,
+    timeframe: str | None = None,
 ) -> FollowMarket:
-    """A FollowMarket on ``source``. A warehouse symbol (1m) is read on a fresh read-only
-    connection per poll, so a catalog that dropped the session (a PostgreSQL restart, an idle
-    timeout) is simply reconnected at the next poll."""
+    """A FollowMarket on ``source``. A warehouse symbol (``timeframe``, default 1m) is read on a
+    fresh read-only connection per poll, so a catalog that dropped the session (a PostgreSQL
+    restart, an idle timeout) is simply reconnected at the next poll."""
     warehouse = None if Path(source).exists() else Warehouse(settings)
 
     def read(after_ts_ms: int | None, up_to_ts_ms: int | None) -> Candles:
@@ -247,12 +262,16 @@ def _follow_market(
                 source,
                 con=con,
                 exchange=exchange,
+                timeframe=timeframe,
                 after_ts_ms=read_after_ts_ms if after_ts_ms is None else after_ts_ms,
                 up_to_ts_ms=up_to_ts_ms,
             )
 
-    timeframe = "1m" if warehouse is not None else read(None, None).timeframe
-    return FollowMarket(read, timeframe, poll_interval_s, sleep=sleep, name=f"replay {source}")
+    if warehouse is None:
+        timeframe = read(None, None).timeframe
+    return FollowMarket(
+        read, timeframe or "1m", poll_interval_s, sleep=sleep, name=f"replay {source}"
+    )
 
 
 def serve_live(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from flows.commands import options as opt
 
 
 def register(app: typer.Typer) -> None:
@@ -48,8 +51,11 @@ def serve(
             "TRADELOOP_LIVE_TRADING=true",
         ),
     ] = False,
+    symbol: opt.SymbolOption = None,
+    timeframe: opt.TimeframeOption = None,
+    exchange: opt.ExchangeOption = None,
     symbols: Annotated[
-        str | None, typer.Option(help="--live: comma-separated symbols (default: settings)")
+        str | None, typer.Option("--symbols", hidden=True, help="old spelling of --symbol")
     ] = None,
 ) -> None:
     """Paper-trade a replay through the serving loop (exits 0 at the end of the data), or,
@@ -72,8 +78,22 @@ def serve(
             "error: --follow-every follows a --replay (live trading polls the exchange)", err=True
         )
         raise typer.Exit(2)
-    multiple = None if speed == "max" else float(speed)
-    symbol_list = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
+    try:
+        multiple = None if speed == "max" else float(speed)
+    except ValueError:
+        multiple = -1.0
+    if multiple is not None and not multiple > 0:
+        raise opt.usage_error(f"--speed {speed!r}: 'max' or a positive real-time multiple, e.g. 60")
+    symbol_list = opt.symbols(symbol, symbols)
+    replay_timeframe = opt.timeframe(timeframe)
+    replay_exchange = exchange
+    if replay is not None and not Path(replay).exists():
+        from flows.commands.series import resolve
+
+        series = resolve([replay], replay_timeframe, exchange)
+        replay_timeframe, replay_exchange = series.timeframe, series.exchange
+    elif replay is not None:
+        replay_exchange = exchange or "file"  # where `tradeloop import` stores a file's rows
     from flows.commands.context import cli_options
     from flows.orchestration import api_configured
 
@@ -85,7 +105,9 @@ def serve(
 
             settings = get_settings()
             config = LoopConfig(
-                account=account, exchange=settings.exchange, model_check_every_steps=60
+                account=account,
+                exchange=replay_exchange or settings.exchange,
+                model_check_every_steps=60,
             )
             if live:
                 s = serve_live(
@@ -103,6 +125,7 @@ def serve(
                     speed=multiple,
                     max_candles=max_candles,
                     follow_every_s=follow_every,
+                    timeframe=replay_timeframe,
                 )
             result = {"candles": s.candles, "equity": s.equity, "positions": s.positions}
         else:
@@ -116,6 +139,8 @@ def serve(
                 live=live,
                 symbols=symbol_list,
                 follow_every_s=follow_every,
+                exchange=replay_exchange,
+                timeframe=replay_timeframe,
             )
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
