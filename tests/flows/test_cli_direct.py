@@ -1,0 +1,126 @@
+"""The CLI starts no Prefect server unless an API is configured, and checks its arguments first.
+
+Each command runs as a new process, as a person would type it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CANDLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "candles"
+ETH_BTC = CANDLES / "ETH_BTC-5m.feather"
+TRADELOOP = str(Path(sys.executable).with_name("tradeloop"))
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADELOOP_", "PREFECT_"))}
+    env.update(
+        TRADELOOP_HOME=str(home / "tl"),
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        **extra,
+    )
+    return env
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TRADELOOP, *args], env=env, capture_output=True, text=True, timeout=240, check=False
+    )
+
+
+def test_commands_without_an_api_run_directly_and_start_no_server(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    imported = _run(env, "import", str(ETH_BTC))
+    assert imported.returncode == 0, imported.stderr
+    assert "5760 merged" in imported.stdout
+    features = _run(env, "features")
+    assert features.returncode == 0, features.stderr
+    assert "5760 rows written" in features.stdout
+    count = _run(env, "sql", "SELECT count(*) AS n FROM features", "--format", "csv")
+    assert count.stdout.split() == ["n", "5760"], count.stdout
+    # Prefect's temporary server keeps its database under PREFECT_HOME: none was made
+    prefect_home = tmp_path / "prefect"
+    assert not list(prefect_home.glob("*.db")), list(prefect_home.iterdir())
+
+
+def test_with_an_api_the_command_is_a_flow_run_on_that_server(
+    prefect_server: None, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = str(PREFECT_API_URL.value())
+    started = time.time()
+    imported = _run(_env(tmp_path, PREFECT_API_URL=api_url), "import", str(ETH_BTC))
+    assert imported.returncode == 0, imported.stderr
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["collect"])),
+            flow_run_filter=FlowRunFilter(),
+        )
+    ours = [
+        r
+        for r in runs
+        if r.start_time is not None
+        and r.start_time.timestamp() >= started - 1
+        and r.parameters.get("path") == str(ETH_BTC)
+    ]
+    assert len(ours) == 1, [(r.name, r.parameters) for r in runs]
+    assert ours[0].state is not None and ours[0].state.is_completed()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["collect", "-t", "7m"], "--timeframe '7m'"),
+        (["collect", "--timerange", "2018-01-x:"], "--timerange"),
+        (["collect", "-s", "not-a-pair"], "BASE/QUOTE"),
+        (["serve", "--replay", "ETH/BTC", "--speed", "fast"], "--speed 'fast'"),
+        (["retrain", "-t", "9q"], "--timeframe '9q'"),
+        (["import", "/no/such/file.feather"], "no such file"),
+    ],
+)
+def test_a_bad_argument_fails_before_any_work(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    """Exit 2, one line that names the option, no traceback, and nothing heavy imported
+    (Prefect, Great Expectations and torch are what make a command slow to start)."""
+    probe = (
+        "import sys\n"
+        "from flows.cli import main\n"
+        f"sys.argv = ['tradeloop', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\n"
+        "heavy = sorted(m for m in ('prefect', 'great_expectations', 'torch') if m in sys.modules)\n"
+        "print('EXIT', code, 'HEAVY', ','.join(heavy) or '-')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.stdout.split()[-4:] == ["EXIT", "2", "HEAVY", "-"], result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_reading_before_init_names_the_next_step_and_creates_nothing(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    result = _run(env, "sql", "SELECT 1")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tradeloop init" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "tl").exists()
+    verbose = _run(env, "-v", "sql", "SELECT 1")
+    assert "Traceback" in verbose.stderr
