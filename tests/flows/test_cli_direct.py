@@ -97,7 +97,8 @@ def test_a_bad_argument_fails_before_any_work(
         "from flows.cli import main\n"
         f"sys.argv = ['tradeloop', *{args!r}]\n"
         "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\n"
-        "heavy = sorted(m for m in ('prefect', 'great_expectations', 'torch') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('prefect', 'great_expectations', 'torch')"
+        " if m in sys.modules)\n"
         "print('EXIT', code, 'HEAVY', ','.join(heavy) or '-')\n"
     )
     result = subprocess.run(
