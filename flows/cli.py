@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "flows.commands.demo",
     "flows.commands.backtest",
     "flows.commands.serve",
+    "flows.commands.inventory",
 ]
 
 for _module in COMMAND_MODULES:

@@ -44,6 +44,11 @@ def test_commands_without_an_api_run_directly_and_start_no_server(tmp_path: Path
     assert "5760 rows written" in features.stdout
     count = _run(env, "sql", "SELECT count(*) AS n FROM features", "--format", "csv")
     assert count.stdout.split() == ["n", "5760"], count.stdout
+    listed = _run(env, "data", "list", "-f", "csv")
+    assert listed.stdout.splitlines() == [
+        "exchange,symbol,timeframe,first,last,rows,gaps,quarantined",
+        "file,ETH/BTC,5m,2018-01-10 04:55,2018-01-30 04:50,5760,0,0",
+    ], listed.stdout
     # Prefect's temporary server keeps its database under PREFECT_HOME: none was made
     prefect_home = tmp_path / "prefect"
     assert not list(prefect_home.glob("*.db")), list(prefect_home.iterdir())
@@ -125,3 +130,24 @@ def test_reading_before_init_names_the_next_step_and_creates_nothing(tmp_path: P
     assert not (tmp_path / "tl").exists()
     verbose = _run(env, "-v", "sql", "SELECT 1")
     assert "Traceback" in verbose.stderr
+
+
+def test_config_show_names_each_source_and_masks_secrets(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text('exchange = "binance"\n')
+    env = _env(
+        tmp_path,
+        TRADELOOP_EXCHANGE_API_SECRET="s3cr3t-value",
+        TRADELOOP_CATALOG_URL="postgresql://me:pw-42@127.0.0.1:5432/lake",
+    )
+    shown = _run(env, "--config", str(config), "config", "show", "-f", "csv")
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split(",")[0]: line.split(",", 2)[1:] for line in shown.stdout.splitlines()}
+    assert rows["exchange"] == ["binance", f"file {config}"]
+    assert rows["exchange_api_secret"] == ["***", "env TRADELOOP_EXCHANGE_API_SECRET"]
+    assert rows["catalog_url"] == [
+        "postgresql://me:***@127.0.0.1:5432/lake",
+        "env TRADELOOP_CATALOG_URL",
+    ]
+    assert rows["base_timeframe"] == ["1m", "default"]
+    assert "s3cr3t" not in shown.stdout and "pw-42" not in shown.stdout
