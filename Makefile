@@ -10,7 +10,7 @@ export PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS := false
 export DO_NOT_TRACK := 1
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test bench lint typecheck ui deploy worker clean
+.PHONY: install demo test test-fast bench lint typecheck ui deploy worker clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 # ruff and mypy are part of the test: a lint or type error fails it like a failing test.
 test: lint typecheck
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
+
+# The inner loop: everything but the tests marked slow (end to end, Dask, multi-process).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" -x
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

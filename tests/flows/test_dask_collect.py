@@ -64,6 +64,7 @@ def test_flows_called_directly_use_a_bounded_thread_pool() -> None:
         assert on_runner(fl, Settings(task_workers=3)).task_runner._max_workers == 3
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("dask")
 def test_dask_collect_of_20_symbols_equals_thread_collect(prefect_server, tmp_path: Path) -> None:
     threaded = Settings(home=tmp_path / "threads", task_workers=4)

@@ -31,7 +31,11 @@ from warehouse import Settings, connect
 
 # The module's stack (server, worker, deploy, one full pipeline run) is built in the first
 # test's setup, which pytest-timeout charges to that test: more than the default 300 s.
-pytestmark = [pytest.mark.xdist_group("e2e-deployment"), pytest.mark.timeout(900)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("e2e-deployment"),
+    pytest.mark.timeout(900),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))

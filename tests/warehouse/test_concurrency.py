@@ -17,7 +17,7 @@ from tests.warehouse.workers import assert_one_writer_per_key, candle_batch
 from warehouse import Settings, connect, migrate, upsert
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.xdist_group("warehouse-processes")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("warehouse-processes")]
 
 
 def _spawn(settings: Settings, *args: str) -> subprocess.Popen[str]:

@@ -14,7 +14,7 @@ from tests.warehouse.workers import assert_one_writer_per_key
 from warehouse import Settings, connect, migrate
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.xdist_group("warehouse-processes")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("warehouse-processes")]
 
 
 @pytest.fixture
