@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 import polars as pl
-from hypothesis import given, settings
+import pytest
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pipelines.labels import (
@@ -16,6 +17,7 @@ from pipelines.labels import (
     class_weights,
     make_labels,
     make_windows,
+    round_trip_cost,
     time_splits,
 )
 
@@ -96,3 +98,108 @@ def test_windows_hold_only_past_rows() -> None:
     assert windows.shape == (7, 4, 2)
     np.testing.assert_array_equal(windows[0], values[0:4])
     np.testing.assert_array_equal(windows[-1], values[6:10])
+
+
+def _ohlc(closes: list[float], opens: list[float] | None = None) -> pl.DataFrame:
+    frame = _candles(closes)
+    return frame.with_columns(open=pl.Series(opens if opens is not None else closes))
+
+
+def test_threshold_is_never_below_the_round_trip_cost() -> None:
+    """A calm market (tiny volatility) would label a 0.2 % move buy; costing 0.3 % in and out,
+    it is hold, and every threshold is at least the cost."""
+    closes = [100.0 + 0.01 * (i % 2) for i in range(40)] + [100.2] * 10
+    free = make_labels(_candles(closes), LabelConfig(horizon_bars=2, vol_window_bars=5))
+    cost = round_trip_cost(0.001, 0.0005)
+    assert cost == pytest.approx(0.003)
+    costed = make_labels(
+        _candles(closes),
+        LabelConfig(horizon_bars=2, vol_window_bars=5, round_trip_cost_fraction=cost),
+    )
+    assert free["label"][38] == BUY and costed["label"][38] == HOLD
+    assert costed["threshold_fraction"].drop_nulls().min() >= cost
+    rising = make_labels(
+        _candles([100.0 * 1.001**i for i in range(80)]),
+        LabelConfig(horizon_bars=5, round_trip_cost_fraction=0.01, method="triple_barrier"),
+    )
+    assert rising["threshold_fraction"].drop_nulls().min() >= 0.01
+    assert set(rising["label"].drop_nulls().to_list()) == {HOLD}  # 0.5 % per 5 bars < 1 %
+
+
+def test_tradeable_return_is_next_open_to_open_over_the_horizon() -> None:
+    closes = [float(c) for c in range(100, 110)]
+    opens = [float(o) for o in range(200, 210)]
+    labels = make_labels(_ohlc(closes, opens), LabelConfig(horizon_bars=2, vol_window_bars=3))
+    # row 3: open[6] / open[4] - 1
+    assert labels["tradeable_return"][3] == pytest.approx(206 / 204 - 1)
+    assert labels["forward_return"][3] == pytest.approx(105 / 103 - 1)
+    assert labels["tradeable_return"][-3] is None  # open[t+1+h] past the data
+    assert labels["tradeable_return"][-4] == pytest.approx(209 / 207 - 1)
+    assert make_labels(_candles(closes), LabelConfig())["tradeable_return"].is_null().all()
+
+
+def test_triple_barrier_first_touch_decides() -> None:
+    # flat history (vol ~ 0: barriers are the 1 % cost floor), then three paths after row 9
+    base = [100.0, 100.0001] * 5
+    config = LabelConfig(
+        horizon_bars=3,
+        vol_window_bars=4,
+        method="triple_barrier",
+        round_trip_cost_fraction=0.01,
+    )
+    up_then_down = base + [101.5, 98.0, 98.0, 98.0]  # +1.5 % first: buy, though it ends -2 %
+    assert make_labels(_candles(up_then_down), config)["label"][9] == BUY
+    down_first = base + [100.0, 98.9, 102.0, 102.0]  # -1.1 % at k = 2 before +2 % at k = 3
+    assert make_labels(_candles(down_first), config)["label"][9] == SELL
+    inside = base + [100.5, 99.5, 100.9, 103.0]  # inside both barriers until k = 3: hold
+    labels = make_labels(_candles(inside), config)
+    assert labels["label"][9] == HOLD
+    # the threshold rule on the same path: +0.9 % < 1 % also hold; the last rows are unknown
+    assert labels["label"][-3:].is_null().all()
+    assert labels["label"][:3].is_null().all()  # volatility window incomplete
+
+
+def test_triple_barrier_barriers_scale_with_recent_volatility() -> None:
+    rng = np.random.default_rng(0)
+    closes = list(100 * np.exp(np.cumsum(rng.normal(0, 0.002, 300))))
+    wide = LabelConfig(horizon_bars=5, method="triple_barrier", take_profit_vol=3, stop_loss_vol=3)
+    narrow = LabelConfig(horizon_bars=5, method="triple_barrier", take_profit_vol=0.3)
+    hold_wide = (make_labels(_candles(closes), wide)["label"] == HOLD).sum()
+    hold_narrow = (make_labels(_candles(closes), narrow)["label"] == HOLD).sum()
+    assert hold_wide > hold_narrow
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(st.floats(-0.01, 0.01), min_size=30, max_size=60),
+    cut=st.integers(10, 25),
+    noise=st.floats(0.5, 2.0),
+    h=st.integers(1, 4),
+    take_profit=st.floats(0.2, 3.0),
+    stop=st.floats(0.2, 3.0),
+)
+def test_triple_barrier_never_looks_beyond_the_horizon(
+    steps: list[float], cut: int, noise: float, h: int, take_profit: float, stop: float
+) -> None:
+    """Changing prices after t+h never changes the triple-barrier label of t, nor its barrier.
+    (A random walk of <= 1 % steps: the barriers, a few recent volatilities, are far below the
+    change, so a label that looked one bar too far would flip.)"""
+    assume(abs(noise - 1.0) > 0.1)
+    closes = list(100.0 * np.exp(np.cumsum(steps)))
+    config = LabelConfig(
+        horizon_bars=h,
+        vol_window_bars=5,
+        method="triple_barrier",
+        take_profit_vol=take_profit,
+        stop_loss_vol=stop,
+        round_trip_cost_fraction=0.002,
+    )
+    original = make_labels(_candles(closes), config)
+    changed = closes[: cut + 1] + [c * noise for c in closes[cut + 1 :]]
+    altered = make_labels(_candles(changed), config)
+    keep = cut - h + 1  # rows whose horizon ends at or before `cut`
+    assert original["label"][:keep].to_list() == altered["label"][:keep].to_list()
+    assert (
+        original["threshold_fraction"][: cut + 1].to_list()
+        == altered["threshold_fraction"][: cut + 1].to_list()
+    )
