@@ -79,7 +79,10 @@ class SampleSet:
     labels: np.ndarray  # (n,) int64 in [0, 3): buy, hold, sell
     ts: np.ndarray  # (n,) datetime64[us] UTC end time of each window
     symbol: np.ndarray  # (n,) str
-    forward_return: np.ndarray  # (n,) float64
+    forward_return: np.ndarray  # (n,) float64, close[t+h] / close[t] - 1 (what the label judges)
+    # (n,) float64, open[t+1+h] / open[t+1] - 1: what a trade at the next open earns (label side,
+    # never an input); NaN where the data ends before open[t+1+h]
+    tradeable_return: np.ndarray
     feature_columns: tuple[str, ...]  # the columns of `windows` (features with data)
     feature_set_version: str
     all_feature_columns: tuple[str, ...] = ()  # the feature set's full column list (serving input)
@@ -107,6 +110,7 @@ class SampleSet:
             ts=self.ts[index],
             symbol=self.symbol[index],
             forward_return=self.forward_return[index],
+            tradeable_return=self.tradeable_return[index],
             feature_columns=self.feature_columns,
             feature_set_version=self.feature_set_version,
             all_feature_columns=self.all_feature_columns,
@@ -233,6 +237,10 @@ def assemble_samples(
                 ts=ts[keep],
                 symbol=np.full(int(keep.sum()), symbol, dtype=object),
                 forward_return=joined["forward_return"].to_numpy()[tail][keep].astype(np.float64),
+                tradeable_return=joined["tradeable_return"]
+                .fill_null(np.nan)
+                .to_numpy()[tail][keep]
+                .astype(np.float64),
                 feature_columns=tuple(columns),
                 feature_set_version=feature_set_version,
                 all_feature_columns=tuple(all_columns),
@@ -246,6 +254,7 @@ def assemble_samples(
         ts=np.concatenate([p.ts for p in parts]),
         symbol=np.concatenate([p.symbol for p in parts]),
         forward_return=np.concatenate([p.forward_return for p in parts]),
+        tradeable_return=np.concatenate([p.tradeable_return for p in parts]),
         feature_columns=tuple(columns),
         feature_set_version=feature_set_version,
         all_feature_columns=tuple(all_columns),

@@ -8,12 +8,18 @@ The graph (opset ``OPSET`` = 17, ``ai.onnx.ml`` 3 for the tree ensemble):
   neural member (softmax probabilities), the scikit-learn gradient boosting member (converted by
   skl2onnx, fed the last row of the raw window), and the combination step: weighted average of
   the member probabilities, or weighted majority vote (one-hot of each member's argmax);
-* outputs ``probabilities``: float32 (batch, 3) in order [buy, hold, sell], and ``confidence``:
-  float32 (batch,) from the hybrid model's confidence head (the top combined probability when
-  the ensemble has no hybrid member).
+* the calibration fit on the validation part (``models.calibration``):
+  ``softmax(scale * ln(clip(p, PROB_FLOOR, 1)) + bias)``;
+* outputs ``probabilities``: float32 (batch, 3), the CALIBRATED ensemble probabilities in order
+  [buy, hold, sell], and ``confidence``: float32 (batch,), the calibrated probability of the
+  ensemble's chosen (argmax) class. (The hybrid member's own confidence head is no longer an
+  output: it judged one member, not the ensemble, and was not calibrated.)
 
 Metadata properties (``tradeloop.*``) record the feature-set version, columns, window length,
-classes, members, weights and opset; the registry and the runtime check them.
+classes, members, weights and opset; the registry and the runtime check them. Also (JSON):
+``tradeloop.calibration`` (method, scale, bias, temperature for the temperature method) and
+``tradeloop.class_forward_returns`` ([r_buy, r_hold, r_sell]: the mean tradeable forward return
+``open[t+1+h] / open[t+1] - 1`` of validation bars by true class).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from onnx import TensorProto, compose, helper, numpy_helper
 from torch import nn
 
 from models.architecture import Standardize
+from models.calibration import PROB_FLOOR
 from models.training import TrainedEnsemble
 from pipelines.labels import CLASSES
 
@@ -52,7 +59,7 @@ class ExportResult:
 
 
 class _NeuralGraph(nn.Module):
-    """Raw window -> per-member probabilities, hybrid confidence, and the GBM's input row."""
+    """Raw window -> per-member probabilities and the GBM's input row."""
 
     index: torch.Tensor
 
@@ -65,21 +72,15 @@ class _NeuralGraph(nn.Module):
             torch.from_numpy(ensemble.scaler.mean), torch.from_numpy(ensemble.scaler.std)
         )
         self.neural = nn.ModuleList([m.model for m in ensemble.members if m.name != "gbm"])
-        self.kinds = [m.name for m in ensemble.members if m.name != "gbm"]
         self.has_gbm = any(m.name == "gbm" for m in ensemble.members)
 
     def forward(self, window: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = window.index_select(2, self.index) if self.select else window
         z = self.standardize(x)
         outputs: list[torch.Tensor] = []
-        confidence: torch.Tensor | None = None
-        for kind, member in zip(self.kinds, self.neural, strict=True):
-            logits, conf = member(z)
+        for member in self.neural:
+            logits, _ = member(z)
             outputs.append(torch.softmax(logits, dim=1))
-            if kind == "hybrid" and confidence is None:
-                confidence = conf
-        if confidence is not None:
-            outputs.append(confidence)
         if self.has_gbm:
             outputs.append(x[:, -1, :])
         return tuple(outputs)
@@ -88,8 +89,6 @@ class _NeuralGraph(nn.Module):
 def _torch_graph(ensemble: TrainedEnsemble) -> tuple[onnx.ModelProto, list[str]]:
     module = _NeuralGraph(ensemble).eval()
     names = [f"p_{m.name}" for m in ensemble.members if m.name != "gbm"]
-    if "hybrid" in module.kinds:
-        names.append("hybrid_confidence")
     if module.has_gbm:
         names.append("gbm_input")
     example = torch.zeros(2, ensemble.config.window_len, len(ensemble.feature_columns))
@@ -128,10 +127,9 @@ def _gbm_graph(ensemble: TrainedEnsemble) -> onnx.ModelProto:
     return compose.add_prefix(model, prefix="gbm_")
 
 
-def _combine(
-    model: onnx.ModelProto, member_outputs: list[str], ensemble: TrainedEnsemble, has_conf: bool
-) -> None:
-    """Append the combination nodes and set the graph outputs to probabilities + confidence."""
+def _combine(model: onnx.ModelProto, member_outputs: list[str], ensemble: TrainedEnsemble) -> None:
+    """Append the combination and calibration nodes; set the outputs to probabilities +
+    confidence."""
     graph = model.graph
     terms: list[str] = []
     for i, (name, weight) in enumerate(zip(member_outputs, ensemble.weights, strict=True)):
@@ -166,15 +164,13 @@ def _combine(
     )
     total = "sum_0"
     for i, term in enumerate(terms):
-        out = "probabilities" if i == len(terms) - 1 else f"sum_{i + 1}"
+        out = "combined" if i == len(terms) - 1 else f"sum_{i + 1}"
         graph.node.append(helper.make_node("Add", [total, term], [out]))
         total = out
-    if has_conf:
-        graph.node.append(helper.make_node("Identity", ["hybrid_confidence"], ["confidence"]))
-    else:
-        graph.node.append(
-            helper.make_node("ReduceMax", ["probabilities"], ["confidence"], keepdims=0, axes=[1])
-        )
+    _calibrate(graph, ensemble, "combined", "probabilities")
+    graph.node.append(
+        helper.make_node("ReduceMax", ["probabilities"], ["confidence"], keepdims=0, axes=[1])
+    )
     del graph.output[:]
     graph.output.extend(
         [
@@ -182,6 +178,31 @@ def _combine(
                 "probabilities", TensorProto.FLOAT, ["batch", len(CLASSES)]
             ),
             helper.make_tensor_value_info("confidence", TensorProto.FLOAT, ["batch"]),
+        ]
+    )
+
+
+def _calibrate(graph: onnx.GraphProto, ensemble: TrainedEnsemble, source: str, out: str) -> None:
+    """``out = softmax(scale * ln(clip(source, PROB_FLOOR, 1)) + bias)``, the same float32 steps
+    as ``models.calibration.Calibration.apply`` (identity when the method is "none")."""
+    calibration = ensemble.calibration
+    if calibration.method == "none":
+        graph.node.append(helper.make_node("Identity", [source], [out]))
+        return
+    constants = {
+        "cal_floor": np.array(PROB_FLOOR, dtype=np.float32),
+        "cal_one": np.array(1.0, dtype=np.float32),
+        "cal_scale": np.array([calibration.scale], dtype=np.float32),
+        "cal_bias": np.array([calibration.bias], dtype=np.float32),
+    }
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in constants.items())
+    graph.node.extend(
+        [
+            helper.make_node("Clip", [source, "cal_floor", "cal_one"], ["cal_clipped"]),
+            helper.make_node("Log", ["cal_clipped"], ["cal_log"]),
+            helper.make_node("Mul", ["cal_log", "cal_scale"], ["cal_scaled"]),
+            helper.make_node("Add", ["cal_scaled", "cal_bias"], ["cal_logits"]),
+            helper.make_node("Softmax", ["cal_logits"], [out], axis=1),
         ]
     )
 
@@ -204,7 +225,7 @@ def build_onnx(ensemble: TrainedEnsemble) -> onnx.ModelProto:
     member_outputs = [
         f"p_{m.name}" if m.name != "gbm" else "gbm_probabilities" for m in ensemble.members
     ]
-    _combine(merged, member_outputs, ensemble, has_conf="hybrid_confidence" in names)
+    _combine(merged, member_outputs, ensemble)
     cfg = ensemble.config
     metadata = {
         "tradeloop.format_version": FORMAT_VERSION,
@@ -219,7 +240,12 @@ def build_onnx(ensemble: TrainedEnsemble) -> onnx.ModelProto:
         "tradeloop.weights": json.dumps([float(w) for w in ensemble.weights]),
         "tradeloop.combine": cfg.combine,
         "tradeloop.opset": str(OPSET),
+        "tradeloop.calibration": json.dumps(ensemble.calibration.to_metadata()),
     }
+    if ensemble.class_forward_returns is not None:
+        metadata["tradeloop.class_forward_returns"] = json.dumps(
+            [float(r) for r in ensemble.class_forward_returns]
+        )
     del merged.metadata_props[:]
     for key, value in metadata.items():
         merged.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))

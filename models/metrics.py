@@ -1,18 +1,167 @@
-"""Classification metrics for the signal models (numpy only: usable from serving code too).
+"""Classification and calibration metrics for the signal models (numpy only, no torch: usable
+from serving and trading code too).
 
 Everything is computed on held-out samples and reported beside the majority-class baseline
 (always predicting the most frequent TRAINING class), so a model that only learned the class
-balance is visible as such.
+balance is visible as such. Probability metrics (``../shared/EVALUATION.md``):
+
+* ``log_loss``: mean ``-ln p[true class]`` (natural log, probabilities clipped at ``LOG_EPS``);
+* ``brier_score``: mean over samples of ``sum_c (p_c - 1[y = c])^2`` (0 perfect, 2 worst);
+* ``ece``: expected calibration error over 10 equal-width bins of the predicted (argmax) class's
+  probability: the sample-weighted mean ``|accuracy - mean probability|`` per bin;
+* ``reliability_bins``: the same bins as plain numbers, to draw a reliability diagram;
+* baselines: the majority class of the training labels as a one-hot prediction (its log-loss is
+  huge: every miss costs ``-ln LOG_EPS``), and the training-set class frequencies as the
+  prediction for every bar (the meaningful "knows only the class balance" reference).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from pipelines.labels import CLASSES
+
+LOG_EPS = 1e-15  # probability floor of log_loss (sklearn's historical default)
+ECE_BINS = 10
+
+
+def _check(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != y.shape[0]:
+        raise ValueError(f"labels {y.shape} and probabilities {p.shape} do not match")
+    return y, p
+
+
+def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = LOG_EPS) -> float:
+    """Mean negative natural log of the probability given to the true class (NaN if empty)."""
+    y, p = _check(labels, probabilities)
+    if y.size == 0:
+        return float("nan")
+    return float(-np.log(np.clip(p[np.arange(y.size), y], eps, 1.0)).mean())
+
+
+def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Multi-class Brier score: mean of ``sum_c (p_c - onehot_c)^2`` (NaN if empty)."""
+    y, p = _check(labels, probabilities)
+    if y.size == 0:
+        return float("nan")
+    onehot = np.eye(p.shape[1])[y]
+    return float(((p - onehot) ** 2).sum(axis=1).mean())
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Equal-width bins of the predicted class's probability (a reliability diagram's data).
+
+    Bin ``b`` covers ``[edges[b], edges[b+1])`` (the last one includes 1.0); an empty bin has
+    ``count`` 0 and None for its means."""
+
+    edges: tuple[float, ...]
+    mean_confidence: tuple[float | None, ...]
+    accuracy: tuple[float | None, ...]
+    count: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reliability_bins(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
+) -> ReliabilityBins:
+    """Per bin of the argmax probability: its mean, the share of argmax == label, the count."""
+    y, p = _check(labels, probabilities)
+    confidence = np.clip(p.max(axis=1), 0.0, 1.0) if y.size else np.empty(0)
+    correct = (p.argmax(axis=1) == y) if y.size else np.empty(0, dtype=bool)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    means: list[float | None] = []
+    accuracy: list[float | None] = []
+    counts: list[int] = []
+    for b in range(bins):
+        mask = which == b
+        n = int(mask.sum())
+        counts.append(n)
+        means.append(float(confidence[mask].mean()) if n else None)
+        accuracy.append(float(correct[mask].mean()) if n else None)
+    edges = tuple(float(e) for e in np.linspace(0.0, 1.0, bins + 1))
+    return ReliabilityBins(edges, tuple(means), tuple(accuracy), tuple(counts))
+
+
+def ece(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the argmax class's probability (``bins`` equal-width bins);
+    NaN if there are no samples."""
+    y, p = _check(labels, probabilities)
+    if y.size == 0:
+        return float("nan")
+    return expected_calibration_error(p.max(axis=1), p.argmax(axis=1) == y, bins)
+
+
+def class_frequencies(labels: np.ndarray, n_classes: int = 3) -> np.ndarray:
+    """Share of each class in ``labels`` (the "training frequency" predictor)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
+    return counts / max(1, counts.sum())
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """Probability quality on one window, before and after the calibration step, beside the
+    baselines (majority class one-hot, training class frequencies)."""
+
+    samples: int
+    log_loss_before: float
+    log_loss_after: float
+    brier_before: float
+    brier_after: float
+    ece_before: float
+    ece_after: float
+    log_loss_majority: float
+    log_loss_train_frequency: float
+    brier_majority: float
+    brier_train_frequency: float
+    reliability_before: ReliabilityBins
+    reliability_after: ReliabilityBins
+
+    def flat(self) -> dict[str, float]:
+        """Scalar metrics by name (what goes into the model_metrics table)."""
+        out = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float))}
+        out.pop("samples")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibration_report(
+    labels: np.ndarray,
+    raw_probabilities: np.ndarray,
+    calibrated_probabilities: np.ndarray,
+    train_labels: np.ndarray,
+    bins: int = ECE_BINS,
+) -> CalibrationReport:
+    """Log-loss, Brier and ECE of the raw and the calibrated probabilities on the same bars."""
+    y = np.asarray(labels, dtype=np.int64)
+    frequencies = class_frequencies(train_labels)
+    frequency_probs = np.tile(frequencies, (y.size, 1))
+    majority_probs = np.tile(np.eye(3)[int(frequencies.argmax())], (y.size, 1))
+    return CalibrationReport(
+        samples=int(y.size),
+        log_loss_before=log_loss(y, raw_probabilities),
+        log_loss_after=log_loss(y, calibrated_probabilities),
+        brier_before=brier_score(y, raw_probabilities),
+        brier_after=brier_score(y, calibrated_probabilities),
+        ece_before=ece(y, raw_probabilities, bins),
+        ece_after=ece(y, calibrated_probabilities, bins),
+        log_loss_majority=log_loss(y, majority_probs),
+        log_loss_train_frequency=log_loss(y, frequency_probs),
+        brier_majority=brier_score(y, majority_probs),
+        brier_train_frequency=brier_score(y, frequency_probs),
+        reliability_before=reliability_bins(y, raw_probabilities, bins),
+        reliability_after=reliability_bins(y, calibrated_probabilities, bins),
+    )
 
 
 @dataclass(frozen=True)
@@ -30,6 +179,10 @@ class ClassificationReport:
     calibration_error: float | None  # expected calibration error of the confidence
     baseline_accuracy: float  # majority class of the training labels
     baseline_f1_macro: float
+    log_loss: float = float("nan")  # of the probabilities given (see the module docstring)
+    brier: float = float("nan")
+    ece: float = float("nan")  # of the argmax class's probability
+    baseline_log_loss: float = float("nan")  # training class frequencies as the prediction
 
     def flat(self) -> dict[str, float]:
         """Scalar metrics by name (what goes into the model_metrics table)."""
@@ -41,6 +194,10 @@ class ClassificationReport:
             "f1_macro": self.f1_macro,
             "baseline_accuracy": self.baseline_accuracy,
             "baseline_f1_macro": self.baseline_f1_macro,
+            "log_loss": self.log_loss,
+            "brier": self.brier,
+            "ece": self.ece,
+            "baseline_log_loss": self.baseline_log_loss,
         }
         for i, name in enumerate(CLASSES):
             out[f"precision_{name}"] = self.precision[i]
@@ -99,7 +256,8 @@ def classification_report(
 ) -> ClassificationReport:
     """Metrics of the argmax predictions of ``probabilities`` (n, 3) against ``y_true``."""
     y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(probabilities).argmax(axis=1)
+    probabilities = np.asarray(probabilities)
+    y_pred = probabilities.argmax(axis=1)
     matrix = confusion_matrix(y_true, y_pred)
     precision, recall, f1 = _prf(matrix)
     reference = y_true if train_labels is None else np.asarray(train_labels, dtype=np.int64)
@@ -108,10 +266,10 @@ def classification_report(
     _, _, base_f1 = _prf(base_matrix)
     n = int(y_true.size)
     accuracy = float((y_pred == y_true).mean()) if n else 0.0
-    conf_mean = ece = None
+    conf_mean = confidence_ece = None
     if confidence is not None and n:
         conf_mean = float(np.mean(confidence))
-        ece = expected_calibration_error(confidence, y_pred == y_true)
+        confidence_ece = expected_calibration_error(confidence, y_pred == y_true)
 
     def triple(values: np.ndarray) -> tuple[float, float, float]:
         return (float(values[0]), float(values[1]), float(values[2]))
@@ -127,9 +285,13 @@ def classification_report(
         f1_macro=float(f1.mean()),
         confusion=tuple(tuple(int(v) for v in row) for row in matrix),
         confidence_mean=conf_mean,
-        calibration_error=ece,
+        calibration_error=confidence_ece,
         baseline_accuracy=float((y_true == majority).mean()) if n else 0.0,
         baseline_f1_macro=float(base_f1.mean()),
+        log_loss=log_loss(y_true, probabilities),
+        brier=brier_score(y_true, probabilities),
+        ece=ece(y_true, probabilities),
+        baseline_log_loss=log_loss(y_true, np.tile(class_frequencies(reference), (n, 1))),
     )
 
 

@@ -151,6 +151,16 @@ def _utc(value: np.datetime64) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
 
 
+def oos_metrics(ensemble: TrainedEnsemble) -> dict[str, float]:
+    """The ensemble's scalar metrics on its test window: classification and probability metrics
+    of the calibrated probabilities (``log_loss``, ``brier``, ``ece``, ``baseline_log_loss``,
+    per-class precision/recall ...), and the calibration report's before/after figures with
+    the majority-class and training-frequency baselines (``log_loss_before`` ...)."""
+    assert ensemble.test is not None
+    calibration = ensemble.test_calibration.flat() if ensemble.test_calibration else {}
+    return {**ensemble.test.flat(), **calibration}
+
+
 def register(
     settings: Settings,
     request: RetrainRequest,
@@ -162,6 +172,17 @@ def register(
     metrics: dict[str, Any] = {
         "test": ensemble.test.to_dict(),
         "validation": ensemble.validation.to_dict(),
+        # probability metrics before/after calibration, with reliability-diagram bins
+        "calibration_test": (
+            ensemble.test_calibration.to_dict() if ensemble.test_calibration else None
+        ),
+        "calibration_validation": (
+            ensemble.validation_calibration.to_dict() if ensemble.validation_calibration else None
+        ),
+        "calibration": ensemble.calibration.to_metadata(),
+        "class_forward_returns": (
+            list(ensemble.class_forward_returns) if ensemble.class_forward_returns else None
+        ),
         "members_test": {k: v.flat() for k, v in ensemble.member_test.items()},
         "permutation_importance": ensemble.importance,
         "train_samples": ensemble.train_samples,
@@ -189,9 +210,10 @@ def register(
             expected_feature_columns=ensemble.feature_columns,
             expected_sha256=exported.sha256,
         )
-        registry.record_metrics(
-            con, settings, record.model_id, "validation", ensemble.validation.flat()
-        )
+        validation_metrics = ensemble.validation.flat()
+        if ensemble.validation_calibration is not None:
+            validation_metrics.update(ensemble.validation_calibration.flat())
+        registry.record_metrics(con, settings, record.model_id, "validation", validation_metrics)
         assert ensemble.test_window is not None
         start, end = (_utc(t) for t in ensemble.test_window)
         registry.record_metrics(
@@ -199,7 +221,7 @@ def register(
             settings,
             record.model_id,
             "test",
-            ensemble.test.flat(),
+            oos_metrics(ensemble),
             window_start=start,
             window_end=end,
         )
@@ -245,7 +267,7 @@ def decide_and_promote(
             settings,
             record.model_id,
             name,
-            ensemble.test.flat(),
+            oos_metrics(ensemble),
             window_start=start,
             window_end=end,
         )
@@ -306,7 +328,12 @@ def dashboard_markdown(outcome: RetrainOutcome, history: list[tuple[str, float, 
         else f"| macro F1 | {c['f1_macro']:.3f} | – | {change('f1_macro')} |",
         f"| mean confidence | {c.get('confidence_mean', float('nan')):.2%} | "
         f"{p.get('confidence_mean', float('nan')) if p else float('nan'):.2%} | |",
-        f"| calibration error | {c.get('calibration_error', float('nan')):.3f} | | |",
+        f"| calibration error (ECE) | {c.get('calibration_error', float('nan')):.3f} | | |",
+        f"| log-loss (calibrated; before: {c.get('log_loss_before', float('nan')):.3f}) | "
+        f"{c.get('log_loss', float('nan')):.3f} | "
+        f"{p.get('log_loss', float('nan')) if p else float('nan'):.3f} | |",
+        f"| training-frequency baseline log-loss | {c.get('baseline_log_loss', float('nan')):.3f} "
+        "| | |",
         f"| majority-class baseline accuracy | {c['baseline_accuracy']:.2%} | | |",
         f"| majority-class baseline macro F1 | {c['baseline_f1_macro']:.3f} | | |",
         "",
@@ -362,7 +389,7 @@ def finish(
         reason=decision.reason,
         champion_id=record.model_id if decision.promote else previous_id,
         previous_champion_id=previous_id,
-        challenger=ensemble.test.flat(),
+        challenger=oos_metrics(ensemble),
         previous=previous.flat() if previous else None,
         window_name=name,
         window_start=start,

@@ -2,8 +2,13 @@
 
     predictor = OnnxPredictor.load(path, expected_feature_set_version=FEATURE_SET_VERSION)
     prediction = predictor.predict(windows)  # (batch, window_len, n_features) float32, raw features
-    prediction.probabilities  # (batch, 3): [buy, hold, sell]
-    prediction.confidence     # (batch,) in [0, 1]
+    prediction.probabilities  # (batch, 3): [buy, hold, sell], calibrated inside the graph
+    prediction.confidence     # (batch,) in [0, 1]: calibrated probability of the argmax class
+    predictor.info.class_forward_returns  # (r_buy, r_hold, r_sell) or None (older models)
+    predictor.info.calibration            # {"method": "temperature", "temperature": ...} or {}
+
+Models exported before calibration existed have uncalibrated probabilities, the hybrid member's
+confidence head as ``confidence``, ``calibration == {}`` and ``class_forward_returns is None``.
 
 Session options are tuned for single-sample latency: one intra-op and one inter-op thread,
 sequential execution, all graph optimizations, no thread spinning.
@@ -12,8 +17,10 @@ sequential execution, all graph optimizations, no thread spinning.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -50,6 +57,31 @@ class ModelInfo:
     combine: str
     opset: int
     metadata: dict[str, str]
+    # mean tradeable forward return (open[t+1+h] / open[t+1] - 1) of validation bars by TRUE class
+    # [buy, hold, sell]; None for models exported before it was recorded
+    class_forward_returns: tuple[float, float, float] | None = None
+    # the calibration baked into the graph (``tradeloop.calibration``); {} for older models
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+
+def _class_forward_returns(meta: dict[str, str]) -> tuple[float, float, float] | None:
+    raw = meta.get("tradeloop.class_forward_returns")
+    if raw is None:
+        return None
+    values = [float(v) for v in json.loads(raw)]
+    if len(values) != len(CLASSES) or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"tradeloop.class_forward_returns must be 3 finite numbers, got {raw}")
+    return (values[0], values[1], values[2])
+
+
+def _calibration(meta: dict[str, str]) -> dict[str, Any]:
+    raw = meta.get("tradeloop.calibration")
+    if raw is None:
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"tradeloop.calibration must be a JSON object, got {raw}")
+    return value
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -98,6 +130,8 @@ def model_info(session: ort.InferenceSession, where: str) -> ModelInfo:
             combine=meta.get("tradeloop.combine", "average"),
             opset=int(meta.get("tradeloop.opset", "0")),
             metadata=meta,
+            class_forward_returns=_class_forward_returns(meta),
+            calibration=_calibration(meta),
         )
     except (ValueError, TypeError) as exc:
         raise ModelFileError(f"{where}: malformed tradeloop metadata: {exc}") from exc

@@ -4,11 +4,14 @@ Entry points:
 
 * ``train_ensemble(samples, config) -> TrainedEnsemble``: time-ordered train/validation/test
   split with a purge gap of ``horizon_bars``; the scaler is fit on the training part only; each
-  member is trained with early stopping on validation; member weights come from validation
-  macro F1; the test part (the most recent data) gives the out-of-sample report.
+  member is trained (class-weighted loss) with early stopping on validation; member weights come
+  from validation macro F1; the calibration of the combined probabilities
+  (``models.calibration``) and the per-class expected tradeable forward returns are fit on the
+  validation part; the test part (the most recent data) gives the out-of-sample report, with the
+  probability metrics before and after calibration.
 * ``fit_predict(train, test, config) -> np.ndarray``: for walk-forward backtests: train on
-  ``train`` (its own last part is the validation window) and return [buy, hold, sell]
-  probabilities for every ``test`` sample.
+  ``train`` (its own last part is the validation window, which also fits the calibration) and
+  return calibrated [buy, hold, sell] probabilities for every ``test`` sample.
 * ``hp_search(samples, config, grid, time_budget_s)``: a small, time-boxed search.
 
 Members: ``hybrid`` (LSTM + Transformer, with the confidence head), ``conv`` (temporal conv
@@ -39,14 +42,23 @@ from models.architecture import (
     HybridLSTMTransformer,
     TemporalConvNet,
 )
+from models.calibration import (
+    IDENTITY,
+    Calibration,
+    CalibrationMethod,
+    class_forward_returns,
+    fit_calibration,
+)
 from models.data import SampleSet, split_samples
 from models.metrics import (
+    CalibrationReport,
     ClassificationReport,
+    calibration_report,
     classification_report,
     permutation_importance,
     select_features,
 )
-from pipelines.labels import LabelConfig, class_weights
+from pipelines.labels import LabelConfig, LabelMethod, class_weights
 
 MemberName = Literal["hybrid", "conv", "gbm"]
 
@@ -60,6 +72,12 @@ class TrainConfig(BaseModel):
     horizon_bars: int = Field(default=5, ge=1)
     vol_window_bars: int = Field(default=60, ge=2)
     threshold_scale: float = Field(default=0.5, gt=0)
+    # The class threshold (and triple barriers) is never below what a round trip costs:
+    # 2 * (taker fee + slippage + half spread); 0.003 = 0.1 % fee + 0.05 % slippage, each side.
+    round_trip_cost_fraction: float = Field(default=0.003, ge=0)
+    label_method: LabelMethod = "threshold"
+    take_profit_vol: float = Field(default=1.0, gt=0)  # triple barrier, units of vol * sqrt(h)
+    stop_loss_vol: float = Field(default=1.0, gt=0)
     validation_fraction: float = 0.15
     test_fraction: float = 0.15
     max_samples: int | None = Field(default=None, description="keep only the most recent N samples")
@@ -73,6 +91,10 @@ class TrainConfig(BaseModel):
     weight_decay: float = 1e-4
     patience: int = Field(default=3, ge=1)
     confidence_loss_weight: float = 0.5
+    class_weighting: bool = Field(
+        default=True, description="balanced class weights in every member's loss"
+    )
+    calibration_method: CalibrationMethod = "auto"
     max_train_seconds: float | None = Field(default=None, description="time box per neural member")
 
     d_model: int = 32
@@ -116,7 +138,18 @@ def label_config(config: TrainConfig) -> LabelConfig:
         horizon_bars=config.horizon_bars,
         vol_window_bars=config.vol_window_bars,
         threshold_scale=config.threshold_scale,
+        round_trip_cost_fraction=config.round_trip_cost_fraction,
+        method=config.label_method,
+        take_profit_vol=config.take_profit_vol,
+        stop_loss_vol=config.stop_loss_vol,
     )
+
+
+def loss_weights(labels: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """Per-class loss weights: balanced (``pipelines.labels.class_weights``) unless turned off."""
+    if not config.class_weighting:
+        return np.ones(3, dtype=np.float32)
+    return class_weights(labels)
 
 
 @dataclass(frozen=True)
@@ -173,6 +206,11 @@ class TrainedEnsemble:
     train_samples: int = 0
     test_window: tuple[np.datetime64, np.datetime64] | None = None
     train_seconds: float = 0.0
+    calibration: Calibration = IDENTITY  # fit on the validation part
+    # mean tradeable forward return of validation bars by TRUE class [buy, hold, sell]
+    class_forward_returns: tuple[float, float, float] | None = None
+    validation_calibration: CalibrationReport | None = None
+    test_calibration: CalibrationReport | None = None
 
     @property
     def feature_index(self) -> np.ndarray:
@@ -207,13 +245,28 @@ class TrainedEnsemble:
                     confidence = conf.numpy()
         return probs, confidence if confidence is not None else np.empty(0, dtype=np.float32)
 
+    def predict_uncalibrated(self, windows: np.ndarray) -> np.ndarray:
+        """The combined member probabilities (n, 3) before calibration, for RAW windows."""
+        probs, _ = self.member_outputs(windows)
+        return combine_probabilities(probs, self.weights, self.config.combine)
+
     def predict(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities (n, 3) [buy, hold, sell], confidence (n,)) for RAW windows."""
-        probs, confidence = self.member_outputs(windows)
-        combined = combine_probabilities(probs, self.weights, self.config.combine)
-        if confidence.size == 0:
-            confidence = combined.max(axis=1)
-        return combined, confidence
+        """(calibrated probabilities (n, 3) [buy, hold, sell], confidence (n,)) for RAW windows:
+        what the exported graph returns. Confidence is the calibrated probability of the
+        ensemble's chosen (argmax) class."""
+        calibrated = self.calibration.apply(self.predict_uncalibrated(windows))
+        return calibrated, calibrated.max(axis=1)
+
+    def calibrate(self, validation: SampleSet) -> None:
+        """Fit the calibration and the per-class forward returns on ``validation`` (only)."""
+        self.calibration = fit_calibration(
+            self.predict_uncalibrated(validation.windows),
+            validation.labels,
+            self.config.calibration_method,
+        )
+        self.class_forward_returns = class_forward_returns(
+            validation.labels, validation.tradeable_return
+        )
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
@@ -281,7 +334,7 @@ def train_neural(
     """Train one neural member on standardized windows with early stopping on validation loss."""
     _seed_everything(config.seed)
     model = _build_neural(name, train_x.shape[2], config)
-    weights = torch.from_numpy(class_weights(train_y))
+    weights = torch.from_numpy(loss_weights(train_y, config))
     ce = nn.CrossEntropyLoss(weight=weights)
     bce = nn.BCELoss()
     optimizer = torch.optim.AdamW(
@@ -366,7 +419,7 @@ def train_gbm(
             train_x[-config.gbm_max_train_samples :],
             train_y[-config.gbm_max_train_samples :],
         )
-    sample_weight = class_weights(train_y)[train_y]
+    sample_weight = loss_weights(train_y, config)[train_y]
     model = GradientBoostingClassifier(
         n_estimators=0,
         max_depth=config.gbm_max_depth,
@@ -433,6 +486,7 @@ def _subset(samples: SampleSet, index: np.ndarray) -> SampleSet:
         ts=samples.ts,
         symbol=samples.symbol,
         forward_return=samples.forward_return,
+        tradeable_return=samples.tradeable_return,
         feature_columns=tuple(samples.feature_columns[i] for i in index),
         feature_set_version=samples.feature_set_version,
         all_feature_columns=samples.all_feature_columns,
@@ -483,14 +537,11 @@ def train_ensemble(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
         scaler, members = _fit_members(train, validation, columns, config)
         ensemble.selected_features, ensemble.scaler, ensemble.members = columns, scaler, members
         ensemble.weights = member_weights(members)
-    val_probs, val_conf = ensemble.predict(validation.windows)
-    ensemble.validation = classification_report(
-        validation.labels, val_probs, confidence=val_conf, train_labels=train.labels
+    ensemble.calibrate(validation)
+    ensemble.validation, ensemble.validation_calibration = _reports(
+        ensemble, validation, train.labels
     )
-    test_probs, test_conf = ensemble.predict(test.windows)
-    ensemble.test = classification_report(
-        test.labels, test_probs, confidence=test_conf, train_labels=train.labels
-    )
+    ensemble.test, ensemble.test_calibration = _reports(ensemble, test, train.labels)
     member_probs, _ = ensemble.member_outputs(test.windows)
     ensemble.member_test = {
         m.name: classification_report(test.labels, p, train_labels=train.labels)
@@ -499,6 +550,21 @@ def train_ensemble(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
     ensemble.test_window = (test.ts.min(), test.ts.max())
     ensemble.train_seconds = time.perf_counter() - started
     return ensemble
+
+
+def _reports(
+    ensemble: TrainedEnsemble, part: SampleSet, train_labels: np.ndarray
+) -> tuple[ClassificationReport, CalibrationReport]:
+    """Classification report of the calibrated probabilities, and the probability metrics
+    before and after calibration, on ``part``."""
+    raw = ensemble.predict_uncalibrated(part.windows)
+    probs = ensemble.calibration.apply(raw)
+    return (
+        classification_report(
+            part.labels, probs, confidence=probs.max(axis=1), train_labels=train_labels
+        ),
+        calibration_report(part.labels, raw, probs, train_labels=train_labels),
+    )
 
 
 def fit_predict(train: SampleSet, test: SampleSet, config: TrainConfig) -> np.ndarray:
@@ -526,6 +592,7 @@ def fit_predict(train: SampleSet, test: SampleSet, config: TrainConfig) -> np.nd
         weights=member_weights(members),
         train_samples=len(train_part),
     )
+    ensemble.calibrate(val_part)
     return ensemble.predict(test.windows)[0]
 
 
