@@ -90,6 +90,53 @@ class ProbabilityDecider:
         return Decision(self.target, conf, 1.0, reason, (pb, ph, ps))
 
 
+def model_event(
+    probabilities: tuple[float, float, float],
+    confidence: float,
+    thresholds: Thresholds,
+    *,
+    expected_return: float | None = None,
+    round_trip_cost: float = 0.0,
+    allow_short: bool = False,
+    target: int = 0,
+) -> tuple[int | None, str]:
+    """The serving path's model rule: (new target or None = keep, the reason that decided).
+
+    Checked in this order, the first that applies decides (the reason names it):
+
+    1. ``confidence < thresholds.min_confidence`` -> "model: confidence below gate";
+    2. the hold class is the largest -> "model: hold class";
+    3. buy / sell below its probability fraction -> "model: below threshold";
+    4. with an edge estimate (``expected_return``, fraction): a long needs
+       ``expected_return > round_trip_cost``, a short (``allow_short``) needs
+       ``-expected_return > round_trip_cost``, else "model: edge below cost" (an opposite
+       position is still left: the new target is flat). A sell without shorts only exits,
+       which needs no edge. Without an estimate (None) this rule is skipped;
+    5. "model: buy" / "model: sell".
+    """
+    pb, ph, ps = probabilities
+    gate = thresholds.min_confidence
+    if confidence < gate:
+        return None, f"model: confidence below gate ({confidence:.3f} < {gate:.2f})"
+    event = probability_event(pb, ph, ps, confidence, thresholds)
+    if event is None:
+        if ph >= pb and ph >= ps:
+            return None, "model: hold class"
+        return None, (
+            f"model: below threshold (p_buy {pb:.3f}, p_sell {ps:.3f}; needs "
+            f"{thresholds.buy_fraction:.2f} / {thresholds.sell_fraction:.2f})"
+        )
+    if expected_return is not None:
+        edge = expected_return if event == 1 else -expected_return
+        if (event == 1 or allow_short) and not edge > round_trip_cost:
+            why = (
+                f"model: edge below cost (expected {expected_return:+.4%}, round trip "
+                f"{round_trip_cost:.4%})"
+            )
+            return (0 if target == -event else None), why
+    return event, "model: buy" if event == 1 else "model: sell"
+
+
 # ---------------------------------------------------------------- RSI rule
 
 
@@ -159,6 +206,46 @@ class RsiRule:
     lower: float = 30.0
     upper: float = 70.0
     allow_short: bool = False
+
+
+def rsi_confidence(value: float, rule: RsiRule) -> float:
+    """How sure the RSI rule is: 0.5 at its band, rising linearly to 1.0 at the extreme.
+
+    ``0.5 + 0.5 x min(1, distance past the band / room past the band)``, the room being
+    ``lower`` below the lower band (RSI 0 is the extreme) and ``100 - upper`` above the upper
+    one. Inside the band (no opinion) or in warm-up (NaN): 0.0. With the default 30/70 band and
+    the 0.6 gate, a buy needs RSI < 24 and a sell RSI > 76.
+    """
+    if math.isnan(value):
+        return 0.0
+    if value < rule.lower:
+        distance, room = rule.lower - value, rule.lower
+    elif value > rule.upper:
+        distance, room = value - rule.upper, 100.0 - rule.upper
+    else:
+        return 0.0
+    return 0.5 + 0.5 * min(1.0, distance / room) if room > 0 else 1.0
+
+
+def rsi_event(value: float, rule: RsiRule, min_confidence: float) -> tuple[int | None, float, str]:
+    """The fallback's rule under the confidence gate: (new target or None = keep, the rule's
+    confidence, the reason). Past the lower band -> long; past the upper band -> flat (short
+    with ``allow_short``); an event whose ``rsi_confidence`` is below the gate is kept out."""
+    conf = rsi_confidence(value, rule)
+    if math.isnan(value):
+        return None, conf, "fallback: rsi warm-up"
+    if rule.lower <= value <= rule.upper:
+        return None, conf, f"fallback: rsi {value:.2f} inside the band"
+    if conf < min_confidence:
+        return (
+            None,
+            conf,
+            f"fallback: confidence below gate (rsi {value:.2f}, {conf:.3f} < {min_confidence:.2f})",
+        )
+    if value < rule.lower:
+        return 1, conf, f"fallback: rsi buy (rsi {value:.2f}, confidence {conf:.3f})"
+    target = -1 if rule.allow_short else 0
+    return target, conf, f"fallback: rsi sell (rsi {value:.2f}, confidence {conf:.3f})"
 
 
 def rsi_rule_signals(close: np.ndarray, rule: RsiRule = RsiRule()) -> np.ndarray:

@@ -1,23 +1,23 @@
-"""The serving loop: market ticks -> online features -> ONNX Runtime (batched across symbols)
--> confidence -> adaptive thresholds -> protections -> the shared step (risk -> orders ->
-broker) -> buffered warehouse writes. Imports neither torch nor Prefect.
+"""The serving loop: scheduling, I/O and state around the per-bar decision path.
 
 Per tick (candles that closed at one open time, one per symbol):
 
 1. manual kill / reset files; the registry's champion (every ``model_check_every_steps``
    ticks: hot swap between ticks, see ``trading.fallback``);
-2. per candle: online features (``OnlineFeatureEngine``), volatility, RSI fallback state; the
-   feedback resolves predictions whose horizon ended; the accuracy kill switch and the
-   adaptive thresholds see the new rolling accuracy;
-3. ONE ``OnnxPredictor.predict`` call for every symbol whose window is complete and whose
-   feature quality is at least ``min_feature_quality``; the others (and all of them on an ONNX
-   Runtime error or without a model) decide by the RSI rule;
-4. per candle: confidence score (``trading.confidence``), decision
-   (``trading.decision.ProbabilityDecider`` with the adaptive thresholds), protections, then
-   ``trading.step.step`` — the same function the event-driven backtest runs;
+2. per candle: online features (``OnlineFeatureEngine``), volatility, RSI; the feedback
+   resolves predictions whose horizon ended; the accuracy kill switch and the adaptive
+   thresholds see the new rolling accuracy;
+3. ONE ONNX Runtime call for every symbol whose window is complete and of good quality
+   (``trading.decide.infer_online``), unless the caller passed that bar's model outputs
+   (``precomputed``: a backtest that ran features and inference in batch);
+4. per candle: ``trading.decide.BarDecider.run`` -- confidence, the model rule (gate, classes,
+   thresholds, edge against costs) or the RSI fallback under the same gate, protections, the
+   kill switch, risk and ``trading.step.step`` (the event-driven backtest's step);
 5. rows for predictions, signals, orders, fills, equity and events go into a batch that the
    ``BufferedWriter`` writes in the background every ``flush_every_steps`` ticks together with
    the state snapshot (``trading.state``).
+
+Imports neither torch nor Prefect.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,10 +36,21 @@ import numpy as np
 from pipelines.features import FEATURE_SET_VERSION, OnlineFeatureEngine, feature_columns
 from pipelines.resample import timeframe_ms
 from trading.broker import Broker, FixedSlippage, PaperBroker
-from trading.confidence import ConfidencePolicy, VolatilityReference, score
-from trading.decision import OnlineVolatility, ProbabilityDecider, RsiDecider, RsiRule
-from trading.domain import Bar, Decision, FeeModel, Fill, Order
-from trading.fallback import FALLBACK_ID, ModelManager
+from trading.confidence import ConfidencePolicy, VolatilityReference
+from trading.decide import (
+    BarDecider,
+    BarStep,
+    Costs,
+    DecisionRules,
+    ModelContext,
+    PrecomputedBar,
+    Targets,
+    infer_online,
+    model_context,
+)
+from trading.decision import OnlineRSI, OnlineVolatility, RsiRule
+from trading.domain import Bar, FeeModel, Fill, Order
+from trading.fallback import ModelManager
 from trading.feedback import Feedback, FeedbackConfig, Pending, Resolved
 from trading.latency import LatencyRecorder
 from trading.portfolio import Portfolio
@@ -56,13 +67,19 @@ from trading.state import (
     risk_from_dict,
     risk_to_dict,
 )
-from trading.step import TradingState, step
+from trading.step import TradingState
 from trading.thresholds import AdaptiveThresholds, ThresholdPolicy
 from trading.writer import BufferedWriter, WriteBatch, now_ms
+from warehouse.settings import (
+    DEFAULT_HALF_SPREAD_FRACTION,
+    DEFAULT_MAKER_FEE,
+    DEFAULT_SLIPPAGE_FRACTION,
+    DEFAULT_TAKER_FEE,
+    Settings,
+)
 
 log = logging.getLogger("tradeloop.serve")
 
-CLASS_NAMES = ("buy", "hold", "sell")
 WINDOW_CAPACITY = 256
 
 
@@ -87,8 +104,9 @@ class LoopConfig:
     )
     timeframe: str = "1m"
     initial_cash: float = 10_000.0
-    fees: FeeModel = field(default_factory=lambda: FeeModel(0.001, 0.001))
-    slippage_fraction: float = 0.0005
+    fees: FeeModel = field(default_factory=lambda: FeeModel(DEFAULT_MAKER_FEE, DEFAULT_TAKER_FEE))
+    slippage_fraction: float = DEFAULT_SLIPPAGE_FRACTION
+    half_spread_fraction: float = DEFAULT_HALF_SPREAD_FRACTION  # an estimate: in the edge rule
     limits: RiskLimits = field(default_factory=default_limits)
     thresholds: ThresholdPolicy = field(default_factory=ThresholdPolicy)
     confidence: ConfidencePolicy = field(default_factory=ConfidencePolicy)
@@ -105,6 +123,32 @@ class LoopConfig:
     default_horizon_bars: int = 5
     mode: str = "paper"
 
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> LoopConfig:
+        """A config whose costs come from the settings (``TRADELOOP_TAKER_FEE`` ...)."""
+        costs: dict[str, Any] = {
+            "fees": FeeModel(settings.maker_fee, settings.taker_fee),
+            "slippage_fraction": settings.slippage_fraction,
+            "half_spread_fraction": settings.half_spread_fraction,
+            "exchange": settings.exchange,
+        }
+        return cls(**{**costs, **overrides})
+
+    @property
+    def costs(self) -> Costs:
+        return Costs(self.fees.taker_fraction, self.slippage_fraction, self.half_spread_fraction)
+
+    @property
+    def rules(self) -> DecisionRules:
+        return DecisionRules(
+            self.confidence,
+            self.rsi,
+            self.fallback_size_fraction,
+            self.costs,
+            self.limits,
+            self.default_horizon_bars,
+        )
+
 
 class TickLike(Protocol):
     now_ms: int
@@ -112,17 +156,9 @@ class TickLike(Protocol):
     alerts: tuple[str, ...]
 
 
-def model_decision(
-    decider: ProbabilityDecider,
-    probabilities: tuple[float, float, float],
-    confidence: float,
-) -> Decision:
-    """The model path's decision once thresholds are set (shared with backtest checks)."""
-    return decider.update(probabilities, confidence)
-
-
 class SymbolState:
-    """Candle-derived state of one symbol (rebuilt exactly by replaying its candles)."""
+    """Candle-derived state of one symbol (rebuilt exactly by replaying its candles), plus the
+    targets of its decision rules (kept in the snapshot)."""
 
     def __init__(self, symbol: str, config: LoopConfig, n_features: int) -> None:
         self.symbol = symbol
@@ -130,19 +166,38 @@ class SymbolState:
         self.buf = np.full((2 * WINDOW_CAPACITY, n_features), np.nan, dtype=np.float32)
         self.pos = 0
         self.rows = 0
+        self.online_features = True  # False once a bar's features came precomputed
         self.vol = OnlineVolatility(config.volatility_window)
         self.label_vol = OnlineVolatility(config.feedback.vol_window_bars)
         self.vol_ref = VolatilityReference(config.confidence.reference_alpha)
-        self.rsi = RsiDecider(config.rsi)
-        self.model = ProbabilityDecider(config.thresholds.thresholds("base"))
+        self.rsi = OnlineRSI(config.rsi.period)
+        self.targets = Targets()
         self.last_ts_ms: int | None = None
         self.sigma = math.nan
         self.label_sigma = math.nan
-        self.rsi_decision = Decision(0)
+        self.rsi_value = math.nan
         self.source = "fallback"
         self.stale_alerted = False
 
-    def push(self, bar: Bar, columns: list[str]) -> None:
+    def push(self, bar: Bar, columns: list[str], *, features: bool = True) -> None:
+        """One closed candle; ``features=False`` skips the feature engine (its outputs for the
+        bar were computed elsewhere): from then on this symbol has no online window."""
+        if features:
+            if not self.online_features:
+                raise ValueError(
+                    f"{self.symbol}: bar {bar.ts_ms} has no precomputed outputs, but earlier "
+                    "bars had: the online feature engine has not seen them"
+                )
+            self._features(bar, columns)
+        else:
+            self.online_features = False
+        self.sigma = self.vol.update(bar.close)
+        self.label_sigma = self.label_vol.update(bar.close)
+        self.vol_ref.update(self.sigma)
+        self.rsi_value = self.rsi.update(bar.close)
+        self.last_ts_ms = bar.ts_ms
+
+    def _features(self, bar: Bar, columns: list[str]) -> None:
         feats = self.engine.step(
             {
                 "ts": bar.ts_ms,
@@ -162,11 +217,6 @@ class SymbolState:
             row[j] = np.nan if v is None else v
         self.pos += 1
         self.rows += 1
-        self.sigma = self.vol.update(bar.close)
-        self.label_sigma = self.label_vol.update(bar.close)
-        self.vol_ref.update(self.sigma)
-        self.rsi_decision = self.rsi.update(bar.close)
-        self.last_ts_ms = bar.ts_ms
 
     def window(self, length: int) -> np.ndarray | None:
         if self.rows < length:
@@ -199,6 +249,8 @@ class ServingLoop:
         self.thresholds = AdaptiveThresholds(config.thresholds)
         self.protections = Protections(config.protections)
         self.feedback = Feedback(config.feedback, on_degraded=on_retrain, clock=clock)
+        self.decider = BarDecider(config.rules, self.state, self.broker, self.protections)
+        self._model: tuple[int, ModelContext | None] = (-1, None)  # (manager generation, ...)
         self.latency = LatencyRecorder()
         self.symbols: dict[str, SymbolState] = {}
         self.batch = WriteBatch()
@@ -244,7 +296,12 @@ class ServingLoop:
             self._sym(bar.symbol).push(bar, self.columns)
 
     # ------------------------------------------------------------------ the step
-    def on_tick(self, tick: TickLike) -> None:
+    def on_tick(
+        self, tick: TickLike, precomputed: Mapping[str, PrecomputedBar] | None = None
+    ) -> None:
+        """Process one tick. ``precomputed``: the model outputs of this tick's bars, by symbol
+        (a batched backtest's features and inference); a symbol found there skips the online
+        feature engine and ONNX Runtime for the bar, everything else runs as without it."""
         t_start = time.perf_counter_ns()
         cfg = self.config
         bars = sorted(tick.bars, key=lambda b: b.symbol)
@@ -257,13 +314,14 @@ class ServingLoop:
         self._stale_alerts(tick.now_ms, {b.symbol for b in bars}, ts_ms)
         if not bars:
             return
+        given = precomputed or {}
 
         # 2. features, volatility, feedback
         t0 = time.perf_counter_ns()
         resolved: list[Resolved] = []
         for bar in bars:
             s = self._sym(bar.symbol)
-            s.push(bar, self.columns)
+            s.push(bar, self.columns, features=bar.symbol not in given)
             resolved.extend(self.feedback.on_bar(bar.symbol, bar.close))
         self.latency.record_ns("features", time.perf_counter_ns() - t0)
         for r in resolved:
@@ -271,18 +329,21 @@ class ServingLoop:
         if resolved:
             self._after_resolution(ts_ms)
 
-        # 3. batched inference
+        # 3. batched inference (bars without precomputed outputs)
         t1 = time.perf_counter_ns()
-        outputs = self._infer(bars, ts_ms)
+        outputs = self._infer([b for b in bars if b.symbol not in given])
+        outputs.update(given)
         self.latency.record_ns("inference", time.perf_counter_ns() - t1)
 
-        # 4. decisions and the shared step
+        # 4. the decision path, per bar
         t2 = time.perf_counter_ns()
+        model = self._model_context()
         for bar in bars:
-            self._decide_and_step(bar, outputs.get(bar.symbol), tick.now_ms)
+            self._decide_and_step(bar, outputs[bar.symbol], model, tick.now_ms)
         self.latency.record_ns("decision", time.perf_counter_ns() - t2)
 
         equity = self.state.portfolio.equity()
+        peak = self.state.risk.peak_equity
         self.batch.add(
             "equity",
             (ts_ms,),
@@ -292,9 +353,8 @@ class ServingLoop:
                 "cash": self.state.portfolio.cash,
                 "position_value": equity - self.state.portfolio.cash,
                 "equity": equity,
-                "drawdown": 1.0 - equity / self.state.risk.peak_equity
-                if self.state.risk.peak_equity > 0
-                else 0.0,
+                # a negative fraction below the peak, as in the backtest's metrics
+                "drawdown": equity / peak - 1.0 if peak > 0 else 0.0,
             },
         )
         msg = self.protections.on_equity(self.candle_index, equity)
@@ -382,50 +442,28 @@ class ServingLoop:
         if trigger:
             self.event(ts_ms, "retrain", f"retraining requested: {trigger}")
 
-    def _infer(self, bars: list[Bar], ts_ms: int) -> dict[str, tuple[np.ndarray, float, float]]:
+    def _model_context(self) -> ModelContext | None:
+        """The loaded model's id, horizon and per-class returns (cached per swap)."""
+        m = self.manager
+        if self._model[0] != m.generation:
+            ctx = None
+            if m.predictor is not None and m.model_id:
+                ctx = model_context(m.model_id, m.predictor.info, self.config.default_horizon_bars)
+            self._model = (m.generation, ctx)
+        return self._model[1]
+
+    def _infer(self, bars: list[Bar]) -> dict[str, PrecomputedBar]:
         pred = self.manager.predictor
         if pred is None:
-            self._set_sources(bars, "fallback", self.manager.fallback_reason, ts_ms)
-            return {}
-        info = pred.info
-        used = pred.used_index
-        windows, names, present = [], [], {}
-        low_quality: list[tuple[str, str]] = []
-        for bar in bars:
-            s = self.symbols[bar.symbol]
-            w = s.window(info.window_len)
-            if w is None:
-                low_quality.append((bar.symbol, "warm-up: window not complete"))
-                continue
-            last = w[-1, used]
-            frac = float(np.isfinite(last).mean())
-            if not np.isfinite(w[:, used]).all() or frac < self.config.min_feature_quality:
-                low_quality.append((bar.symbol, f"feature quality {frac:.2f} (missing inputs)"))
-                continue
-            windows.append(w)
-            names.append(bar.symbol)
-            present[bar.symbol] = frac
-        for sym, why in low_quality:
-            self._set_source(sym, "fallback", why, ts_ms)
-        if not windows:
-            return {}
-        try:
-            p = pred.predict(np.stack(windows))
-        except Exception as exc:  # ONNX Runtime error: the fallback decides this step
-            for sym in names:
-                self._set_source(
-                    sym, "fallback", f"ONNX Runtime error: {type(exc).__name__}: {exc}", ts_ms
-                )
-            return {}
-        out = {}
-        for k, sym in enumerate(names):
-            self._set_source(sym, "model", f"model {self.manager.model_id}", ts_ms)
-            out[sym] = (p.probabilities[k].astype(np.float64), float(p.confidence[k]), present[sym])
-        return out
-
-    def _set_sources(self, bars: list[Bar], source: str, why: str, ts_ms: int) -> None:
-        for b in bars:
-            self._set_source(b.symbol, source, why, ts_ms)
+            why = self.manager.fallback_reason
+            return {
+                b.symbol: PrecomputedBar.fallback(why, self.symbols[b.symbol].engine.gap_bars)
+                for b in bars
+            }
+        length = pred.info.window_len
+        windows = {b.symbol: self.symbols[b.symbol].window(length) for b in bars}
+        gaps = {b.symbol: self.symbols[b.symbol].engine.gap_bars for b in bars}
+        return infer_online(pred, windows, gaps, self.config.min_feature_quality)
 
     def _set_source(self, symbol: str, source: str, why: str, ts_ms: int) -> None:
         s = self.symbols[symbol]
@@ -436,101 +474,70 @@ class ServingLoop:
                 self.event(ts_ms, "fallback", f"{old} -> {source}: {why}", symbol)
 
     def _decide_and_step(
-        self, bar: Bar, output: tuple[np.ndarray, float, float] | None, now_ms: int
+        self, bar: Bar, pre: PrecomputedBar, model: ModelContext | None, now_ms: int
     ) -> None:
         cfg = self.config
         s = self.symbols[bar.symbol]
-        horizon = cfg.default_horizon_bars
-        if output is not None:
-            probs, model_conf, present = output
-            parts = score(
-                model_conf,
-                sigma=s.sigma,
-                sigma_ref=s.vol_ref.value,
-                present_fraction=present,
-                gap_bars=s.engine.gap_bars,
-                hits=self.feedback.hits,
-                resolved=self.feedback.resolved,
-                policy=cfg.confidence,
-            )
-            s.model.thresholds = self.thresholds.current
-            p3 = (float(probs[0]), float(probs[1]), float(probs[2]))
-            decision = model_decision(s.model, p3, parts.value)
-            model_id = self.manager.model_id or FALLBACK_ID
-            assert self.manager.predictor is not None
-            horizon = self.manager.predictor.info.horizon_bars or horizon
-            predicted = CLASS_NAMES[int(np.argmax(probs))]
-            pred_row: dict[str, float | None] = {
-                "p_buy": p3[0],
-                "p_hold": p3[1],
-                "p_sell": p3[2],
-                "confidence": parts.value,
-            }
-            counted = True
+        if pre.probabilities is None:
+            self._set_source(bar.symbol, "fallback", pre.fallback_reason or "", bar.ts_ms)
         else:
-            d = s.rsi_decision
-            decision = Decision(
-                d.signal, d.confidence, cfg.fallback_size_fraction, f"fallback: {d.reason}"
-            )
-            model_id = FALLBACK_ID
-            value = _rsi_value(s.rsi.rsi)
-            predicted = (
-                ("buy" if value < cfg.rsi.lower else "sell" if value > cfg.rsi.upper else "hold")
-                if not math.isnan(value)
-                else ""
-            )
-            pred_row = {"p_buy": None, "p_hold": None, "p_sell": None, "confidence": None}
-            counted = False
+            self._set_source(bar.symbol, "model", f"model {self.manager.model_id}", bar.ts_ms)
         stale = now_ms - (bar.ts_ms + self.step_ms) > cfg.stale_after_timeframes * self.step_ms
-
-        def protect(d: Decision, fills: tuple[Fill, ...]) -> Decision:
-            # after this bar's fills: an exit that filled at this bar's open makes a new signal
-            # an ENTRY (seen by the locks), not "keep the position"
-            for msg in self.protections.on_fills(self.candle_index, fills):
-                self.event(bar.ts_ms, "protection", msg, bar.symbol)
-            current = self.state.portfolio.direction(bar.symbol)
-            if stale:
-                d = Decision(
-                    current,
-                    d.confidence,
-                    d.size_fraction,
-                    "stale data: no new signal",
-                    d.probabilities,
-                )
-            return self.protections.apply(d, bar.symbol, current, self.candle_index)
-
-        result = step(bar, decision, s.sigma, self.state, self.broker, cfg.limits, protect)
-        decision = result.decision
-        if result.kill_switch_fired:
+        out = self.decider.run(
+            bar,
+            pre,
+            sigma=s.sigma,
+            sigma_ref=s.vol_ref.value,
+            rsi=s.rsi_value,
+            hits=self.feedback.hits,
+            resolved=self.feedback.resolved,
+            targets=s.targets,
+            thresholds=self.thresholds.current,
+            model=model,
+            candle_index=self.candle_index,
+            stale=stale,
+        )
+        for msg in out.messages:
+            self.event(bar.ts_ms, "protection", msg, bar.symbol)
+        if out.result.kill_switch_fired:
             self.event(
                 bar.ts_ms, "kill", f"kill switch fired: {self.state.risk.kill_reason}", bar.symbol
             )
-        # rows
+        self._bar_rows(bar, s, out)
+
+    def _bar_rows(self, bar: Bar, s: SymbolState, out: BarStep) -> None:
+        cfg = self.config
+        chosen, result = out.chosen, out.result
+        decision = result.decision
         acct, ex, tf = cfg.account, cfg.exchange, cfg.timeframe
-        if predicted:
-            thr = self.feedback.threshold(s.label_sigma, horizon)
-            row = {
+        if chosen.predicted:
+            p = chosen.decision.probabilities if chosen.source == "model" else None
+            row: dict[str, Any] = {
                 "exchange": ex,
                 "symbol": bar.symbol,
                 "timeframe": tf,
                 "ts": bar.ts_ms,
-                "model_id": model_id,
-                "horizon_bars": horizon,
-                **pred_row,
-                "predicted_class": predicted,
+                "model_id": chosen.model_id,
+                "horizon_bars": chosen.horizon_bars,
+                "p_buy": p[0] if p else None,
+                "p_hold": p[1] if p else None,
+                "p_sell": p[2] if p else None,
+                "confidence": chosen.confidence,
+                "predicted_class": chosen.predicted,
             }
-            self.batch.add("predictions", (bar.symbol, bar.ts_ms, model_id), dict(row))
+            self.batch.add("predictions", (bar.symbol, bar.ts_ms, chosen.model_id), dict(row))
+            h = chosen.horizon_bars
             self.feedback.add(
                 Pending(
                     bar.symbol,
                     bar.ts_ms,
-                    model_id,
-                    predicted,
+                    chosen.model_id,
+                    chosen.predicted,
                     bar.close,
-                    thr,
-                    horizon,
-                    horizon,
-                    counted,
+                    self.feedback.threshold(s.label_sigma, h),
+                    h,
+                    h,
+                    chosen.counted,
                     row,
                 )
             )
@@ -554,7 +561,7 @@ class ServingLoop:
         for f in result.fills:
             self._fill_rows(f, when)
         for o in result.orders:
-            row = {
+            order = {
                 "account": acct,
                 "client_order_id": o.client_order_id,
                 "exchange": ex,
@@ -569,8 +576,8 @@ class ServingLoop:
                 "mode": cfg.mode,
                 "updated_at": when,
             }
-            self.order_rows[o.client_order_id] = row
-            self.batch.add("orders", (o.client_order_id,), dict(row))
+            self.order_rows[o.client_order_id] = order
+            self.batch.add("orders", (o.client_order_id,), dict(order))
 
     def _fill_rows(self, f: Fill, when: int) -> None:
         cfg = self.config
@@ -647,7 +654,8 @@ class ServingLoop:
             "order_rows": self.order_rows,
             "symbols": {
                 k: {
-                    "model_target": s.model.target,
+                    "model_target": s.targets.model,
+                    "rsi_target": s.targets.fallback,
                     "source": s.source,
                     "stale_alerted": s.stale_alerted,
                 }
@@ -731,19 +739,11 @@ class ServingLoop:
         """After warm-up: put back the per-symbol decision state of the snapshot."""
         for sym, d in getattr(self, "_pending_symbol_state", {}).items():
             s = self._sym(sym)
-            s.model.target = int(d["model_target"])
+            s.targets.model = int(d["model_target"])
+            s.targets.fallback = int(d.get("rsi_target", 0))
             s.source = str(d["source"])
             s.stale_alerted = bool(d["stale_alerted"])
         self._pending_symbol_state = {}
-
-
-def _rsi_value(rsi: Any) -> float:
-    """The RSI value an ``OnlineRSI`` last produced (nan in warm-up)."""
-    if rsi.count < rsi.period:
-        return math.nan
-    if rsi.avg_loss == 0.0:
-        return 50.0 if rsi.avg_gain == 0.0 else 100.0
-    return 100.0 - 100.0 / (1.0 + rsi.avg_gain / rsi.avg_loss)
 
 
 class Market(Protocol):
@@ -812,4 +812,12 @@ def iter_bars(ticks: Iterable[Any]) -> Iterator[Bar]:
         yield from t.bars
 
 
-__all__ = ["LoopConfig", "RunSummary", "ServingLoop", "run", "FEATURE_SET_VERSION", "Order"]
+__all__ = [
+    "FEATURE_SET_VERSION",
+    "LoopConfig",
+    "Order",
+    "PrecomputedBar",
+    "RunSummary",
+    "ServingLoop",
+    "run",
+]

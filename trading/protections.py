@@ -139,13 +139,14 @@ class Protections:
 
     def apply(self, decision: Decision, symbol: str, current: int, candle: int) -> Decision:
         """The decision with protections applied: a manual kill keeps everything as it is (no
-        orders); a lock turns a new entry or flip into flat (exits still happen)."""
+        orders; reason "kill switch: manual kill ..."); a lock turns a new entry or flip into
+        flat (exits still happen; reason "protection: <the lock>")."""
         if self.manual_kill:
             return Decision(
                 current,
                 decision.confidence,
                 decision.size_fraction,
-                "manual kill",
+                "kill switch: manual kill (no new orders)",
                 decision.probabilities,
             )
         if decision.signal in (0, current):
@@ -157,7 +158,7 @@ class Protections:
             0,
             decision.confidence,
             decision.size_fraction,
-            f"blocked: {why}",
+            f"protection: {why}",
             decision.probabilities,
         )
 

@@ -20,6 +20,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+# The cost defaults, shared with trading.loop.LoopConfig (one place).
+DEFAULT_TAKER_FEE = 0.001
+DEFAULT_MAKER_FEE = 0.001
+DEFAULT_SLIPPAGE_FRACTION = 0.0005
+DEFAULT_HALF_SPREAD_FRACTION = 0.0001
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -62,6 +68,19 @@ class Settings(BaseSettings):
         ge=1,
         description="tasks at once per flow run: threads, or local Dask worker processes "
         "(None = 8 threads / one Dask worker per core)",
+    )
+
+    # Trading costs (fractions of traded notional): the paper broker charges the fee and the
+    # slippage; the decision path needs a trade's expected edge to exceed the round trip
+    # 2 x (taker_fee + slippage_fraction + half_spread_fraction) (trading.decide.Costs).
+    taker_fee: float = Field(default=DEFAULT_TAKER_FEE, ge=0, lt=0.1)
+    maker_fee: float = Field(default=DEFAULT_MAKER_FEE, ge=0, lt=0.1)
+    slippage_fraction: float = Field(default=DEFAULT_SLIPPAGE_FRACTION, ge=0, lt=0.5)
+    half_spread_fraction: float = Field(
+        default=DEFAULT_HALF_SPREAD_FRACTION,
+        ge=0,
+        lt=0.5,
+        description="estimate of half the bid-ask spread (candles carry no spread)",
     )
 
     live_trading: bool = Field(default=False, description="live orders need this explicit opt-in")

@@ -109,9 +109,11 @@ def _tradeloop_onnx(
     feature_set_version: str,
     window_len: int,
     selected: list[str],
+    forward_returns: tuple[float, float, float] | None = None,
 ) -> Path:
     """Save a tradeloop-shaped ONNX model: input ``window`` (batch, window_len, n_features),
-    outputs ``probabilities`` (batch, 3) and ``confidence`` (batch), tradeloop metadata."""
+    outputs ``probabilities`` (batch, 3) and ``confidence`` (batch), tradeloop metadata
+    (``forward_returns``: the per-class expected returns, ``tradeloop.class_forward_returns``)."""
     cols = feature_columns()
     n = len(cols)
     x = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", window_len, n])
@@ -128,6 +130,8 @@ def _tradeloop_onnx(
         "tradeloop.n_features": str(n),
         "tradeloop.horizon_bars": "5",
     }
+    if forward_returns is not None:
+        meta["tradeloop.class_forward_returns"] = json.dumps(list(forward_returns))
     for k, v in meta.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     onnx.checker.check_model(model)
@@ -142,6 +146,7 @@ def constant_model(
     *,
     feature_set_version: str = FEATURE_SET_VERSION,
     window_len: int = 12,
+    forward_returns: tuple[float, float, float] | None = None,
 ) -> Path:
     """A tradeloop-shaped ONNX model that ignores its input and always says the same thing."""
     inits = [
@@ -165,11 +170,17 @@ def constant_model(
         feature_set_version=feature_set_version,
         window_len=window_len,
         selected=feature_columns()[:5],
+        forward_returns=forward_returns,
     )
 
 
 def momentum_model(
-    path: Path, scale: float = 4000.0, hold: float = 0.0, *, window_len: int = 12
+    path: Path,
+    scale: float = 4000.0,
+    hold: float = 0.0,
+    *,
+    window_len: int = 12,
+    forward_returns: tuple[float, float, float] | None = None,
 ) -> Path:
     """A real, input-dependent model in ONNX: logits (s·r, h, −s·r) with r the latest one-bar
     log return (feature ``logret_1``), softmax probabilities, confidence = max probability."""
@@ -195,6 +206,7 @@ def momentum_model(
         feature_set_version=FEATURE_SET_VERSION,
         window_len=window_len,
         selected=["logret_1"],
+        forward_returns=forward_returns,
     )
 
 

@@ -21,7 +21,9 @@ from tests.trading.serve_support import (
 )
 from trading.backtest import BacktestConfig, run_event_driven
 from trading.confidence import VolatilityReference, score
-from trading.decision import OnlineVolatility, ProbabilityDecider, Thresholds
+from trading.decide import class_forward_returns
+from trading.decision import OnlineRSI, OnlineVolatility, Thresholds, model_event, rsi_event
+from trading.domain import Decision
 from trading.feedback import Feedback, Pending
 from trading.loop import LoopConfig, run
 from trading.protections import ProtectionConfig
@@ -57,7 +59,9 @@ def _replay(settings: Settings, lake, config: LoopConfig = EQ_CONFIG, rows: int 
 
 def _backtest_decider(config: LoopConfig, model: Path, rows: int):  # type: ignore[no-untyped-def]
     """The same model decisions from BATCH features and ONE batched inference, fed to the
-    backtest engineer's event-driven engine."""
+    backtest engineer's event-driven engine. The rules are the decision module's own
+    (``model_event``: gate, classes, thresholds, edge; ``rsi_event``: the gated fallback); the
+    plumbing around them (features, windows, confidence inputs, feedback) is rebuilt here."""
     frame = real_frame(rows)
     feats = build_features(
         frame.with_columns(
@@ -75,7 +79,8 @@ def _backtest_decider(config: LoopConfig, model: Path, rows: int):  # type: igno
     }
     fb = Feedback(config.feedback)
     th = AdaptiveThresholds(config.thresholds)
-    decider = ProbabilityDecider(th.current)
+    returns = class_forward_returns(pred.info)  # the edge rule applies when the model has them
+    target = {"model": 0, "rsi": 0}
     vol, lvol = (
         OnlineVolatility(config.volatility_window),
         OnlineVolatility(config.feedback.vol_window_bars),
@@ -83,21 +88,21 @@ def _backtest_decider(config: LoopConfig, model: Path, rows: int):  # type: igno
     ref = VolatilityReference(config.confidence.reference_alpha)
     gaps = feats["gap_bars"].to_numpy()
 
-    from trading.decision import RsiDecider
-    from trading.domain import Decision
-
-    rsi = RsiDecider(config.rsi)
+    rsi = OnlineRSI(config.rsi.period)
 
     def decide(bar):  # type: ignore[no-untyped-def]
         i = bar.index
         sigma = vol.update(bar.close)
         lsig = lvol.update(bar.close)
         ref.update(sigma)
-        r = rsi.update(bar.close)
+        value = rsi.update(bar.close)
         if fb.on_bar(SYMBOL, bar.close):
             th.update(fb.accuracy, fb.resolved)
+        event, rsi_conf, _ = rsi_event(value, config.rsi, th.current.min_confidence)
+        if event is not None:
+            target["rsi"] = event
         if i not in by_index:
-            return Decision(r.signal, r.confidence, config.fallback_size_fraction)
+            return Decision(target["rsi"], rsi_conf, config.fallback_size_fraction)
         probs, conf, present = by_index[i]
         parts = score(
             conf,
@@ -109,8 +114,19 @@ def _backtest_decider(config: LoopConfig, model: Path, rows: int):  # type: igno
             resolved=fb.resolved,
             policy=config.confidence,
         )
-        decider.thresholds = th.current
-        d = decider.update((float(probs[0]), float(probs[1]), float(probs[2])), parts.value)
+        p3 = (float(probs[0]), float(probs[1]), float(probs[2]))
+        edge = None if returns is None else sum(a * b for a, b in zip(p3, returns, strict=True))
+        event, _ = model_event(
+            p3,
+            parts.value,
+            th.current,
+            expected_return=edge,
+            round_trip_cost=config.costs.round_trip,
+            target=target["model"],
+        )
+        if event is not None:
+            target["model"] = event
+        d = Decision(target["model"], parts.value)
         fb.add(
             Pending(
                 SYMBOL,

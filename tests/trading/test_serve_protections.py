@@ -30,6 +30,7 @@ from tests.trading.serve_support import (
     register_champion,
 )
 from trading.confidence import ConfidencePolicy
+from trading.decision import Thresholds
 from trading.domain import Decision, Fill
 from trading.loop import LoopConfig, ServingLoop, default_limits
 from trading.market import Tick
@@ -43,11 +44,12 @@ NONE = ProtectionConfig(
     drawdown_lock_fraction=None,
     cooldown_candles=0,
 )
-# The model's own confidence decides (no accuracy weighting, base thresholds throughout), so a
-# model that keeps wanting in shows every lock; each test switches on the protection it checks.
+# The model's own probabilities decide (no accuracy weighting, base thresholds throughout, no
+# confidence gate: a kept target re-enters as soon as a lock ends), so a model that keeps
+# wanting in shows every lock; each test switches on the protection it checks.
 TRUSTING = LoopConfig(
     confidence=ConfidencePolicy(prior_weight=1e12),
-    thresholds=ThresholdPolicy(min_resolved=10**9),
+    thresholds=ThresholdPolicy(base=Thresholds(0.45, 0.45, 0.0), min_resolved=10**9),
     protections=NONE,
 )
 
@@ -147,7 +149,7 @@ def test_cooldown_blocks_entries_of_the_symbol_for_its_candles(models, tmp_path)
         assert not entries & set(range(x, x + 5)), (x, sorted(entries))
     assert any(x + 5 in entries for x, _ in exits)  # and the lock ends on time
     sig = signals_by_ts(loop)
-    blocked = [r for r in sig.values() if r["reason"].startswith("blocked: cooldown")]
+    blocked = [r for r in sig.values() if r["reason"].startswith("protection: cooldown")]
     assert blocked and all(r["signal"] == 0 for r in blocked)
 
 
@@ -179,7 +181,7 @@ def test_stoploss_guard_locks_entries_for_the_lock_period(models, tmp_path) -> N
         assert not entries & set(range(g, g + 30)), (g, sorted(entries))
     assert any(g + 30 in entries for g in triggers)  # exactly 30 candles, then entries again
     reasons = [signals_by_ts(loop)[TICKS[g + 10].bars[0].ts_ms]["reason"] for g in triggers]
-    assert any(r.startswith("blocked: stop-loss guard") for r in reasons)
+    assert any(r.startswith("protection: stop-loss guard") for r in reasons)
 
 
 def test_max_drawdown_lock_locks_entries_for_the_lock_period(models, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -281,7 +283,7 @@ def test_manual_kill_stops_new_orders_within_one_step(models, cli_home) -> None:
     assert not orders & set(window) and not fills & set(window)
     assert len(set(units[window.start - 1 : window.stop])) == 1  # the position stays as it was
     assert all(
-        signals_by_ts(loop)[ticks[i].bars[0].ts_ms]["reason"].startswith("manual kill")
+        signals_by_ts(loop)[ticks[i].bars[0].ts_ms]["reason"].startswith("kill switch: manual kill")
         for i in window
     )
     assert _entries(loop) & set(range(window.stop, 300))  # trading resumes after the reset

@@ -226,6 +226,23 @@ def test_latest_candles_is_the_last_candle_per_exchange_symbol_timeframe(
     assert closes[("kraken", "BTC/USDT", "1h")] == 5.5
 
 
+def _predictions(rows: list[tuple[str, str, str | None]], t0: dt.datetime) -> pa.Table:
+    """(model_id, predicted, outcome) rows as predictions of BTC/USDT 1m, a minute apart."""
+    n = len(rows)
+    return pa.table(
+        {
+            "exchange": ["binance"] * n,
+            "symbol": ["BTC/USDT"] * n,
+            "timeframe": ["1m"] * n,
+            "ts": _ts_array([t0 + dt.timedelta(minutes=i) for i in range(n)]),
+            "model_id": [r[0] for r in rows],
+            "horizon_bars": pa.array([5] * n, pa.int32()),
+            "predicted_class": [r[1] for r in rows],
+            "outcome_class": pa.array([r[2] for r in rows], pa.string()),
+        }
+    )
+
+
 def test_model_leaderboard_ranks_by_test_f1_with_test_and_live_metrics(
     views_lake: duckdb.DuckDBPyConnection,
 ) -> None:
@@ -249,7 +266,7 @@ def test_model_leaderboard_ranks_by_test_f1_with_test_and_live_metrics(
         # model, window, metric, value
         ("m_best", "test", "accuracy", 0.61),
         ("m_best", "test", "f1_macro", 0.58),
-        ("m_best", "live_rolling", "accuracy", 0.55),
+        ("m_best", "live_rolling", "accuracy", 0.55),  # not what the loop measured: ignored
         ("m_best", "validation", "f1_macro", 0.99),  # not a test metric: must not show
         ("m_mid", "test", "accuracy", 0.52),
         ("m_mid", "test", "f1_macro", 0.41),
@@ -267,25 +284,41 @@ def test_model_leaderboard_ranks_by_test_f1_with_test_and_live_metrics(
         }
     )
     upsert(views_lake, "model_metrics", metrics)
+    # live accuracy = resolved predictions of the model that were right (the serving loop's
+    # feedback fills outcome_class); unresolved ones and the RSI fallback's do not count
+    served: list[tuple[str, str, str | None]] = [
+        ("m_best", "buy", "buy"),
+        ("m_best", "sell", "sell"),
+        ("m_best", "hold", "buy"),
+        ("m_best", "hold", "hold"),
+        ("m_best", "sell", None),
+        ("m_old", "buy", "sell"),
+        ("m_old", "buy", "buy"),
+        ("rsi_fallback", "buy", "buy"),
+    ]
+    views_lake.execute("DELETE FROM predictions")  # both view tests write predictions
+    upsert(views_lake, "predictions", _predictions(served, day))
 
     rows = views_lake.execute(
         "SELECT model_id, version, status, training_snapshot_id, test_accuracy, test_f1_macro, "
-        "live_accuracy FROM model_leaderboard"
+        "live_accuracy, live_resolved FROM model_leaderboard"
     ).fetchall()
     # by test F1 (best first), then models without one, newest first
     assert rows == [
-        ("m_best", 2, "champion", 20, 0.61, 0.58, 0.55),
-        ("m_mid", 3, "challenger", None, 0.52, 0.41, None),
-        ("m_new", 4, "challenger", 40, None, None, None),
-        ("m_old", 1, "retired", 10, None, None, None),
+        ("m_best", 2, "champion", 20, 0.61, 0.58, 0.75, 4),
+        ("m_mid", 3, "challenger", None, 0.52, 0.41, None, 0),
+        ("m_new", 4, "challenger", 40, None, None, None, 0),
+        ("m_old", 1, "retired", 10, None, None, 0.5, 2),
     ]
 
 
 def test_live_performance_per_account(views_lake: duckdb.DuckDBPyConnection) -> None:
     t0 = dt.datetime(2024, 5, 1, tzinfo=UTC)
-    # account, hours after t0, equity, drawdown (written out of time order)
+    # account, hours after t0, equity, stored drawdown (written out of time order). acct_a's rows
+    # carry the old positive sign (1 - equity / peak), acct_b's the negative one: the view
+    # reads the equity curve, so both report a negative max drawdown.
     equity_rows = [
-        ("acct_a", 2, 990.0, -0.10),
+        ("acct_a", 2, 990.0, 0.10),
         ("acct_a", 0, 1000.0, 0.0),
         ("acct_a", 1, 1100.0, 0.0),
         ("acct_b", 0, 500.0, 0.0),
@@ -327,30 +360,15 @@ def test_live_performance_per_account(views_lake: duckdb.DuckDBPyConnection) -> 
         ),
     )
     # predicted, outcome: 3 of 4 resolved ones right; the unresolved one does not count
-    predictions: list[tuple[str, str | None]] = [
-        ("buy", "buy"),
-        ("sell", "sell"),
-        ("hold", "buy"),
-        ("hold", "hold"),
-        ("sell", None),
+    predictions: list[tuple[str, str, str | None]] = [
+        ("m_best", "buy", "buy"),
+        ("m_best", "sell", "sell"),
+        ("m_best", "hold", "buy"),
+        ("m_best", "hold", "hold"),
+        ("m_best", "sell", None),
     ]
-    n = len(predictions)
-    upsert(
-        views_lake,
-        "predictions",
-        pa.table(
-            {
-                "exchange": ["binance"] * n,
-                "symbol": ["BTC/USDT"] * n,
-                "timeframe": ["1m"] * n,
-                "ts": _ts_array([t0 + dt.timedelta(minutes=i) for i in range(n)]),
-                "model_id": ["m_best"] * n,
-                "horizon_bars": pa.array([5] * n, pa.int32()),
-                "predicted_class": [p for p, _ in predictions],
-                "outcome_class": pa.array([o for _, o in predictions], pa.string()),
-            }
-        ),
-    )
+    views_lake.execute("DELETE FROM predictions")  # both view tests write predictions
+    upsert(views_lake, "predictions", _predictions(predictions, t0))
 
     rows = views_lake.execute(
         "SELECT account, as_of, equity, total_return, drawdown, max_drawdown, fills, fees_paid, "
