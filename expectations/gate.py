@@ -15,13 +15,17 @@ rows, then the ``quality_results`` row.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import gc
 import hashlib
 import json
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import polars as pl
@@ -159,6 +163,33 @@ def _candle_warnings(
     return warnings
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A batch with many bad rows allocates millions of small objects (problems, row JSON);
+    the cyclic collector re-scanned them all at each of its runs, which made the gate's cost
+    grow faster than the batch. Nothing here makes reference cycles, so it can wait."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _without_gc(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _gc_paused():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_without_gc
 def gate_and_merge(
     con: duckdb.DuckDBPyConnection,
     table: str,
@@ -236,7 +267,8 @@ def gate_and_merge(
                 if d.rule not in ("gaps", "extreme_return"):
                     warnings.append(f"{outcome.unexpected_count} row(s): {d.describe}")
                 continue
-            shown = frame.select(list(d.columns)) if d.columns else None
+            # python lists once: indexing a polars column per row cost seconds on big bad batches
+            shown = {c: frame[c].to_list() for c in d.columns} if d.columns else None
             for row in outcome.unexpected_rows:
                 already = {(p.rule, p.column) for p in problems[row]}
                 if d.rule == "not_null" and ("type_coercion", d.columns[0]) in already:
@@ -252,7 +284,8 @@ def gate_and_merge(
         details["unexpected_by_rule"] = dict(rule_counts)
 
     bad_rows = [r for r, ps in problems.items() if any(p.severity == "critical" for p in ps)]
-    held_rows = [r for r, ps in problems.items() if ps and r not in set(bad_rows)]
+    bad_set = set(bad_rows)  # once: a membership test per row kept big bad batches quadratic
+    held_rows = [r for r, ps in problems.items() if ps and r not in bad_set]
     allowed = max(policy.allowed_bad_rows, policy.max_bad_fraction * rows_in)
     success = not schema_failure and len(bad_rows) <= allowed
     if rows_in == 0 and policy.empty_batch_fails:
@@ -398,13 +431,9 @@ def write_quarantine(
     raw = _row_json(batch, rows)
     occurrences: Counter[tuple[str, str]] = Counter()
     out: dict[str, list[Any]] = defaultdict(list)
+    keys = ("exchange", "symbol", "timeframe", "ts")
     lookup = (
-        frame.select(
-            [
-                c if c in frame.columns else pl.lit(None).alias(c)
-                for c in ("exchange", "symbol", "timeframe", "ts")
-            ]
-        )
+        {c: frame[c].to_list() if c in frame.columns else [None] * frame.height for c in keys}
         if "_row" in frame.columns
         else None
     )
@@ -417,7 +446,7 @@ def write_quarantine(
         )
         out["run_id"].append(run_id)
         out["table_name"].append(table)
-        for c in ("exchange", "symbol", "timeframe", "ts"):
+        for c in keys:
             out[c].append(lookup[c][row] if lookup is not None else None)
         out["expectation"].append(rules)
         columns = dict.fromkeys(c for p in ps for c in p.column.split(",") if c)
