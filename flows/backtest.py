@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NONE
 
+from flows.orchestration import (
+    create_link_artifact,
+    create_markdown_artifact,
+    flow,
+    get_run_logger,
+    task,
+)
 from trading.backtest import BacktestConfig, Candles
 from trading.evaluation import load_warehouse_candles, signal_backtest
 from warehouse import Settings, connect, get_settings
@@ -106,3 +111,104 @@ def walk_forward(samples: Any, config: Any, n_folds: int = 3) -> Any:
     result: Any = walk_forward_task(samples, config, n_folds)
     publish_fold_metrics(result)
     return result
+
+
+@task(name="run-model-backtest", cache_policy=NONE)
+def model_backtest_task(
+    settings: Settings,
+    model: str,
+    symbol: str,
+    timeframe: str,
+    exchange: str,
+    start_ms: int | None,
+    end_ms: int | None,
+    config: Any,
+    n_trials: int,
+    reports_dir: Path | None,
+) -> dict[str, Any]:
+    """``trading.model_backtest.model_backtest`` on a read-only warehouse connection."""
+    from trading.model_backtest import model_backtest
+
+    con = connect(settings, read_only=True)
+    try:
+        return model_backtest(
+            con,
+            symbol=symbol,
+            timeframe=timeframe,
+            exchange=exchange,
+            model=model,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            config=config,
+            n_trials=n_trials,
+            reports_dir=reports_dir,
+        )
+    finally:
+        con.close()
+
+
+MODEL_SUMMARY_ROWS = (
+    "ic",
+    "ic_ci_low",
+    "ic_ci_high",
+    "log_loss",
+    "ece",
+    "total_return",
+    "sharpe",
+    "max_drawdown",
+    "trades",
+    "model_trades",
+    "fallback_trades",
+)
+
+
+@flow(name="backtest-model", log_prints=True)
+def backtest_model(
+    symbol: str,
+    timeframe: str,
+    exchange: str,
+    model: str = "champion",
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    config: Any = None,
+    n_trials: int = 1,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """``tradeloop backtest --model`` as a flow: the registered ``model`` through the serving
+    loop's decisions on the stored candles; the figures and the report as artifacts."""
+    settings = settings or get_settings()
+    summary = model_backtest_task(
+        settings,
+        model,
+        symbol,
+        timeframe,
+        exchange,
+        start_ms,
+        end_ms,
+        config,
+        n_trials,
+        settings.home / "reports",
+    )
+    html = Path(summary["report_html"]).resolve()
+    create_link_artifact(
+        key="backtest-model-report",
+        link=html.as_uri(),
+        link_text=f"model {summary['model_id']} on {symbol} {timeframe}",
+    )
+    create_markdown_artifact(
+        key="backtest-model-summary",
+        markdown=(
+            f"# Model {summary['model_id']} on {symbol} {timeframe}\n\n"
+            "| measure | model | buy and hold |\n|---|---|---|\n"
+            + "".join(
+                f"| {k} | {summary.get(k)} | {summary['baselines']['buy_and_hold'].get(k, '')} |\n"
+                for k in MODEL_SUMMARY_ROWS
+            )
+            + f"\nReport: {html}\n"
+        ),
+    )
+    get_run_logger().info(
+        f"model {summary['model_id']} on {symbol}: IC {summary['ic']}, "
+        f"return {summary['total_return']:.4f}, report {html}"
+    )
+    return summary

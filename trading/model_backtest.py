@@ -11,10 +11,15 @@ feature-quality rules are the loop's (``ServingLoop._infer``), so a bar falls ba
 rule here exactly when it would in ``serve``, with the same reason.
 
 Equality with ``serve --replay`` holds bit for bit when ONNX Runtime returns the same numbers for
-a window whatever the batch: it does for batches of two or more, but its batch-of-one kernels
-round differently in the last float32 bit (measured on the default ensemble: 822 of 6,000
-probabilities differ by at most 1.2e-7). Sizing scales with confidence, so a one-bit difference
-moves an order amount; see ``tests/trading/test_model_backtest.py``.
+a window whatever the batch. It does for batches of two or more (checked: 2, 3, 7, 64, 1024),
+but its batch-of-one kernels round differently in the last float32 bit (default ensemble on
+ETH/BTC 5m: 253 of 600 windows differ by at most 1.2e-7). ``serve`` with one symbol runs batches
+of one, and sizing scales with confidence, so an entry on such a bar moves an order amount in
+its 8th digit; padding a batch of one to two rows in ``OnnxPredictor.predict`` removes it (then
+the default ensemble's replay and backtest agreed to 0.0 on every order and equity value).
+The batch features differ from the online ones by float64 rounding only; after the float32 cast
+of the window (36 of 532,433 values on ETH/BTC 5m, all ~1e-15 next to 0) the model outputs were
+identical on every window.
 
 The measures follow ``EVALUATION.md`` (``trading.model_metrics``): IC of ``p_buy - p_sell``
 against the tradeable return with a moving-block bootstrap CI, calibration (log-loss, Brier,
@@ -49,6 +54,7 @@ from trading.backtest import (
     buy_and_hold,
     run_vectorized,
 )
+from trading.decide import PrecomputedBar
 from trading.decision import RsiRule, rsi_rule_signals
 from trading.evaluation import majority_class_signals, summarize
 from trading.fallback import ModelManager
@@ -233,17 +239,6 @@ def _fixed_lookup(record: ModelRecord) -> Callable[[], ModelRecord]:
     return lambda: record
 
 
-def _precomputed_hook() -> tuple[type, bool]:
-    """The loop's precomputed-output type, and whether ``on_tick`` takes it."""
-    import inspect
-
-    from trading import loop as loop_module
-
-    kind = getattr(loop_module, "PrecomputedBar", None)
-    takes = "precomputed" in inspect.signature(ServingLoop.on_tick).parameters
-    return (kind if kind is not None else object), kind is not None and takes
-
-
 def run_model(
     candles: Candles,
     record: ModelRecord,
@@ -334,7 +329,6 @@ def _drive(
 ) -> tuple[_Collector, np.ndarray, np.ndarray]:
     """Feed every bar to the loop: warm-up bars through ``warm``, the rest through ``on_tick``
     with the bar's precomputed model output. Returns the rows and per-bar equity and units."""
-    kind, hook = _precomputed_hook()
     collector = _Collector()
     n = len(candles) - start
     equity = np.empty(n)
@@ -355,17 +349,14 @@ def _drive(
         if i < start:
             loop.warm(tick)
             continue
-        if hook:
-            why = reasons[i]
-            # as the loop's own inference: a fallback bar carries only its reason and gap
-            pre: Mapping[str, Any] = {
-                symbol: kind(None, math.nan, 0.0, why, int(gaps[i]))
-                if why is not None
-                else kind(probs[i], float(conf[i]), float(present[i]), None, int(gaps[i]))
-            }
-            loop.on_tick(tick, precomputed=pre)  # type: ignore[call-arg,unused-ignore]
-        else:  # until the loop takes precomputed outputs: its own online path (same numbers)
-            loop.on_tick(tick)
+        why = reasons[i]
+        # as the loop's own inference: a fallback bar carries only its reason and gap
+        pre = (
+            PrecomputedBar.fallback(why, int(gaps[i]))
+            if why is not None
+            else PrecomputedBar(probs[i], float(conf[i]), float(present[i]), None, int(gaps[i]))
+        )
+        loop.on_tick(tick, precomputed={symbol: pre})
         k = i - start
         equity[k] = portfolio.portfolio.equity()
         units[k] = portfolio.portfolio.units(symbol)

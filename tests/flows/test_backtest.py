@@ -168,3 +168,27 @@ def test_walk_forward_retrain_flow_on_a_warehouse_symbol(env, prefect_server: No
             fold["train_end_ts"]
         )
         assert gap >= dt.timedelta(minutes=5 * 5)  # purged by the 5-bar label horizon
+
+
+def test_backtest_model_flow_publishes_the_models_measures(  # type: ignore[no-untyped-def]
+    env, tmp_path: Path, prefect_server: None
+) -> None:
+    """The flow runs the same function as `backtest --model` (a real ONNX model as champion)
+    and publishes its IC and trades beside buy and hold."""
+    from flows.backtest import backtest_model
+    from tests.flows.conftest import artifact_texts
+    from tests.trading.serve_support import momentum_model, register_champion
+    from warehouse import connect
+
+    frame, _, settings = env
+    con = connect(settings)
+    try:
+        model_id = register_champion(con, settings, momentum_model(tmp_path / "momentum.onnx"))
+    finally:
+        con.close()
+    summary = backtest_model("XRP/ETH", "5m", "binance", settings=settings)
+    assert summary["model_id"] == model_id and summary["bars"] == frame.height
+    assert summary["model_trades"] + summary["fallback_trades"] == summary["trades"]
+    assert Path(summary["report_html"]).is_relative_to(settings.home / "reports")
+    text = artifact_texts("backtest-model-summary")[0]
+    assert f"Model {model_id} on XRP/ETH 5m" in text and f"| ic | {summary['ic']} |" in text
