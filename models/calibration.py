@@ -49,7 +49,8 @@ class Calibration:
 
     @property
     def temperature(self) -> float | None:
-        return 1.0 / self.scale[0] if self.method == "temperature" else None
+        shared = self.method in ("temperature", "temperature_bias")
+        return 1.0 / self.scale[0] if shared and self.scale[0] > 0 else None
 
     def apply(self, probabilities: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (float32, as the exported graph computes them)."""
