@@ -24,38 +24,32 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
-from pipelines.features import FEATURE_SET_VERSION, OnlineFeatureEngine, feature_columns
+from pipelines.features import FEATURE_SET_VERSION, feature_columns
 from pipelines.resample import timeframe_ms
 from trading.broker import Broker, FixedSlippage, PaperBroker
-from trading.confidence import ConfidencePolicy, VolatilityReference
 from trading.decide import (
     BarDecider,
     BarStep,
-    Costs,
-    DecisionRules,
     ModelContext,
     PrecomputedBar,
-    Targets,
     infer_online,
     model_context,
 )
-from trading.decision import OnlineRSI, OnlineVolatility, RsiRule
-from trading.domain import Bar, FeeModel, Fill, Order
+from trading.domain import Bar, Order
 from trading.fallback import ModelManager
-from trading.feedback import Feedback, FeedbackConfig, Pending, Resolved
+from trading.feedback import Feedback, Pending, Resolved
 from trading.latency import LatencyRecorder
+from trading.loop_config import LoopConfig, SymbolState, default_limits
+from trading.loop_rows import LoopRows
 from trading.portfolio import Portfolio
-from trading.protections import ProtectionConfig, Protections, kill_file, reset_file
-from trading.risk import RiskLimits, RiskState, reset_kill_switch
+from trading.protections import Protections, kill_file, reset_file
+from trading.risk import RiskState, reset_kill_switch
 from trading.state import (
     broker_restore,
     broker_to_dict,
@@ -68,160 +62,16 @@ from trading.state import (
     risk_to_dict,
 )
 from trading.step import TradingState
-from trading.thresholds import AdaptiveThresholds, ThresholdPolicy
+from trading.thresholds import AdaptiveThresholds
 from trading.writer import BufferedWriter, WriteBatch, now_ms
-from warehouse.settings import (
-    DEFAULT_HALF_SPREAD_FRACTION,
-    DEFAULT_MAKER_FEE,
-    DEFAULT_SLIPPAGE_FRACTION,
-    DEFAULT_TAKER_FEE,
-    Settings,
-)
 
 log = logging.getLogger("tradeloop.serve")
-
-WINDOW_CAPACITY = 256
-
-
-def default_limits() -> RiskLimits:
-    return RiskLimits(
-        max_position_fraction=0.25,
-        max_total_exposure_fraction=1.0,
-        min_confidence=0.0,  # the confidence gate is the (adaptive) threshold's min_confidence
-        confidence_sizing=True,
-        min_size_scale=0.25,
-        stop_loss_vol_mult=4.0,
-        take_profit_vol_mult=8.0,
-        max_drawdown_fraction=0.2,
-    )
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    account: str = "paper"
-    exchange: str = (
-        "simulated"  # the exchange candles/orders are recorded under (settings.exchange)
-    )
-    timeframe: str = "1m"
-    initial_cash: float = 10_000.0
-    fees: FeeModel = field(default_factory=lambda: FeeModel(DEFAULT_MAKER_FEE, DEFAULT_TAKER_FEE))
-    slippage_fraction: float = DEFAULT_SLIPPAGE_FRACTION
-    half_spread_fraction: float = DEFAULT_HALF_SPREAD_FRACTION  # an estimate: in the edge rule
-    limits: RiskLimits = field(default_factory=default_limits)
-    thresholds: ThresholdPolicy = field(default_factory=ThresholdPolicy)
-    confidence: ConfidencePolicy = field(default_factory=ConfidencePolicy)
-    protections: ProtectionConfig = field(default_factory=ProtectionConfig)
-    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
-    rsi: RsiRule = field(default_factory=RsiRule)
-    fallback_size_fraction: float = 0.5
-    min_feature_quality: float = 0.8
-    volatility_window: int = 20
-    model_name: str = "signal"
-    model_check_every_steps: int = 1
-    flush_every_steps: int = 50
-    stale_after_timeframes: float = 2.0
-    default_horizon_bars: int = 5
-    mode: str = "paper"
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> LoopConfig:
-        """A config whose costs come from the settings (``TRADELOOP_TAKER_FEE`` ...)."""
-        costs: dict[str, Any] = {
-            "fees": FeeModel(settings.maker_fee, settings.taker_fee),
-            "slippage_fraction": settings.slippage_fraction,
-            "half_spread_fraction": settings.half_spread_fraction,
-            "exchange": settings.exchange,
-        }
-        return cls(**{**costs, **overrides})
-
-    @property
-    def costs(self) -> Costs:
-        return Costs(self.fees.taker_fraction, self.slippage_fraction, self.half_spread_fraction)
-
-    @property
-    def rules(self) -> DecisionRules:
-        return DecisionRules(
-            self.confidence,
-            self.rsi,
-            self.fallback_size_fraction,
-            self.costs,
-            self.limits,
-            self.default_horizon_bars,
-        )
 
 
 class TickLike(Protocol):
     now_ms: int
     bars: tuple[Bar, ...]
     alerts: tuple[str, ...]
-
-
-class SymbolState:
-    """Candle-derived state of one symbol (rebuilt exactly by replaying its candles), plus the
-    targets of its decision rules (kept in the snapshot)."""
-
-    def __init__(self, symbol: str, config: LoopConfig, n_features: int) -> None:
-        self.symbol = symbol
-        self.engine = OnlineFeatureEngine(config.timeframe)
-        self.buf = np.full((2 * WINDOW_CAPACITY, n_features), np.nan, dtype=np.float32)
-        self.pos = 0
-        self.rows = 0
-        self.online_features = True  # False once a bar's features came precomputed
-        self.vol = OnlineVolatility(config.volatility_window)
-        self.label_vol = OnlineVolatility(config.feedback.vol_window_bars)
-        self.vol_ref = VolatilityReference(config.confidence.reference_alpha)
-        self.rsi = OnlineRSI(config.rsi.period)
-        self.targets = Targets()
-        self.last_ts_ms: int | None = None
-        self.sigma = math.nan
-        self.label_sigma = math.nan
-        self.rsi_value = math.nan
-        self.source = "fallback"
-        self.stale_alerted = False
-
-    def push(self, bar: Bar, columns: list[str], *, features: bool = True) -> None:
-        """One closed candle; ``features=False`` skips the feature engine (its outputs for the
-        bar were computed elsewhere): from then on this symbol has no online window."""
-        if features:
-            if not self.online_features:
-                raise ValueError(
-                    f"{self.symbol}: bar {bar.ts_ms} has no precomputed outputs, but earlier "
-                    "bars had: the online feature engine has not seen them"
-                )
-            self._features(bar, columns)
-        else:
-            self.online_features = False
-        self.sigma = self.vol.update(bar.close)
-        self.label_sigma = self.label_vol.update(bar.close)
-        self.vol_ref.update(self.sigma)
-        self.rsi_value = self.rsi.update(bar.close)
-        self.last_ts_ms = bar.ts_ms
-
-    def _features(self, bar: Bar, columns: list[str]) -> None:
-        feats = self.engine.step(
-            {
-                "ts": bar.ts_ms,
-                "open": bar.open,
-                "high": bar.high,
-                "low": bar.low,
-                "close": bar.close,
-                "volume": bar.volume,
-            }
-        )
-        if self.pos == self.buf.shape[0]:
-            self.buf[:WINDOW_CAPACITY] = self.buf[WINDOW_CAPACITY:]
-            self.pos = WINDOW_CAPACITY
-        row = self.buf[self.pos]
-        for j, c in enumerate(columns):
-            v = feats.get(c)
-            row[j] = np.nan if v is None else v
-        self.pos += 1
-        self.rows += 1
-
-    def window(self, length: int) -> np.ndarray | None:
-        if self.rows < length:
-            return None
-        return self.buf[self.pos - length : self.pos]
 
 
 class ServingLoop:
@@ -253,18 +103,26 @@ class ServingLoop:
         self._model: tuple[int, ModelContext | None] = (-1, None)  # (manager generation, ...)
         self.latency = LatencyRecorder()
         self.symbols: dict[str, SymbolState] = {}
-        self.batch = WriteBatch()
+        self.rows = LoopRows(config.account, config.exchange, config.timeframe, config.mode)
         self.steps = 0
         self.candle_index = 0
         self.event_seq = 0
         self.last_ts_ms: int | None = None
         self.events: list[tuple[int, str, str | None, str]] = []  # kept for callers/tests
-        self.order_rows: dict[str, dict[str, Any]] = {}
         self.seen_generation = 0
         self._kill_path = kill_file(home, config.account)
         self._reset_path = reset_file(home, config.account)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def batch(self) -> WriteBatch:
+        """The rows queued since the last flush."""
+        return self.rows.batch
+
+    @batch.setter
+    def batch(self, value: WriteBatch) -> None:
+        self.rows.batch = value
+
     def _sym(self, symbol: str) -> SymbolState:
         s = self.symbols.get(symbol)
         if s is None:
@@ -275,19 +133,7 @@ class ServingLoop:
         self.event_seq += 1
         log.warning("[%s] %s%s", kind, f"{symbol}: " if symbol else "", message)
         self.events.append((ts_ms, kind, symbol, message))
-        eid = f"{ts_ms}-{self.event_seq}"
-        self.batch.add(
-            "loop_events",
-            (eid,),
-            {
-                "account": self.config.account,
-                "event_id": eid,
-                "ts": ts_ms,
-                "kind": kind,
-                "symbol": symbol,
-                "message": message,
-            },
-        )
+        self.rows.event(f"{ts_ms}-{self.event_seq}", ts_ms, kind, symbol, message)
 
     # ------------------------------------------------------------------ warm-up (restart)
     def warm(self, tick: TickLike) -> None:
@@ -325,7 +171,7 @@ class ServingLoop:
             resolved.extend(self.feedback.on_bar(bar.symbol, bar.close))
         self.latency.record_ns("features", time.perf_counter_ns() - t0)
         for r in resolved:
-            self._resolved_row(r, ts_ms)
+            self.rows.resolved(r, ts_ms + self.step_ms)
         if resolved:
             self._after_resolution(ts_ms)
 
@@ -342,22 +188,8 @@ class ServingLoop:
             self._decide_and_step(bar, outputs[bar.symbol], model, tick.now_ms)
         self.latency.record_ns("decision", time.perf_counter_ns() - t2)
 
-        equity = self.state.portfolio.equity()
-        peak = self.state.risk.peak_equity
-        self.batch.add(
-            "equity",
-            (ts_ms,),
-            {
-                "account": cfg.account,
-                "ts": ts_ms,
-                "cash": self.state.portfolio.cash,
-                "position_value": equity - self.state.portfolio.cash,
-                "equity": equity,
-                # a negative fraction below the peak, as in the backtest's metrics
-                "drawdown": equity / peak - 1.0 if peak > 0 else 0.0,
-            },
-        )
-        msg = self.protections.on_equity(self.candle_index, equity)
+        self.rows.equity(ts_ms, self.state.portfolio, self.state.risk.peak_equity)
+        msg = self.protections.on_equity(self.candle_index, self.state.portfolio.equity())
         if msg:
             self.event(ts_ms, "protection", msg)
         self.candle_index += 1
@@ -506,132 +338,34 @@ class ServingLoop:
         self._bar_rows(bar, s, out)
 
     def _bar_rows(self, bar: Bar, s: SymbolState, out: BarStep) -> None:
-        cfg = self.config
-        chosen, result = out.chosen, out.result
-        decision = result.decision
-        acct, ex, tf = cfg.account, cfg.exchange, cfg.timeframe
+        chosen = out.chosen
         if chosen.predicted:
-            p = chosen.decision.probabilities if chosen.source == "model" else None
-            row: dict[str, Any] = {
-                "exchange": ex,
-                "symbol": bar.symbol,
-                "timeframe": tf,
-                "ts": bar.ts_ms,
-                "model_id": chosen.model_id,
-                "horizon_bars": chosen.horizon_bars,
-                "p_buy": p[0] if p else None,
-                "p_hold": p[1] if p else None,
-                "p_sell": p[2] if p else None,
-                "confidence": chosen.confidence,
-                "predicted_class": chosen.predicted,
-            }
-            self.batch.add("predictions", (bar.symbol, bar.ts_ms, chosen.model_id), dict(row))
-            h = chosen.horizon_bars
-            self.feedback.add(
+            row = self.rows.prediction(bar, out)
+            h, fb = chosen.horizon_bars, self.feedback
+            threshold = fb.threshold(s.label_sigma, h)
+            fb.add(
                 Pending(
                     bar.symbol,
                     bar.ts_ms,
                     chosen.model_id,
                     chosen.predicted,
                     bar.close,
-                    self.feedback.threshold(s.label_sigma, h),
+                    threshold,
                     h,
                     h,
                     chosen.counted,
                     row,
                 )
             )
-        self.batch.add(
-            "signals",
-            (bar.symbol, bar.ts_ms),
-            {
-                "account": acct,
-                "exchange": ex,
-                "symbol": bar.symbol,
-                "timeframe": tf,
-                "ts": bar.ts_ms,
-                "signal": result.target_direction,
-                "confidence": decision.confidence,
-                "threshold": self.thresholds.current.min_confidence,
-                "size_fraction": decision.size_fraction,
-                "reason": f"{decision.reason}; {result.note}",
-            },
-        )
+        self.rows.signal(bar, out, self.thresholds.current.min_confidence)
         when = bar.ts_ms + self.step_ms
-        for f in result.fills:
-            self._fill_rows(f, when)
-        for o in result.orders:
-            order = {
-                "account": acct,
-                "client_order_id": o.client_order_id,
-                "exchange": ex,
-                "symbol": o.symbol,
-                "ts": bar.ts_ms,
-                "side": o.side,
-                "order_type": o.order_type,
-                "amount": o.amount,
-                "price": o.price,
-                "status": "open",
-                "exchange_order_id": None,
-                "mode": cfg.mode,
-                "updated_at": when,
-            }
-            self.order_rows[o.client_order_id] = order
-            self.batch.add("orders", (o.client_order_id,), dict(order))
-
-    def _fill_rows(self, f: Fill, when: int) -> None:
-        cfg = self.config
-        quote = f.symbol.split("/")[-1] if "/" in f.symbol else None
-        self.batch.add(
-            "fills",
-            (f.fill_id,),
-            {
-                "account": cfg.account,
-                "fill_id": f.fill_id,
-                "client_order_id": f.client_order_id,
-                "exchange": cfg.exchange,
-                "symbol": f.symbol,
-                "ts": f.ts_ms,
-                "side": f.side,
-                "price": f.price,
-                "amount": f.amount,
-                "fee": f.fee,
-                "fee_currency": quote,
-            },
+        self.rows.fills(
+            out.result.fills,
+            when,
+            self.broker.order_status,
+            getattr(self.broker, "exchange_order_id", None),  # live broker: the exchange's id
         )
-        row = self.order_rows.pop(f.client_order_id, None)
-        if row is None:  # a protective (stop / take-profit) order the broker created
-            row = {
-                "account": cfg.account,
-                "client_order_id": f.client_order_id,
-                "exchange": cfg.exchange,
-                "symbol": f.symbol,
-                "ts": f.ts_ms,
-                "side": f.side,
-                "order_type": "stop",
-                "amount": f.amount,
-                "price": f.reference_price,
-                "exchange_order_id": None,
-                "mode": cfg.mode,
-            }
-        row.update({"status": self.broker.order_status(f.client_order_id), "updated_at": when})
-        exchange_order_id = getattr(self.broker, "exchange_order_id", None)
-        if exchange_order_id is not None:  # live broker: the exchange's order id
-            row["exchange_order_id"] = exchange_order_id(f.client_order_id)
-        self.batch.add("orders", (f.client_order_id,), row)
-
-    def _resolved_row(self, r: Resolved, ts_ms: int) -> None:
-        base = r.row or {}
-        self.batch.add(
-            "predictions",
-            (r.symbol, r.ts_ms, r.model_id),
-            {
-                **base,
-                "outcome_class": r.outcome,
-                "outcome_return": r.outcome_return,
-                "resolved_at": ts_ms + self.step_ms,
-            },
-        )
+        self.rows.orders(bar, out, when)
 
     # ------------------------------------------------------------------ persistence
     def snapshot(self) -> dict[str, Any]:
@@ -651,7 +385,7 @@ class ServingLoop:
             "protections": self.protections.to_dict(),
             "thresholds": self.thresholds.to_dict(),
             "feedback": self.feedback.to_dict(),
-            "order_rows": self.order_rows,
+            "order_rows": self.rows.order_rows,
             "symbols": {
                 k: {
                     "model_target": s.targets.model,
@@ -667,26 +401,17 @@ class ServingLoop:
 
     def flush(self, *, wait: bool = False) -> None:
         """Hand the current batch (+ latency and the state snapshot) to the writer."""
+        batch = self.rows.take()
         if self.writer is None:
-            self.batch = WriteBatch()
             return
-        batch = self.batch
-        self.batch = WriteBatch()
         if self.last_ts_ms is not None:
             updated = now_ms()
-            for stage, h in self.latency.histograms.items():
-                for upper, count in h.nonzero():
-                    batch.add(
-                        "loop_latency",
-                        (stage, upper),
-                        {
-                            "account": self.config.account,
-                            "stage": stage,
-                            "bucket_upper_us": upper,
-                            "count": count,
-                            "updated_at": updated,
-                        },
-                    )
+            buckets = [
+                (stage, upper, count)
+                for stage, h in self.latency.histograms.items()
+                for upper, count in h.nonzero()
+            ]
+            self.rows.latency(batch, buckets, updated)
             batch.add(
                 "loop_state",
                 (self.config.account,),
@@ -720,7 +445,7 @@ class ServingLoop:
         self.protections.load(data["protections"])
         self.thresholds.load(data["thresholds"])
         self.feedback.load(data["feedback"])
-        self.order_rows = dict(data["order_rows"])
+        self.rows.order_rows = dict(data["order_rows"])
         self._pending_symbol_state = data["symbols"]
         self.latency.load(data.get("latency", {}))
         # the model comes back now, not at the next model check (until then the RSI fallback
@@ -815,6 +540,8 @@ def iter_bars(ticks: Iterable[Any]) -> Iterator[Bar]:
 __all__ = [
     "FEATURE_SET_VERSION",
     "LoopConfig",
+    "SymbolState",
+    "default_limits",
     "Order",
     "PrecomputedBar",
     "RunSummary",

@@ -239,3 +239,54 @@ def test_confidence_sizing_and_total_exposure_limit() -> None:
     )
     assert b.orders[0].amount == pytest.approx(0.2 * 1000.0 / 5.0)
     assert a.orders[0].client_order_id != b.orders[0].client_order_id
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(*[st.floats(0.01, 1.0)] * 3, st.floats(0.0, 1.0)), min_size=1, max_size=40)
+)
+def test_model_rule_without_an_edge_estimate_is_the_probability_rule(
+    rows: list[tuple[float, float, float, float]],
+) -> None:
+    """``model_event`` adds reasons and the edge rule; without per-class returns it decides as
+    ``ProbabilityDecider`` does, and each reason names the rule that decided."""
+    from trading.decision import model_event
+
+    th = Thresholds(0.4, 0.4, 0.45)
+    dec = ProbabilityDecider(th)
+    target = 0
+    for a, b, c, conf in rows:
+        p = (a / (a + b + c), b / (a + b + c), c / (a + b + c))
+        event, reason = model_event(p, conf, th, target=target)
+        target = target if event is None else event
+        assert dec.update(p, conf).signal == target
+        if conf < th.min_confidence:
+            assert reason.startswith("model: confidence below gate")
+        elif event is not None:
+            assert reason == ("model: buy" if event == 1 else "model: sell")
+        else:
+            assert reason.startswith(("model: hold class", "model: below threshold"))
+
+
+def test_edge_rule_needs_the_expected_return_past_the_cost_and_still_exits() -> None:
+    from trading.decision import model_event
+
+    th = Thresholds(0.4, 0.4, 0.5)
+    buy, sell = (0.8, 0.1, 0.1), (0.1, 0.1, 0.8)
+    assert model_event(buy, 0.8, th, expected_return=0.004, round_trip_cost=0.003) == (
+        1,
+        "model: buy",
+    )
+    event, why = model_event(buy, 0.8, th, expected_return=0.002, round_trip_cost=0.003)
+    assert event is None and why.startswith("model: edge below cost")
+    # a buy too weak for a long still leaves a short (flat), it does not keep it
+    event, _ = model_event(
+        buy, 0.8, th, expected_return=0.002, round_trip_cost=0.003, allow_short=True, target=-1
+    )
+    assert event == 0
+    # without shorts a sell only exits: no edge needed; with shorts it needs -E[r] > cost
+    assert model_event(sell, 0.8, th, expected_return=-0.001, round_trip_cost=0.003)[0] == -1
+    event, why = model_event(
+        sell, 0.8, th, expected_return=-0.001, round_trip_cost=0.003, allow_short=True
+    )
+    assert event is None and why.startswith("model: edge below cost")

@@ -1,0 +1,163 @@
+"""The serving loop's configuration and its per-symbol, candle-derived state."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipelines.features import OnlineFeatureEngine
+from trading.confidence import ConfidencePolicy, VolatilityReference
+from trading.decide import Costs, DecisionRules, Targets
+from trading.decision import OnlineRSI, OnlineVolatility, RsiRule
+from trading.domain import Bar, FeeModel
+from trading.feedback import FeedbackConfig
+from trading.protections import ProtectionConfig
+from trading.risk import RiskLimits
+from trading.thresholds import ThresholdPolicy
+from warehouse.settings import (
+    DEFAULT_HALF_SPREAD_FRACTION,
+    DEFAULT_MAKER_FEE,
+    DEFAULT_SLIPPAGE_FRACTION,
+    DEFAULT_TAKER_FEE,
+    Settings,
+)
+
+WINDOW_CAPACITY = 256
+
+
+def default_limits() -> RiskLimits:
+    return RiskLimits(
+        max_position_fraction=0.25,
+        max_total_exposure_fraction=1.0,
+        min_confidence=0.0,  # the confidence gate is the (adaptive) threshold's min_confidence
+        confidence_sizing=True,
+        min_size_scale=0.25,
+        stop_loss_vol_mult=4.0,
+        take_profit_vol_mult=8.0,
+        max_drawdown_fraction=0.2,
+    )
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    account: str = "paper"
+    exchange: str = (
+        "simulated"  # the exchange candles/orders are recorded under (settings.exchange)
+    )
+    timeframe: str = "1m"
+    initial_cash: float = 10_000.0
+    fees: FeeModel = field(default_factory=lambda: FeeModel(DEFAULT_MAKER_FEE, DEFAULT_TAKER_FEE))
+    slippage_fraction: float = DEFAULT_SLIPPAGE_FRACTION
+    half_spread_fraction: float = DEFAULT_HALF_SPREAD_FRACTION  # an estimate: in the edge rule
+    limits: RiskLimits = field(default_factory=default_limits)
+    thresholds: ThresholdPolicy = field(default_factory=ThresholdPolicy)
+    confidence: ConfidencePolicy = field(default_factory=ConfidencePolicy)
+    protections: ProtectionConfig = field(default_factory=ProtectionConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    rsi: RsiRule = field(default_factory=RsiRule)
+    fallback_size_fraction: float = 0.5
+    min_feature_quality: float = 0.8
+    volatility_window: int = 20
+    model_name: str = "signal"
+    model_check_every_steps: int = 1
+    flush_every_steps: int = 50
+    stale_after_timeframes: float = 2.0
+    default_horizon_bars: int = 5
+    mode: str = "paper"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> LoopConfig:
+        """A config whose costs come from the settings (``TRADELOOP_TAKER_FEE`` ...)."""
+        costs: dict[str, Any] = {
+            "fees": FeeModel(settings.maker_fee, settings.taker_fee),
+            "slippage_fraction": settings.slippage_fraction,
+            "half_spread_fraction": settings.half_spread_fraction,
+            "exchange": settings.exchange,
+        }
+        return cls(**{**costs, **overrides})
+
+    @property
+    def costs(self) -> Costs:
+        return Costs(self.fees.taker_fraction, self.slippage_fraction, self.half_spread_fraction)
+
+    @property
+    def rules(self) -> DecisionRules:
+        return DecisionRules(
+            self.confidence,
+            self.rsi,
+            self.fallback_size_fraction,
+            self.costs,
+            self.limits,
+            self.default_horizon_bars,
+        )
+
+
+class SymbolState:
+    """Candle-derived state of one symbol (rebuilt exactly by replaying its candles), plus the
+    targets of its decision rules (kept in the snapshot)."""
+
+    def __init__(self, symbol: str, config: LoopConfig, n_features: int) -> None:
+        self.symbol = symbol
+        self.engine = OnlineFeatureEngine(config.timeframe)
+        self.buf = np.full((2 * WINDOW_CAPACITY, n_features), np.nan, dtype=np.float32)
+        self.pos = 0
+        self.rows = 0
+        self.online_features = True  # False once a bar's features came precomputed
+        self.vol = OnlineVolatility(config.volatility_window)
+        self.label_vol = OnlineVolatility(config.feedback.vol_window_bars)
+        self.vol_ref = VolatilityReference(config.confidence.reference_alpha)
+        self.rsi = OnlineRSI(config.rsi.period)
+        self.targets = Targets()
+        self.last_ts_ms: int | None = None
+        self.sigma = math.nan
+        self.label_sigma = math.nan
+        self.rsi_value = math.nan
+        self.source = "fallback"
+        self.stale_alerted = False
+
+    def push(self, bar: Bar, columns: list[str], *, features: bool = True) -> None:
+        """One closed candle; ``features=False`` skips the feature engine (its outputs for the
+        bar were computed elsewhere): from then on this symbol has no online window."""
+        if features:
+            if not self.online_features:
+                raise ValueError(
+                    f"{self.symbol}: bar {bar.ts_ms} has no precomputed outputs, but earlier "
+                    "bars had: the online feature engine has not seen them"
+                )
+            self._features(bar, columns)
+        else:
+            self.online_features = False
+        self.sigma = self.vol.update(bar.close)
+        self.label_sigma = self.label_vol.update(bar.close)
+        self.vol_ref.update(self.sigma)
+        self.rsi_value = self.rsi.update(bar.close)
+        self.last_ts_ms = bar.ts_ms
+
+    def _features(self, bar: Bar, columns: list[str]) -> None:
+        feats = self.engine.step(
+            {
+                "ts": bar.ts_ms,
+                "open": bar.open,
+                "high": bar.high,
+                "low": bar.low,
+                "close": bar.close,
+                "volume": bar.volume,
+            }
+        )
+        if self.pos == self.buf.shape[0]:
+            self.buf[:WINDOW_CAPACITY] = self.buf[WINDOW_CAPACITY:]
+            self.pos = WINDOW_CAPACITY
+        row = self.buf[self.pos]
+        for j, c in enumerate(columns):
+            v = feats.get(c)
+            row[j] = np.nan if v is None else v
+        self.pos += 1
+        self.rows += 1
+
+    def window(self, length: int) -> np.ndarray | None:
+        if self.rows < length:
+            return None
+        return self.buf[self.pos - length : self.pos]
