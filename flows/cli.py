@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "flows.commands.backtest",
     "flows.commands.serve",
     "flows.commands.inventory",
+    "flows.commands.walkforward",
 ]
 
 for _module in COMMAND_MODULES:

@@ -114,8 +114,11 @@ def serve(
         raise ValueError("paper trading needs replay (a candle file or a warehouse symbol)")
     limit_name = f"serve-{account}"
     ensure_limit(limit_name)
-    config = LoopConfig(
-        account=account, model_check_every_steps=60, exchange=exchange or settings.exchange
+    config = LoopConfig.from_settings(
+        settings,
+        account=account,
+        model_check_every_steps=60,
+        exchange=exchange or settings.exchange,
     )
 
     def retrain(reason: str) -> None:

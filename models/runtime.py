@@ -203,7 +203,13 @@ class OnnxPredictor:
             raise ValueError(
                 f"predict: non-finite value in sample {bad[0]}, step {bad[1]}, feature {column!r}"
             )
+        n = windows.shape[0]
+        if n == 1:
+            # ONNX Runtime's batch-of-one kernels round differently (last float32 bit) from any
+            # larger batch; a padded pair gives serve (one symbol: one window a bar) exactly the
+            # numbers the batched backtest gets for the same window
+            windows = np.concatenate([windows, windows])
         probabilities, confidence = self.session.run(
             list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(windows, dtype=np.float32)}
         )
-        return Prediction(probabilities=probabilities, confidence=confidence)
+        return Prediction(probabilities=probabilities[:n], confidence=confidence[:n])

@@ -10,16 +10,10 @@ running its online feature engine and one ONNX call per bar. The window, warm-up
 feature-quality rules are the loop's (``ServingLoop._infer``), so a bar falls back to the RSI
 rule here exactly when it would in ``serve``, with the same reason.
 
-Equality with ``serve --replay`` holds bit for bit when ONNX Runtime returns the same numbers for
-a window whatever the batch. It does for batches of two or more (checked: 2, 3, 7, 64, 1024),
-but its batch-of-one kernels round differently in the last float32 bit (default ensemble on
-ETH/BTC 5m: 253 of 600 windows differ by at most 1.2e-7). ``serve`` with one symbol runs batches
-of one, and sizing scales with confidence, so an entry on such a bar moves an order amount in
-its 8th digit; padding a batch of one to two rows in ``OnnxPredictor.predict`` removes it (then
-the default ensemble's replay and backtest agreed to 0.0 on every order and equity value).
-The batch features differ from the online ones by float64 rounding only; after the float32 cast
-of the window (36 of 532,433 values on ETH/BTC 5m, all ~1e-15 next to 0) the model outputs were
-identical on every window.
+Equality with ``serve --replay`` holds bit for bit: ONNX Runtime returns the same numbers for
+a window whatever the batch of two or more, and ``OnnxPredictor`` runs a lone window (``serve``
+of one symbol) as a padded pair, because ORT's batch-of-one kernels round differently in the
+last float32 bit. See ``tests/trading/test_model_backtest.py``.
 
 The measures follow ``EVALUATION.md`` (``trading.model_metrics``): IC of ``p_buy - p_sell``
 against the tradeable return with a moving-block bootstrap CI, calibration (log-loss, Brier,

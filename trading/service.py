@@ -158,7 +158,7 @@ def serve_replay(
     many seconds (``sleep`` waits), until ``max_candles``; ``speed`` does not apply."""
     if follow_every_s is not None and speed is not None:
         raise ValueError("serve_replay: follow_every_s follows new candles as they land; no speed")
-    config = config or LoopConfig(model_check_every_steps=60, exchange=settings.exchange)
+    config = config or LoopConfig.from_settings(settings, model_check_every_steps=60)
     con = connect(settings)
     migrate(con)
     lookup = ChampionLookup(settings, config.model_name)
@@ -305,7 +305,7 @@ def serve_live(
     require_live_opt_in(settings, live=True, api_key=key, api_secret=secret)
     mode = "sandbox" if settings.exchange_sandbox else "live"
     config = dataclasses.replace(
-        config or LoopConfig(account=mode, model_check_every_steps=60),
+        config or LoopConfig.from_settings(settings, account=mode, model_check_every_steps=60),
         exchange=settings.exchange,
         mode=mode,
     )

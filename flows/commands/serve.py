@@ -104,7 +104,8 @@ def serve(
             from trading.service import serve_live, serve_replay
 
             settings = get_settings()
-            config = LoopConfig(
+            config = LoopConfig.from_settings(
+                settings,
                 account=account,
                 exchange=replay_exchange or settings.exchange,
                 model_check_every_steps=60,

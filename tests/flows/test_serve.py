@@ -59,7 +59,8 @@ def test_cli_serve_exits_zero_and_kill_and_dashboard(home) -> None:  # type: ign
     assert out.exit_code == 0, out.output
     assert "inference: n=120" in out.output and "p99=" in out.output
     bad = runner.invoke(app, ["serve", "--replay", "NO/SUCH", "--no-prefect"])
-    assert bad.exit_code == 1 and "no such file" in bad.output
+    # a usage error: the symbol is not stored (here the warehouse holds no candles at all)
+    assert bad.exit_code == 2 and "holds no candles" in bad.output, bad.output
 
 
 def test_follow_serves_candles_that_arrive_later(
