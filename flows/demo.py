@@ -2,7 +2,7 @@
 
     pipeline (collect -> quality gate -> features -> retrain ensemble -> ONNX -> registry/promote
     -> serve N candles with paper trading and feedback)
-    -> walk-forward backtest report -> dashboard
+    -> walk-forward of the model (retrained per fold, backtested as a strategy) -> dashboard
 
 Runs offline: the simulated exchange is generated locally, Prefect runs a temporary local
 server, the warehouse lives under ``settings.home``.
@@ -11,19 +11,14 @@ server, the warehouse lives under ``settings.home``.
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-from prefect.cache_policies import NONE
-
-from flows.orchestration import create_link_artifact, flow, get_run_logger, task
+from flows.orchestration import create_link_artifact, flow, get_run_logger
 from flows.pipeline import pipeline
 from models import retraining
 from warehouse import Settings, connect, get_settings
-from warehouse.readers import read_candles
 
 DEMO_SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
 
@@ -44,44 +39,51 @@ class DemoSummary:
     counts: dict[str, int]
     pnl_quote: float | None  # paper P&L of the serving run (None: serving did not run)
     report_html: Path | None
+    walk_forward_ic: tuple[float, float, float] | None  # pooled IC and its CI
+    walk_forward_verdict: str | None
     data_docs: Path | None
     warehouse_home: Path
     elapsed_s: float
 
 
-@task(name="walk-forward-backtest", cache_policy=NONE)
-def walk_forward_backtest(settings: Settings, symbol: str, timeframe: str) -> Path:
-    """Walk-forward (expanding folds, purged) on the stored candles of one series, with the
-    baselines and stress scenarios; writes the HTML + JSON report under home/reports."""
-    from trading.backtest import BacktestConfig
-    from trading.evaluation import evaluate_file, figures
-    from trading.report import write_report
+def walk_forward_report(
+    settings: Settings,
+    symbol: str,
+    timeframe: str | None,
+    epochs: int,
+    max_train_seconds: float,
+) -> dict[str, Any]:
+    """``tradeloop walk-forward`` on the demo's data (two folds sized to what is stored): the
+    ensemble retrained per fold and backtested as a strategy on the next window."""
+    from flows.walk_forward import walk_forward
+    from warehouse.inventory import inventory, resolve_series
 
     con = connect(settings, read_only=True)
     try:
-        frame = pl.from_arrow(read_candles(con, symbols=[symbol], timeframe=timeframe))
+        stored = inventory(con)
     finally:
         con.close()
-    assert isinstance(frame, pl.DataFrame)
-    if frame.height < 500:
-        raise ValueError(
-            f"walk-forward needs >= 500 candles of {symbol} {timeframe}, found {frame.height}"
-        )
-    name = f"{symbol.replace('/', '_')}-{timeframe}"
-    with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
-        path = Path(tmp) / f"{name}.parquet"
-        frame.write_parquet(path)
-        ev = evaluate_file(path, BacktestConfig())
-    html, _ = write_report(
-        f"{name}-walk-forward", ev["summary"], figures(ev), settings.home / "reports"
+    series = resolve_series(stored, [symbol], timeframe)
+    held = next(s for s in stored if s.symbol == symbol and s.timeframe == series.timeframe)
+    span_days = (held.last_ts_ms - held.first_ts_ms) / 86_400_000
+    report: dict[str, Any] = walk_forward(
+        symbols=[symbol],
+        timeframe=series.timeframe,
+        exchange=series.exchange,
+        folds=2,
+        train_days=span_days * 0.5,
+        test_days=span_days * 0.2,
+        epochs=min(epochs, 2),
+        train_overrides={"max_train_seconds": max_train_seconds, "progress": False},
+        settings=settings,
     )
     create_link_artifact(
         key="walk-forward-report",
-        link=Path(html).resolve().as_uri(),
-        link_text=f"walk-forward backtest {symbol} {timeframe}",
+        link=Path(report["report_html"]).resolve().as_uri(),
+        link_text=f"walk-forward of the model {symbol} {series.timeframe}",
     )
-    get_run_logger().info(f"walk-forward report: {html}")
-    return Path(html)
+    get_run_logger().info(f"walk-forward: {report['pooled']['verdict']}")
+    return report
 
 
 def _paper_pnl(settings: Settings) -> float | None:
@@ -129,7 +131,9 @@ def demo(
     )
     outcome: retraining.RetrainOutcome = result["retrain"]
     symbol = outcome_symbol(settings, data, symbols)
-    report = walk_forward_backtest(settings, symbol, settings.base_timeframe)
+    wf = walk_forward_report(
+        settings, symbol, None if data else settings.base_timeframe, epochs, max_train_seconds
+    )
     prev = outcome.previous
     return DemoSummary(
         model_id=outcome.model_id,
@@ -145,7 +149,9 @@ def demo(
         trend=retraining.trend(settings, "signal"),
         counts=dict(result["counts"]),
         pnl_quote=_paper_pnl(settings) if serve_candles > 0 else None,
-        report_html=report,
+        report_html=Path(wf["report_html"]),
+        walk_forward_ic=(wf["pooled"]["ic"], wf["pooled"]["ic_ci_low"], wf["pooled"]["ic_ci_high"]),
+        walk_forward_verdict=wf["pooled"]["verdict"],
         data_docs=result["quality"].get("data_docs"),
         warehouse_home=settings.home.resolve(),
         elapsed_s=(dt.datetime.now(dt.UTC) - started).total_seconds(),
@@ -212,7 +218,13 @@ def dashboard(summary: DemoSummary) -> Any:
         "serving not run" if summary.pnl_quote is None else f"{summary.pnl_quote:+,.2f} quote",
     )
     grid.add_row("Warehouse rows", ", ".join(f"{k} {v:,}" for k, v in summary.counts.items()))
-    grid.add_row("Backtest report", str(summary.report_html))
+    if summary.walk_forward_ic is not None:
+        ic, lo, hi = summary.walk_forward_ic
+        grid.add_row(
+            "Walk-forward",
+            f"IC {ic:.3f} [{lo:.3f}, {hi:.3f}] out of sample; {summary.walk_forward_verdict}",
+        )
+    grid.add_row("Walk-forward report", str(summary.report_html))
     grid.add_row("Data Docs", str(summary.data_docs))
     grid.add_row(
         "Query the warehouse",

@@ -32,6 +32,8 @@ def test_dashboard_shows_model_baseline_pnl_and_paths(tmp_path: Path) -> None:
         counts={"candles": 100, "features": 100, "models": 2, "predictions": 10},
         pnl_quote=-10.54,
         report_html=tmp_path / "report.html",
+        walk_forward_ic=(0.052, 0.011, 0.094),
+        walk_forward_verdict="the IC's CI excludes zero",
         data_docs=tmp_path / "docs" / "index.html",
         warehouse_home=tmp_path,
         elapsed_s=12.0,
@@ -47,6 +49,7 @@ def test_dashboard_shows_model_baseline_pnl_and_paths(tmp_path: Path) -> None:
         "9,415",
         "-10.54",
         "report.html",
+        "IC 0.052 [0.011, 0.094] out of sample; the IC's CI excludes zero",
         "index.html",
         "tradeloop sql",
     ):
@@ -57,7 +60,8 @@ def test_dashboard_says_when_serving_did_not_run(tmp_path: Path) -> None:
     summary = DemoSummary(
         model_id=None, promoted=False, accuracy=None, accuracy_change=None, f1_macro=None,
         baseline_accuracy=None, baseline_f1_macro=None, confidence_mean=None, train_samples=0,
-        trained_at=None, trend=[], counts={}, pnl_quote=None, report_html=None, data_docs=None,
+        trained_at=None, trend=[], counts={}, pnl_quote=None, report_html=None,
+        walk_forward_ic=None, walk_forward_verdict=None, data_docs=None,
         warehouse_home=tmp_path, elapsed_s=1.0,
     )  # fmt: skip
     text = _render(summary)

@@ -53,7 +53,7 @@ DEPLOYED = {
     "maintain/daily",
     "serve/paper",
     "backtest/signals",
-    "walk-forward-retrain/ensemble",
+    "walk-forward-model/ensemble",
 }
 UI_PAGE_SIZE = 10  # rows per page of the UI's deployments list (its default)
 # One row of the UI's deployments list: the deployment link, then its flow's link.
