@@ -53,14 +53,27 @@ def sql(
     if print_attach:
         typer.echo(";\n".join(attach_sql(settings, read_only=True)) + ";")
         return
+    from warehouse.readonly import (
+        ReadOnlyQueryError,
+        lock_down,
+        lock_down_statements,
+        read_only_statement,
+    )
+
     if query is None:
-        _open_duckdb_shell(attach_sql(settings, read_only=True))
+        _open_duckdb_shell(attach_sql(settings, read_only=True) + lock_down_statements(settings))
         return
+    try:
+        read_only_statement(query)
+    except ReadOnlyQueryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     from flows.commands.output import print_arrow
     from warehouse import connect
 
     con = connect(settings, read_only=True)
     try:
+        lock_down(con, settings)
         result = con.execute(query).fetch_arrow_table()
     except Exception as exc:  # duckdb errors: show the message, not a traceback
         typer.echo(f"error: {exc}", err=True)

@@ -139,12 +139,54 @@ def test_sql_table_and_read_only(home: Path) -> None:
     assert re.search(r"(?<![\d.])5(?![\d.])", done.stdout), done.stdout  # the count, not "15"
 
     refused = tradeloop(home, "sql", "DELETE FROM candles")
-    assert refused.returncode == 1
-    assert refused.stderr.startswith("error:") and "read-only" in refused.stderr
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error:") and "DELETE statement" in refused.stderr
     assert "Traceback" not in refused.stderr
     con = connect(Settings(home=home), read_only=True)
     assert con.execute("SELECT count(*) FROM candles").fetchone() == (5,)
     con.close()
+
+
+def _escapes(home: Path, outside: Path) -> list[tuple[str, str]]:
+    """Each way out of a read-only SQL session that was reproduced on the first release."""
+    lake = home / "lake"
+    return [
+        (
+            f"ATTACH 'ducklake:sqlite:{lake}/catalog.sqlite' AS rw (DATA_PATH '{lake}/data/')",
+            "ATTACH statement",
+        ),
+        (f"ATTACH '{lake}/catalog.sqlite' AS cat (TYPE sqlite)", "ATTACH statement"),
+        (f"COPY (SELECT * FROM candles) TO '{outside}'", "COPY statement"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "Permission Error"),
+        (f"SELECT * FROM read_parquet('{home}/../*.parquet')", "Permission Error"),
+        ("SET threads = 1", "SET statement"),
+        ("LOAD json", "LOAD statement"),
+        ("INSTALL spatial", "LOAD statement"),
+        ("SELECT 1; DELETE FROM candles", "one statement at a time"),
+        ("CALL ducklake_expire_snapshots('lake', older_than => now())", "CALL statement"),
+        ("CREATE TABLE x AS SELECT 1", "CREATE statement"),
+    ]
+
+
+def test_sql_refuses_every_escape_and_the_lake_is_unchanged(home: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "copied.csv"
+    con = connect(Settings(home=home), read_only=True)
+    before = con.execute("SELECT count(*), max(close) FROM candles").fetchone()
+    files_before = sorted(p.name for p in (home / "lake").rglob("*"))
+    con.close()
+    for query, expected in _escapes(home, outside):
+        done = tradeloop(home, "sql", query)
+        assert done.returncode != 0, (query, done.stdout)
+        assert expected in done.stderr, (query, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert not outside.exists()
+    con = connect(Settings(home=home), read_only=True)
+    assert con.execute("SELECT count(*), max(close) FROM candles").fetchone() == before
+    con.close()
+    assert sorted(p.name for p in (home / "lake").rglob("*")) == files_before
+    # the same connection still reads: the lock-down confines, it does not break queries
+    described = tradeloop(home, "sql", "DESCRIBE candles", "-f", "csv")
+    assert described.returncode == 0 and "close,DOUBLE" in described.stdout, described.stderr
 
 
 def test_print_attach_runs_in_the_real_duckdb_cli(home: Path, tmp_path: Path) -> None:
