@@ -158,6 +158,7 @@ def evaluate_file(
     win = max(50, len(correct) // 50)
     ev["rolling_accuracy"] = pl.Series(correct).rolling_mean(win, min_samples=win // 2).to_numpy()
     ev["stress"] = run_stress(oos, lambda c: SignalSeries.of(rsi_rule_signals(c.close)), config)
+    ev["stress_strategy"] = "RSI rule"
     return ev
 
 
@@ -191,6 +192,7 @@ def figures(ev: dict[str, Any], max_points: int = 1500) -> dict[str, Any]:
         ]
     if "stress" in ev:
         figs["stress"] = ev["stress"]
+        figs["stress_strategy"] = ev.get("stress_strategy", "RSI rule")
     return figs
 
 
@@ -231,6 +233,7 @@ def signal_backtest(
         candles, signals, config, strategy=Path(signals_path).name, n_trials=n_trials
     )
     ev["stress"] = run_stress(candles, lambda c: _realign(signals_path, c), config)
+    ev["stress_strategy"] = "your signals"
     summary = ev["summary"]
     if reports_dir is not None:
         name = report_name or f"{candles.symbol.replace('/', '_')}-{candles.timeframe}-signals"

@@ -31,6 +31,9 @@ TIMEFRAME_S = {
 }
 
 
+MIN_ANNUALIZED_DAYS = 30.0
+
+
 def bars_per_year(timeframe: str) -> float:
     if timeframe not in TIMEFRAME_S:
         raise ValueError(f"unknown timeframe {timeframe!r}; known: {sorted(TIMEFRAME_S)}")
@@ -191,6 +194,7 @@ class Performance:
     probabilistic_sharpe: float
     deflated_sharpe: float
     n_trials: int
+    sharpe_units: str  # "annualized", or "per bar" for a window under MIN_ANNUALIZED_DAYS
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -210,13 +214,19 @@ def performance(
     traded_notional: float,
     n_trials: int = 1,
     n_boot: int = 500,
+    min_annualized_days: float = MIN_ANNUALIZED_DAYS,
 ) -> Performance:
     equity = np.asarray(equity, dtype=np.float64)
     ppy = bars_per_year(timeframe)
     r = bar_returns(equity, initial_cash)
     n = equity.size
     total = float(equity[-1] / initial_cash - 1.0) if n else 0.0
-    cagr = compound_annual_growth(total, n / ppy)
+    # EVALUATION.md: no annualized figure for a window shorter than 30 days (a 2.5-day window
+    # "compounded" to a CAGR of 9.4e+04); Sharpe and Sortino are then per bar
+    annualized = n / ppy * 365.0 >= min_annualized_days
+    if not annualized:
+        ppy = 1.0
+    cagr = compound_annual_growth(total, n / bars_per_year(timeframe)) if annualized else math.nan
     marked = np.concatenate(([initial_cash], equity))  # drawdowns count from the initial cash
     dd = drawdown(marked)
     mdd = float(dd.min()) if dd.size else 0.0
@@ -236,7 +246,11 @@ def performance(
         calmar=float(cagr / -mdd) if mdd < 0 else float("nan"),
         max_drawdown=mdd,
         max_drawdown_duration_bars=max_drawdown_duration(marked) if n else 0,
-        volatility_annual=float(np.std(r, ddof=1) * math.sqrt(ppy)) if n > 1 else 0.0,
+        volatility_annual=(
+            (float(np.std(r, ddof=1) * math.sqrt(ppy)) if n > 1 else 0.0)
+            if annualized
+            else math.nan
+        ),
         trades=len(trades),
         win_rate=win_rate,
         profit_factor=float(wins.sum() / gross_loss)
@@ -255,6 +269,7 @@ def performance(
         probabilistic_sharpe=probabilistic_sharpe(r),
         deflated_sharpe=deflated_sharpe(r, n_trials),
         n_trials=n_trials,
+        sharpe_units="annualized" if annualized else "per bar",
     )
 
 

@@ -16,6 +16,8 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
 
 def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"  # undefined (e.g. an annualized figure of a window under 30 days)
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
@@ -194,7 +196,8 @@ def write_report(
         parts += ["<h2>Walk-forward folds</h2>", table(figs["folds"])]
     if "stress" in figs:
         parts += [
-            "<h2>Stress scenarios (RSI rule, event-driven engine)</h2>",
+            f"<h2>Stress scenarios ({html.escape(str(figs.get('stress_strategy', 'RSI rule')))},"
+            " event-driven engine)</h2>",
             table(figs["stress"]),
         ]
     style = (

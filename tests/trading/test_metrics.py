@@ -81,6 +81,7 @@ def perf() -> Performance:
         units=UNITS,
         fees_paid=1.25,
         traded_notional=421.47033,
+        min_annualized_days=0,
     )
 
 
@@ -158,14 +159,14 @@ def test_no_trades_and_all_winners() -> None:
     eq = np.array([101.0, 102.0])
     none = performance(
         eq, initial_cash=100, timeframe="1h", trades=[], units=np.zeros(2), fees_paid=0,
-        traded_notional=0,
+        traded_notional=0, min_annualized_days=0,
     )  # fmt: skip
     assert none.trades == 0 and math.isnan(none.win_rate) and math.isnan(none.profit_factor)
     assert math.isnan(none.expectancy) and none.exposure == 0.0
     assert math.isnan(none.calmar)  # no drawdown: Calmar undefined
     winners = performance(
         eq, initial_cash=100, timeframe="1h", trades=[_trade(10, 1)], units=np.ones(2),
-        fees_paid=0, traded_notional=0,
+        fees_paid=0, traded_notional=0, min_annualized_days=0,
     )  # fmt: skip
     assert winners.profit_factor == math.inf and winners.win_rate == 1.0
 
@@ -176,7 +177,7 @@ def test_drawdown_duration_counts_bars_below_the_initial_cash() -> None:
     # bar 2 recovers to it. Depth 90 / 100 - 1 = -10 %, duration 2 bars.
     p = performance(
         np.array([90.0, 95.0, 100.0, 100.0]), initial_cash=100, timeframe="1d", trades=[],
-        units=np.ones(4), fees_paid=0, traded_notional=0,
+        units=np.ones(4), fees_paid=0, traded_notional=0, min_annualized_days=0,
     )  # fmt: skip
     assert p.max_drawdown == pytest.approx(-0.1)
     assert p.max_drawdown_duration_bars == 2
@@ -185,7 +186,7 @@ def test_drawdown_duration_counts_bars_below_the_initial_cash() -> None:
 def test_empty_curve_has_no_growth() -> None:
     p = performance(
         np.array([]), initial_cash=100, timeframe="1d", trades=[], units=np.array([]),
-        fees_paid=0, traded_notional=0,
+        fees_paid=0, traded_notional=0, min_annualized_days=0,
     )  # fmt: skip
     assert p.total_return == 0.0 and p.cagr == 0.0 and p.max_drawdown == 0.0
     assert p.final_equity == 100 and p.bars == 0
@@ -199,7 +200,7 @@ def test_cagr_by_hand_and_on_overflow() -> None:
     # +50 % in three 5m bars: 1.5 ** (105120 / 3) overflows a float -> inf, not a crash
     p = performance(
         np.array([1.0, 1.0, 1.5]), initial_cash=1.0, timeframe="5m", trades=[],
-        units=np.ones(3), fees_paid=0, traded_notional=0,
+        units=np.ones(3), fees_paid=0, traded_notional=0, min_annualized_days=0,
     )  # fmt: skip
     assert p.cagr == math.inf and p.total_return == pytest.approx(0.5)
     assert p.as_dict()["cagr"] is None  # JSON-safe
@@ -208,7 +209,7 @@ def test_cagr_by_hand_and_on_overflow() -> None:
 def test_ruined_curve() -> None:
     p = performance(
         np.array([50.0, 0.0]), initial_cash=100, timeframe="1d", trades=[], units=np.ones(2),
-        fees_paid=0, traded_notional=0,
+        fees_paid=0, traded_notional=0, min_annualized_days=0,
     )  # fmt: skip
     assert p.total_return == -1.0 and p.cagr == -1.0 and p.max_drawdown == -1.0
 
@@ -280,7 +281,7 @@ def test_drawdown_bounds_and_consistency(r: list[float], initial: float) -> None
     equity = initial * np.cumprod(1.0 + np.array(r))
     p = performance(
         equity, initial_cash=initial, timeframe="5m", trades=[], units=np.ones(len(r)),
-        fees_paid=0, traded_notional=0, n_boot=20,
+        fees_paid=0, traded_notional=0, min_annualized_days=0, n_boot=20,
     )  # fmt: skip
     assert -1.0 <= p.max_drawdown <= 0.0
     assert 0 <= p.max_drawdown_duration_bars <= len(r)
@@ -306,7 +307,7 @@ def test_sharpe_and_sortino_are_scale_free(r: list[float], scale: float) -> None
 def test_constant_equity_has_no_return_and_no_drawdown(level: float, n: int) -> None:
     p = performance(
         np.full(n, level), initial_cash=level, timeframe="1h", trades=[], units=np.zeros(n),
-        fees_paid=0, traded_notional=0, n_boot=20,
+        fees_paid=0, traded_notional=0, min_annualized_days=0, n_boot=20,
     )  # fmt: skip
     assert p.total_return == 0.0 and p.cagr == 0.0
     assert p.max_drawdown == 0.0 and p.max_drawdown_duration_bars == 0
@@ -353,3 +354,30 @@ def test_deflated_sharpe_falls_as_trials_grow(r: list[float], var: float | None)
     assert dsr[0] == pytest.approx(probabilistic_sharpe(x))
     emax = [expected_max_sharpe(n, 1.0) for n in trials]
     assert all(a < b for a, b in zip(emax, emax[1:], strict=False))
+
+
+def test_no_annualized_figure_under_thirty_days() -> None:
+    """EVALUATION.md: a window shorter than 30 days gets no CAGR, Calmar or annual volatility,
+    and its Sharpe and Sortino are per bar (the same hand curve as above: 8 daily bars)."""
+    short = performance(
+        EQUITY,
+        initial_cash=INITIAL,
+        timeframe="1d",
+        trades=TRADES,
+        units=UNITS,
+        fees_paid=1.25,
+        traded_notional=421.47033,
+    )
+    assert short.sharpe_units == "per bar"
+    assert math.isnan(short.cagr) and math.isnan(short.calmar)
+    assert math.isnan(short.volatility_annual)
+    sd = math.sqrt(0.0694 / 7)
+    assert short.sharpe == pytest.approx(0.02 / sd)  # not x sqrt(365)
+    assert short.sortino == pytest.approx(0.4)
+    as_dict = short.as_dict()
+    assert as_dict["cagr"] is None and as_dict["calmar"] is None
+    long = performance(
+        np.full(30, INITIAL), initial_cash=INITIAL, timeframe="1d", trades=[], units=np.zeros(30),
+        fees_paid=0.0, traded_notional=0.0,
+    )  # fmt: skip
+    assert long.sharpe_units == "annualized" and long.cagr == 0.0
