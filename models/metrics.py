@@ -1,4 +1,4 @@
-"""Classification and calibration metrics for the signal models (numpy only, no torch: usable
+"""Classification and calibration metrics for the signal models (numpy and scipy, no torch: usable
 from serving and trading code too).
 
 Everything is computed on held-out samples and reported beside the majority-class baseline
@@ -13,10 +13,25 @@ balance is visible as such. Probability metrics (``../shared/EVALUATION.md``):
 * baselines: the majority class of the training labels as a one-hot prediction (its log-loss is
   huge: every miss costs ``-ln LOG_EPS``), and the training-set class frequencies as the
   prediction for every bar (the meaningful "knows only the class balance" reference).
+
+Ranking measures (the model's score against what a trade could have earned):
+
+* ``tradeable_returns``: the return a trade decided at the close of bar ``t`` could earn, from
+  the NEXT bar's open to the open ``h`` bars after it, ``open[t+1+h] / open[t+1] - 1`` (NaN where
+  the data ends first). Close-to-close returns over the same span include bid-ask bounce.
+* ``spearman``: the rank correlation (average ranks for ties; flat 5m crypto bars tie often).
+* ``block_bootstrap_ic``: a moving-block bootstrap CI of the IC over time. Bars whose forward
+  returns overlap are not independent, so blocks are at least ``10 * h`` bars long.
+* ``window_scores``: what the promotion rule compares on one out-of-sample window (IC of
+  ``p_buy - p_sell`` with its CI, log-loss beside the training-frequency baseline, Brier, ECE).
+
+numpy and scipy's rank function only: no torch, so it runs on a serving host (``trading`` re-exports
+the ranking measures from here).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -104,6 +119,131 @@ def class_frequencies(labels: np.ndarray, n_classes: int = 3) -> np.ndarray:
     """Share of each class in ``labels`` (the "training frequency" predictor)."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes)
     return counts / max(1, counts.sum())
+
+
+def tradeable_returns(open_: np.ndarray, horizon_bars: int) -> np.ndarray:
+    """``open[t+1+h] / open[t+1] - 1`` for every bar ``t`` (NaN for the last ``h + 1`` bars)."""
+    o = np.asarray(open_, dtype=np.float64)
+    out = np.full(o.size, np.nan)
+    h = int(horizon_bars)
+    if h < 1:
+        raise ValueError(f"tradeable_returns: horizon_bars must be >= 1, got {horizon_bars}")
+    if o.size > h + 1:
+        out[: o.size - h - 1] = o[h + 1 :] / o[1 : o.size - h] - 1.0
+    return out
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (NaN if flat)."""
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    den = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(axis=-1) / den, np.nan)
+
+
+def _rankdata(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    # scipy is imported on first use, not with the module: importing scipy.stats probes for
+    # torch (its array-API shim), and the serving path's no-torch guard (torch set to None in
+    # sys.modules) breaks that probe; the classification metrics need no scipy at all
+    from scipy.stats import rankdata
+
+    return np.asarray(rankdata(values, axis=axis))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation of the pairs where both are finite (NaN under 3 pairs)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3:
+        return math.nan
+    return float(_pearson_rows(_rankdata(x[ok]), _rankdata(y[ok])))
+
+
+def block_bootstrap_ic(
+    score: np.ndarray,
+    realized: np.ndarray,
+    *,
+    horizon_bars: int,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    block: int | None = None,
+) -> tuple[float, float]:
+    """Moving-block bootstrap CI of ``spearman(score, realized)``.
+
+    The pairs where both are finite, kept in time order, are cut into blocks of
+    ``max(10 * horizon_bars, 1)`` bars (``block``) whose starts are drawn uniformly; each resample
+    concatenates blocks to the original length and is re-ranked. Percentiles ``(1 - level) / 2``
+    and ``1 - (1 - level) / 2`` of the resampled ICs; NaN when fewer than two blocks of pairs."""
+    x, y = np.asarray(score, dtype=np.float64), np.asarray(realized, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = x.size
+    b = int(block or max(10 * int(horizon_bars), 1))
+    if n < 2 * b:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    n_blocks = math.ceil(n / b)
+    starts = rng.integers(0, n - b + 1, size=(n_boot, n_blocks))
+    idx = (starts[:, :, None] + np.arange(b)[None, None, :]).reshape(n_boot, -1)[:, :n]
+    ics = _pearson_rows(_rankdata(x[idx], axis=1), _rankdata(y[idx], axis=1))
+    ics = ics[np.isfinite(ics)]
+    if ics.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.quantile(ics, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+# The figures the promotion rule reads from a window (``window_scores``), stored per model.
+WINDOW_SCORES = (
+    "ic",
+    "ic_ci_low",
+    "ic_ci_high",
+    "log_loss",
+    "log_loss_train_frequency",
+    "ece",
+    "brier",
+)
+
+
+def window_scores(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    realized: np.ndarray,
+    train_labels: np.ndarray,
+    *,
+    horizon_bars: int,
+    order: np.ndarray | None = None,
+    n_boot: int = 1000,
+) -> dict[str, float]:
+    """A model's figures on one out-of-sample window (``WINDOW_SCORES`` and ``ic_pairs``).
+
+    * ``ic``: Spearman of the score ``p_buy - p_sell`` against ``realized`` (the tradeable
+      return of each bar), with ``ic_ci_low``/``ic_ci_high`` from ``block_bootstrap_ic``. The
+      bootstrap needs the bars in time order: ``order`` (e.g. ``np.lexsort((ts, symbol))``, one
+      symbol after the other) puts them so; None keeps the given order.
+    * ``log_loss`` beside ``log_loss_train_frequency``: the training-set class frequencies
+      predicted for every bar (what a model that only learned the class balance scores);
+      ``ece`` and ``brier`` of the same probabilities.
+    """
+    y, p = _check(labels, probabilities)
+    r = np.asarray(realized, dtype=np.float64)
+    if order is not None:
+        y, p, r = y[order], p[order], r[order]
+    score = p[:, 0] - p[:, 2]
+    lo, hi = block_bootstrap_ic(score, r, horizon_bars=horizon_bars, n_boot=n_boot)
+    frequencies = np.tile(class_frequencies(train_labels), (y.size, 1))
+    return {
+        "ic": spearman(score, r),
+        "ic_ci_low": lo,
+        "ic_ci_high": hi,
+        "ic_pairs": float((np.isfinite(score) & np.isfinite(r)).sum()),
+        "log_loss": log_loss(y, p),
+        "log_loss_train_frequency": log_loss(y, frequencies),
+        "ece": ece(y, p),
+        "brier": brier_score(y, p),
+    }
 
 
 @dataclass(frozen=True)
@@ -231,20 +371,20 @@ def _prf(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def expected_calibration_error(
-    confidence: np.ndarray, correct: np.ndarray, bins: int = 10
+    confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
 ) -> float:
-    """ECE: sample-weighted mean |accuracy - mean confidence| over equal-width confidence bins."""
+    """ECE: sample-weighted mean |accuracy - mean confidence| over equal-width confidence bins
+    (0.0 if there are no samples). Per bin, ``n_b * |acc_b - conf_b|`` is
+    ``|sum correct - sum confidence|``, so the bins are sums, not a loop over masks."""
     confidence = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
     correct = np.asarray(correct, dtype=np.float64)
     if confidence.size == 0:
         return 0.0
     which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    error = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(error)
+    gap = np.abs(
+        np.bincount(which, correct, minlength=bins) - np.bincount(which, confidence, minlength=bins)
+    )
+    return float(gap.sum() / confidence.size)
 
 
 def classification_report(
