@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import random
 import subprocess
 import sys
@@ -310,6 +311,87 @@ def test_model_leaderboard_ranks_by_test_f1_with_test_and_live_metrics(
         ("m_new", 4, "challenger", 40, None, None, None, 0),
         ("m_old", 1, "retired", 10, None, None, 0.5, 2),
     ]
+
+
+def test_model_leaderboard_shows_the_promotion_figures_beside_live_accuracy(
+    views_lake: duckdb.DuckDBPyConnection,
+) -> None:
+    """0010: ic with its CI, log-loss and the training-frequency baseline's, ECE and Brier from
+    each model's test window, beside 0009's live_accuracy; best IC first, NaN reads as NULL."""
+    day = dt.datetime(2024, 6, 1, tzinfo=UTC)
+    ids = ["lb_weak", "lb_strong", "lb_flat"]
+    upsert(
+        views_lake,
+        "models",
+        pa.table(
+            {
+                "model_id": ids,
+                "version": pa.array([11, 12, 13], pa.int32()),
+                "name": ["leaderboard"] * 3,
+                "created_at": _ts_array([day + dt.timedelta(days=i) for i in range(3)]),
+                "feature_set_version": ["fs1"] * 3,
+                "training_snapshot_id": pa.array([1, 2, 3], pa.int64()),
+                "onnx_path": [f"models/{i}.onnx" for i in ids],
+                "onnx_sha256": ["1" * 64] * 3,
+                "status": ["retired", "champion", "challenger"],
+            }
+        ),
+    )
+    figures = {
+        "lb_weak": {"ic": 0.02, "ic_ci_low": -0.03, "ic_ci_high": 0.07, "log_loss": 1.05},
+        "lb_strong": {"ic": 0.11, "ic_ci_low": 0.06, "ic_ci_high": 0.16, "log_loss": 0.98},
+        # a constant score has no IC: stored NaN, shown NULL and ranked last
+        "lb_flat": {"ic": math.nan, "ic_ci_low": math.nan, "ic_ci_high": math.nan},
+    }
+    rows = [
+        (model, window, metric, value)
+        for model, values in figures.items()
+        for window in ("test", "oos_elsewhere")  # only the model's own test window shows
+        for metric, value in {
+            **values,
+            "log_loss_train_frequency": 1.01,
+            "ece": 0.04,
+            "brier": 0.6,
+        }.items()
+    ]
+    rows = [(m, w, k, v + (5.0 if w != "test" else 0.0)) for m, w, k, v in rows]
+    upsert(
+        views_lake,
+        "model_metrics",
+        pa.table(
+            {
+                "model_id": [r[0] for r in rows],
+                "window_name": [r[1] for r in rows],
+                "metric": [r[2] for r in rows],
+                "value": [r[3] for r in rows],
+                "evaluated_at": _ts_array([day] * len(rows)),
+            }
+        ),
+    )
+    views_lake.execute("DELETE FROM predictions")
+    served: list[tuple[str, str, str | None]] = [
+        ("lb_strong", "buy", "buy"),
+        ("lb_strong", "sell", "hold"),
+        ("lb_weak", "hold", "hold"),
+    ]
+    upsert(views_lake, "predictions", _predictions(served, day))
+
+    got = views_lake.execute(
+        "SELECT model_id, ic, ic_ci_low, ic_ci_high, log_loss, log_loss_train_frequency, ece, "
+        "brier, live_accuracy, live_resolved FROM model_leaderboard WHERE name = 'leaderboard'"
+    ).fetchall()
+    assert got == [
+        ("lb_strong", 0.11, 0.06, 0.16, 0.98, 1.01, 0.04, 0.6, 0.5, 2),
+        ("lb_weak", 0.02, -0.03, 0.07, 1.05, 1.01, 0.04, 0.6, 1.0, 1),
+        ("lb_flat", None, None, None, None, 1.01, 0.04, 0.6, None, 0),
+    ]
+    # 0009's columns are all still there
+    columns = [d[0] for d in views_lake.execute("SELECT * FROM model_leaderboard").description]
+    assert columns[:11] == [
+        "model_id", "version", "name", "status", "created_at", "feature_set_version",
+        "training_snapshot_id", "test_accuracy", "test_f1_macro", "live_accuracy",
+        "live_resolved",
+    ]  # fmt: skip
 
 
 def test_live_performance_per_account(views_lake: duckdb.DuckDBPyConnection) -> None:
