@@ -63,8 +63,9 @@ def register(
     ensemble: TrainedEnsemble,
     exported: ExportResult,
     snapshot_id: int,
+    samples: SampleSet,
 ) -> ModelRecord:
-    return retraining.register(settings, request, ensemble, exported, snapshot_id)
+    return retraining.register(settings, request, ensemble, exported, snapshot_id, samples)
 
 
 @task(name="validate-and-promote", cache_policy=NONE)
@@ -130,7 +131,8 @@ def retrain(
     settings: Settings | None = None,
 ) -> retraining.RetrainOutcome:
     """Retrain on the last ``days`` days (default 30), validate out of sample, export, register,
-    promote if the challenger beats the champion on the same window, publish the dashboard."""
+    promote if the challenger passes the rule (log-loss below the training-frequency baseline,
+    and IC above the champion's on the same window), publish the dashboard."""
     settings = settings or get_settings()
     request = _request(
         settings, symbols or settings.symbols, days, horizon, epochs, timeframe, exchange,
@@ -143,16 +145,18 @@ def retrain(
     staging = settings.home / "models" / "staging" / uuid.uuid4().hex
     try:
         exported, parity = export(ensemble, samples, staging)
-        record = register(settings, request, ensemble, exported, batch.snapshot_id)
+        record = register(settings, request, ensemble, exported, batch.snapshot_id, samples)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     outcome = validate_and_promote(
         settings, record, ensemble, samples, batch.snapshot_id, exported, parity
     )
     publish_dashboard(settings, outcome, name)
+    c = outcome.challenger
     print(
-        f"{outcome.model_id}: accuracy {outcome.challenger['accuracy']:.3f}, macro F1 "
-        f"{outcome.challenger['f1_macro']:.3f}; "
+        f"{outcome.model_id}: IC {c.get('ic', float('nan')):.4f}, log-loss "
+        f"{c.get('log_loss', float('nan')):.4f} (training frequencies "
+        f"{c.get('log_loss_train_frequency', float('nan')):.4f}), accuracy {c['accuracy']:.3f}; "
         f"{'promoted' if outcome.promoted else 'not promoted'}: {outcome.reason}"
     )
     return outcome

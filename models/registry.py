@@ -5,11 +5,19 @@ ONNX files under ``TRADELOOP_HOME/models/<name>/``. Imports no torch.
   signal model, or whose feature-set version / columns differ from what the caller trained on,
   with a ``ModelFileError`` naming the file and the problem; an accepted file is copied under
   the home, its sha256 recorded, and the model starts as a ``challenger``.
-* Promotion rule (``PromotionRule``), on the SAME recent out-of-sample window for both models:
-  the challenger's macro F1 must exceed the champion's by at least ``min_f1_gain`` and its
-  accuracy may not fall more than ``max_accuracy_drop`` below the champion's. With no champion
-  (or one trained on another feature set, which cannot run on today's features), the
-  challenger must beat the majority-class baseline's macro F1 by ``min_f1_gain``.
+* Promotion rule (``PromotionRule``, ``decide_promotion``), on the challenger's out-of-sample
+  test window (see ``models.metrics.window_scores`` for the figures):
+  (a) its log-loss must be below that of the TRAINING class frequencies predicted for every bar
+      of the window (``log_loss_train_frequency``). That is the majority-class reference for
+      probabilities: a model that learned only the class balance scores exactly it. The one-hot
+      majority class is no reference for a log-loss: every bar it misses costs ``-ln 1e-15``
+      (about 34.5), so its log-loss is ~12-15 by construction and any model beats it;
+  (b) when a champion exists, the challenger's IC (Spearman of ``p_buy - p_sell`` against the
+      tradeable return) must exceed the champion's on the SAME window (the champion scored
+      through its ONNX file) by more than ``min_ic_gain``. IC, not accuracy or F1: the model is
+      judged on how it ranks what a trade could earn, and accuracy flatters the majority class.
+  With no champion (or one trained on another feature set, which cannot run on today's
+  features and so has no figures on the window), (a) alone decides.
 * ``promote`` is atomic: one transaction retires the old champion, crowns the new one and
   records the event; ``rollback`` restores the champion that the current one replaced.
 """
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -27,11 +36,14 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from models.metrics import WINDOW_SCORES
 from models.runtime import ModelFileError, ModelInfo, model_info, open_session
 from warehouse import Settings, upsert
 from warehouse.retry import run_transaction
 
 STATUSES = ("challenger", "champion", "retired")
+# stored per model and window (model_metrics) by the retrain; what decide_promotion reads
+PROMOTION_FIGURES = WINDOW_SCORES
 DEFAULT_NAME = "signal"
 
 
@@ -57,13 +69,17 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class PromotionRule:
-    min_f1_gain: float = 0.005
-    max_accuracy_drop: float = 0.02
+    # (a): the challenger's log-loss must be below the training-frequency baseline's minus this
+    min_log_loss_gain: float = 0.0
+    # (b): the challenger's IC must exceed the champion's on the same window by more than this
+    min_ic_gain: float = 0.0
 
     def describe(self) -> str:
+        loss = f" - {self.min_log_loss_gain}" if self.min_log_loss_gain else ""
+        ic = f" + {self.min_ic_gain}" if self.min_ic_gain else ""
         return (
-            f"macro F1 > champion's + {self.min_f1_gain} and accuracy >= champion's - "
-            f"{self.max_accuracy_drop} on the same out-of-sample window"
+            f"log-loss < the training class frequencies' log-loss{loss} on the out-of-sample "
+            f"window, and (against a champion) IC > the champion's{ic} on the same window"
         )
 
 
@@ -73,28 +89,57 @@ class Decision:
     reason: str
 
 
+def _figure(metrics: dict[str, float], name: str) -> float:
+    value = metrics.get(name)
+    return float(value) if value is not None else math.nan
+
+
+def _ic_text(metrics: dict[str, float]) -> str:
+    ic, lo, hi = (_figure(metrics, k) for k in ("ic", "ic_ci_low", "ic_ci_high"))
+    ci = f" (95% CI {lo:.4f}..{hi:.4f})" if math.isfinite(lo) and math.isfinite(hi) else ""
+    return f"{ic:.4f}{ci}"
+
+
 def decide_promotion(
     challenger: dict[str, float],
     champion: dict[str, float] | None,
     rule: PromotionRule | None = None,
 ) -> Decision:
-    """Apply the promotion rule to metrics measured on one shared window (see module docs)."""
+    """Apply the promotion rule (see module docs) to the challenger's figures on its
+    out-of-sample window and, when there is a comparable champion, the champion's figures on
+    that same window. The reason starts with the rule that decided ("log-loss: ...",
+    "IC: ...") and gives the figures. A missing or NaN figure fails its rule."""
     rule = rule or PromotionRule()
-    f1 = challenger["f1_macro"]
-    if champion is None:
-        base = challenger.get("baseline_f1_macro", 0.0)
-        ok = f1 > base + rule.min_f1_gain
-        return Decision(
-            ok, f"no comparable champion; macro F1 {f1:.4f} vs majority baseline {base:.4f}"
+    loss = _figure(challenger, "log_loss")
+    base = _figure(challenger, "log_loss_train_frequency")
+    beats_base = loss < base - rule.min_log_loss_gain  # False when either is NaN
+    loss_text = (
+        f"log-loss {loss:.4f} {'beats' if beats_base else 'does not beat'} the training-frequency "
+        f"baseline's {base:.4f} on the out-of-sample window"
+        + (f" (need < baseline - {rule.min_log_loss_gain})" if rule.min_log_loss_gain else "")
+    )
+    if not beats_base:
+        # the IC comparison, when there is one, did not decide; shown for the record
+        against = (
+            f"; IC {_ic_text(challenger)} vs the champion's {_ic_text(champion)} not compared"
+            if champion is not None
+            else ""
         )
-    gain = f1 - champion["f1_macro"]
-    drop = champion["accuracy"] - challenger["accuracy"]
-    ok = gain > rule.min_f1_gain and drop <= rule.max_accuracy_drop
+        return Decision(False, f"log-loss: {loss_text}{against}")
+    if champion is None:
+        return Decision(True, f"log-loss: {loss_text}; no comparable champion")
+    ours, theirs = _figure(challenger, "ic"), _figure(champion, "ic")
+    if not math.isfinite(ours):
+        ok = False
+    elif not math.isfinite(theirs):
+        ok = True  # a champion whose score does not rank (constant) has no IC to defend
+    else:
+        ok = ours > theirs + rule.min_ic_gain
+    need = f" + {rule.min_ic_gain}" if rule.min_ic_gain else ""
     return Decision(
         ok,
-        f"macro F1 {f1:.4f} vs champion {champion['f1_macro']:.4f} (gain {gain:+.4f}, need > "
-        f"{rule.min_f1_gain}); accuracy {challenger['accuracy']:.4f} vs {champion['accuracy']:.4f} "
-        f"(drop {drop:+.4f}, allowed {rule.max_accuracy_drop})",
+        f"IC: {_ic_text(challenger)} {'beats' if ok else 'does not beat'} the champion's "
+        f"{_ic_text(champion)} on the same window (need > champion's{need}); {loss_text}",
     )
 
 
@@ -409,19 +454,19 @@ def promote_if_better(
     *,
     rule: PromotionRule | None = None,
 ) -> Decision:
-    """Apply the rule to both models' metrics on ``window_name`` (from ``model_metrics``) and
-    promote the challenger atomically if it passes. The champion needs metrics on that same
-    window; without them (or without a champion) the challenger is judged against the
-    majority-class baseline of that window."""
+    """Apply the rule to both models' figures on ``window_name`` (from ``model_metrics``) and
+    promote the challenger atomically if it passes. The champion needs an IC on that same
+    window; without one (or without a champion) the challenger is judged by its log-loss
+    against the training-frequency baseline alone."""
     challenger = get_model(con, challenger_id)
     metrics = model_metrics(con, challenger_id, window_name)
-    if "f1_macro" not in metrics:
+    if "log_loss" not in metrics:
         raise RegistryError(f"{challenger_id} has no metrics on window {window_name!r}")
     current = champion(con, challenger.name)
     if current is not None and current.model_id == challenger_id:
         return Decision(False, f"{challenger_id} is already the champion")
     theirs = model_metrics(con, current.model_id, window_name) if current else {}
-    decision = decide_promotion(metrics, theirs if "f1_macro" in theirs else None, rule)
+    decision = decide_promotion(metrics, theirs if "ic" in theirs else None, rule)
     if decision.promote:
         _switch_champion(
             con,

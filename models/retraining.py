@@ -5,10 +5,14 @@
 2. ``prepare_samples``: features (``pipelines.features``), labels, windows;
 3. ``train``: ``models.training.train_ensemble`` (OOS report on the most recent window);
 4. ``export``: one ONNX graph, checked against the Python ensemble on the test window;
-5. ``register``: registry row + file + metrics (validation, test, and the comparison window);
-6. ``decide_and_promote``: champion and challenger scored on the SAME test window, the
-   promotion rule applied, promotion done atomically if it passes;
-7. ``dashboard_markdown``: the summary published as a Prefect artifact.
+5. ``register``: registry row + file + metrics (validation, and the test window with the
+   promotion figures: IC of ``p_buy - p_sell`` against the tradeable return with its block
+   bootstrap CI, log-loss beside the training-frequency baseline, ECE, Brier);
+6. ``decide_and_promote``: the champion scored through its ONNX file on the challenger's test
+   window (the SAME bars and realized returns), the promotion rule
+   (``models.registry.decide_promotion``) applied, promotion done atomically if it passes;
+7. ``dashboard_markdown``: the summary published as a Prefect artifact (calibration before and
+   after, the reliability diagram's bins, IC with its CI).
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from models.data import (
     load_candles,
     split_samples,
 )
-from models.evaluation import evaluate_registered
+from models.evaluation import registered_probabilities
 from models.export import ExportResult, export_onnx
-from models.metrics import ClassificationReport
+from models.metrics import ReliabilityBins, classification_report, window_scores
 from models.runtime import OnnxPredictor
 from models.training import (
     TrainConfig,
@@ -79,6 +83,9 @@ class RetrainOutcome:
     export_seconds: float
     parity_max_abs: float
     trained_at: dt.datetime
+    # the reliability diagram's bins on the test window, before and after calibration
+    reliability_before: ReliabilityBins | None = None
+    reliability_after: ReliabilityBins | None = None
 
 
 def load_training_data(settings: Settings, request: RetrainRequest) -> CandleBatch:
@@ -161,14 +168,55 @@ def oos_metrics(ensemble: TrainedEnsemble) -> dict[str, float]:
     return {**ensemble.test.flat(), **calibration}
 
 
+def _train_labels(samples: SampleSet, config: TrainConfig) -> np.ndarray:
+    return split_samples(samples, **split_options(config))[0].labels
+
+
+def score_window(
+    probabilities: np.ndarray,
+    window: SampleSet,
+    train_labels: np.ndarray,
+    horizon_bars: int,
+) -> dict[str, float]:
+    """``models.metrics.window_scores`` of ``probabilities`` on ``window``: IC against the
+    window's tradeable returns (bootstrapped one symbol after the other, in time order),
+    log-loss beside the training-frequency baseline, ECE and Brier."""
+    return window_scores(
+        window.labels,
+        probabilities,
+        window.tradeable_return,
+        train_labels,
+        horizon_bars=horizon_bars,
+        order=np.lexsort((window.ts, window.symbol)),
+    )
+
+
+def challenger_metrics(ensemble: TrainedEnsemble, samples: SampleSet) -> dict[str, float]:
+    """``oos_metrics`` plus the promotion figures (``score_window``) of the ensemble's
+    calibrated probabilities on its test window: what ``register`` stores for window 'test'."""
+    window = test_window(samples, ensemble.config)
+    probabilities, _ = ensemble.predict(window.windows)
+    scores = score_window(
+        probabilities,
+        window,
+        _train_labels(samples, ensemble.config),
+        ensemble.config.horizon_bars,
+    )
+    return {**oos_metrics(ensemble), **scores}
+
+
 def register(
     settings: Settings,
     request: RetrainRequest,
     ensemble: TrainedEnsemble,
     exported: ExportResult,
     snapshot_id: int,
+    samples: SampleSet,
 ) -> registry.ModelRecord:
+    """Add the exported graph to the registry with its figures: validation metrics, and on the
+    test window ``challenger_metrics`` (classification, calibration, promotion figures)."""
     assert ensemble.test is not None and ensemble.validation is not None
+    test_figures = challenger_metrics(ensemble, samples)
     metrics: dict[str, Any] = {
         "test": ensemble.test.to_dict(),
         "validation": ensemble.validation.to_dict(),
@@ -180,6 +228,8 @@ def register(
             ensemble.validation_calibration.to_dict() if ensemble.validation_calibration else None
         ),
         "calibration": ensemble.calibration.to_metadata(),
+        # the promotion figures on the test window (IC with its CI, log-loss and its baseline)
+        "promotion_test": {k: test_figures[k] for k in registry.PROMOTION_FIGURES},
         "class_forward_returns": (
             list(ensemble.class_forward_returns) if ensemble.class_forward_returns else None
         ),
@@ -221,13 +271,24 @@ def register(
             settings,
             record.model_id,
             "test",
-            oos_metrics(ensemble),
+            test_figures,
             window_start=start,
             window_end=end,
         )
     finally:
         con.close()
     return record
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    decision: registry.Decision
+    challenger: dict[str, float]  # the challenger's figures on the window
+    previous: dict[str, float] | None  # the champion's on the same window (None: not comparable)
+    previous_id: str | None  # the champion before the decision
+    window_name: str
+    window_start: dt.datetime
+    window_end: dt.datetime
 
 
 def decide_and_promote(
@@ -237,44 +298,54 @@ def decide_and_promote(
     samples: SampleSet,
     *,
     rule: registry.PromotionRule | None = None,
-) -> tuple[
-    registry.Decision, ClassificationReport | None, str | None, str, dt.datetime, dt.datetime
-]:
-    """Score the current champion on the challenger's test window and promote if the rule passes."""
+) -> PromotionResult:
+    """Score the current champion through its ONNX file on the challenger's test window (same
+    bars, labels, tradeable returns and training-class frequencies), record both models'
+    figures under that window's name, and promote if the rule passes."""
     assert ensemble.test is not None and ensemble.test_window is not None
     window = test_window(samples, ensemble.config)
-    train_labels = split_samples(samples, **split_options(ensemble.config))[0].labels
+    train_labels = _train_labels(samples, ensemble.config)
     name = _window_name(*ensemble.test_window)
     start, end = (_utc(t) for t in ensemble.test_window)
     con = connect(settings)
     try:
+        # the challenger's figures on this window are its test figures, stored by `register`
+        ours = registry.model_metrics(con, record.model_id, "test")
+        if "ic" not in ours:
+            ours = challenger_metrics(ensemble, samples)
         current = registry.champion(con, record.name)
-        previous_report = None
+        previous = None
         if current is not None and current.model_id != record.model_id:
-            previous_report = evaluate_registered(current, window, train_labels=train_labels)
-            if previous_report is not None:
-                registry.record_metrics(
-                    con,
-                    settings,
-                    current.model_id,
-                    name,
-                    previous_report.flat(),
-                    window_start=start,
-                    window_end=end,
+            outputs = registered_probabilities(current, window)
+            if outputs is not None:
+                probabilities, confidence = outputs
+                report = classification_report(
+                    window.labels, probabilities, confidence=confidence, train_labels=train_labels
                 )
+                horizon = ensemble.config.horizon_bars
+                previous = {
+                    **report.flat(),
+                    **score_window(probabilities, window, train_labels, horizon),
+                }
+                registry.record_metrics(
+                    con, settings, current.model_id, name, previous,
+                    window_start=start, window_end=end,
+                )  # fmt: skip
         registry.record_metrics(
-            con,
-            settings,
-            record.model_id,
-            name,
-            oos_metrics(ensemble),
-            window_start=start,
-            window_end=end,
+            con, settings, record.model_id, name, ours, window_start=start, window_end=end
         )
         decision = registry.promote_if_better(con, settings, record.model_id, name, rule=rule)
     finally:
         con.close()
-    return decision, previous_report, current.model_id if current else None, name, start, end
+    return PromotionResult(
+        decision=decision,
+        challenger=ours,
+        previous=previous,
+        previous_id=current.model_id if current else None,
+        window_name=name,
+        window_start=start,
+        window_end=end,
+    )
 
 
 def trend(settings: Settings, name: str, limit: int = 10) -> list[tuple[str, float, float]]:
@@ -304,6 +375,46 @@ def sparkline(values: list[float]) -> str:
     return "".join(bars[int((v - lo) / span * (len(bars) - 1))] for v in values)
 
 
+def _num(value: float | None, spec: str) -> str:
+    return "–" if value is None or not np.isfinite(value) else format(value, spec)
+
+
+def _ic_cell(m: dict[str, float] | None) -> str:
+    if m is None or "ic" not in m:
+        return "–"
+    return (
+        f"{_num(m['ic'], '.4f')} "
+        f"[{_num(m.get('ic_ci_low'), '.4f')}, {_num(m.get('ic_ci_high'), '.4f')}]"
+    )
+
+
+def reliability_table(before: ReliabilityBins | None, after: ReliabilityBins | None) -> list[str]:
+    """A reliability diagram as a markdown table: per bin of the predicted (argmax) class's
+    probability, its mean, the observed frequency of that class being right, and the count,
+    after calibration and before it. A calibrated model has observed ≈ mean predicted."""
+    bins = after or before
+    if bins is None:
+        return []
+    lines = [
+        "| predicted probability | mean predicted | observed frequency | count "
+        "| mean predicted (before) | observed (before) | count (before) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for b in range(len(bins.count)):
+        cells = [f"{bins.edges[b]:.1f}–{bins.edges[b + 1]:.1f}"]
+        for part in (after, before):
+            if part is None:
+                cells += ["–", "–", "–"]
+                continue
+            cells += [
+                _num(part.mean_confidence[b], ".3f"),
+                _num(part.accuracy[b], ".3f"),
+                str(part.count[b]),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def dashboard_markdown(outcome: RetrainOutcome, history: list[tuple[str, float, float]]) -> str:
     c, p = outcome.challenger, outcome.previous
 
@@ -312,30 +423,63 @@ def dashboard_markdown(outcome: RetrainOutcome, history: list[tuple[str, float, 
             return "n/a (no comparable champion)"
         return f"{c[metric] - p[metric]:+.2%}"
 
+    def row(label: str, metric: str, spec: str, delta: str = "") -> str:
+        theirs = _num(p.get(metric), spec) if p else "–"
+        return f"| {label} | {_num(c.get(metric), spec)} | {theirs} | {delta} |"
+
+    def diff(metric: str) -> str:
+        if p is None or metric not in p or metric not in c:
+            return ""
+        return _num(c[metric] - p[metric], "+.4f")
+
     status = "PROMOTED to champion" if outcome.promoted else "kept as challenger"
     lines = [
         f"# Model retrain: {outcome.model_id}",
         "",
         f"**{status}.** {outcome.reason}",
         "",
+        "Promotion rule: " + registry.PromotionRule().describe() + ".",
+        "",
         "| metric | this model | previous champion | change |",
         "| --- | --- | --- | --- |",
+        f"| IC (p_buy - p_sell vs tradeable return) [95% CI] | {_ic_cell(c)} | {_ic_cell(p)} "
+        f"| {diff('ic')} |",
+        row("log-loss", "log_loss", ".4f", diff("log_loss")),
+        row("training-frequency baseline log-loss", "log_loss_train_frequency", ".4f"),
+        row("ECE (10 bins)", "ece", ".4f", diff("ece")),
+        row("Brier", "brier", ".4f", diff("brier")),
         f"| accuracy | {c['accuracy']:.2%} | {p['accuracy']:.2%} | {change('accuracy')} |"
         if p
         else f"| accuracy | {c['accuracy']:.2%} | – | {change('accuracy')} |",
         f"| macro F1 | {c['f1_macro']:.3f} | {p['f1_macro']:.3f} | {change('f1_macro')} |"
         if p
         else f"| macro F1 | {c['f1_macro']:.3f} | – | {change('f1_macro')} |",
-        f"| mean confidence | {c.get('confidence_mean', float('nan')):.2%} | "
-        f"{p.get('confidence_mean', float('nan')) if p else float('nan'):.2%} | |",
-        f"| calibration error (ECE) | {c.get('calibration_error', float('nan')):.3f} | | |",
-        f"| log-loss (calibrated; before: {c.get('log_loss_before', float('nan')):.3f}) | "
-        f"{c.get('log_loss', float('nan')):.3f} | "
-        f"{p.get('log_loss', float('nan')) if p else float('nan'):.3f} | |",
-        f"| training-frequency baseline log-loss | {c.get('baseline_log_loss', float('nan')):.3f} "
-        "| | |",
+        f"| mean confidence | {_num(c.get('confidence_mean'), '.2%')} | "
+        f"{_num(p.get('confidence_mean'), '.2%') if p else '–'} | |",
         f"| majority-class baseline accuracy | {c['baseline_accuracy']:.2%} | | |",
         f"| majority-class baseline macro F1 | {c['baseline_f1_macro']:.3f} | | |",
+        "",
+        "## Calibration on the test window",
+        "",
+        "| measure | before calibration | after calibration | training frequencies "
+        "| majority class (one-hot) |",
+        "| --- | --- | --- | --- | --- |",
+        f"| log-loss | {_num(c.get('log_loss_before'), '.4f')} "
+        f"| {_num(c.get('log_loss_after'), '.4f')} "
+        f"| {_num(c.get('log_loss_train_frequency'), '.4f')} "
+        f"| {_num(c.get('log_loss_majority'), '.4f')} |",
+        f"| Brier | {_num(c.get('brier_before'), '.4f')} | {_num(c.get('brier_after'), '.4f')} "
+        f"| {_num(c.get('brier_train_frequency'), '.4f')} "
+        f"| {_num(c.get('brier_majority'), '.4f')} |",
+        f"| ECE | {_num(c.get('ece_before'), '.4f')} | {_num(c.get('ece_after'), '.4f')} | | |",
+        "",
+        "The one-hot majority class pays -ln(1e-15) ≈ 34.5 for every bar it misses, so its "
+        "log-loss is no reference; the training frequencies are.",
+    ]
+    diagram = reliability_table(outcome.reliability_before, outcome.reliability_after)
+    if diagram:
+        lines += ["", "### Reliability diagram (predicted class, 10 bins)", "", *diagram]
+    lines += [
         "",
         f"- Out-of-sample window: {outcome.window_start:%Y-%m-%d %H:%M} .. "
         f"{outcome.window_end:%Y-%m-%d %H:%M} UTC"
@@ -366,7 +510,7 @@ def run_retrain(settings: Settings, request: RetrainRequest) -> RetrainOutcome:
     ensemble = train(samples, request.config)
     with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
         exported, parity = export(ensemble, samples, Path(tmp))
-        record = register(settings, request, ensemble, exported, batch.snapshot_id)
+        record = register(settings, request, ensemble, exported, batch.snapshot_id, samples)
     return finish(settings, record, ensemble, samples, batch.snapshot_id, exported, parity)
 
 
@@ -379,25 +523,25 @@ def finish(
     exported: ExportResult,
     parity: float,
 ) -> RetrainOutcome:
-    decision, previous, previous_id, name, start, end = decide_and_promote(
-        settings, record, ensemble, samples
-    )
-    assert ensemble.test is not None
+    result = decide_and_promote(settings, record, ensemble, samples)
+    calibration = ensemble.test_calibration
     return RetrainOutcome(
         model_id=record.model_id,
-        promoted=decision.promote,
-        reason=decision.reason,
-        champion_id=record.model_id if decision.promote else previous_id,
-        previous_champion_id=previous_id,
-        challenger=oos_metrics(ensemble),
-        previous=previous.flat() if previous else None,
-        window_name=name,
-        window_start=start,
-        window_end=end,
+        promoted=result.decision.promote,
+        reason=result.decision.reason,
+        champion_id=record.model_id if result.decision.promote else result.previous_id,
+        previous_champion_id=result.previous_id,
+        challenger=result.challenger,
+        previous=result.previous,
+        window_name=result.window_name,
+        window_start=result.window_start,
+        window_end=result.window_end,
         train_samples=ensemble.train_samples,
         snapshot_id=snapshot_id,
         feature_set_version=ensemble.feature_set_version,
         export_seconds=exported.export_seconds,
         parity_max_abs=parity,
         trained_at=record.created_at,
+        reliability_before=calibration.reliability_before if calibration else None,
+        reliability_after=calibration.reliability_after if calibration else None,
     )

@@ -62,25 +62,42 @@ def retrain(
     )
 
 
+# the promotion figures of each model's own test window (model_metrics), as list shows them
+LIST_FIGURES = ("ic", "ic_ci_low", "ic_ci_high", "log_loss", "log_loss_train_frequency", "ece")
+
+
 @models_app.command("list")
 def list_models(
     name: Annotated[str | None, typer.Option(help="only this model name")] = None,
+    output_format: opt.FormatOption = opt.OutputFormat.table,
 ) -> None:
-    """Registered models with status, data snapshot and test metrics."""
+    """Registered models with status, data snapshot and test-window figures: IC (Spearman of
+    p_buy - p_sell against the tradeable return) with its 95% CI, log-loss beside the
+    training-frequency baseline's, ECE, accuracy and macro F1 beside the majority class."""
     import pyarrow as pa
 
     from flows.commands.output import print_arrow
     from models.registry import list_models as registry_list
+    from models.registry import model_metrics
     from warehouse import connect, get_settings
 
     con = connect(get_settings(), read_only=True)
     try:
         records = registry_list(con, name)
+        figures = {r.model_id: model_metrics(con, r.model_id, "test") for r in records}
     finally:
         con.close()
+
+    def figure(value: float | None) -> float | None:
+        # NaN or absent (a model registered before the figure existed): None, null in JSON
+        if value is None or value != value:
+            return None
+        return round(float(value), 4)
+
     rows = []
     for r in records:
         test = r.metrics.get("test", {}) if isinstance(r.metrics, dict) else {}
+        stored = figures[r.model_id]
         rows.append(
             {
                 "model_id": r.model_id,
@@ -89,15 +106,19 @@ def list_models(
                 "promoted_at": r.promoted_at.isoformat(timespec="seconds") if r.promoted_at else "",
                 "feature_set": r.feature_set_version[:12],
                 "snapshot": r.training_snapshot_id,
-                "test_accuracy": round(float(test.get("accuracy", float("nan"))), 4),
-                "test_f1_macro": round(float(test.get("f1_macro", float("nan"))), 4),
-                "baseline_accuracy": round(float(test.get("baseline_accuracy", float("nan"))), 4),
+                **{k: figure(stored.get(k)) for k in LIST_FIGURES},
+                "test_accuracy": figure(test.get("accuracy")),
+                "test_f1_macro": figure(test.get("f1_macro")),
+                "baseline_accuracy": figure(test.get("baseline_accuracy")),
             }
         )
     if not rows:
-        typer.echo("no models registered")
+        if output_format == opt.OutputFormat.json:
+            typer.echo("[]")
+        elif output_format == opt.OutputFormat.table:
+            typer.echo("no models registered")
         return
-    print_arrow(pa.Table.from_pylist(rows))
+    print_arrow(pa.Table.from_pylist(rows), output_format.value)
 
 
 @models_app.command("promote")
@@ -105,7 +126,9 @@ def promote(
     model_id: Annotated[str, typer.Argument(help="the challenger to promote")],
     force: Annotated[bool, typer.Option(help="skip the promotion rule")] = False,
 ) -> None:
-    """Promote a challenger. Without --force the rule must pass on a window both were scored on."""
+    """Promote a challenger. Without --force the rule must pass: log-loss below the training
+    class frequencies' on its test window and, against a champion, a higher IC on a window both
+    were scored on."""
     from models import registry
     from warehouse import connect, get_settings
 
@@ -136,6 +159,9 @@ def promote(
 def _decide_from_shared_window(
     con: duckdb.DuckDBPyConnection, challenger_id: str, champion_id: str | None
 ) -> Decision:
+    """The promotion rule on the figures the retrain stored: without a champion the
+    challenger's test window; with one, the latest window both were scored on (the champion
+    scored on the challenger's test window, ``oos_*``) that carries an IC for both."""
     from models import registry
 
     if champion_id is None:
@@ -144,13 +170,15 @@ def _decide_from_shared_window(
         "SELECT a.window_name FROM model_metrics a "
         "JOIN model_metrics b USING (window_name, metric) "
         "WHERE a.model_id = ? AND b.model_id = ? AND a.window_name LIKE 'oos_%' "
-        "AND a.metric = 'f1_macro' "
+        "AND a.metric = 'ic' "
         "ORDER BY a.window_end DESC LIMIT 1",
         [challenger_id, champion_id],
     ).fetchone()
     if row is None:
         return registry.Decision(
-            False, f"{challenger_id} and {champion_id} were never scored on the same window"
+            False,
+            f"{challenger_id} and {champion_id} were never scored on the same window with an IC "
+            "(--force promotes anyway)",
         )
     return registry.decide_promotion(
         registry.model_metrics(con, challenger_id, row[0]),

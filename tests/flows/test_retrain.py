@@ -3,7 +3,9 @@ first model's training data reproduced from its snapshot after more data has arr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -65,17 +67,22 @@ def test_retrain_twice_promotes_by_the_rule_and_reproduces_training_data_from_it
     assert record.training_snapshot_id == first.snapshot_id
     assert record.onnx_path.is_file() and first.parity_max_abs <= 1e-5
     # The decision follows the documented rule, written out here (no champion yet: the
-    # challenger's macro F1 must beat the majority baseline's by more than the minimum gain).
+    # challenger's log-loss must be below the training class frequencies' on its test window).
     rule = registry.PromotionRule()
     c = first.challenger
-    assert first.promoted == (c["f1_macro"] > c["baseline_f1_macro"] + rule.min_f1_gain)
+    assert first.promoted == (c["log_loss"] < c["log_loss_train_frequency"])
+    assert first.reason.startswith("log-loss: ")
     assert record.status == ("champion" if first.promoted else "challenger")
     assert first.previous is None and first.previous_champion_id is None
     metrics = registry.model_metrics(lake, first.model_id, "test")
     assert {"accuracy", "f1_macro", "baseline_accuracy", "calibration_error"} <= set(metrics)
+    assert set(registry.PROMOTION_FIGURES) <= set(metrics)
+    assert record.metrics["promotion_test"] == {k: c[k] for k in registry.PROMOTION_FIGURES}
     dashboard = artifact_texts("model-dashboard-signal")[0]
     assert first.model_id in dashboard and "Training samples" in dashboard
     assert "n/a (no comparable champion)" in dashboard
+    assert "### Reliability diagram" in dashboard
+    assert "## Calibration on the test window" in dashboard
     before = _samples_of(settings, record, None)  # what the first model was trained on
 
     # --- more data: newer candles, a backfill of older ones, a revised close ---------------
@@ -104,14 +111,15 @@ def test_retrain_twice_promotes_by_the_rule_and_reproduces_training_data_from_it
     challenger = registry.model_metrics(lake, second.model_id, window)
     champion = registry.model_metrics(lake, first.model_id, window)
     for m in (challenger, champion):
-        assert {"accuracy", "f1_macro", "baseline_f1_macro"} <= set(m)
+        assert {"accuracy", "f1_macro", *registry.PROMOTION_FIGURES} <= set(m)
     assert second.previous is not None
-    assert {k: champion[k] for k in second.previous} == second.previous
-    assert {k: challenger[k] for k in second.challenger} == second.challenger
-    # against a champion: more macro F1 than the minimum gain, at most the allowed accuracy drop
+    _assert_same(second.previous, champion)
+    _assert_same(second.challenger, challenger)
+    # against a champion: log-loss below the training frequencies', then a higher IC than the
+    # champion's on the same window
     promote = (
-        challenger["f1_macro"] - champion["f1_macro"] > rule.min_f1_gain
-        and champion["accuracy"] - challenger["accuracy"] <= rule.max_accuracy_drop
+        challenger["log_loss"] < challenger["log_loss_train_frequency"]
+        and challenger["ic"] > champion["ic"] + rule.min_ic_gain
     )
     assert second.promoted == promote
     assert second.reason == registry.decide_promotion(challenger, champion).reason
@@ -132,3 +140,52 @@ def test_retrain_twice_promotes_by_the_rule_and_reproduces_training_data_from_it
         f"| macro F1 | {challenger['f1_macro']:.3f} | {champion['f1_macro']:.3f} "
         f"| {f1_change:+.2%} |" in dashboard
     )
+
+    assert f"| {challenger['ic']:.4f} [" in dashboard and f"| {champion['ic']:.4f} [" in dashboard
+
+    # the leaderboard shows each model's test-window figures beside live_accuracy
+    board = lake.execute(
+        "SELECT model_id, ic, ic_ci_low, log_loss, log_loss_train_frequency, live_accuracy, "
+        "live_resolved FROM model_leaderboard"
+    ).fetchall()
+    assert {row[0] for row in board} == {first.model_id, second.model_id}
+    for row in board:
+        test = registry.model_metrics(lake, row[0], "test")
+        keys = ("ic", "ic_ci_low", "log_loss", "log_loss_train_frequency")
+        assert list(row[1:5]) == [None if test[k] != test[k] else test[k] for k in keys]
+        assert row[5:] == (None, 0)  # nothing served yet
+
+    # `tradeloop models list -f json` carries the same figures
+    listed = _models_list_json(settings)
+    assert [m["model_id"] for m in listed] == [first.model_id, second.model_id]
+    for m in listed:
+        test = registry.model_metrics(lake, m["model_id"], "test")
+        for key in ("ic", "ic_ci_low", "ic_ci_high", "log_loss", "log_loss_train_frequency"):
+            assert m[key] == (None if test[key] != test[key] else round(test[key], 4)), key
+    assert {m["status"] for m in listed} == {"champion", "retired" if promote else "challenger"}
+
+
+def _assert_same(returned: dict[str, float], stored: dict[str, float]) -> None:
+    """Every figure the outcome returned is the one stored (NaN, e.g. a CI on a short window,
+    equal to NaN)."""
+    for key, value in returned.items():
+        assert stored[key] == value or (value != value and stored[key] != stored[key]), key
+
+
+def _models_list_json(settings: Settings) -> list[dict[str, Any]]:
+    """``tradeloop models list -f json`` in this process, on ``settings``' warehouse."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from warehouse import get_settings
+
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            app, ["models", "list", "-f", "json"], env={"TRADELOOP_HOME": str(settings.home)}
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    return rows
