@@ -7,6 +7,7 @@ JSON) under ``reports/walk-forward-*`` and the pooled figures as a markdown arti
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from pathlib import Path
@@ -106,18 +107,21 @@ def walk_forward(
             )
         )
         assert isinstance(frame, pl.DataFrame)
-        config = TrainConfig(
-            epochs=epochs, horizon_bars=horizon, max_samples=max_samples, **(train_overrides or {})
-        )
         loop = LoopConfig.from_settings(settings, exchange=series.exchange)
         if fee is not None:
-            loop = LoopConfig.from_settings(
-                settings, exchange=series.exchange, fees=FeeModel(fee, fee)
-            )
+            loop = dataclasses.replace(loop, fees=FeeModel(fee, fee))
         if slippage is not None:
-            import dataclasses
-
             loop = dataclasses.replace(loop, slippage_fraction=slippage)
+        # the labels know the same costs the decisions pay (a class move covers a round trip)
+        config = TrainConfig(
+            **{
+                "epochs": epochs,
+                "horizon_bars": horizon,
+                "max_samples": max_samples,
+                "round_trip_cost_fraction": loop.costs.round_trip,
+                **(train_overrides or {}),
+            }
+        )
         run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         directory = settings.home / "models" / "walk-forward" / run_id
 

@@ -32,7 +32,9 @@ def settings(tmp_path: Path, candles_dir: Path) -> Settings:
 def test_walk_forward_on_real_files_reports_every_measure(settings: Settings) -> None:
     from flows.walk_forward import walk_forward
 
-    overrides = TINY.model_dump(exclude={"epochs", "horizon_bars", "max_samples"})
+    overrides = TINY.model_dump(
+        exclude={"epochs", "horizon_bars", "max_samples", "round_trip_cost_fraction"}
+    )
     with direct_run():
         report = walk_forward(
             symbols=None,  # every stored symbol of the one stored timeframe
