@@ -163,6 +163,14 @@ class BarDecision:
     counted: bool  # counts toward the model's rolling accuracy
 
 
+def _first_max(p: tuple[float, float, float]) -> int:
+    """``np.argmax`` of three finite numbers (the first of equal maxima), without building an
+    array a bar."""
+    if p[0] >= p[1] and p[0] >= p[2]:
+        return 0
+    return 1 if p[1] >= p[2] else 2
+
+
 def decide_bar(
     pre: PrecomputedBar,
     *,
@@ -215,7 +223,7 @@ def decide_bar(
             "model",
             model.model_id,
             model.horizon_bars,
-            CLASS_NAMES[int(np.argmax(p))],
+            CLASS_NAMES[_first_max(p3)],
             parts.value,
             edge,
             True,

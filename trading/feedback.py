@@ -94,6 +94,9 @@ class Feedback:
     below_streak: int = 0
     last_trigger_s: float = -math.inf
     triggers: int = 0
+    # hits in ``recent``, kept as pairs enter and leave it: ``hits`` is read every bar, and
+    # summing a window of hundreds each time was the loop's largest cost
+    _hits: int = field(default=0, init=False, repr=False)
 
     def threshold(self, sigma: float, horizon: int) -> float:
         c = self.config
@@ -129,8 +132,10 @@ class Feedback:
             out.append(res)
             if p.counted:
                 self.recent.append((p.predicted, res.outcome))
+                self._hits += p.predicted == res.outcome
                 while len(self.recent) > self.config.window:
-                    self.recent.popleft()
+                    old_predicted, old_outcome = self.recent.popleft()
+                    self._hits -= old_predicted == old_outcome
         return out
 
     @property
@@ -139,7 +144,7 @@ class Feedback:
 
     @property
     def hits(self) -> int:
-        return sum(1 for p, a in self.recent if p == a)
+        return self._hits
 
     @property
     def accuracy(self) -> float:
@@ -152,6 +157,7 @@ class Feedback:
     def reset_model(self) -> None:
         """A new model: its rolling metrics start empty (pending ones resolve uncounted)."""
         self.recent.clear()
+        self._hits = 0
         self.below_streak = 0
         for q in self.pending.values():
             for p in q:
@@ -222,6 +228,7 @@ class Feedback:
                 )
             )
         self.recent = deque((a, b) for a, b in data["recent"])  # type: ignore[attr-defined]
+        self._hits = sum(1 for p, a in self.recent if p == a)
         self.below_streak = int(data["below_streak"])  # type: ignore[call-overload]
         last = data.get("last_trigger_s")
         self.last_trigger_s = -math.inf if last is None else float(last)  # type: ignore[arg-type]

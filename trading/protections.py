@@ -61,6 +61,8 @@ class Protections:
     global_lock_reason: str = ""
     symbol_lock_until: dict[str, int] = field(default_factory=dict)
     stoploss_candles: deque[int] = field(default_factory=deque)
+    # (candle, equity) of the candles that can still be the look-back peak: equities strictly
+    # decreasing from the front (a monotonic queue), so the peak is the front, O(1) a candle
     equity_window: deque[tuple[int, float]] = field(default_factory=deque)
     manual_kill: bool = False
 
@@ -83,10 +85,12 @@ class Protections:
         if c.drawdown_lock_fraction is None:
             return None
         w = self.equity_window
+        while w and w[-1][1] <= equity:
+            w.pop()  # never the peak again while this candle is in the window
         w.append((candle, equity))
         while w and w[0][0] <= candle - c.drawdown_lookback_candles:
             w.popleft()
-        peak = max(e for _, e in w)
+        peak = w[0][1]
         if candle >= self.global_lock_until and equity < peak * (1 - c.drawdown_lock_fraction):
             self.global_lock_until = candle + 1 + c.drawdown_lock_candles
             self.global_lock_reason = (
@@ -176,4 +180,9 @@ class Protections:
         self.global_lock_reason = str(data["global_lock_reason"])
         self.symbol_lock_until = {k: int(v) for k, v in data["symbol_lock_until"].items()}  # type: ignore[attr-defined]
         self.stoploss_candles = deque(int(x) for x in data["stoploss_candles"])  # type: ignore[attr-defined]
-        self.equity_window = deque((int(a), float(b)) for a, b in data["equity_window"])  # type: ignore[attr-defined]
+        self.equity_window = deque()
+        for a, b in data["equity_window"]:  # type: ignore[attr-defined]
+            # a state saved with the whole window (older versions) becomes the monotonic queue
+            while self.equity_window and self.equity_window[-1][1] <= float(b):
+                self.equity_window.pop()
+            self.equity_window.append((int(a), float(b)))
