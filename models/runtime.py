@@ -171,6 +171,8 @@ class OnnxPredictor:
         self.info = info
         self.path = path
         self.used_index = np.array([info.feature_columns.index(c) for c in info.selected_features])
+        # a graph exported with a fixed batch size cannot take the padded pair (see ``predict``)
+        self._pad_single = not isinstance(session.get_inputs()[0].shape[0], int)
 
     @classmethod
     def load(
@@ -186,7 +188,10 @@ class OnnxPredictor:
             )
         return cls(session, info, path)
 
-    def predict(self, windows: np.ndarray) -> Prediction:
+    def predict(self, windows: np.ndarray, *, check_finite: bool = True) -> Prediction:
+        """``check_finite=False``: the caller has already checked every used input of every
+        window (a batched backtest checks each bar once, not each of the window_len copies of
+        it); a non-finite input then gives non-finite outputs instead of a ValueError."""
         windows = np.asarray(windows)
         expected = (self.info.window_len, self.info.n_features)
         if windows.ndim == 2:
@@ -196,15 +201,17 @@ class OnnxPredictor:
                 f"predict: windows must have shape (batch, {expected[0]}, {expected[1]}), "
                 f"got {windows.shape}"
             )
-        used = windows[:, :, self.used_index]
-        if not np.isfinite(used).all():
-            bad = np.argwhere(~np.isfinite(used))[0]
-            column = self.info.selected_features[int(bad[2])]
-            raise ValueError(
-                f"predict: non-finite value in sample {bad[0]}, step {bad[1]}, feature {column!r}"
-            )
+        if check_finite:
+            used = windows[:, :, self.used_index]
+            if not np.isfinite(used).all():
+                bad = np.argwhere(~np.isfinite(used))[0]
+                column = self.info.selected_features[int(bad[2])]
+                raise ValueError(
+                    f"predict: non-finite value in sample {bad[0]}, step {bad[1]}, "
+                    f"feature {column!r}"
+                )
         n = windows.shape[0]
-        if n == 1:
+        if n == 1 and self._pad_single:
             # ONNX Runtime's batch-of-one kernels round differently (last float32 bit) from any
             # larger batch; a padded pair gives serve (one symbol: one window a bar) exactly the
             # numbers the batched backtest gets for the same window
