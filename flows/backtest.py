@@ -57,7 +57,9 @@ def backtest(
     )
     html = Path(summary["report_html"]).resolve()
     create_link_artifact(
-        key="backtest-report", link=html.as_uri(), link_text=f"backtest report {symbol} {timeframe}"
+        key="backtest-report",
+        link=settings.report_link(html),
+        link_text=f"backtest report {symbol} {timeframe}",
     )
     create_markdown_artifact(
         key="backtest-summary",
@@ -192,7 +194,7 @@ def backtest_model(
     html = Path(summary["report_html"]).resolve()
     create_link_artifact(
         key="backtest-model-report",
-        link=html.as_uri(),
+        link=settings.report_link(html),
         link_text=f"model {summary['model_id']} on {symbol} {timeframe}",
     )
     create_markdown_artifact(

@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "flows.commands.serve",
     "flows.commands.inventory",
     "flows.commands.walkforward",
+    "flows.commands.reports",
 ]
 
 for _module in COMMAND_MODULES:

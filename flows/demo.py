@@ -79,7 +79,7 @@ def walk_forward_report(
     )
     create_link_artifact(
         key="walk-forward-report",
-        link=Path(report["report_html"]).resolve().as_uri(),
+        link=settings.report_link(Path(report["report_html"])),
         link_text=f"walk-forward of the model {symbol} {series.timeframe}",
     )
     get_run_logger().info(f"walk-forward: {report['pooled']['verdict']}")

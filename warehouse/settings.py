@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     exchange_sandbox: bool = Field(
         default=True, description="live orders go to the exchange's sandbox/testnet first"
     )
+    reports_url: str | None = Field(
+        default=None,
+        description="where `tradeloop reports serve` (or compose's reports service) publishes "
+        "home/reports, e.g. http://127.0.0.1:8000; artifacts link there instead of file://",
+    )
     exchange_api_base: str | None = Field(
         default=None, description="REST base URL replacing the exchange's (e.g. a loopback)"
     )
@@ -126,6 +131,15 @@ class Settings(BaseSettings):
             env_settings,
             TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
         )
+
+    def report_link(self, path: Path) -> str:
+        """A link a browser on the UI's page can open: under ``reports_url`` when it is set
+        (a browser blocks file:// links from an http page), else the file's URI."""
+        path = Path(path).resolve()
+        reports = (self.home / "reports").resolve()
+        if self.reports_url and path.is_relative_to(reports):
+            return self.reports_url.rstrip("/") + "/" + path.relative_to(reports).as_posix()
+        return path.as_uri()
 
     @property
     def lake_dir(self) -> Path:

@@ -151,3 +151,36 @@ def test_config_show_names_each_source_and_masks_secrets(tmp_path: Path) -> None
     ]
     assert rows["base_timeframe"] == ["1m", "default"]
     assert "s3cr3t" not in shown.stdout and "pw-42" not in shown.stdout
+
+
+def test_reports_serve_publishes_the_reports_folder_and_artifacts_link_there(
+    tmp_path: Path,
+) -> None:
+    import re
+    import urllib.request
+
+    from warehouse import Settings
+
+    reports = tmp_path / "tl" / "reports" / "ETH_BTC-5m-model"
+    reports.mkdir(parents=True)
+    (reports / "report.html").write_text("<h1>Backtest: ETH_BTC-5m-model</h1>")
+    server = subprocess.Popen(
+        [TRADELOOP, "reports", "serve", "--port", "0", "--seconds", "60"],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = re.search(r"http://127\.0\.0\.1:\d+", server.stdout.readline())
+        assert url, "no URL printed"
+        with urllib.request.urlopen(f"{url.group(0)}/ETH_BTC-5m-model/report.html") as page:
+            assert "Backtest: ETH_BTC-5m-model" in page.read().decode()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    settings = Settings(home=tmp_path / "tl", reports_url=url.group(0))
+    assert settings.report_link(reports / "report.html") == (
+        f"{url.group(0)}/ETH_BTC-5m-model/report.html"
+    )
+    assert Settings(home=tmp_path / "tl").report_link(reports / "report.html").startswith("file://")
