@@ -94,10 +94,20 @@ def _figure(metrics: dict[str, float], name: str) -> float:
     return float(value) if value is not None else math.nan
 
 
-def _ic_text(metrics: dict[str, float]) -> str:
-    ic, lo, hi = (_figure(metrics, k) for k in ("ic", "ic_ci_low", "ic_ci_high"))
+def _two(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` with 4 decimals, or as many more (up to 8) as it takes to tell them
+    apart: a reason that says "1.0485 beats 1.0485" explains nothing."""
+    for digits in range(4, 9):
+        left, right = f"{a:.{digits}f}", f"{b:.{digits}f}"
+        if left != right or a == b:
+            break
+    return left, right
+
+
+def _ic_text(point: str, metrics: dict[str, float] | None) -> str:
+    lo, hi = (_figure(metrics or {}, k) for k in ("ic_ci_low", "ic_ci_high"))
     ci = f" (95% CI {lo:.4f}..{hi:.4f})" if math.isfinite(lo) and math.isfinite(hi) else ""
-    return f"{ic:.4f}{ci}"
+    return f"{point}{ci}"
 
 
 def decide_promotion(
@@ -113,22 +123,25 @@ def decide_promotion(
     loss = _figure(challenger, "log_loss")
     base = _figure(challenger, "log_loss_train_frequency")
     beats_base = loss < base - rule.min_log_loss_gain  # False when either is NaN
+    loss_s, base_s = _two(loss, base)
     loss_text = (
-        f"log-loss {loss:.4f} {'beats' if beats_base else 'does not beat'} the training-frequency "
-        f"baseline's {base:.4f} on the out-of-sample window"
+        f"log-loss {loss_s} {'beats' if beats_base else 'does not beat'} the training-frequency "
+        f"baseline's {base_s} on the out-of-sample window"
         + (f" (need < baseline - {rule.min_log_loss_gain})" if rule.min_log_loss_gain else "")
     )
+    ours, theirs = _figure(challenger, "ic"), _figure(champion or {}, "ic")
+    ours_s, theirs_s = _two(ours, theirs)
+    ic_pair = f"{_ic_text(ours_s, challenger)}", f"{_ic_text(theirs_s, champion)}"
     if not beats_base:
         # the IC comparison, when there is one, did not decide; shown for the record
         against = (
-            f"; IC {_ic_text(challenger)} vs the champion's {_ic_text(champion)} not compared"
+            f"; IC {ic_pair[0]} vs the champion's {ic_pair[1]} not compared"
             if champion is not None
             else ""
         )
         return Decision(False, f"log-loss: {loss_text}{against}")
     if champion is None:
         return Decision(True, f"log-loss: {loss_text}; no comparable champion")
-    ours, theirs = _figure(challenger, "ic"), _figure(champion, "ic")
     if not math.isfinite(ours):
         ok = False
     elif not math.isfinite(theirs):
@@ -138,8 +151,8 @@ def decide_promotion(
     need = f" + {rule.min_ic_gain}" if rule.min_ic_gain else ""
     return Decision(
         ok,
-        f"IC: {_ic_text(challenger)} {'beats' if ok else 'does not beat'} the champion's "
-        f"{_ic_text(champion)} on the same window (need > champion's{need}); {loss_text}",
+        f"IC: {ic_pair[0]} {'beats' if ok else 'does not beat'} the champion's "
+        f"{ic_pair[1]} on the same window (need > champion's{need}); {loss_text}",
     )
 
 
