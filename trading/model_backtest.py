@@ -556,15 +556,20 @@ def write_output(run: ModelRun, path: Path) -> Path:
 
 def resolve_model(con: Any, model: str, name: str = "signal") -> ModelRecord:
     """``champion`` (of ``name``) or a model id, from the registry."""
-    from models.registry import RegistryError, champion, get_model
+    from models.registry import RegistryError, champion, get_model, list_models
 
     if model == "champion":
         record = champion(con, name)
         if record is None:
-            raise ModelBacktestError(
-                f"no champion model {name!r} in the registry; train one (`tradeloop retrain`) "
-                "or name a model id (`tradeloop models list`)"
+            models = list_models(con, name)
+            hint = (
+                f"the newest, {models[-1].model_id}, is a {models[-1].status} (its promotion "
+                "figures: `tradeloop models list`); measure it with "
+                f"`tradeloop backtest --model {models[-1].model_id}`"
+                if models
+                else "train one (`tradeloop retrain`)"
             )
+            raise ModelBacktestError(f"no champion model {name!r} in the registry; {hint}")
         return record
     try:
         return get_model(con, model)
