@@ -48,6 +48,7 @@ from trading.backtest import (
     buy_and_hold,
     run_vectorized,
 )
+from trading.broker import PaperBroker, SlippageModel
 from trading.decide import PrecomputedBar
 from trading.decision import RsiRule, rsi_rule_signals
 from trading.evaluation import majority_class_signals, summarize
@@ -249,13 +250,16 @@ def run_model(
     *,
     start: int = 0,
     home: Path | None = None,
+    slippage: SlippageModel | None = None,
 ) -> ModelRun:
     """Run ``record``'s model over ``candles`` through a ``ServingLoop`` without a writer.
 
     Bars before index ``start`` only warm the loop's candle-derived state (features, volatility,
     RSI), as ``serve`` warms before its first served candle; decisions start at ``start``.
     ``home``: where the loop looks for its manual kill file (default: a fresh empty folder, so a
-    kill file of a running ``serve`` does not stop a backtest)."""
+    kill file of a running ``serve`` does not stop a backtest). ``slippage``: the paper
+    broker's slippage model (default: ``config.slippage_fraction`` on every fill; the stress
+    scenarios pass a per-bar schedule)."""
     if len(candles) == 0 or start >= len(candles):
         raise ModelBacktestError(f"no candles of {candles.symbol} to backtest")
     manager = ModelManager(_fixed_lookup(record), FEATURE_SET_VERSION)
@@ -274,11 +278,15 @@ def run_model(
     inference = batch_inference(candles, predictor, min_feature_quality=config.min_feature_quality)
     t1, c1 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix="tradeloop-backtest-") as tmp:
+        broker = (
+            None if slippage is None else PaperBroker(config.fees, slippage, allow_margin=False)
+        )
         loop = ServingLoop(
             config,
             manager=manager,
             writer=None,
             home=home or Path(tmp),
+            broker=broker,
             control_files=home is not None,  # nothing can write a kill file into a fresh folder
         )
         collected, equity, units = _drive(loop, candles, inference, start)
@@ -646,6 +654,7 @@ def backtest_candles(
     summary["inference_seconds"] = run.inference_seconds
     summary["loop_seconds"] = run.loop_seconds
     summary["candles_per_second"] = len(candles) / decided_s if decided_s > 0 else None
+    summary["stress"] = model_stress(candles, record, config, start=start)
     if output is not None:
         summary["output"] = str(write_output(run, output))
     if reports_dir is not None:
@@ -653,10 +662,52 @@ def backtest_candles(
         from trading.report import write_report
 
         name = f"{run.candles.symbol.replace('/', '_')}-{run.candles.timeframe}-model"
-        ev = {"result": run.result, "baseline_results": base, "summary": summary}
+        ev = {
+            "result": run.result,
+            "baseline_results": base,
+            "summary": summary,
+            "stress": summary["stress"],
+            "stress_strategy": f"model {run.model_id}, serving loop",
+        }
         html_path, json_path = write_report(name, summary, figures(ev), reports_dir)
         summary["report_html"], summary["report_json"] = str(html_path), str(json_path)
     return summary, run
+
+
+def model_stress(
+    candles: Candles, record: ModelRecord, config: LoopConfig, *, start: int = 0
+) -> list[dict[str, Any]]:
+    """``trading.stress``'s scenarios replayed by the model through the serving loop: each one
+    damages the decided part of ``candles`` half-way through (features and model see the damage
+    as they would live) and reports drawdown, return and what the risk controls did."""
+    from trading.broker import ScheduledSlippage
+    from trading.metrics import drawdown
+    from trading.stress import SCENARIOS, stressed_candles
+
+    n = len(candles)
+    at = (start + (n - start) / 2) / n
+    rows = []
+    for name in SCENARIOS:
+        damaged, overrides = stressed_candles(candles, name, at_fraction=at)
+        wide = max(20 * config.slippage_fraction, 0.005)
+        slip = ScheduledSlippage(config.slippage_fraction, {t: wide for t in overrides})
+        first = int(np.searchsorted(damaged.ts_ms, candles.ts_ms[start]))
+        run = run_model(damaged, record, config, start=first, slippage=slip)
+        equity = np.concatenate(([config.initial_cash], run.equity))
+        rows.append(
+            {
+                "scenario": name,
+                "bars": len(run.equity),
+                "total_return": float(equity[-1] / equity[0] - 1),
+                "max_drawdown": float(drawdown(equity).min()),
+                "worst_bar_return": float(np.min(equity[1:] / equity[:-1] - 1)),
+                "trades": len(run.result.trades),
+                "model_trades": trade_sources(run)[0],
+                "kill_switch_fired": run.result.kill_switch_bar is not None,
+                "fees_paid": run.result.fees_paid,
+            }
+        )
+    return rows
 
 
 def loop_config(fee: float, slippage: float | None, base: LoopConfig | None = None) -> LoopConfig:

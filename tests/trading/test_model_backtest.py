@@ -262,6 +262,14 @@ def test_backtest_model_on_a_real_file(
             assert value is None or 0.0 <= value <= 1.0
     assert summary["model_trades"] + summary["fallback_trades"] == summary["trades"]
     assert summary["model_bars"] > 0.9 * frame.height
+    # the stress scenarios replay the MODEL through the serving loop (not the RSI rule): the
+    # undamaged scenario is the run itself
+    stress = {row["scenario"]: row for row in summary["stress"]}
+    assert set(stress) == {"baseline", "crash_30pct", "vol_x3", "illiquid_spread", "outage_gap"}
+    assert stress["baseline"]["total_return"] == pytest.approx(summary["total_return"], abs=1e-12)
+    assert stress["baseline"]["trades"] == summary["trades"]
+    assert stress["outage_gap"]["bars"] < stress["baseline"]["bars"] == frame.height
+    assert all(0 <= row["model_trades"] <= row["trades"] for row in stress.values())
 
     # the IC again, from the --output file and the candles alone
     bars = pl.read_csv(out, try_parse_dates=True)
