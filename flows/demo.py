@@ -131,9 +131,13 @@ def demo(
     )
     outcome: retraining.RetrainOutcome = result["retrain"]
     symbol = outcome_symbol(settings, data, symbols)
-    wf = walk_forward_report(
-        settings, symbol, None if data else settings.base_timeframe, epochs, max_train_seconds
-    )
+    try:
+        wf: dict[str, Any] | None = walk_forward_report(
+            settings, symbol, None if data else settings.base_timeframe, epochs, max_train_seconds
+        )
+    except ValueError as exc:  # too little data for two folds: the rest of the demo stands
+        get_run_logger().warning(f"walk-forward not run: {exc}")
+        wf = None
     prev = outcome.previous
     return DemoSummary(
         model_id=outcome.model_id,
@@ -149,9 +153,13 @@ def demo(
         trend=retraining.trend(settings, "signal"),
         counts=dict(result["counts"]),
         pnl_quote=_paper_pnl(settings) if serve_candles > 0 else None,
-        report_html=Path(wf["report_html"]),
-        walk_forward_ic=(wf["pooled"]["ic"], wf["pooled"]["ic_ci_low"], wf["pooled"]["ic_ci_high"]),
-        walk_forward_verdict=wf["pooled"]["verdict"],
+        report_html=Path(wf["report_html"]) if wf else None,
+        walk_forward_ic=(
+            (wf["pooled"]["ic"], wf["pooled"]["ic_ci_low"], wf["pooled"]["ic_ci_high"])
+            if wf
+            else None
+        ),
+        walk_forward_verdict=wf["pooled"]["verdict"] if wf else None,
         data_docs=result["quality"].get("data_docs"),
         warehouse_home=settings.home.resolve(),
         elapsed_s=(dt.datetime.now(dt.UTC) - started).total_seconds(),
@@ -224,7 +232,7 @@ def dashboard(summary: DemoSummary) -> Any:
             "Walk-forward",
             f"IC {ic:.3f} [{lo:.3f}, {hi:.3f}] out of sample; {summary.walk_forward_verdict}",
         )
-    grid.add_row("Walk-forward report", str(summary.report_html))
+    grid.add_row("Walk-forward report", str(summary.report_html or "not run (too little data)"))
     grid.add_row("Data Docs", str(summary.data_docs))
     grid.add_row(
         "Query the warehouse",

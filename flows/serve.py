@@ -25,13 +25,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, cast
 
 from prefect.concurrency.sync import concurrency
 from prefect.events import Event, emit_event
 
-from flows.orchestration import flow, get_run_logger
+from flows.orchestration import flow, get_run_logger, in_direct_run
 from trading.loop import LoopConfig, RunSummary, ServingLoop
 from trading.service import require_live_opt_in, serve_live, serve_replay
 from warehouse import Settings, get_settings
@@ -113,7 +114,9 @@ def serve(
     elif replay is None:
         raise ValueError("paper trading needs replay (a candle file or a warehouse symbol)")
     limit_name = f"serve-{account}"
-    ensure_limit(limit_name)
+    direct = in_direct_run()  # no Prefect API: no account lock, no event (the loop logs both)
+    if not direct:
+        ensure_limit(limit_name)
     config = LoopConfig.from_settings(
         settings,
         account=account,
@@ -125,6 +128,8 @@ def serve(
         # The loop's feedback calls this at most once per cooldown; the deployment trigger on
         # the event starts `retrain/daily` (no direct run_deployment: one retrain per event).
         logger.warning(f"model {config.model_name} degraded ({reason}); emitting {DEGRADED_EVENT}")
+        if direct:
+            return  # the loop already stored the degradation as a `retrain` event
         try:
             emit_degraded(config.model_name, account, reason)
         except Exception as exc:  # no events API here: log, keep serving
@@ -137,7 +142,12 @@ def serve(
         )
 
     summary: RunSummary
-    with concurrency(limit_name, occupy=1, strict=True, lease_duration=lease_duration_s):
+    lock = (
+        contextlib.nullcontext()
+        if direct
+        else concurrency(limit_name, occupy=1, strict=True, lease_duration=lease_duration_s)
+    )
+    with lock:
         if live:
             summary = serve_live(
                 settings,

@@ -135,6 +135,8 @@ def walk_forward(
             return train_fold(part, config, directory, f"wf-{run_id}-fold{fold.number}")
 
         def done(fold: FoldWindow, result: dict[str, Any]) -> None:
+            if "skipped" in result:
+                logger.warning(f"fold {fold.number} skipped: {result['skipped']}")
             for row in result["rows"]:
                 logger.info(
                     f"fold {fold.number} {row['symbol']}: IC {row['ic']:.3f} "

@@ -86,10 +86,13 @@ class ServingLoop:
         on_retrain: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         control_files: bool = True,
+        log_events: bool = True,
     ) -> None:
         """``control_files``: look for the manual kill and reset files under ``home`` at every
         step (``serve``); off for a backtest in a folder no ``tradeloop kill`` can reach, where the
-        two file-system checks a candle were a tenth of its per-bar cost."""
+        two file-system checks a candle were a tenth of its per-bar cost. ``log_events``: log
+        each loop event (``serve``); a backtest keeps them in ``events`` and its report only,
+        instead of thousands of threshold-mode lines on the terminal."""
         self.config = config
         self.manager = manager
         self.writer = writer
@@ -117,6 +120,7 @@ class ServingLoop:
         self._kill_path = kill_file(home, config.account)
         self._reset_path = reset_file(home, config.account)
         self._control = control_files
+        self._log_events = log_events
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -136,7 +140,8 @@ class ServingLoop:
 
     def event(self, ts_ms: int, kind: str, message: str, symbol: str | None = None) -> None:
         self.event_seq += 1
-        log.warning("[%s] %s%s", kind, f"{symbol}: " if symbol else "", message)
+        if self._log_events:
+            log.warning("[%s] %s%s", kind, f"{symbol}: " if symbol else "", message)
         self.events.append((ts_ms, kind, symbol, message))
         self.rows.event(f"{ts_ms}-{self.event_seq}", ts_ms, kind, symbol, message)
 

@@ -288,6 +288,7 @@ def run_model(
             home=home or Path(tmp),
             broker=broker,
             control_files=home is not None,  # nothing can write a kill file into a fresh folder
+            log_events=False,
         )
         collected, equity, units = _drive(loop, candles, inference, start)
     t2, c2 = time.perf_counter(), time.process_time()

@@ -183,8 +183,15 @@ def walk_forward_model(
     fold_sharpes: list[float] = []  # per bar, one per fold and symbol: the trials' spread
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
     horizon = config.default_horizon_bars
+    skipped: list[dict[str, Any]] = []
     for fold in folds:
-        record = train(fold)
+        try:
+            record = train(fold)
+        except ValueError as exc:  # e.g. a window too short to hold every class: say so, go on
+            skipped.append({"fold": fold.number, "reason": str(exc)})
+            if on_fold is not None:
+                on_fold(fold, {"rows": [], "skipped": str(exc)})
+            continue
         fold_rows = []
         for symbol in symbols:
             candles, start = load_range(
@@ -246,7 +253,10 @@ def walk_forward_model(
             fold_rows.append(row)
         if on_fold is not None:
             on_fold(fold, {"rows": fold_rows, "model_id": record.model_id})
-    pooled = _pooled(pieces, fold_sharpes, timeframe, horizon, len(folds), curves)
+    if not rows:
+        reasons = "; ".join(f"fold {s['fold']}: {s['reason']}" for s in skipped)
+        raise ValueError(f"walk-forward: no fold could be trained ({reasons})")
+    pooled = _pooled(pieces, fold_sharpes, timeframe, horizon, len(folds) - len(skipped), curves)
     return {
         "symbols": list(symbols),
         "timeframe": timeframe,
@@ -257,6 +267,7 @@ def walk_forward_model(
         "round_trip_cost_fraction": config.costs.round_trip,
         "horizon_bars": horizon,
         "per_fold": rows,
+        "skipped_folds": skipped,
         "pooled": pooled,
         "curves": {k: v for k, v in curves.items()},
     }

@@ -56,6 +56,7 @@ def test_walk_forward_on_real_files_reports_every_measure(settings: Settings) ->
         assert f["test_start_ms"] - f["train_end_ms"] == 5 * 300_000
         assert f["test_end_ms"] - f["test_start_ms"] == 86_400_000
     assert folds[0]["test_end_ms"] == folds[1]["test_start_ms"]
+    assert report["skipped_folds"] == []
     assert len(report["per_fold"]) == 4  # 2 folds x 2 symbols
     for row in report["per_fold"]:
         assert row["bars"] == 288  # one day of 5m bars, every bar decided
