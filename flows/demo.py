@@ -38,6 +38,7 @@ class DemoSummary:
     trend: list[tuple[str, float, float]]
     counts: dict[str, int]
     pnl_quote: float | None  # paper P&L of the serving run (None: serving did not run)
+    decisions: dict[str, int]  # the serving run's signals per deciding rule
     report_html: Path | None
     walk_forward_ic: tuple[float, float, float] | None  # pooled IC and its CI
     walk_forward_verdict: str | None
@@ -100,6 +101,20 @@ def _paper_pnl(settings: Settings) -> float | None:
     return float(row[0])
 
 
+def _decisions(settings: Settings) -> dict[str, int]:
+    """How the serving run's bars were decided: signals per deciding rule (the reason up to its
+    figures), most frequent first, so a run without orders says why."""
+    con = connect(settings, read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT regexp_extract(reason, '^[^(;]*') AS rule, count(*) AS n FROM signals "
+            "GROUP BY 1 ORDER BY n DESC, rule"
+        ).fetchall()
+    finally:
+        con.close()
+    return {str(rule).strip(): int(n) for rule, n in rows}
+
+
 @flow(name="demo", log_prints=True)
 def demo(
     data: str | None = None,
@@ -153,6 +168,7 @@ def demo(
         trend=retraining.trend(settings, "signal"),
         counts=dict(result["counts"]),
         pnl_quote=_paper_pnl(settings) if serve_candles > 0 else None,
+        decisions=_decisions(settings) if serve_candles > 0 else {},
         report_html=Path(wf["report_html"]) if wf else None,
         walk_forward_ic=(
             (wf["pooled"]["ic"], wf["pooled"]["ic_ci_low"], wf["pooled"]["ic_ci_high"])
@@ -225,6 +241,12 @@ def dashboard(summary: DemoSummary) -> Any:
         "Live P&L (paper)",
         "serving not run" if summary.pnl_quote is None else f"{summary.pnl_quote:+,.2f} quote",
     )
+    if summary.decisions:
+        grid.add_row(
+            "Decisions",
+            f"{sum(summary.decisions.values())} bars: "
+            + ", ".join(f"{rule} {n}" for rule, n in summary.decisions.items()),
+        )
     grid.add_row("Warehouse rows", ", ".join(f"{k} {v:,}" for k, v in summary.counts.items()))
     if summary.walk_forward_ic is not None:
         ic, lo, hi = summary.walk_forward_ic

@@ -31,6 +31,7 @@ def test_dashboard_shows_model_baseline_pnl_and_paths(tmp_path: Path) -> None:
         trend=[("signal-v1-x", 0.381, 0.35), ("signal-v2-abc", 0.412, 0.377)],
         counts={"candles": 100, "features": 100, "models": 2, "predictions": 10},
         pnl_quote=-10.54,
+        decisions={"model: hold class": 70, "model: edge below cost": 40, "model: buy": 10},
         report_html=tmp_path / "report.html",
         walk_forward_ic=(0.052, 0.011, 0.094),
         walk_forward_verdict="the IC's CI excludes zero",
@@ -48,6 +49,7 @@ def test_dashboard_shows_model_baseline_pnl_and_paths(tmp_path: Path) -> None:
         "0.235",
         "9,415",
         "-10.54",
+        "120 bars: model: hold class 70, model: edge below cost 40, model: buy 10",
         "report.html",
         "IC 0.052 [0.011, 0.094] out of sample; the IC's CI excludes zero",
         "index.html",
@@ -60,7 +62,7 @@ def test_dashboard_says_when_serving_did_not_run(tmp_path: Path) -> None:
     summary = DemoSummary(
         model_id=None, promoted=False, accuracy=None, accuracy_change=None, f1_macro=None,
         baseline_accuracy=None, baseline_f1_macro=None, confidence_mean=None, train_samples=0,
-        trained_at=None, trend=[], counts={}, pnl_quote=None, report_html=None,
+        trained_at=None, trend=[], counts={}, pnl_quote=None, decisions={}, report_html=None,
         walk_forward_ic=None, walk_forward_verdict=None, data_docs=None,
         warehouse_home=tmp_path, elapsed_s=1.0,
     )  # fmt: skip
