@@ -203,6 +203,8 @@ def collect(
         probe = file_source
         for file_report in probe.reports:
             logger.info(file_report.summary())
+        for failure in probe.failures:
+            logger.error(f"not imported: {failure}")
         symbols = symbols or sorted({s for s, _ in probe.series} | set(probe.trade_symbols))
         if not timeframes:
             tfs = sorted({tf for _, tf in probe.series}, key=timeframe_ms)
@@ -249,6 +251,8 @@ def collect(
     summary = publish_summary(run_id, stats, gate_results)
     failed = [s for s in stats if s.status == "failed"]
     failures = [f"{s.symbol} {s.timeframe}: {s.message}" for s in failed]
+    # files of a directory that could not be read: the good ones were imported all the same
+    failures += probe.failures if probe is not None else []
     report = {
         "run_id": run_id,
         "series": len(stats),
@@ -267,7 +271,8 @@ def collect(
         f"collect {run_id}: {report['rows_merged']} rows merged, "
         f"{report['rows_quarantined']} quarantined, "
         f"{len(failed)} series failed"
+        + (f", {len(probe.failures)} file(s) unreadable" if probe and probe.failures else "")
     )
-    if failed:
+    if failures:
         raise RuntimeError("collect failed for: " + "; ".join(failures))
     return report

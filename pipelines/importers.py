@@ -327,14 +327,28 @@ def read_trades(
 
 
 def iter_import(
-    path: Path, *, exchange: str, symbol: str | None = None, timeframe: str | None = None
+    path: Path,
+    *,
+    exchange: str,
+    symbol: str | None = None,
+    timeframe: str | None = None,
+    failures: list[str] | None = None,
 ) -> Iterator[tuple[FileInfo, pa.Table, ImportReport]]:
-    """Every importable file under ``path``: (what it is, its rows, its report)."""
+    """Every importable file under ``path``: (what it is, its rows, its report).
+
+    ``failures``: where a file that cannot be read is reported (its error names it), so one
+    bad file of a directory does not stop the good ones; without it the error is raised."""
     for info in discover(path):
-        if info.kind == "trades":
-            table, report = read_trades(info.path, exchange=exchange, symbol=symbol)
-        else:
-            table, report = read_candles(
-                info.path, exchange=exchange, symbol=symbol, timeframe=timeframe
-            )
+        try:
+            if info.kind == "trades":
+                table, report = read_trades(info.path, exchange=exchange, symbol=symbol)
+            else:
+                table, report = read_candles(
+                    info.path, exchange=exchange, symbol=symbol, timeframe=timeframe
+                )
+        except ImportError_ as exc:
+            if failures is None:
+                raise
+            failures.append(str(exc))
+            continue
         yield info, table, report

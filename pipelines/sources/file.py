@@ -26,14 +26,20 @@ class FileSource:
     symbol: str | None = None
     timeframe: str | None = None
     reports: list[ImportReport] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # files of a directory that failed
     _candles: dict[tuple[str, str], pa.Table] = field(default_factory=dict, repr=False)
     _trades: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         from pipelines.importers import iter_import  # importers import this package
 
+        directory = Path(self.path).is_dir()
         for info, table, report in iter_import(
-            Path(self.path), exchange=self.name, symbol=self.symbol, timeframe=self.timeframe
+            Path(self.path),
+            exchange=self.name,
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+            failures=self.failures if directory else None,
         ):
             self.reports.append(report)
             if info.kind == "trades":

@@ -184,3 +184,22 @@ def test_reports_serve_publishes_the_reports_folder_and_artifacts_link_there(
         f"{url.group(0)}/ETH_BTC-5m-model/report.html"
     )
     assert Settings(home=tmp_path / "tl").report_link(reports / "report.html").startswith("file://")
+
+
+def test_import_of_a_directory_keeps_the_good_files_and_names_the_bad_one(tmp_path: Path) -> None:
+    """One truncated file no longer costs the whole directory (it used to import 0 rows)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("ETH_BTC-5m.feather", "LTC_BTC-5m.feather"):
+        (data / name).write_bytes((CANDLES / name).read_bytes())
+    whole = (CANDLES / "XRP_ETH-5m.feather").read_bytes()
+    (data / "XRP_ETH-5m.feather").write_bytes(whole[: len(whole) // 2])  # truncated
+    env = _env(tmp_path)
+    imported = _run(env, "import", str(data))
+    assert imported.returncode == 1, imported.stdout
+    last = imported.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "XRP_ETH-5m.feather" in last, imported.stderr
+    assert "Traceback" not in imported.stderr
+    listed = _run(env, "data", "list", "-f", "csv")
+    rows = [line.split(",") for line in listed.stdout.splitlines()[1:]]
+    assert [(r[1], r[5]) for r in rows] == [("ETH/BTC", "5760"), ("LTC/BTC", "5760")]
