@@ -169,6 +169,8 @@ def collect(
     order_book: bool = False,
     lookback_days: float = 1.0,
     policy: GatePolicy | None = None,
+    file_symbol: str | None = None,
+    file_timeframe: str | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Collect candles (and optionally trades / an order-book snapshot) for ``symbols``.
@@ -191,6 +193,8 @@ def collect(
         api_base=api_base,
         path=path,
         seed=seed,
+        file_symbol=file_symbol,
+        file_timeframe=file_timeframe,
     )
     until_ms = parse_time_ms(until)
     probe: FileSource | None = None

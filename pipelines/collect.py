@@ -89,6 +89,10 @@ class SourceOptions:
     ccxt_config: dict[str, Any] = field(default_factory=dict)
     api_base: str | None = None
     path: str | None = None  # file source
+    # file source: the symbol and timeframe of a file whose name does not say them (or says
+    # them wrong); they override what the name says
+    file_symbol: str | None = None
+    file_timeframe: str | None = None
     seed: int = 7
     origin: str | None = None  # simulated: ISO date the simulated history starts
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -129,7 +133,12 @@ def make_source(
     if options.kind == "file":
         if not options.path:
             raise SourceError("the file source needs a path (--path)")
-        return FileSource(Path(options.path), name=options.exchange or "file")
+        return FileSource(
+            Path(options.path),
+            name=options.exchange or "file",
+            symbol=options.file_symbol,
+            timeframe=options.file_timeframe,
+        )
     raise SourceError(f"unknown source {options.kind!r}: use simulated, ccxt or file")
 
 

@@ -136,12 +136,28 @@ def import_files(
     path: Annotated[Path, typer.Argument(help="a candle/trade file or a freqtrade data directory")],
     exchange: Annotated[str, typer.Option(help="exchange name stored with the rows")] = "file",
     symbol: opt.SymbolOption = None,
+    timeframe: opt.TimeframeOption = None,
 ) -> None:
-    """Import freqtrade data (PAIR-TF.feather|json|parquet, PAIR-trades.feather), CSV, Parquet."""
+    """Import freqtrade data (PAIR-TF.feather|json|parquet, PAIR-trades.feather), CSV, Parquet.
+
+    For one file, -s and -t name its symbol and timeframe (over what its name says, so a file
+    named anything imports); for a directory they pick which of its series to import."""
     symbols = opt.symbols(symbol)
+    tf = opt.timeframe(timeframe)
     if not path.exists():
         raise opt.usage_error(f"{path}: no such file or directory")
-    _run(source="file", exchange=exchange, path=str(path), symbols=symbols)
+    one_file = path.is_file()
+    if one_file and symbols is not None and len(symbols) > 1:
+        raise opt.usage_error(f"one file holds one symbol; got -s {', '.join(symbols)}")
+    _run(
+        source="file",
+        exchange=exchange,
+        path=str(path),
+        symbols=symbols,
+        timeframes=[tf] if tf and not one_file else None,
+        file_symbol=symbols[0] if one_file and symbols else None,
+        file_timeframe=tf if one_file else None,
+    )
 
 
 def loopback_exchange(

@@ -203,3 +203,21 @@ def test_import_of_a_directory_keeps_the_good_files_and_names_the_bad_one(tmp_pa
     listed = _run(env, "data", "list", "-f", "csv")
     rows = [line.split(",") for line in listed.stdout.splitlines()[1:]]
     assert [(r[1], r[5]) for r in rows] == [("ETH/BTC", "5760"), ("LTC/BTC", "5760")]
+
+
+def test_import_names_a_files_symbol_and_timeframe_when_its_name_does_not(tmp_path: Path) -> None:
+    import polars as pl
+
+    csv = tmp_path / "export from my desk.csv"
+    pl.read_ipc(CANDLES / "XRP_ETH-5m.feather").write_csv(csv)
+    env = _env(tmp_path)
+    unnamed = _run(env, "import", str(csv))
+    assert unnamed.returncode == 1 and "pass --symbol" in unnamed.stderr, unnamed.stderr
+    named = _run(env, "import", str(csv), "-s", "ABC/USD", "-t", "5m")
+    assert named.returncode == 0, named.stderr
+    listed = _run(env, "data", "list", "-f", "csv")
+    assert listed.stdout.splitlines()[1].startswith("file,ABC/USD,5m,2019-10-11 00:00"), (
+        listed.stdout
+    )
+    two = _run(env, "import", str(csv), "-s", "ABC/USD,DEF/USD")
+    assert two.returncode == 2 and "one file holds one symbol" in two.stderr
