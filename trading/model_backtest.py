@@ -752,4 +752,19 @@ def model_backtest(
         reports_dir=reports_dir,
     )
     summary["exchange"] = exchange
+    summary["in_sample_bars"] = in_sample_bars(con, record.model_id, candles.ts_ms[start:])
     return summary
+
+
+def in_sample_bars(con: Any, model_id: str, ts_ms: np.ndarray) -> int | None:
+    """How many of the decided bars precede the model's out-of-sample test window (the model
+    trained or calibrated on them, so their figures are in sample); None when the registry
+    holds no test window for it."""
+    row = con.execute(
+        "SELECT epoch_ms(min(window_start)) FROM model_metrics "
+        "WHERE model_id = ? AND window_name = 'test'",
+        [model_id],
+    ).fetchone()
+    if not row or row[0] is None:
+        return None
+    return int((np.asarray(ts_ms) < int(row[0])).sum())

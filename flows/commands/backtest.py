@@ -136,7 +136,9 @@ def backtest(
             report=report,
         )
     if output_format == opt.OutputFormat.json:
-        typer.echo(json.dumps(_clean(summary)))
+        from flows.commands.output import json_ready
+
+        typer.echo(json.dumps(json_ready(summary)))
         return
     _print_table(summary)
 
@@ -273,16 +275,6 @@ def _signals(
         raise typer.Exit(1) from exc
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 MODEL_ROWS = (
     "ic",
     "ic_ci_low",
@@ -322,6 +314,12 @@ def _print_table(summary: dict[str, Any]) -> None:
         for key in MODEL_ROWS:
             model.add_row(key, _fmt(summary.get(key)))
         console.print(model)
+    if summary.get("in_sample_bars"):
+        typer.echo(
+            f"note: {summary['in_sample_bars']} of the {summary['bars']} bars precede the model's "
+            "out-of-sample test window (it trained or calibrated on them): their figures are in "
+            "sample; use --timerange from the test window's start for out-of-sample figures"
+        )
     for key in ("output", "report_html"):
         if key in summary:
             typer.echo(f"{key.replace('_html', '')}: {summary[key]}")

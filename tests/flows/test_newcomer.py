@@ -74,6 +74,8 @@ def test_import_then_every_command_with_no_other_flag(tmp_path: Path) -> None:
     summary = json.loads(champion.stdout)
     assert summary["symbol"] == "LTC/BTC" and summary["timeframe"] == "5m"
     assert summary["model_trades"] + summary["fallback_trades"] == summary["trades"]
+    # retrain trained and calibrated on most of these bars: the summary says how many
+    assert 0 < summary["in_sample_bars"] < summary["bars"]
     # predictions are stored under the exchange the file was imported as, not 'simulated'
     stored = _run(env, "sql", "SELECT DISTINCT exchange FROM predictions", "-f", "csv")
     assert stored.stdout.split() == ["exchange", "file"], stored.stdout

@@ -262,6 +262,7 @@ def test_backtest_model_on_a_real_file(
             assert value is None or 0.0 <= value <= 1.0
     assert summary["model_trades"] + summary["fallback_trades"] == summary["trades"]
     assert summary["model_bars"] > 0.9 * frame.height
+    assert summary["in_sample_bars"] is None  # a hand-registered model has no test window
     # the stress scenarios replay the MODEL through the serving loop (not the RSI rule): the
     # undamaged scenario is the run itself
     stress = {row["scenario"]: row for row in summary["stress"]}
