@@ -39,6 +39,7 @@ from models.registry import ModelRecord
 from pipelines.resample import timeframe_ms
 from trading.loop import LoopConfig
 from trading.metrics import (
+    bar_returns,
     bars_per_year,
     bootstrap_sharpe_ci,
     deflated_sharpe,
@@ -130,11 +131,6 @@ class _Pieces:
     turnover: list[float] = dataclasses.field(default_factory=list)
 
 
-def _bar_returns(equity: np.ndarray, initial: float) -> np.ndarray:
-    e = np.concatenate(([initial], np.asarray(equity, dtype=np.float64)))
-    return e[1:] / e[:-1] - 1.0
-
-
 def _book(by_ts: dict[int, list[float]]) -> tuple[np.ndarray, np.ndarray]:
     """(ts, equal-weight bar return over the symbols trading at that bar), in time order."""
     ts = np.array(sorted(by_ts), dtype=np.int64)
@@ -216,7 +212,7 @@ def walk_forward_model(
             pieces.labels.append(labels[known].astype(np.int64))
             pieces.probabilities.append(probs[known])
             ts = run.candles.ts_ms
-            strategy = _bar_returns(run.equity, config.initial_cash)
+            strategy = bar_returns(run.equity, config.initial_cash)
             fold_sharpes.append(sharpe(strategy, 1.0))
             for t, r in zip(ts, strategy, strict=True):
                 pieces.returns["model"][int(t)].append(float(r))
@@ -247,7 +243,7 @@ def walk_forward_model(
             }
             for name in BASELINES:
                 equity = np.asarray(base_results[name].equity, dtype=np.float64)
-                for t, r in zip(ts, _bar_returns(equity, config.initial_cash), strict=True):
+                for t, r in zip(ts, bar_returns(equity, config.initial_cash), strict=True):
                     pieces.returns[name][int(t)].append(float(r))
             rows.append(row)
             fold_rows.append(row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import math
 import sys
 from typing import Any
 
@@ -15,6 +16,18 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def json_ready(value: Any, *, drop: frozenset[str] = frozenset()) -> Any:
+    """``value`` with non-finite floats as null (JSON has no NaN) and the dict keys in ``drop``
+    left out, recursively."""
+    if isinstance(value, dict):
+        return {k: json_ready(v, drop=drop) for k, v in value.items() if k not in drop}
+    if isinstance(value, list | tuple):
+        return [json_ready(v, drop=drop) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 

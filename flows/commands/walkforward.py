@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -13,16 +12,6 @@ from flows.commands import options as opt
 
 def register(app: typer.Typer) -> None:
     app.command("walk-forward")(walk_forward)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items() if k != "curves"}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def walk_forward(
@@ -80,7 +69,9 @@ def walk_forward(
         slippage=slippage,
     )
     if output is opt.OutputFormat.json:
-        typer.echo(json.dumps(_clean(report)))
+        from flows.commands.output import json_ready
+
+        typer.echo(json.dumps(json_ready(report, drop=frozenset({"curves"}))))
         return
     from flows.walk_forward import pooled_markdown
 
