@@ -105,7 +105,18 @@ def _request(
     name: str = "signal",
 ) -> retraining.RetrainRequest:
     """The flows' JSON parameters as a retraining request (overrides win over the named ones)."""
-    config = TrainConfig(**{"horizon_bars": horizon, "epochs": epochs, **(train_overrides or {})})
+    # Labels are priced with the same round trip the decision path charges (settings' costs).
+    round_trip = 2.0 * (
+        settings.taker_fee + settings.slippage_fraction + settings.half_spread_fraction
+    )
+    config = TrainConfig(
+        **{
+            "horizon_bars": horizon,
+            "epochs": epochs,
+            "round_trip_cost_fraction": round_trip,
+            **(train_overrides or {}),
+        }
+    )
     return retraining.RetrainRequest(
         symbols=tuple(symbols),
         timeframe=timeframe or settings.base_timeframe,

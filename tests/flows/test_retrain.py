@@ -189,3 +189,19 @@ def _models_list_json(settings: Settings) -> list[dict[str, Any]]:
     assert result.exit_code == 0, result.output
     rows: list[dict[str, Any]] = json.loads(result.stdout)
     return rows
+
+
+def test_retrain_labels_are_priced_with_the_round_trip_the_decision_path_charges(
+    tmp_path: Path,
+) -> None:
+    from flows.retrain import _request
+
+    settings = Settings(
+        home=tmp_path, taker_fee=0.002, slippage_fraction=0.001, half_spread_fraction=0.0005
+    )
+    request = _request(settings, [SYMBOL], 30, 5, 1, "1m", None, None, None)
+    assert request.config.round_trip_cost_fraction == 2 * (0.002 + 0.001 + 0.0005)
+    overridden = _request(
+        settings, [SYMBOL], 30, 5, 1, "1m", None, None, {"round_trip_cost_fraction": 0.01}
+    )
+    assert overridden.config.round_trip_cost_fraction == 0.01
