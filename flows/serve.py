@@ -111,6 +111,9 @@ def serve(
             api_key = _secret(api_key_block) if api_key_block else None
             api_secret = _secret(api_secret_block) if api_secret_block else None
         require_live_opt_in(settings, live=True, api_key=api_key, api_secret=api_secret)
+        from trading.live_broker import require_client_id_lookup  # imports ccxt: live only
+
+        require_client_id_lookup(settings.exchange)  # only where a lookup by client id is tested
     elif replay is None:
         raise ValueError("paper trading needs replay (a candle file or a warehouse symbol)")
     limit_name = f"serve-{account}"

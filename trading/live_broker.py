@@ -10,16 +10,30 @@ unchanged. Differences from paper trading:
 * Every order carries a deterministic client order id (``newClientOrderId`` on binance; ids
   longer than the exchange's 36 characters are hashed deterministically).
 * **Never a blind re-send.** When an order request fails without a definite answer (timeout,
-  connection error, 5xx: any ``ccxt.NetworkError``), the broker first reconciles by client
-  order id (``fetch_order`` with ``origClientOrderId``). Only when the exchange CONFIRMS the
-  order does not exist (``ccxt.OrderNotFound``) AND the first request can no longer take
+  connection error, 5xx, Binance's -1000/-1001/-1006 "execution status unknown", which ccxt
+  maps to ``OperationFailed``: any error that does not prove the exchange refused the order),
+  the order is ``unknown`` and the broker first reconciles by client order id
+  (``fetch_order`` with ``origClientOrderId``). Only when the exchange CONFIRMS the order
+  does not exist (``ccxt.OrderNotFound``) AND the first request can no longer take
   effect — its ``recvWindow`` (after which the exchange rejects a signed request) plus a grace
   period has passed since it was sent — is it sent again, with the same client order id. A
   "not found" inside that window only means "not yet" (the request may still be in flight).
   While the outcome stays unknown the order is kept as ``unknown`` and reconciled again at the
   next ``process_bar``; it is never sent twice on a guess.
+  Only a refusal (``InvalidOrder``, ``InsufficientFunds``, ``BadRequest``, ``OperationRejected``)
+  makes an order ``rejected``; an authentication error raises.
 * Stop-loss / take-profit brackets are watched on each closed bar (same trigger rule as the
   paper broker) and exit with a market order (client id ``<entry id>-sl`` / ``-tp``).
+* **Restarts.** Every order is appended to a journal file (fsynced) BEFORE it is sent, and the
+  broker's book (orders not final, fills not yet handed to the portfolio, brackets, net units)
+  goes into the loop's snapshot (``to_dict`` / ``restore``). On start, ``reconcile_on_start``
+  looks up by client order id every order the snapshot does not account for (sent just before
+  a crash) and every order still open or unknown, books what filled (and its bracket), lists
+  the exchange's open orders and checks the balances against the loop's positions. An order
+  from before the restart is never re-sent. ``journal_entries`` (orders ever sent) floors the
+  loop's order sequence, so client order ids stay unique across restarts.
+* Live trading is allowed only on exchanges whose lookup by client order id is implemented
+  and tested (``LIVE_EXCHANGES``: Binance); others are refused before anything starts.
 * ``available_cash`` is not used: the exchange enforces the balance and rejects what it can't
   fill (a rejected order is logged and recorded as ``rejected``).
 * Keys come from the caller (``Settings.exchange_api_key`` / ``_secret`` SecretStr, or a
@@ -30,11 +44,14 @@ unchanged. Differences from paper trading:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import ccxt
@@ -75,6 +92,47 @@ class LiveBrokerError(RuntimeError):
     """An exchange call failed for good (authentication, rejected order, ...)."""
 
 
+# Exchanges whose order lookup by client order id (``origClientOrderId``) and re-send rule
+# (``recvWindow``) are implemented here AND tested against the real ccxt client. Elsewhere a
+# lookup may answer "not found" for an order that exists, and the order would be sent twice.
+LIVE_EXCHANGES = ("binance",)
+
+# Errors that prove the exchange refused the order (it will not execute). Any other error
+# leaves the order's outcome unknown: it is reconciled by client order id, never "rejected".
+_REFUSALS: tuple[type[Exception], ...] = (
+    ccxt.InvalidOrder,  # the order's own fields; DuplicateOrderId is handled before this
+    ccxt.InsufficientFunds,
+    ccxt.BadRequest,
+    ccxt.OperationRejected,
+    ccxt.ArgumentsRequired,
+    ccxt.NotSupported,
+)
+
+
+def require_client_id_lookup(exchange_id: str) -> None:
+    """Refuse live trading on an exchange without a tested lookup by client order id."""
+    if exchange_id not in LIVE_EXCHANGES:
+        raise LiveBrokerError(
+            f"live trading refused on {exchange_id!r}: reconciliation by client order id is "
+            f"implemented and tested only for {', '.join(LIVE_EXCHANGES)}"
+        )
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """The journal's orders, in the order they were sent. A torn last line (the process was
+    killed while writing it) is skipped: the journal is fsynced before the send, so that order
+    was never sent."""
+    if not path.exists():
+        return []
+    out: list[dict[str, Any]] = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("order journal %s: unreadable line skipped (a write cut short)", path)
+    return out
+
+
 def exchange_client_order_id(client_order_id: str) -> str:
     """The id sent to the exchange: the loop's id when the exchange accepts it, else a
     deterministic hash of it (same input -> same id, so reconciliation still works)."""
@@ -93,6 +151,7 @@ class _Tracked:
     exchange_order_id: str | None = None
     sends: int = 0
     last_send_s: float = 0.0  # wall time of the last send (the request's signed timestamp)
+    resend_ok: bool = True  # False for an order from before a restart: never sent again
 
 
 @dataclass
@@ -126,7 +185,11 @@ class CcxtBroker:
         clock: Callable[[], float] = time.time,
         config: dict[str, Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        journal: Path | None = None,
     ) -> None:
+        """``journal``: the file every order is appended to before it is sent (see the module
+        docstring); None keeps no journal (a restart then cannot find orders sent after the
+        last snapshot)."""
         if not hasattr(ccxt, exchange_id) or not isinstance(getattr(ccxt, exchange_id), type):
             raise LiveBrokerError(f"unknown ccxt exchange {exchange_id!r}")
         if not api_key or not api_secret:
@@ -135,6 +198,7 @@ class CcxtBroker:
                 "TRADELOOP_EXCHANGE_API_KEY and TRADELOOP_EXCHANGE_API_SECRET (or a Prefect "
                 "Secret block)"
             )
+        require_client_id_lookup(exchange_id)
         user = dict(config or {})
         options = dict(BINANCE_SPOT_OPTIONS) if exchange_id in ("binance", "binanceus") else {}
         options.update(user.pop("options", {}) or {})
@@ -177,6 +241,10 @@ class CcxtBroker:
         self._markets_loaded = False
         self.resends = 0
         self.reconciliations = 0
+        self.journal = journal
+        self._journal_cids = {str(e["cid"]) for e in read_journal(journal)} if journal else set()
+        self.journal_entries = len(self._journal_cids)  # orders ever sent (all processes)
+        self._snapshot_entries = 0  # journal entries the restored snapshot accounts for
 
     # ------------------------------------------------------------------ safety
     def _scrub(self, text: str) -> str:
@@ -207,10 +275,33 @@ class CcxtBroker:
     def submit(self, order: Order) -> None:
         if order.client_order_id in self._orders:
             raise ValueError(f"duplicate client_order_id {order.client_order_id!r}")
+        if order.client_order_id in self._journal_cids:
+            # sent by an earlier process: a lookup by this id would find THAT order
+            raise LiveBrokerError(
+                f"client order id {order.client_order_id!r} was already sent (order journal "
+                f"{self.journal}); refusing to reuse it"
+            )
         self._load_markets()
         tracked = _Tracked(order, exchange_client_order_id(order.client_order_id), "unknown")
         self._orders[order.client_order_id] = tracked
+        self._write_journal(tracked)
         self._send(tracked)
+
+    def _write_journal(self, t: _Tracked) -> None:
+        """Append the order to the journal and fsync it, before it is sent."""
+        self._journal_cids.add(t.order.client_order_id)
+        self.journal_entries += 1
+        if self.journal is None:
+            return
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(
+            {"cid": t.order.client_order_id, "xcid": t.exchange_client_id, "sent_at": self.clock()}
+            | {"order": asdict(t.order)}
+        )
+        with self.journal.open("a") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def cancel(self, client_order_id: str) -> bool:
         t = self._orders.get(client_order_id)
@@ -224,8 +315,13 @@ class CcxtBroker:
             )
         except ccxt.OrderNotFound:
             return False
-        except ccxt.BaseError as exc:
+        except (ccxt.AuthenticationError, ccxt.PermissionDenied) as exc:
             raise self._fail(f"cancel {client_order_id}", exc) from exc
+        except Exception as exc:  # outcome unknown: the next poll reads the order's status
+            log.warning(
+                "%s", self._fail(f"cancel {client_order_id} (outcome unknown, polled again)", exc)
+            )
+            return False
         t.status = "cancelled"
         return True
 
@@ -272,25 +368,32 @@ class CcxtBroker:
             resp = self.exchange.create_order(
                 o.symbol, order_type, o.side, o.amount, price, self._params(t)
             )
-        except ccxt.NetworkError as exc:  # timeout, connection, 5xx, 429: outcome unknown
-            t.status = "unknown"
-            log.warning(
-                "%s order %s: request failed (%s); reconciling by client order id before any "
-                "re-send",
-                self.exchange_id,
-                o.client_order_id,
-                type(exc).__name__,
-            )
-            self._reconcile_or_resend(t)
+        except (ccxt.AuthenticationError, ccxt.PermissionDenied) as exc:
+            t.status = "rejected"  # the exchange refused the request itself
+            raise self._fail(f"create_order {o.client_order_id}", exc) from exc
+        except ccxt.DuplicateOrderId:  # this client id is on the exchange already: look it up
+            self._unknown(t, "the exchange already has this client order id")
             return
-        except ccxt.InvalidOrder as exc:  # incl. InsufficientFunds: the exchange said no
+        except _REFUSALS as exc:  # the exchange said no: the order will not execute
             t.status = "rejected"
             log.error("%s", self._fail(f"order {o.client_order_id} rejected", exc))
             return
-        except ccxt.BaseError as exc:
-            t.status = "rejected"
-            raise self._fail(f"create_order {o.client_order_id}", exc) from exc
+        except Exception as exc:  # noqa: BLE001 - anything else proves nothing: outcome unknown
+            # timeout, connection, 5xx, 429, Binance -1000/-1001/-1006 (ccxt OperationFailed),
+            # an unmapped exchange error, an unreadable answer
+            self._unknown(t, self._scrub(f"{type(exc).__name__}: {exc}"))
+            return
         self._apply(t, resp)
+
+    def _unknown(self, t: _Tracked, why: str) -> None:
+        t.status = "unknown"
+        log.warning(
+            "%s order %s: outcome unknown (%s); reconciling by client order id before any re-send",
+            self.exchange_id,
+            t.order.client_order_id,
+            why,
+        )
+        self._reconcile_or_resend(t)
 
     def _reconcile_or_resend(self, t: _Tracked) -> None:
         """Look the order up by client id; re-send only when the exchange says it never got it."""
@@ -307,6 +410,15 @@ class CcxtBroker:
                     log.warning(
                         "%s order %s: not on the exchange yet, but the request may still arrive "
                         "(recvWindow); checking again at the next candle, not re-sending",
+                        self.exchange_id,
+                        t.order.client_order_id,
+                    )
+                    return
+                if not t.resend_ok:
+                    t.status = "rejected"
+                    log.warning(
+                        "%s order %s (sent before the restart): not on the exchange; it never "
+                        "took effect and is not sent again (the loop decides afresh)",
                         self.exchange_id,
                         t.order.client_order_id,
                     )
@@ -329,7 +441,9 @@ class CcxtBroker:
                 )
                 self._send(t)
                 return
-            except ccxt.NetworkError as exc:
+            except (ccxt.AuthenticationError, ccxt.PermissionDenied) as exc:
+                raise self._fail(f"reconcile {t.order.client_order_id}", exc) from exc
+            except Exception as exc:  # noqa: BLE001 - the lookup failed: still unknown
                 log.warning(
                     "%s order %s: reconciliation attempt %d failed (%s)",
                     self.exchange_id,
@@ -340,8 +454,6 @@ class CcxtBroker:
                 if attempt < self.reconcile_attempts:
                     self.sleep(self.reconcile_wait_s * attempt)
                 continue
-            except ccxt.BaseError as exc:
-                raise self._fail(f"reconcile {t.order.client_order_id}", exc) from exc
             log.warning(
                 "%s order %s: found on the exchange by client order id (status %s); not re-sent",
                 self.exchange_id,
@@ -359,11 +471,16 @@ class CcxtBroker:
                 t.order.symbol,
                 {"origClientOrderId": t.exchange_client_id},
             )
-        except ccxt.NetworkError as exc:
-            log.warning("%s poll %s failed: %s", self.exchange_id, t.order.client_order_id, exc)
-            return
-        except ccxt.BaseError as exc:
+        except (ccxt.AuthenticationError, ccxt.PermissionDenied) as exc:
             raise self._fail(f"fetch_order {t.order.client_order_id}", exc) from exc
+        except Exception as exc:  # noqa: BLE001 - polled again at the next bar
+            log.warning(
+                "%s poll %s failed: %s",
+                self.exchange_id,
+                t.order.client_order_id,
+                self._scrub(f"{type(exc).__name__}: {exc}"),
+            )
+            return
         self._apply(t, found)
 
     # ------------------------------------------------------------------ fills
@@ -472,3 +589,137 @@ class CcxtBroker:
             )
         )
         return self._ready.pop(bar.symbol, [])
+
+    # ------------------------------------------------------------------ restarts
+    def to_dict(self) -> dict[str, Any]:
+        """The broker's book for the loop's snapshot: orders not final (or whose fills are not
+        handed out yet), those fills, brackets, net units, and how many journal entries this
+        book accounts for (the orders sent after it are looked up on the next start)."""
+        waiting = {f.client_order_id for fills in self._ready.values() for f in fills}
+        orders = [
+            {
+                "order": asdict(t.order),
+                "xcid": t.exchange_client_id,
+                "status": t.status,
+                "reported_amount": t.reported_amount,
+                "exchange_order_id": t.exchange_order_id,
+                "sends": t.sends,
+                "last_send_s": t.last_send_s,
+            }
+            for cid, t in self._orders.items()
+            if t.status in ("open", "unknown") or cid in waiting
+        ]
+        return {
+            "kind": "ccxt",
+            "journal_entries": self.journal_entries,
+            "orders": orders,
+            "ready": {s: [asdict(f) for f in fs] for s, fs in self._ready.items() if fs},
+            "brackets": {s: asdict(b) for s, b in self._brackets.items()},
+            "net_units": dict(self._net_units),
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Put back a snapshot's book (``to_dict``); orders in it are never re-sent."""
+        if data.get("kind") != "ccxt":
+            return
+        self._snapshot_entries = int(data["journal_entries"])
+        for d in data["orders"]:
+            order = Order(**d["order"])
+            self._orders[order.client_order_id] = _Tracked(
+                order,
+                str(d["xcid"]),
+                str(d["status"]),
+                float(d["reported_amount"]),
+                d["exchange_order_id"],
+                int(d["sends"]),
+                float(d["last_send_s"]),
+                resend_ok=False,
+            )
+        self._ready = {s: [Fill(**f) for f in fs] for s, fs in data["ready"].items()}
+        self._brackets = {s: _LiveBracket(**b) for s, b in data["brackets"].items()}
+        self._net_units = {s: float(u) for s, u in data["net_units"].items()}
+
+    def reconcile_on_start(self, symbols: Iterable[str]) -> list[str]:
+        """Bring the book in line with the exchange before the first candle; returns what was
+        found, one message per finding (the loop records them as events).
+
+        1. orders in the journal that the restored snapshot does not account for (sent after
+           its flush, e.g. just before a SIGKILL) are looked up by client order id, as are the
+           snapshot's open and unknown orders: fills are booked (handed to the portfolio at the
+           symbol's next candle) with their bracket; one not on the exchange is not re-sent;
+        2. the exchange's open orders: ours are tracked, others are reported and left alone;
+        3. balances: a base-currency balance below the loop's position is reported (the
+           position is cut to what the exchange holds, so an exit never sells more)."""
+        self._load_markets()
+        notes: list[str] = []
+        entries = read_journal(self.journal) if self.journal else []
+        for e in entries[self._snapshot_entries :]:
+            cid = str(e["cid"])
+            if cid in self._orders:
+                continue
+            order = Order(**e["order"])
+            self._orders[cid] = _Tracked(
+                order,
+                str(e["xcid"]),
+                "unknown",
+                last_send_s=float(e["sent_at"]),
+                sends=1,
+                resend_ok=False,
+            )
+            notes.append(f"order {cid} was sent after the last snapshot: looked up on the exchange")
+        for cid, t in list(self._orders.items()):
+            if t.status == "unknown":
+                t.resend_ok = False
+                self._reconcile_or_resend(t)
+            elif t.status == "open":
+                self._poll(t)
+            if t.status in ("filled", "open", "cancelled") and t.reported_amount > 0:
+                notes.append(
+                    f"order {cid}: {t.status} on the exchange, {t.reported_amount:g} "
+                    f"{t.order.symbol} filled"
+                )
+        symbols = list(symbols)
+        ours = {t.exchange_client_id: cid for cid, t in self._orders.items()}
+        for symbol in symbols:
+            try:
+                open_orders = self.exchange.fetch_open_orders(symbol)
+            except (ccxt.AuthenticationError, ccxt.PermissionDenied) as exc:
+                raise self._fail("fetch_open_orders", exc) from exc
+            except Exception as exc:  # noqa: BLE001 - reported; the orders are polled later
+                notes.append(f"{symbol}: open orders not read ({type(exc).__name__})")
+                continue
+            for o in open_orders:
+                mine = ours.get(str(o.get("clientOrderId")))
+                if mine is None:
+                    notes.append(
+                        f"{symbol}: open order {o.get('id')} ({o.get('clientOrderId')}) was not "
+                        "placed by this loop; left alone"
+                    )
+                elif self._orders[mine].status != "open":
+                    self._apply(self._orders[mine], o)
+        try:
+            balance = self.exchange.fetch_balance()
+        except (ccxt.AuthenticationError, ccxt.PermissionDenied) as exc:
+            raise self._fail("fetch_balance", exc) from exc
+        except Exception as exc:  # noqa: BLE001 - reported, trading goes on
+            notes.append(f"balances not read ({type(exc).__name__})")
+            return notes
+        totals: dict[str, Any] = balance.get("total") or {}
+        for symbol in symbols:
+            base = self.exchange.market(symbol)["base"]
+            held = float(totals.get(base) or 0.0)
+            units = self._net_units.get(symbol, 0.0)
+            if units > held * (1 + 1e-9) + 1e-12:
+                notes.append(
+                    f"{symbol}: the loop holds {units:g} {base} but the exchange only {held:g}; "
+                    f"position cut to {held:g}"
+                )
+                self._net_units[symbol] = held
+                if symbol in self._brackets:
+                    self._brackets[symbol].units = held
+        return notes
+
+    def bracket(self, symbol: str) -> tuple[float | None, float | None] | None:
+        """(stop-loss, take-profit) prices watched for ``symbol``'s position (None: none)."""
+        b = self._brackets.get(symbol)
+        return None if b is None else (b.stop_loss_price, b.take_profit_price)

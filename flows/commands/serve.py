@@ -63,11 +63,13 @@ def serve(
     from warehouse import get_settings
 
     if live:
+        from trading.live_broker import LiveBrokerError, require_client_id_lookup
         from trading.service import LiveTradingRefused, require_live_opt_in
 
         try:
             require_live_opt_in(get_settings(), live=True)
-        except LiveTradingRefused as exc:
+            require_client_id_lookup(get_settings().exchange)  # Binance only, before any start
+        except (LiveTradingRefused, LiveBrokerError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
     elif replay is None:

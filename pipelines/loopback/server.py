@@ -52,6 +52,19 @@ class Fault(StrEnum):
     SHUFFLED = "shuffled"  # klines: candles out of order
     AUTH = "auth"  # 401 {"code": -2015}: invalid API key
     APPLIED_SLOW = "applied_slow"  # handle the request (e.g. place the order), answer too late
+    # handle the request (the order is placed and fills), then answer Binance's "execution
+    # status unknown" error ``FaultPlan.error_code`` (-1000, -1001 or -1006) instead of the order
+    APPLIED_ERROR = "applied_error"
+    # the same error, but the request did NOT take effect (nothing placed)
+    UNAPPLIED_ERROR = "unapplied_error"
+
+
+# Binance's errors after which "the execution status is UNKNOWN and could have been a success"
+UNKNOWN_STATUS_ERRORS = {
+    -1000: "An unknown error occurred while processing the request.",
+    -1001: "Internal error; unable to process your request. Please try again.",
+    -1006: "An unexpected response was received from the message bus. Execution status unknown.",
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,7 @@ class FaultPlan:
     retry_after_s: float = 0.01
     slow_s: float = 1.0
     repeat: bool = True
+    error_code: int = -1001  # for Fault.APPLIED_ERROR / UNAPPLIED_ERROR
 
     def fault_for(self, endpoint: str, index: int) -> Fault | None:
         if endpoint not in self.endpoints or not self.pattern:
@@ -314,7 +328,8 @@ class LoopbackExchange:
         }
 
     # ------------------------------------------------------------- paper orders (for the broker)
-    def create_order(self, params: dict[str, str]) -> dict[str, Any]:
+    def create_order(self, params: dict[str, str]) -> dict[str, Any] | None:
+        """Place an order (None: refused, the balance cannot pay for a market order)."""
         symbol = self.by_id[params["symbol"]]
         base, quote = symbol.split("/")
         side, kind = params["side"].upper(), params["type"].upper()
@@ -327,6 +342,14 @@ class LoopbackExchange:
                 or (side == "SELL" and price <= self.last_price(symbol))
             )
             fill_price = self.last_price(symbol) if filled else price
+            if kind == "MARKET":  # like Binance: a market order the balance can't pay is refused
+                short = (
+                    self._balances.get(base, 0.0) < qty * (1 - 1e-12)
+                    if side == "SELL"
+                    else self._balances.get(quote, 0.0) < qty * fill_price
+                )
+                if short:
+                    return None
             if filled:
                 sign = 1.0 if side == "BUY" else -1.0
                 self._balances[base] = self._balances.get(base, 0.0) + sign * qty
@@ -455,6 +478,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if fault is Fault.SLOW:
             time.sleep(ex.faults.slow_s)
+        if fault is Fault.UNAPPLIED_ERROR:
+            code = ex.faults.error_code
+            return self._send(500, {"code": code, "msg": UNKNOWN_STATUS_ERRORS[code]})
         try:
             status, body = self._route(method, endpoint, params)
         except KeyError as exc:
@@ -471,6 +497,9 @@ class _Handler(BaseHTTPRequestHandler):
         data = json.dumps(body).encode()
         if fault is Fault.APPLIED_SLOW:  # the request took effect; the answer comes too late
             time.sleep(ex.faults.slow_s)
+        if fault is Fault.APPLIED_ERROR:  # the request took effect; the answer says "error"
+            code = ex.faults.error_code
+            return self._send(500, {"code": code, "msg": UNKNOWN_STATUS_ERRORS[code]})
         if fault is Fault.TRUNCATED:
             data = data[: max(1, len(data) // 2)]
         elif status == 200 and endpoint == "klines" and isinstance(body, list):
@@ -534,7 +563,11 @@ class _Handler(BaseHTTPRequestHandler):
                     "permissions": ["SPOT"],
                 }
             if endpoint == "openOrders":
-                return 200, [o for o in ex._orders.values() if o["status"] == "NEW"]
+                return 200, [
+                    o
+                    for o in ex._orders.values()
+                    if o["status"] == "NEW" and p.get("symbol", o["symbol"]) == o["symbol"]
+                ]
             if method == "POST":
                 # like Binance: a signed request older than its recvWindow is rejected
                 if (
@@ -546,7 +579,13 @@ class _Handler(BaseHTTPRequestHandler):
                         "code": -1021,
                         "msg": "Timestamp for this request is outside of the recvWindow.",
                     }
-                return 200, ex.create_order(p)
+                placed = ex.create_order(p)
+                if placed is None:
+                    return 400, {
+                        "code": -2010,
+                        "msg": "Account has insufficient balance for requested action.",
+                    }
+                return 200, placed
             order = ex.find_order(p)
             if order is None:
                 return 400, {"code": -2013, "msg": "Order does not exist."}

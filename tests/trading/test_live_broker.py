@@ -23,7 +23,11 @@ SECRET = "loopback-secret-51d0e2b8"
 
 @pytest.fixture
 def exchange() -> LoopbackExchange:
-    return LoopbackExchange(symbols=["BTC/USDT"], api_key=KEY)
+    ex = LoopbackExchange(symbols=["BTC/USDT"], api_key=KEY)
+    # the simulated prices take seconds to build on a loaded machine: before any request with
+    # a 2 s client timeout, or a plain placement times out and turns into a reconciliation
+    ex.last_price("BTC/USDT")
+    return ex
 
 
 @pytest.fixture
