@@ -15,6 +15,7 @@ from prefect.cache_policies import NONE
 from flows.orchestration import create_markdown_artifact, flow, task
 from flows.runners import default_task_runner
 from models import retraining
+from models.cv import CVResult
 from models.data import CandleBatch, FeaturizedSeries, SampleSet, featurize_series, split_series
 from models.export import ExportResult
 from models.registry import ModelRecord
@@ -49,6 +50,11 @@ def train(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
     return retraining.train(samples, config)
 
 
+@task(name="cross-validate", cache_policy=NONE)
+def cross_validate(samples: SampleSet, config: TrainConfig) -> CVResult | None:
+    return retraining.cross_validate_config(samples, config)
+
+
 @task(name="export-onnx", cache_policy=NONE)
 def export(
     ensemble: TrainedEnsemble, samples: SampleSet, staging: Path
@@ -64,8 +70,12 @@ def register(
     exported: ExportResult,
     snapshot_id: int,
     samples: SampleSet,
+    cv: CVResult | None = None,
 ) -> ModelRecord:
-    return retraining.register(settings, request, ensemble, exported, snapshot_id, samples)
+    return retraining.register(
+        settings, request, ensemble, exported, snapshot_id, samples, cv,
+        request.extra_hyperparameters,
+    )  # fmt: skip
 
 
 @task(name="validate-and-promote", cache_policy=NONE)
@@ -77,8 +87,15 @@ def validate_and_promote(
     snapshot_id: int,
     exported: ExportResult,
     parity: float,
+    cv: CVResult | None = None,
+    batch: CandleBatch | None = None,
 ) -> retraining.RetrainOutcome:
-    return retraining.finish(settings, record, ensemble, samples, snapshot_id, exported, parity)
+    # the champion's configuration, when it differs, is cross-validated on its own samples
+    rebuild = (lambda config: retraining.prepare_samples(batch, config)) if batch else None
+    return retraining.finish(
+        settings, record, ensemble, samples, snapshot_id, exported, parity, cv=cv,
+        rebuild=rebuild,
+    )  # fmt: skip
 
 
 @task(name="publish-dashboard", cache_policy=NONE)
@@ -96,24 +113,32 @@ def _request(
     settings: Settings,
     symbols: Sequence[str],
     days: float | None,
-    horizon: int,
-    epochs: int,
+    horizon: int | None,
+    epochs: int | None,
     timeframe: str | None,
     exchange: str | None,
     snapshot_id: int | None,
     train_overrides: dict[str, Any] | None,
     name: str = "signal",
+    tuned: bool = True,
 ) -> retraining.RetrainRequest:
-    """The flows' JSON parameters as a retraining request (overrides win over the named ones)."""
+    """The flows' JSON parameters as a retraining request. Precedence: ``train_overrides``, then
+    ``horizon``/``epochs`` when given, then the best parameters of the last tuning study of
+    ``name`` (``models.tuning.tuned_defaults``, unless ``tuned`` is False), then TrainConfig's
+    defaults. The study is recorded with the model's hyperparameters."""
+    from models.tuning import tuned_defaults
+
     # Labels are priced with the same round trip the decision path charges (settings' costs).
     round_trip = 2.0 * (
         settings.taker_fee + settings.slippage_fraction + settings.half_spread_fraction
     )
+    defaults = tuned_defaults(settings, name) if tuned else None
+    explicit = {k: v for k, v in (("horizon_bars", horizon), ("epochs", epochs)) if v is not None}
     config = TrainConfig(
         **{
-            "horizon_bars": horizon,
-            "epochs": epochs,
             "round_trip_cost_fraction": round_trip,
+            **(defaults.params if defaults else {}),
+            **explicit,
             **(train_overrides or {}),
         }
     )
@@ -125,6 +150,7 @@ def _request(
         snapshot_id=snapshot_id,
         name=name,
         config=config,
+        extra_hyperparameters=defaults.hyperparameters() if defaults else {},
     )
 
 
@@ -132,35 +158,43 @@ def _request(
 def retrain(
     symbols: list[str] | None = None,
     days: float | None = 30,
-    horizon: int = 5,
-    epochs: int = 10,
+    horizon: int | None = None,
+    epochs: int | None = None,
     timeframe: str | None = None,
     exchange: str | None = None,
     snapshot_id: int | None = None,
     name: str = "signal",
     train_overrides: dict[str, Any] | None = None,
     settings: Settings | None = None,
+    tuned: bool = True,
 ) -> retraining.RetrainOutcome:
-    """Retrain on the last ``days`` days (default 30), validate out of sample, export, register,
-    promote if the challenger passes the rule (log-loss below the training-frequency baseline,
-    and IC above the champion's on the same window), publish the dashboard."""
+    """Retrain on the last ``days`` days (default 30), cross-validate K purged folds of the
+    training part, validate out of sample, export, register, promote if the challenger passes
+    the rule (on the folds: mean log-loss below the training-frequency baseline's, and mean
+    fold IC minus its standard error above a champion configuration's), publish the dashboard.
+    ``horizon``/``epochs`` left out: the last tuning study's best values (``tuned``), else 5/10."""
     settings = settings or get_settings()
     request = _request(
         settings, symbols or settings.symbols, days, horizon, epochs, timeframe, exchange,
-        snapshot_id, train_overrides, name=name,
+        snapshot_id, train_overrides, name=name, tuned=tuned,
     )  # fmt: skip
     config = request.config
+    if request.extra_hyperparameters:
+        print(
+            f"training defaults from tuning study {request.extra_hyperparameters['tuning_study']}"
+        )
     batch = load_training_data(settings, request)
     samples = prepare_samples(batch, config)
     ensemble = train(samples, config)
+    cv = cross_validate(samples, config)
     staging = settings.home / "models" / "staging" / uuid.uuid4().hex
     try:
         exported, parity = export(ensemble, samples, staging)
-        record = register(settings, request, ensemble, exported, batch.snapshot_id, samples)
+        record = register(settings, request, ensemble, exported, batch.snapshot_id, samples, cv)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     outcome = validate_and_promote(
-        settings, record, ensemble, samples, batch.snapshot_id, exported, parity
+        settings, record, ensemble, samples, batch.snapshot_id, exported, parity, cv, batch
     )
     publish_dashboard(settings, outcome, name)
     c = outcome.challenger
@@ -196,7 +230,7 @@ def walk_forward_retrain(
     settings = settings or get_settings()
     request = _request(
         settings, [symbol], days, horizon, epochs, timeframe, exchange, snapshot_id,
-        train_overrides,
+        train_overrides, tuned=False,
     )  # fmt: skip
     config = request.config
     samples = prepare_samples(load_training_data(settings, request), config)

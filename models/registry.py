@@ -18,6 +18,17 @@ ONNX files under ``TRADELOOP_HOME/models/<name>/``. Imports no torch.
       judged on how it ranks what a trade could earn, and accuracy flatters the majority class.
   With no champion (or one trained on another feature set, which cannot run on today's
   features and so has no figures on the window), (a) alone decides.
+* On folds (``decide_promotion`` when the challenger's figures carry ``cv_ic_mean``: every
+  retrain with ``TrainConfig.cv_folds >= 2``, the default; see ``models.cv``):
+  (a) the challenger's MEAN log-loss over the K purged folds must be below the mean of the
+      folds' training-frequency baselines;
+  (b) against a champion of ANOTHER configuration (its hyperparameters differ: e.g. a tuned
+      one), that configuration is cross-validated on the same folds and the challenger's mean
+      fold IC minus its standard error (std / sqrt(K)) must exceed the champion's mean fold IC
+      (+ ``min_ic_gain``): one standard error of margin, so a lucky fold does not promote;
+  (b') against a champion of the SAME configuration (a scheduled retrain: only the data
+      moved), the fold figures of both would be the same numbers, so the models are compared
+      where they differ: IC on the challenger's newest out-of-sample window, as in (b) above.
 * ``promote`` is atomic: one transaction retires the old champion, crowns the new one and
   records the event; ``rollback`` restores the champion that the current one replaced.
 """
@@ -74,9 +85,17 @@ class PromotionRule:
     # (b): the challenger's IC must exceed the champion's on the same window by more than this
     min_ic_gain: float = 0.0
 
-    def describe(self) -> str:
+    def describe(self, *, folds: bool = False) -> str:
         loss = f" - {self.min_log_loss_gain}" if self.min_log_loss_gain else ""
         ic = f" + {self.min_ic_gain}" if self.min_ic_gain else ""
+        if folds:
+            return (
+                f"mean log-loss over the purged folds < the mean of the folds' training class "
+                f"frequencies' log-loss{loss}, and against a champion of another configuration "
+                f"mean fold IC - its standard error > the champion configuration's mean fold "
+                f"IC{ic} on the same folds (same configuration: IC > the champion's{ic} on the "
+                f"newest out-of-sample window)"
+            )
         return (
             f"log-loss < the training class frequencies' log-loss{loss} on the out-of-sample "
             f"window, and (against a champion) IC > the champion's{ic} on the same window"
@@ -118,8 +137,11 @@ def decide_promotion(
     """Apply the promotion rule (see module docs) to the challenger's figures on its
     out-of-sample window and, when there is a comparable champion, the champion's figures on
     that same window. The reason starts with the rule that decided ("log-loss: ...",
-    "IC: ...") and gives the figures. A missing or NaN figure fails its rule."""
+    "IC: ...") and gives the figures. A missing or NaN figure fails its rule. Figures with a
+    ``cv_ic_mean`` are decided on the folds (``_decide_on_folds``)."""
     rule = rule or PromotionRule()
+    if "cv_ic_mean" in challenger:
+        return _decide_on_folds(challenger, champion, rule)
     loss = _figure(challenger, "log_loss")
     base = _figure(challenger, "log_loss_train_frequency")
     beats_base = loss < base - rule.min_log_loss_gain  # False when either is NaN
@@ -142,17 +164,67 @@ def decide_promotion(
         return Decision(False, f"log-loss: {loss_text}{against}")
     if champion is None:
         return Decision(True, f"log-loss: {loss_text}; no comparable champion")
-    if not math.isfinite(ours):
-        ok = False
-    elif not math.isfinite(theirs):
-        ok = True  # a champion whose score does not rank (constant) has no IC to defend
-    else:
-        ok = ours > theirs + rule.min_ic_gain
+    ok = _ic_beats(ours, theirs, rule)
     need = f" + {rule.min_ic_gain}" if rule.min_ic_gain else ""
     return Decision(
         ok,
         f"IC: {ic_pair[0]} {'beats' if ok else 'does not beat'} the champion's "
         f"{ic_pair[1]} on the same window (need > champion's{need}); {loss_text}",
+    )
+
+
+def _ic_beats(ours: float, theirs: float, rule: PromotionRule) -> bool:
+    if not math.isfinite(ours):
+        return False
+    if not math.isfinite(theirs):
+        return True  # a champion whose score does not rank (constant) has no IC to defend
+    return ours > theirs + rule.min_ic_gain
+
+
+def _decide_on_folds(
+    challenger: dict[str, float], champion: dict[str, float] | None, rule: PromotionRule
+) -> Decision:
+    """The rule on the K purged folds (module docs, "On folds"); ``champion`` holds the
+    champion configuration's fold figures (``cv_ic_mean``) when its configuration differs,
+    else its figures on the newest out-of-sample window (``ic``)."""
+    folds = _figure(challenger, "cv_folds")
+    k = int(folds) if math.isfinite(folds) else 0
+    loss = _figure(challenger, "cv_log_loss_mean")
+    base = _figure(challenger, "cv_log_loss_train_frequency_mean")
+    beats_base = loss < base - rule.min_log_loss_gain
+    loss_s, base_s = _two(loss, base)
+    loss_text = (
+        f"mean log-loss {loss_s} over {k} purged folds "
+        f"{'beats' if beats_base else 'does not beat'} the folds' training-frequency "
+        f"baseline's {base_s}"
+        + (f" (need < baseline - {rule.min_log_loss_gain})" if rule.min_log_loss_gain else "")
+    )
+    mean, se = _figure(challenger, "cv_ic_mean"), _figure(challenger, "cv_ic_se")
+    need = f" + {rule.min_ic_gain}" if rule.min_ic_gain else ""
+    if not beats_base:
+        return Decision(False, f"log-loss: {loss_text}; fold IC {mean:.4f} (SE {se:.4f})")
+    if champion is None:
+        return Decision(
+            True, f"log-loss: {loss_text}; fold IC {mean:.4f} (SE {se:.4f}); no comparable champion"
+        )
+    if "cv_ic_mean" in champion:
+        theirs = _figure(champion, "cv_ic_mean")
+        # one standard error of margin; a NaN SE (one fold) fails
+        ok = _ic_beats(mean - se, theirs, rule) and math.isfinite(se)
+        return Decision(
+            ok,
+            f"IC: mean fold IC {mean:.4f} - SE {se:.4f} = {mean - se:.4f} "
+            f"{'beats' if ok else 'does not beat'} the champion configuration's mean fold IC "
+            f"{theirs:.4f} on the same {k} folds (need > champion's{need}); {loss_text}",
+        )
+    ours_s, theirs_s = _two(_figure(challenger, "ic"), _figure(champion, "ic"))
+    ok = _ic_beats(_figure(challenger, "ic"), _figure(champion, "ic"), rule)
+    return Decision(
+        ok,
+        f"IC: {_ic_text(ours_s, challenger)} {'beats' if ok else 'does not beat'} the "
+        f"champion's {_ic_text(theirs_s, champion)} on the newest out-of-sample window (same "
+        f"configuration: its fold figures are the challenger's; need > champion's{need}); "
+        f"{loss_text}; fold IC {mean:.4f} (SE {se:.4f})",
     )
 
 
@@ -479,7 +551,8 @@ def promote_if_better(
     if current is not None and current.model_id == challenger_id:
         return Decision(False, f"{challenger_id} is already the champion")
     theirs = model_metrics(con, current.model_id, window_name) if current else {}
-    decision = decide_promotion(metrics, theirs if "ic" in theirs else None, rule)
+    comparable = "ic" in theirs or "cv_ic_mean" in theirs
+    decision = decide_promotion(metrics, theirs if comparable else None, rule)
     if decision.promote:
         _switch_champion(
             con,

@@ -4,12 +4,16 @@
    DuckLake snapshot (recorded), or at a given snapshot to reproduce an earlier training set;
 2. ``prepare_samples``: features (``pipelines.features``), labels, windows;
 3. ``train``: ``models.training.train_ensemble`` (OOS report on the most recent window);
+   ``cross_validate``: ``models.cv`` K purged, embargoed folds of the same configuration on the
+   training part (``TrainConfig.cv_folds``, default 3; 0 = off), whose fold statistics the
+   promotion rule reads;
 4. ``export``: one ONNX graph, checked against the Python ensemble on the test window;
 5. ``register``: registry row + file + metrics (validation, and the test window with the
    promotion figures: IC of ``p_buy - p_sell`` against the tradeable return with its block
    bootstrap CI, log-loss beside the training-frequency baseline, ECE, Brier);
 6. ``decide_and_promote``: the champion scored through its ONNX file on the challenger's test
-   window (the SAME bars and realized returns), the promotion rule
+   window (the SAME bars and realized returns) and, when its configuration differs from the
+   challenger's, that configuration cross-validated on the SAME folds; the promotion rule
    (``models.registry.decide_promotion``) applied, promotion done atomically if it passes;
 7. ``dashboard_markdown``: the summary published as a Prefect artifact (calibration before and
    after, the reliability diagram's bins, IC with its CI).
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from models import registry
+from models.cv import CVResult, cross_validate
 from models.data import (
     CandleBatch,
     FeaturizedSeries,
@@ -63,6 +68,8 @@ class RetrainRequest:
     snapshot_id: int | None = None
     name: str = registry.DEFAULT_NAME
     config: TrainConfig = field(default_factory=lambda: TrainConfig())
+    # stored with the model's hyperparameters, e.g. the tuning study its defaults came from
+    extra_hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,8 @@ class RetrainOutcome:
     # the reliability diagram's bins on the test window, before and after calibration
     reliability_before: ReliabilityBins | None = None
     reliability_after: ReliabilityBins | None = None
+    cv: CVResult | None = None  # the challenger's folds (None: cv_folds = 0)
+    champion_cv: CVResult | None = None  # the champion's configuration on the same folds
 
 
 def load_training_data(settings: Settings, request: RetrainRequest) -> CandleBatch:
@@ -119,6 +128,42 @@ def assemble(featurized: Sequence[FeaturizedSeries], config: TrainConfig) -> Sam
 
 def train(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
     return train_ensemble(samples, config)
+
+
+def cross_validate_config(samples: SampleSet, config: TrainConfig) -> CVResult | None:
+    """``models.cv.cross_validate`` of ``config`` on the training part (None when
+    ``config.cv_folds`` is 0)."""
+    return cross_validate(samples, config) if config.cv_folds >= 2 else None
+
+
+# TrainConfig fields that do not change what a configuration learns (how it is run, measured)
+RUN_ONLY_FIELDS = frozenset(
+    {
+        "progress",
+        "threads",
+        "cv_folds",
+        "cv_embargo_bars",
+        "importance_repeats",
+        "importance_max_samples",
+        "max_train_seconds",
+    }
+)
+
+
+def config_from_hyperparameters(hyperparameters: dict[str, Any]) -> TrainConfig | None:
+    """The TrainConfig a registered model was trained with (fields its record lacks take
+    today's defaults), or None when the record does not validate as one."""
+    known = {k: v for k, v in hyperparameters.items() if k in TrainConfig.model_fields}
+    try:
+        return TrainConfig(**known)
+    except ValueError:
+        return None
+
+
+def same_configuration(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether ``a`` and ``b`` learn the same model from the same data (``RUN_ONLY_FIELDS``
+    aside)."""
+    return a.model_dump(exclude=set(RUN_ONLY_FIELDS)) == b.model_dump(exclude=set(RUN_ONLY_FIELDS))
 
 
 def test_window(samples: SampleSet, config: TrainConfig) -> SampleSet:
@@ -212,9 +257,13 @@ def register(
     exported: ExportResult,
     snapshot_id: int,
     samples: SampleSet,
+    cv: CVResult | None = None,
+    extra_hyperparameters: dict[str, Any] | None = None,
 ) -> registry.ModelRecord:
-    """Add the exported graph to the registry with its figures: validation metrics, and on the
-    test window ``challenger_metrics`` (classification, calibration, promotion figures)."""
+    """Add the exported graph to the registry with its figures: validation metrics, on the
+    test window ``challenger_metrics`` (classification, calibration, promotion figures), and
+    the fold figures of ``cv`` (window ``cv``). ``extra_hyperparameters`` (e.g. the tuning
+    study the configuration came from) are stored with the hyperparameters."""
     assert ensemble.test is not None and ensemble.validation is not None
     test_figures = challenger_metrics(ensemble, samples)
     metrics: dict[str, Any] = {
@@ -235,6 +284,7 @@ def register(
         ),
         "members_test": {k: v.flat() for k, v in ensemble.member_test.items()},
         "permutation_importance": ensemble.importance,
+        "cv": cv.to_dict() if cv is not None else None,
         "train_samples": ensemble.train_samples,
         "train_seconds": ensemble.train_seconds,
         "export_seconds": exported.export_seconds,
@@ -255,6 +305,7 @@ def register(
                 "timeframe": request.timeframe,
                 "days": request.days,
                 "exchange": request.exchange,
+                **(extra_hyperparameters or {}),
             },
             metrics=metrics,
             expected_feature_columns=ensemble.feature_columns,
@@ -275,6 +326,8 @@ def register(
             window_start=start,
             window_end=end,
         )
+        if cv is not None:
+            registry.record_metrics(con, settings, record.model_id, "cv", cv.figures())
     finally:
         con.close()
     return record
@@ -289,6 +342,36 @@ class PromotionResult:
     window_name: str
     window_start: dt.datetime
     window_end: dt.datetime
+    champion_cv: CVResult | None = None
+
+
+def champion_cv(
+    current: registry.ModelRecord,
+    config: TrainConfig,
+    samples: SampleSet,
+    cv: CVResult,
+    rebuild: Callable[[TrainConfig], SampleSet] | None,
+) -> CVResult | None:
+    """The champion's configuration cross-validated on the challenger's folds (``cv.bounds``),
+    or None when it is the challenger's configuration (its figures would be the same) or
+    cannot be rebuilt (an unreadable record; other label or window settings without
+    ``rebuild``, which makes the samples for a configuration)."""
+    theirs = config_from_hyperparameters(current.hyperparameters)
+    if theirs is None or same_configuration(theirs, config):
+        return None
+    theirs = theirs.with_updates(
+        cv_folds=len(cv.folds), progress=False, threads=config.threads, importance_repeats=0
+    )
+    same_samples = theirs.window_len == config.window_len and label_config(theirs) == label_config(
+        config
+    )
+    if same_samples:
+        their_samples = samples
+    elif rebuild is not None:
+        their_samples = rebuild(theirs)
+    else:
+        return None
+    return cross_validate(their_samples, theirs, bounds=cv.bounds)
 
 
 def decide_and_promote(
@@ -298,23 +381,40 @@ def decide_and_promote(
     samples: SampleSet,
     *,
     rule: registry.PromotionRule | None = None,
+    cv: CVResult | None = None,
+    rebuild: Callable[[TrainConfig], SampleSet] | None = None,
 ) -> PromotionResult:
     """Score the current champion through its ONNX file on the challenger's test window (same
-    bars, labels, tradeable returns and training-class frequencies), record both models'
-    figures under that window's name, and promote if the rule passes."""
+    bars, labels, tradeable returns and training-class frequencies) and, with ``cv``, its
+    configuration on the same folds when it differs (``champion_cv``); record both models'
+    figures under that window's name, and promote if the rule passes (on the folds when
+    ``cv`` is given)."""
     assert ensemble.test is not None and ensemble.test_window is not None
     window = test_window(samples, ensemble.config)
     train_labels = _train_labels(samples, ensemble.config)
     name = _window_name(*ensemble.test_window)
     start, end = (_utc(t) for t in ensemble.test_window)
+    their_cv = None
+    if cv is not None:  # trained before the write connection opens (it takes K trainings)
+        con = connect(settings, read_only=True)
+        try:
+            current = registry.champion(con, record.name)
+        finally:
+            con.close()
+        if current is not None and current.model_id != record.model_id:
+            their_cv = champion_cv(current, ensemble.config, samples, cv, rebuild)
     con = connect(settings)
     try:
         # the challenger's figures on this window are its test figures, stored by `register`
         ours = registry.model_metrics(con, record.model_id, "test")
         if "ic" not in ours:
             ours = challenger_metrics(ensemble, samples)
+        if cv is not None:
+            ours = {**ours, **cv.figures()}
         current = registry.champion(con, record.name)
         previous = None
+        if their_cv is not None and (current is None or current.model_id == record.model_id):
+            their_cv = None  # the champion changed meanwhile: its figures are not for this one
         if current is not None and current.model_id != record.model_id:
             outputs = registered_probabilities(current, window)
             if outputs is not None:
@@ -327,6 +427,9 @@ def decide_and_promote(
                     **report.flat(),
                     **score_window(probabilities, window, train_labels, horizon),
                 }
+            if their_cv is not None:
+                previous = {**(previous or {}), **their_cv.figures()}
+            if previous is not None:
                 registry.record_metrics(
                     con, settings, current.model_id, name, previous,
                     window_start=start, window_end=end,
@@ -345,6 +448,7 @@ def decide_and_promote(
         window_name=name,
         window_start=start,
         window_end=end,
+        champion_cv=their_cv,
     )
 
 
@@ -415,11 +519,43 @@ def reliability_table(before: ReliabilityBins | None, after: ReliabilityBins | N
     return lines
 
 
+def cv_table(cv: CVResult | None, champion: CVResult | None) -> list[str]:
+    """The purged folds as a markdown table: per fold its window, IC, log-loss and baseline
+    (and the champion configuration's IC on the same fold when it was cross-validated)."""
+    if cv is None:
+        return []
+    lines = [
+        "",
+        f"## Purged {len(cv.folds)}-fold cross-validation on the training part "
+        f"(purge {cv.purge_bars} bars, embargo {cv.embargo_bars} bars, {cv.seconds:.1f} s)",
+        "",
+        "| fold | window | samples | IC | log-loss | training-frequency log-loss "
+        "| champion configuration IC |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    theirs = {f.fold: f for f in champion.folds} if champion else {}
+    for f in cv.folds:
+        other = theirs.get(f.fold)
+        lines.append(
+            f"| {f.fold} | {f.start[:16]} .. {f.end[:16]} | {f.samples} | {_num(f.ic, '.4f')} "
+            f"| {_num(f.log_loss, '.4f')} | {_num(f.log_loss_train_frequency, '.4f')} "
+            f"| {_num(other.ic, '.4f') if other else '–'} |"
+        )
+    m = cv.figures()
+    lines.append(
+        f"| mean (SE) | | | {_num(m['cv_ic_mean'], '.4f')} ({_num(m['cv_ic_se'], '.4f')}) "
+        f"| {_num(m['cv_log_loss_mean'], '.4f')} "
+        f"| {_num(m['cv_log_loss_train_frequency_mean'], '.4f')} "
+        f"| {_num(champion.ic_mean, '.4f') if champion else '–'} |"
+    )
+    return lines
+
+
 def dashboard_markdown(outcome: RetrainOutcome, history: list[tuple[str, float, float]]) -> str:
     c, p = outcome.challenger, outcome.previous
 
     def change(metric: str) -> str:
-        if p is None:
+        if p is None or metric not in p:  # no champion, or one scored on the folds only
             return "n/a (no comparable champion)"
         return f"{c[metric] - p[metric]:+.2%}"
 
@@ -438,7 +574,7 @@ def dashboard_markdown(outcome: RetrainOutcome, history: list[tuple[str, float, 
         "",
         f"**{status}.** {outcome.reason}",
         "",
-        "Promotion rule: " + registry.PromotionRule().describe() + ".",
+        "Promotion rule: " + registry.PromotionRule().describe(folds=outcome.cv is not None) + ".",
         "",
         "| metric | this model | previous champion | change |",
         "| --- | --- | --- | --- |",
@@ -448,12 +584,10 @@ def dashboard_markdown(outcome: RetrainOutcome, history: list[tuple[str, float, 
         row("training-frequency baseline log-loss", "log_loss_train_frequency", ".4f"),
         row("ECE (10 bins)", "ece", ".4f", diff("ece")),
         row("Brier", "brier", ".4f", diff("brier")),
-        f"| accuracy | {c['accuracy']:.2%} | {p['accuracy']:.2%} | {change('accuracy')} |"
-        if p
-        else f"| accuracy | {c['accuracy']:.2%} | – | {change('accuracy')} |",
-        f"| macro F1 | {c['f1_macro']:.3f} | {p['f1_macro']:.3f} | {change('f1_macro')} |"
-        if p
-        else f"| macro F1 | {c['f1_macro']:.3f} | – | {change('f1_macro')} |",
+        f"| accuracy | {c['accuracy']:.2%} | {_num(p.get('accuracy') if p else None, '.2%')} "
+        f"| {change('accuracy')} |",
+        f"| macro F1 | {c['f1_macro']:.3f} | {_num(p.get('f1_macro') if p else None, '.3f')} "
+        f"| {change('f1_macro')} |",
         f"| mean confidence | {_num(c.get('confidence_mean'), '.2%')} | "
         f"{_num(p.get('confidence_mean'), '.2%') if p else '–'} | |",
         f"| majority-class baseline accuracy | {c['baseline_accuracy']:.2%} | | |",
@@ -476,6 +610,7 @@ def dashboard_markdown(outcome: RetrainOutcome, history: list[tuple[str, float, 
         "The one-hot majority class pays -ln(1e-15) ≈ 34.5 for every bar it misses, so its "
         "log-loss is no reference; the training frequencies are.",
     ]
+    lines += cv_table(outcome.cv, outcome.champion_cv)
     diagram = reliability_table(outcome.reliability_before, outcome.reliability_after)
     if diagram:
         lines += ["", "### Reliability diagram (predicted class, 10 bins)", "", *diagram]
@@ -508,10 +643,17 @@ def run_retrain(settings: Settings, request: RetrainRequest) -> RetrainOutcome:
     batch = load_training_data(settings, request)
     samples = prepare_samples(batch, request.config)
     ensemble = train(samples, request.config)
+    cv = cross_validate_config(samples, request.config)
     with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
         exported, parity = export(ensemble, samples, Path(tmp))
-        record = register(settings, request, ensemble, exported, batch.snapshot_id, samples)
-    return finish(settings, record, ensemble, samples, batch.snapshot_id, exported, parity)
+        record = register(
+            settings, request, ensemble, exported, batch.snapshot_id, samples, cv,
+            request.extra_hyperparameters,
+        )  # fmt: skip
+    return finish(
+        settings, record, ensemble, samples, batch.snapshot_id, exported, parity, cv=cv,
+        rebuild=lambda config: prepare_samples(batch, config),
+    )  # fmt: skip
 
 
 def finish(
@@ -522,8 +664,11 @@ def finish(
     snapshot_id: int,
     exported: ExportResult,
     parity: float,
+    *,
+    cv: CVResult | None = None,
+    rebuild: Callable[[TrainConfig], SampleSet] | None = None,
 ) -> RetrainOutcome:
-    result = decide_and_promote(settings, record, ensemble, samples)
+    result = decide_and_promote(settings, record, ensemble, samples, cv=cv, rebuild=rebuild)
     calibration = ensemble.test_calibration
     return RetrainOutcome(
         model_id=record.model_id,
@@ -544,4 +689,6 @@ def finish(
         trained_at=record.created_at,
         reliability_before=calibration.reliability_before if calibration else None,
         reliability_after=calibration.reliability_after if calibration else None,
+        cv=cv,
+        champion_cv=result.champion_cv,
     )

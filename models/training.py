@@ -12,7 +12,8 @@ Entry points:
 * ``fit_predict(train, test, config) -> np.ndarray``: for walk-forward backtests: train on
   ``train`` (its own last part is the validation window, which also fits the calibration) and
   return calibrated [buy, hold, sell] probabilities for every ``test`` sample.
-* ``hp_search(samples, config, grid, time_budget_s)``: a small, time-boxed search.
+* ``fit_ensemble(train, config) -> TrainedEnsemble``: the same on one training set (no test
+  part), what each fold of ``models.cv`` fits. Hyperparameter search: ``models.tuning``.
 
 Members: ``hybrid`` (LSTM + Transformer, with the confidence head), ``conv`` (temporal conv
 net), ``gbm`` (scikit-learn gradient boosting on the last row of the window). Combination:
@@ -23,15 +24,14 @@ counts with its weight (weighted majority vote; shares of the vote are the proba
 from __future__ import annotations
 
 import copy
-import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.ensemble import GradientBoostingClassifier
 from torch import nn
 from tqdm.auto import tqdm
@@ -75,6 +75,9 @@ class TrainConfig(BaseModel):
     # The class threshold (and triple barriers) is never below what a round trip costs:
     # 2 * (taker fee + slippage + half spread); 0.003 = 0.1 % fee + 0.05 % slippage, each side.
     round_trip_cost_fraction: float = Field(default=0.003, ge=0)
+    # labels' cost floor = round trip x this margin (>1: only moves well past the cost are
+    # buy/sell); a label/decision parameter the tuner searches
+    cost_margin: float = Field(default=1.0, gt=0)
     label_method: LabelMethod = "threshold"
     take_profit_vol: float = Field(default=1.0, gt=0)  # triple barrier, units of vol * sqrt(h)
     stop_loss_vol: float = Field(default=1.0, gt=0)
@@ -111,6 +114,13 @@ class TrainConfig(BaseModel):
     gbm_learning_rate: float = 0.1
     gbm_max_train_samples: int = 20_000
 
+    # Purged, embargoed K-fold cross-validation on the training part (``models.cv``) in every
+    # retrain; the promotion rule reads its fold statistics. 0 turns it off (single split).
+    cv_folds: int = Field(default=3, ge=0)
+    cv_embargo_bars: int | None = Field(
+        default=None, ge=0, description="bars dropped after each fold's purge (None: window_len)"
+    )
+
     feature_selection: bool = False
     importance_repeats: int = 1
     importance_max_samples: int = 2_000
@@ -118,6 +128,18 @@ class TrainConfig(BaseModel):
     seed: int = 7
     threads: int | None = None
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _folds(self) -> TrainConfig:
+        if self.cv_folds == 1:
+            raise ValueError("cv_folds must be 0 (no cross-validation) or at least 2")
+        return self
+
+    @property
+    def embargo_bars(self) -> int:
+        """Bars dropped after each CV fold's purge: by default the input window's length, so
+        no training window after a fold contains a bar of the fold."""
+        return self.window_len if self.cv_embargo_bars is None else self.cv_embargo_bars
 
     def with_updates(self, **changes: Any) -> TrainConfig:
         return self.model_validate({**self.model_dump(), **changes})
@@ -138,7 +160,7 @@ def label_config(config: TrainConfig) -> LabelConfig:
         horizon_bars=config.horizon_bars,
         vol_window_bars=config.vol_window_bars,
         threshold_scale=config.threshold_scale,
-        round_trip_cost_fraction=config.round_trip_cost_fraction,
+        round_trip_cost_fraction=config.round_trip_cost_fraction * config.cost_margin,
         method=config.label_method,
         take_profit_vol=config.take_profit_vol,
         stop_loss_vol=config.stop_loss_vol,
@@ -567,19 +589,21 @@ def _reports(
     )
 
 
-def fit_predict(train: SampleSet, test: SampleSet, config: TrainConfig) -> np.ndarray:
-    """Walk-forward helper: train on ``train`` (its latest part validates) and return the
-    [buy, hold, sell] probabilities of ``test`` (which must come after ``train`` in time)."""
-    if len(test) and len(train) and test.ts.min() <= train.ts.max():
-        raise ValueError("fit_predict: test samples must all be later than the training samples")
-    # The whole of `train` is used: its last part validates (after a purge gap), no test part.
+def fit_ensemble(train: SampleSet, config: TrainConfig) -> TrainedEnsemble:
+    """Train on the whole of ``train``: its latest ``validation_fraction`` of timestamps (after
+    a purge gap of ``horizon_bars``) validates, weights the members and fits the calibration;
+    there is no test part. The rows of ``train`` need not be contiguous (a K-fold's training
+    set has a hole where its validation fold was)."""
     distinct = np.unique(train.ts)
     n_val = max(1, int(round(distinct.size * config.validation_fraction)))
     cut = distinct.size - n_val
     train_part = train.take(np.flatnonzero(train.ts < distinct[max(0, cut - config.horizon_bars)]))
     val_part = train.take(np.flatnonzero(train.ts >= distinct[cut]))
     _check_classes(train_part.labels, "training window")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
+    started = time.perf_counter()
     scaler, members = _fit_members(train_part, val_part, train.feature_columns, config)
     ensemble = TrainedEnsemble(
         config=config,
@@ -593,42 +617,13 @@ def fit_predict(train: SampleSet, test: SampleSet, config: TrainConfig) -> np.nd
         train_samples=len(train_part),
     )
     ensemble.calibrate(val_part)
-    return ensemble.predict(test.windows)[0]
+    ensemble.train_seconds = time.perf_counter() - started
+    return ensemble
 
 
-@dataclass(frozen=True)
-class SearchResult:
-    best: TrainConfig
-    trials: list[dict[str, Any]]
-    seconds: float
-
-
-def hp_search(
-    samples: SampleSet,
-    config: TrainConfig,
-    grid: dict[str, Sequence[Any]],
-    *,
-    time_budget_s: float,
-    score: Callable[[TrainedEnsemble], float] | None = None,
-) -> SearchResult:
-    """Try the grid's combinations in order until ``time_budget_s`` runs out; the best by
-    validation macro F1 (never the test window) wins. The first trial always runs."""
-    started = time.perf_counter()
-    score = score or (lambda e: e.validation.f1_macro if e.validation else 0.0)
-    keys = list(grid)
-    trials: list[dict[str, Any]] = []
-    best, best_score = config, -np.inf
-    for values in itertools.product(*(grid[k] for k in keys)):
-        if trials and time.perf_counter() - started > time_budget_s:
-            break
-        candidate = config.with_updates(
-            **dict(zip(keys, values, strict=True)), importance_repeats=0
-        )
-        result = score(train_ensemble(samples, candidate))
-        trials.append({**dict(zip(keys, values, strict=True)), "score": result})
-        if result > best_score:
-            best, best_score = (
-                candidate.with_updates(importance_repeats=config.importance_repeats),
-                result,
-            )
-    return SearchResult(best=best, trials=trials, seconds=time.perf_counter() - started)
+def fit_predict(train: SampleSet, test: SampleSet, config: TrainConfig) -> np.ndarray:
+    """Walk-forward helper: train on ``train`` (its latest part validates) and return the
+    [buy, hold, sell] probabilities of ``test`` (which must come after ``train`` in time)."""
+    if len(test) and len(train) and test.ts.min() <= train.ts.max():
+        raise ValueError("fit_predict: test samples must all be later than the training samples")
+    return fit_ensemble(train, config).predict(test.windows)[0]

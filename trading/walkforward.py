@@ -9,8 +9,9 @@
   out-of-sample probabilities together. Before every fit it CHECKS that no training row is at
   or after the fold's test start, and that no training label reaches into the test window;
   a violation raises ``LookAheadError`` (not an ``assert``, which ``python -O`` would drop).
-* ``purged_kfold``: k contiguous folds for model selection; training rows whose label window
-  overlaps the test fold are purged, and ``embargo_bars`` rows after the test fold are dropped.
+* ``purged_kfold``: k contiguous folds for model selection; training rows whose label span
+  shares a bar with the test fold's labels are purged (before and after it), and
+  ``embargo_bars`` rows after that are dropped (``models.cv`` runs it in every retrain).
 """
 
 from __future__ import annotations
@@ -179,20 +180,37 @@ def walk_forward_rows(
 
 
 def purged_kfold(
-    n_rows: int, k: int, *, label_horizon_bars: int, embargo_bars: int = 0
+    n_rows: int,
+    k: int,
+    *,
+    label_horizon_bars: int,
+    embargo_bars: int = 0,
+    bounds: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train rows, test rows) per fold, purged and embargoed (Lopez de Prado, ch. 7)."""
+    """(train rows, test rows) per fold, purged and embargoed (Lopez de Prado, ch. 7).
+
+    Row ``i``'s label spans the prices of rows ``i..i+h`` (``h = label_horizon_bars``), so a
+    test fold of rows ``[a, b)`` has labels spanning ``a..b-1+h``. A training row is purged when
+    its span shares a row with that: ``i+h >= a`` and ``i <= b-1+h`` (both sides of the fold:
+    rows just after it look back into the same prices), and the ``embargo_bars`` rows after
+    the purge are dropped too (serial correlation, and input windows that cover the fold).
+    ``bounds``: the ``k + 1`` row boundaries of the test folds (default: ``k`` equal parts)."""
     if k < 2 or n_rows < k:
         raise ValueError(f"need k >= 2 and n_rows >= k, got k={k}, n_rows={n_rows}")
-    bounds = np.linspace(0, n_rows, k + 1).astype(int)
+    if label_horizon_bars < 0 or embargo_bars < 0:
+        raise ValueError("label_horizon_bars and embargo_bars must be >= 0")
+    if bounds is None:
+        bounds = np.linspace(0, n_rows, k + 1).astype(int)
+    bounds = np.asarray(bounds, dtype=np.int64)
+    if bounds.size != k + 1 or (np.diff(bounds) < 1).any() or bounds[0] < 0 or bounds[-1] > n_rows:
+        raise ValueError(f"bounds must be {k + 1} increasing row positions in [0, {n_rows}]")
+    h = label_horizon_bars
     out = []
     idx = np.arange(n_rows)
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        # a training row i labels with rows i+1..i+h: purge it if that window touches [a, b)
-        overlaps = (idx + label_horizon_bars >= a) & (idx < b)
-        embargoed = (idx >= b) & (idx < b + embargo_bars)
-        train = idx[~overlaps & ~embargoed]
-        out.append((train, idx[a:b]))
+        purged = (idx + h >= a) & (idx <= b - 1 + h)  # includes the fold's own rows
+        embargoed = (idx > b - 1 + h) & (idx <= b - 1 + h + embargo_bars)
+        out.append((idx[~purged & ~embargoed], idx[a:b]))
     return out
 
 

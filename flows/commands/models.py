@@ -26,10 +26,14 @@ def retrain(
     timeframe: opt.TimeframeOption = None,
     exchange: opt.ExchangeOption = None,
     days: Annotated[float, typer.Option(help="train on the last N days of candles")] = 30,
-    horizon: Annotated[int, typer.Option(help="label horizon in bars")] = 5,
+    horizon: Annotated[
+        int | None,
+        typer.Option(help="label horizon in bars (default: the last tuning study's, else 5)"),
+    ] = None,
     epochs: Annotated[
-        int, typer.Option(help="maximum epochs (early stopping may end sooner)")
-    ] = 10,
+        int | None,
+        typer.Option(help="maximum epochs, early stopping may end sooner (default 10)"),
+    ] = None,
     snapshot: Annotated[
         int | None, typer.Option(help="train on this DuckLake snapshot (reproduce a run)")
     ] = None,
