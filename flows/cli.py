@@ -38,6 +38,7 @@ COMMAND_MODULES = [
     "flows.commands.inventory",
     "flows.commands.walkforward",
     "flows.commands.reports",
+    "flows.commands.tune",
 ]
 
 for _module in COMMAND_MODULES:
