@@ -1,6 +1,13 @@
 """End to end: a real Prefect server on loopback, the process work pool, every deployment of
 deployments/prefect.yaml, a worker subprocess, one triggered pipeline run; then the warehouse
-it filled, and the Prefect UI rendered by headless Chromium.
+it filled, the retrain that the serving loop's degradation started through the deployment's
+event trigger, and the Prefect UI rendered by headless Chromium.
+
+The stack is built in two shapes:
+* ``sqlite``: a SQLite DuckLake catalog and a SQLite Prefect server (a laptop);
+* ``postgres``: the production shape of deployments/docker-compose.yml, a PostgreSQL DuckLake
+  catalog and a Prefect server whose database is PostgreSQL (two fresh databases on the
+  cluster named by TRADELOOP_TEST_PG_URL; skipped without it, failed without it in CI).
 
 Everything runs as separate processes, exactly as on a host: `prefect server start`,
 `prefect work-pool create`, `prefect deploy`, `prefect worker start`. The test talks to the
@@ -9,39 +16,49 @@ server over its REST API only.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import hashlib
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.models.conftest import TINY
+from tests.support.models import TINY
+from tests.support.postgres import fresh_pg_database
+from tests.support.prefect_stack import (
+    POOL,
+    Stack,
+    deploy_all,
+    start_server,
+    start_worker,
+    stop_all,
+    wait_for_runs,
+)
 from warehouse import Settings, connect
 
-# The module's stack (server, worker, deploy, one full pipeline run) is built in the first
-# test's setup, which pytest-timeout charges to that test: more than the default 300 s.
+# The module's stack (server, worker, deploy, one full pipeline run and the retrain it
+# triggers) is built in the first test's setup, which pytest-timeout charges to that test.
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.xdist_group("e2e-deployment"),
     pytest.mark.timeout(900),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-POOL = "tradeloop-process"
 SYMBOL = "BTC/USDT"
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+SHAPES = ("sqlite", "postgres")
+# The pipeline's fixed window of the simulated exchange: 2 days up to `until`, every minute.
+LOOKBACK_DAYS = 2
+EXPECTED_CANDLES = {"1m": LOOKBACK_DAYS * 24 * 60, "5m": LOOKBACK_DAYS * 24 * 12}
+# The candles the pipeline's serve step replays. On this window the first model's rolling
+# accuracy stays below 0.45 (about 0.26: it predicts `hold`) once 50 predictions resolved and
+# for 20 more, so the loop reports a degradation within these candles.
+SERVE_CANDLES = 120
 # Every flow's deployment in deployments/prefect.yaml, as flow/deployment.
 DEPLOYED = {
     "pipeline/minutely",
@@ -62,214 +79,226 @@ DEPLOYMENT_ROW = re.compile(
     r'.*?<a href="/flows/flow/([0-9a-f-]+)".*?class="flow-popover__link-name" title="([^"]+)"',
     re.DOTALL,
 )
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> bool:
-    """SIGTERM the process group we started, SIGKILL it if it does not go; True when it
-    stopped on SIGTERM (or had already exited)."""
-    if proc.poll() is not None:
-        return True
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout_s)
-        return True
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        return False
-
-
-@dataclass
-class Stack:
-    api: str  # http://127.0.0.1:PORT/api
-    ui: str  # http://127.0.0.1:PORT
-    env: dict[str, str]
-    home: Path
-    logs: Path
-    flow_run: dict[str, Any]
-
-    def get(self, path: str) -> Any:
-        r = httpx.get(f"{self.api}{path}", timeout=30)
-        r.raise_for_status()
-        return r.json()
-
-    def post(self, path: str, body: dict[str, Any]) -> Any:
-        r = httpx.post(f"{self.api}{path}", json=body, timeout=30)
-        r.raise_for_status()
-        return r.json()
-
-
-def _cli(env: dict[str, str], *args: str, timeout_s: float = 120) -> str:
-    done = subprocess.run(
-        [PREFECT, "--no-prompt", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def _wait_healthy(api: str, server: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"prefect server exited ({server.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"prefect server not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
+def _train_overrides() -> dict[str, Any]:
+    return {
+        k: v for k, v in TINY.model_dump(mode="json").items() if k not in ("horizon_bars", "epochs")
+    } | {"max_samples": None}
 
 
 def _pipeline_parameters() -> dict[str, Any]:
-    overrides = {
-        k: v for k, v in TINY.model_dump(mode="json").items() if k not in ("horizon_bars", "epochs")
-    } | {"max_samples": None}
-    params: dict[str, Any] = {
+    return {
         "symbols": [SYMBOL],
         "timeframes": ["1m", "5m"],
         # A fixed window of the simulated exchange: the same candles on every run.
         "until": "2024-03-01T00:00:00",
-        "lookback_days": 2.0,
+        "lookback_days": float(LOOKBACK_DAYS),
         "build_docs": False,
         "run_retrain": True,
         "epochs": 2,
-        "train_overrides": overrides,
+        "train_overrides": _train_overrides(),
+        "serve_candles": SERVE_CANDLES,
     }
-    if (REPO / "flows" / "serve.py").exists():
-        params["serve_candles"] = 30
-    return params
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("e2e")
-    logs = root / "logs"
-    logs.mkdir()
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TRADELOOP_"))} | {
-        "PREFECT_HOME": str(root / "prefect"),
-        "PREFECT_API_URL": api,
-        "PREFECT_UI_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-        # Runs come only from this test: no scheduled runs of the every-minute deployment.
-        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-        "TRADELOOP_HOME": str(root / "var"),
-        "PYTHONPATH": str(REPO),
-    }
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        server_log = logs / "server.log"
-        server = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=root,
-            env=env,
-            stdout=server_log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+# What `retrain/daily` runs with when its trigger fires in this test: the tiny model on the
+# stored symbol (the deployment's own defaults train 3 symbols for 10 epochs). One epoch, not
+# the pipeline's two: a different file, so the registry records a new challenger (the same
+# file registered twice is the same model).
+RETRAIN_PARAMETERS: dict[str, Any] = {
+    "symbols": [SYMBOL],
+    "timeframe": "1m",
+    "days": 30,
+    "horizon": 5,
+    "epochs": 1,
+    "name": "signal",
+    "train_overrides": _train_overrides(),
+}
+
+
+@dataclass
+class E2E:
+    shape: str
+    stack: Stack
+    settings: Settings  # the warehouse the worker's flows wrote
+    flow_run: dict[str, Any]  # the pipeline/full run
+    retrain_run: dict[str, Any]  # the retrain/daily run the degradation event started
+
+
+@contextlib.contextmanager
+def _shape_env(shape: str) -> Iterator[tuple[dict[str, str], str | None]]:
+    """(extra environment for server and worker, the lake's catalog URL) of one shape."""
+    if shape == "sqlite":
+        yield {}, None
+        return
+    with (
+        fresh_pg_database("tl_e2e_prefect") as prefect_db,
+        fresh_pg_database("tl_e2e_lake") as lake,
+    ):
+        asyncpg_url = prefect_db.replace("postgresql://", "postgresql+asyncpg://", 1)
+        yield (
+            {
+                "PREFECT_API_DATABASE_CONNECTION_URL": asyncpg_url,
+                "TRADELOOP_CATALOG_URL": lake,
+            },
+            lake,
         )
-        procs.append(server)
-        _wait_healthy(api, server, server_log, timeout_s=120)
-
-        _cli(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
-        _cli(env, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout_s=180)
-
-        worker_log = logs / "worker.log"
-        worker = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", POOL, "--limit", "1"],
-            cwd=REPO,
-            env=env,
-            stdout=worker_log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        procs.append(worker)
-
-        deployment = httpx.get(f"{api}/deployments/name/pipeline/full", timeout=30).json()
-        created = httpx.post(
-            f"{api}/deployments/{deployment['id']}/create_flow_run",
-            json={"parameters": _pipeline_parameters()},
-            timeout=30,
-        )
-        created.raise_for_status()
-        run_id = created.json()["id"]
-
-        deadline = time.monotonic() + 240
-        run: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
-            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            if worker.poll() is not None:
-                pytest.fail(f"worker exited:\n{worker_log.read_text()[-4000:]}")
-            time.sleep(1)
-        assert run.get("state", {}).get("type") == "COMPLETED", (
-            f"pipeline run ended {run.get('state')}:\n{worker_log.read_text()[-6000:]}"
-        )
-        yield Stack(api, api.removesuffix("/api"), env, root / "var", logs, run)
-    finally:
-        killed = [" ".join(map(str, p.args)) for p in reversed(procs) if not _stop(p)]
-    assert not killed, f"did not stop on SIGTERM within 30 s (killed): {killed}"
 
 
-def test_triggered_pipeline_fills_the_warehouse(stack: Stack) -> None:
+@pytest.fixture(scope="module", params=SHAPES)
+def e2e(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
+    shape = str(request.param)
+    root = tmp_path_factory.mktemp(f"e2e-{shape}")
+    with _shape_env(shape) as (extra, catalog_url):
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            stack = start_server(root, extra=extra, procs=procs)
+            deploy_all(stack)
+            retrain = stack.get("/deployments/name/retrain/daily")
+            stack.patch(f"/deployments/{retrain['id']}", {"parameters": RETRAIN_PARAMETERS})
+            worker = start_worker(stack, procs)
+
+            pipeline = stack.get("/deployments/name/pipeline/full")
+            run_id = stack.post(
+                f"/deployments/{pipeline['id']}/create_flow_run",
+                {"parameters": _pipeline_parameters()},
+            )["id"]
+            [flow_run] = wait_for_runs(stack, worker, {"id": {"any_": [run_id]}}, 1, 420)
+            # The serve step degraded and emitted the event; the trigger's retrain runs after
+            # the pipeline (the worker takes one run at a time).
+            [retrain_run] = wait_for_runs(
+                stack, worker, {"deployment_id": {"any_": [retrain["id"]]}}, 1, 300
+            )
+            settings = Settings(home=stack.home, catalog_url=catalog_url)
+            yield E2E(shape, stack, settings, flow_run, retrain_run)
+        finally:
+            stop_all(procs)
+
+
+def _flow_names(stack: Stack) -> dict[str, str]:
+    return {f["id"]: f["name"] for f in stack.post("/flows/filter", {"limit": 50})}
+
+
+def test_triggered_pipeline_fills_the_warehouse(e2e: E2E) -> None:
+    stack = e2e.stack
     # Every flow has a deployment on the process pool.
     deployments = stack.post("/deployments/filter", {"limit": 50})
-    names = {f"{d['name']}" for d in deployments}
-    assert {"minutely", "full", "backfill", "daily"} <= names
     assert all(d["work_pool_name"] == POOL for d in deployments)
-    flows = {f["id"]: f["name"] for f in stack.post("/flows/filter", {"limit": 50})}
+    flows = _flow_names(stack)
     deployed = {f"{flows[d['flow_id']]}/{d['name']}" for d in deployments}
     assert deployed >= DEPLOYED, f"missing deployments: {DEPLOYED - deployed}"
 
-    # The run's subflows ran: collect, quality, features, retrain.
+    # The run's subflows ran, each one Completed: collect, quality, features, retrain, serve.
     children = stack.post(
         "/flow_runs/filter",
-        {"flow_runs": {"parent_flow_run_id": {"any_": [stack.flow_run["id"]]}}, "limit": 50},
+        {"flow_runs": {"parent_flow_run_id": {"any_": [e2e.flow_run["id"]]}}, "limit": 50},
     )
-    child_flows = {flows.get(c["flow_id"]) for c in children}
-    assert {"collect", "quality", "features", "retrain"} <= child_flows
-    assert all(c["state"]["type"] == "COMPLETED" for c in children)
+    states = {flows[c["flow_id"]]: c["state"]["type"] for c in children}
+    assert states == dict.fromkeys(
+        ("collect", "quality", "features", "retrain", "serve"), "COMPLETED"
+    ), states
 
-    settings = Settings(home=stack.home)
-    con = connect(settings, read_only=True)
+    con = connect(e2e.settings, read_only=True)
     try:
-        candles = con.execute(
-            "SELECT timeframe, count(*) FROM candles WHERE symbol = ? GROUP BY 1", [SYMBOL]
+        candles = dict(
+            con.execute(
+                "SELECT timeframe, count(*) FROM candles WHERE symbol = ? GROUP BY 1", [SYMBOL]
+            ).fetchall()
+        )
+        features = dict(
+            con.execute(
+                "SELECT timeframe, count(*) FROM features WHERE symbol = ? GROUP BY 1", [SYMBOL]
+            ).fetchall()
+        )
+        quality = con.execute(
+            "SELECT timeframe, count(*), bool_and(success), min(rows_in), max(rows_in) "
+            "FROM quality_results WHERE symbol = ? GROUP BY 1 ORDER BY 1",
+            [SYMBOL],
         ).fetchall()
-        features = con.execute(
-            "SELECT count(*) FROM features WHERE symbol = ?", [SYMBOL]
-        ).fetchone()
-        champion = con.execute(
-            "SELECT model_id, onnx_path FROM models WHERE status = 'champion'"
+        models = con.execute(
+            "SELECT model_id, status, onnx_path, onnx_sha256 FROM models ORDER BY version"
         ).fetchall()
-        predictions = con.execute(
-            "SELECT model_id, count(*) FROM predictions WHERE symbol = ? GROUP BY 1", [SYMBOL]
+        promoted = con.execute(
+            "SELECT model_id FROM model_promotions WHERE action = 'promote' ORDER BY event_at"
         ).fetchall()
+        predictions = dict(
+            con.execute(
+                "SELECT model_id, count(*) FROM predictions WHERE symbol = ? GROUP BY 1", [SYMBOL]
+            ).fetchall()
+        )
     finally:
         con.close()
-    by_tf = dict(candles)
-    assert by_tf.get("1m", 0) >= 1000 and by_tf.get("5m", 0) >= 200, by_tf
-    assert features is not None and features[0] >= by_tf["1m"]
-    assert len(champion) == 1, "no champion model registered and promoted"
-    by_model = dict(predictions)
-    assert by_model.get(champion[0][0], 0) > 0, f"the champion predicted nothing: {by_model}"
+    # The window is fixed: exact counts. Each series was gated twice (on collect, and by the
+    # quality flow), always on all of its rows.
+    assert candles == EXPECTED_CANDLES, candles
+    assert features == EXPECTED_CANDLES, features
+    assert quality == [(tf, 2, True, n, n) for tf, n in sorted(EXPECTED_CANDLES.items())]
+
+    # One champion at a time, whose file is the registered one and loads in ONNX Runtime.
+    champions = [m for m in models if m[1] == "champion"]
+    assert len(champions) == 1, models
+    for model_id, _, onnx_path, sha256 in models:
+        _assert_onnx(model_id, Path(onnx_path), sha256)
+    # The pipeline's model was promoted before the serve step, and made every prediction of
+    # the served candles (the triggered retrain's model came after).
+    first = models[0][0]
+    assert promoted[0] == (first,), promoted
+    assert predictions == {first: SERVE_CANDLES}, predictions
+
+
+def _assert_onnx(model_id: str, path: Path, sha256: str) -> None:
+    import onnxruntime as ort
+
+    assert path.is_file(), f"{model_id}: {path} is missing"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256, f"{model_id}: sha256 differs"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "confidence"]
+
+
+def test_degradation_starts_a_retrain_through_the_deployment_trigger(e2e: E2E) -> None:
+    """The serve step's degradation -> the event `tradeloop.model.degraded` -> the trigger of
+    `retrain/daily` in prefect.yaml -> a retrain run on the worker -> a new model registered."""
+    stack = e2e.stack
+    events = stack.post(
+        "/events/filter",
+        {"filter": {"event": {"name": ["tradeloop.model.degraded"]}}, "limit": 10},
+    )["events"]
+    assert len(events) == 1, events
+    assert events[0]["resource"]["prefect.resource.id"] == "tradeloop.model.signal"
+    assert events[0]["payload"]["reason"].startswith("rolling accuracy")
+
+    run = e2e.retrain_run
+    # started by the deployment's automation, not by this test or a schedule
+    assert (run["created_by"] or {}).get("type") == "AUTOMATION", run["created_by"]
+    assert run["parameters"] == RETRAIN_PARAMETERS
+    assert run["state"]["type"] == "COMPLETED"
+
+    con = connect(e2e.settings, read_only=True)
+    try:
+        models = con.execute("SELECT model_id, status FROM models ORDER BY version").fetchall()
+    finally:
+        con.close()
+    # the pipeline's model, then the challenger the triggered retrain registered (promoted or
+    # not, by the promotion rule)
+    assert len(models) == 2 and models[1][1] in ("challenger", "champion"), models
+
+
+def test_parameters_survive_the_round_trip(e2e: E2E) -> None:
+    # What the worker ran is what we asked for, and the parent flow handed the training
+    # overrides on to its retrain subflow unchanged (as stored by the server for that run).
+    # (the server merges in the deployment's other defaults)
+    sent = _pipeline_parameters()
+    assert {k: e2e.flow_run["parameters"].get(k) for k in sent} == sent
+    flows = _flow_names(e2e.stack)
+    children = e2e.stack.post(
+        "/flow_runs/filter",
+        {"flow_runs": {"parent_flow_run_id": {"any_": [e2e.flow_run["id"]]}}, "limit": 50},
+    )
+    retrain = next(c for c in children if flows[c["flow_id"]] == "retrain")
+    assert retrain["parameters"]["train_overrides"] == _train_overrides()
+    assert retrain["parameters"]["epochs"] == 2
 
 
 def _chromium() -> str | None:
@@ -326,8 +355,9 @@ def _dump_once(url: str, profile: Path, budget_ms: int) -> str:
     return done.stdout
 
 
-def test_ui_shows_deployments_and_the_run_artifact(stack: Stack, tmp_path: Path) -> None:
-    flows = {f["id"]: f["name"] for f in stack.post("/flows/filter", {"limit": 50})}
+def test_ui_shows_deployments_and_the_run_artifact(e2e: E2E, tmp_path: Path) -> None:
+    stack = e2e.stack
+    flows = _flow_names(stack)
     deployments = {d["id"]: d for d in stack.post("/deployments/filter", {"limit": 50})}
     qualified = {i: f"{flows[d['flow_id']]}/{d['name']}" for i, d in deployments.items()}
 
@@ -347,7 +377,7 @@ def test_ui_shows_deployments_and_the_run_artifact(stack: Stack, tmp_path: Path)
     assert len(deployments) <= UI_PAGE_SIZE, "more deployments than one UI page: paginate here"
     assert set(rows.values()) == set(qualified.values()) >= DEPLOYED, rows
 
-    run = stack.flow_run
+    run = e2e.flow_run
     page = _dump_dom(
         f"{stack.ui}/runs/flow-run/{run['id']}",
         tmp_path / "profile-run",
@@ -385,11 +415,3 @@ def test_ui_shows_deployments_and_the_run_artifact(stack: Stack, tmp_path: Path)
     assert "pipeline-summary" in page, "the artifact page did not render"
     assert "Pipeline run" in page, "the artifact's markdown is not on the page"
     assert f'href="/runs/flow-run/{run["id"]}"' in page, "the artifact does not link its run"
-
-
-def test_parameters_survive_the_round_trip(stack: Stack) -> None:
-    # What the worker ran is what we asked for (JSON parameters through the API).
-    assert stack.flow_run["parameters"]["symbols"] == [SYMBOL]
-    assert json.loads(json.dumps(stack.flow_run["parameters"]["train_overrides"]))[
-        "window_len"
-    ] == (TINY.window_len)
