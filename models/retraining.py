@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -131,9 +132,19 @@ def train(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
 
 
 def cross_validate_config(samples: SampleSet, config: TrainConfig) -> CVResult | None:
-    """``models.cv.cross_validate`` of ``config`` on the training part (None when
-    ``config.cv_folds`` is 0)."""
-    return cross_validate(samples, config) if config.cv_folds >= 2 else None
+    """``models.cv.cross_validate`` of ``config`` on the training part; None when
+    ``config.cv_folds`` is 0, or when the folds cannot be trained (too few samples, a fold
+    without a class): the warning says why, and the promotion rule is then the single split's
+    (the dashboard names the rule it used)."""
+    if config.cv_folds < 2:
+        return None
+    try:
+        return cross_validate(samples, config)
+    except ValueError as exc:
+        logging.getLogger(__name__).warning(
+            "cross-validation skipped, promotion on the single split: %s", exc
+        )
+        return None
 
 
 # TrainConfig fields that do not change what a configuration learns (how it is run, measured)
@@ -365,13 +376,22 @@ def champion_cv(
     same_samples = theirs.window_len == config.window_len and label_config(theirs) == label_config(
         config
     )
-    if same_samples:
-        their_samples = samples
-    elif rebuild is not None:
-        their_samples = rebuild(theirs)
-    else:
+    try:
+        if same_samples:
+            their_samples = samples
+        elif rebuild is not None:
+            their_samples = rebuild(theirs)
+        else:
+            return None
+        return cross_validate(their_samples, theirs, bounds=cv.bounds)
+    except ValueError as exc:  # e.g. a fold without a class under the champion's labels
+        logging.getLogger(__name__).warning(
+            "champion %s's configuration could not be cross-validated (%s): compared on the "
+            "newest out-of-sample window",
+            current.model_id,
+            exc,
+        )
         return None
-    return cross_validate(their_samples, theirs, bounds=cv.bounds)
 
 
 def decide_and_promote(
