@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from expectations.candle_check import check_candle
 from pipelines.features import FEATURE_SET_VERSION, feature_columns
 from pipelines.resample import timeframe_ms
 from trading.broker import Broker, FixedSlippage, PaperBroker
@@ -106,6 +107,8 @@ class ServingLoop:
         self.thresholds = AdaptiveThresholds(config.thresholds)
         self.protections = Protections(config.protections)
         self.feedback = Feedback(config.feedback, on_degraded=on_retrain, clock=clock)
+        self._clock = clock
+        self.candles_dropped = 0  # candles the gate's candle rules refused (``_checked``)
         self.decider = BarDecider(config.rules, self.state, self.broker, self.protections)
         self._model: tuple[int, ModelContext | None] = (-1, None)  # (manager generation, ...)
         self.latency = LatencyRecorder()
@@ -148,8 +151,27 @@ class ServingLoop:
     # ------------------------------------------------------------------ warm-up (restart)
     def warm(self, tick: TickLike) -> None:
         """Feed candles through the candle-derived state only (no decisions, no writes)."""
-        for bar in tick.bars:
+        for bar in self._checked(tick.bars, record=False):
             self._sym(bar.symbol).push(bar, self.columns)
+
+    def _checked(self, bars: Iterable[Bar], *, record: bool) -> list[Bar]:
+        """The bars that pass the quality gate's candle rules (``expectations.candle_check``:
+        finite, positive, OHLC consistent, on the grid, closed and not in the future by the wall
+        clock, after the symbol's last accepted candle). A bad one is dropped and counted, and
+        (``record``) stored as a ``data`` event: the candle-derived state never sees it, so one
+        NaN cannot poison RSI or the model's window, and the next good candle carries on."""
+        now = int(self._clock() * 1000)
+        kept: list[Bar] = []
+        for bar in bars:
+            s = self.symbols.get(bar.symbol)
+            why = check_candle(bar, self.config.timeframe, s.last_ts_ms if s else None, now)
+            if why is None:
+                kept.append(bar)
+                continue
+            self.candles_dropped += 1
+            if record:
+                self.event(bar.ts_ms, "data", f"candle dropped: {why}", bar.symbol)
+        return kept
 
     # ------------------------------------------------------------------ the step
     def on_tick(
@@ -160,7 +182,7 @@ class ServingLoop:
         feature engine and ONNX Runtime for the bar, everything else runs as without it."""
         t_start = time.perf_counter_ns()
         cfg = self.config
-        bars = sorted(tick.bars, key=lambda b: b.symbol)
+        bars = sorted(self._checked(tick.bars, record=True), key=lambda b: b.symbol)
         ts_ms = bars[0].ts_ms if bars else (self.last_ts_ms or 0)
         for alert in tick.alerts:
             self.event(ts_ms, "alert", alert)
@@ -495,6 +517,7 @@ class RunSummary:
     positions: dict[str, float]
     resumed_from_ts_ms: int | None
     events: int
+    candles_dropped: int = 0  # refused by the gate's candle rules (``data`` events say why)
 
 
 def run(
@@ -540,6 +563,7 @@ def run(
         {s: x.units for s, x in p.positions.items()},
         resumed,
         len(loop.events),
+        loop.candles_dropped,
     )
 
 
