@@ -31,7 +31,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,16 @@ class TunedDefaults:
             "tuning_value": self.value,
             "tuned_params": self.params,
         }
+
+
+def save_defaults(settings: Settings, name: str, defaults: TunedDefaults) -> Path:
+    """Write ``defaults`` as the next retrain's defaults for model ``name`` (atomically)."""
+    path = defaults_path(settings, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(defaults), indent=2, default=str))
+    tmp.replace(path)
+    return path
 
 
 def tuned_defaults(settings: Settings, name: str) -> TunedDefaults | None:
@@ -294,19 +304,14 @@ def run_study(
     result = summarize(study, url, ran=len(study.trials) - before, seconds=0.0)
     defaults_file = None
     if write_defaults and result.best_trial is not None:
-        path = defaults_path(settings, model_name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "study": study_name,
-            "trial": result.best_trial,
-            "value": result.best_value,
-            "params": result.best_params,
-            "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=str))
-        tmp.replace(path)
-        defaults_file = str(path)
+        defaults = TunedDefaults(
+            study=study_name,
+            trial=result.best_trial,
+            value=result.best_value,
+            params=result.best_params,
+            written_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        defaults_file = str(save_defaults(settings, model_name, defaults))
     return TuneResult(
         **{
             **result.to_dict(),

@@ -122,3 +122,52 @@ def test_tuning_resumes_and_its_best_trial_is_the_next_retrains_defaults(
     # and its fold figures are the study's best: same configuration, same data, same folds
     assert outcome.cv is not None
     assert outcome.cv.ic_mean == pytest.approx(best.value, abs=1e-12)
+
+
+def test_studies_live_beside_the_warehouse(settings: Settings, tmp_path: Path) -> None:
+    url = tuning.storage_url(settings)
+    assert url == f"sqlite:///{settings.home / 'tuning' / 'optuna.db'}"
+    # a PostgreSQL catalog: the same database, through psycopg (SQLAlchemy's dialect name)
+    pg = Settings(home=tmp_path / "pg", catalog_url="postgresql://tl:secret@db:5432/lake")
+    assert tuning.storage_url(pg) == "postgresql+psycopg://tl:secret@db:5432/lake"
+
+
+def test_retrain_defaults_come_from_the_study_under_explicit_parameters(
+    settings: Settings,
+) -> None:
+    assert tuning.tuned_defaults(settings, "signal") is None
+    plain = _request(settings, [SYMBOL], 30, None, None, "5m", None, None, None)
+    assert plain.config.horizon_bars == 5 and plain.extra_hyperparameters == {}
+    saved = tuning.TunedDefaults(
+        study="s1",
+        trial=3,
+        value=0.05,
+        params={"horizon_bars": 10, "gbm_max_depth": 2, "members": ["gbm"], "cost_margin": 1.5},
+        written_at="2026-12-02T00:00:00+00:00",
+    )
+    tuning.save_defaults(settings, "signal", saved)
+    assert tuning.tuned_defaults(settings, "signal") == saved
+    tuned = _request(settings, [SYMBOL], 30, None, None, "5m", None, None, None)
+    assert tuned.config.horizon_bars == 10 and tuned.config.gbm_max_depth == 2
+    assert tuned.config.members == ("gbm",) and tuned.config.cost_margin == 1.5
+    assert tuned.extra_hyperparameters["tuning_study"] == "s1"
+    # explicit parameters win over the study; overrides win over both; tuned=False ignores it
+    explicit = _request(
+        settings, [SYMBOL], 30, 7, None, "5m", None, None, {"gbm_max_depth": 4}
+    ).config
+    assert explicit.horizon_bars == 7 and explicit.gbm_max_depth == 4
+    assert explicit.cost_margin == 1.5
+    off = _request(settings, [SYMBOL], 30, None, None, "5m", None, None, None, tuned=False)
+    assert off.config.horizon_bars == 5 and off.extra_hyperparameters == {}
+    # another model name has its own defaults
+    other = _request(settings, [SYMBOL], 30, None, None, "5m", None, None, None, name="x")
+    assert other.config.horizon_bars == 5
+
+
+def test_the_labels_cost_floor_is_the_round_trip_times_the_margin() -> None:
+    from models.training import TrainConfig, label_config
+
+    config = TrainConfig(round_trip_cost_fraction=0.0032, cost_margin=1.5)
+    assert label_config(config).round_trip_cost_fraction == pytest.approx(0.0048)
+    with pytest.raises(ValueError, match="cv_folds"):
+        TrainConfig(cv_folds=1)
