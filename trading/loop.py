@@ -50,11 +50,12 @@ from trading.loop_config import LoopConfig, SymbolState, default_limits
 from trading.loop_rows import LoopRows
 from trading.portfolio import Portfolio
 from trading.protections import Protections, kill_file, reset_file
-from trading.risk import RiskState, reset_kill_switch
+from trading.risk import RiskState, reset_accuracy_kill, reset_kill_switch
 from trading.state import (
     broker_restore,
     broker_to_dict,
     check_positions,
+    check_series,
     fills_net_units,
     load_snapshot,
     portfolio_from_dict,
@@ -64,7 +65,7 @@ from trading.state import (
 )
 from trading.step import TradingState
 from trading.thresholds import AdaptiveThresholds
-from trading.writer import BufferedWriter, WriteBatch, now_ms
+from trading.writer import BufferedWriter, WriteBatch, WriterBacklogFull, now_ms
 
 log = logging.getLogger("tradeloop.serve")
 
@@ -124,6 +125,11 @@ class ServingLoop:
         self._reset_path = reset_file(home, config.account)
         self._control = control_files
         self._log_events = log_events
+        # what this loop serves (source, exchange, symbols, timeframe): stored in the snapshot;
+        # a restore of another series is refused (trading.state.check_series)
+        self.series: dict[str, Any] | None = None
+        # why the writer refused the last batch (live backlog over its limit): no trading
+        self.writes_refused: str | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -208,18 +214,19 @@ class ServingLoop:
         if resolved:
             self._after_resolution(ts_ms)
 
-        # 3. batched inference (bars without precomputed outputs)
-        t1 = time.perf_counter_ns()
-        outputs = self._infer([b for b in bars if b.symbol not in given])
-        outputs.update(given)
-        self.latency.record_ns("inference", time.perf_counter_ns() - t1)
+        if self.writes_refused is None:  # else the writer refused rows: no trading (flush)
+            # 3. batched inference (bars without precomputed outputs)
+            t1 = time.perf_counter_ns()
+            outputs = self._infer([b for b in bars if b.symbol not in given])
+            outputs.update(given)
+            self.latency.record_ns("inference", time.perf_counter_ns() - t1)
 
-        # 4. the decision path, per bar
-        t2 = time.perf_counter_ns()
-        model = self._model_context()
-        for bar in bars:
-            self._decide_and_step(bar, outputs[bar.symbol], model, tick.now_ms)
-        self.latency.record_ns("decision", time.perf_counter_ns() - t2)
+            # 4. the decision path, per bar
+            t2 = time.perf_counter_ns()
+            model = self._model_context()
+            for bar in bars:
+                self._decide_and_step(bar, outputs[bar.symbol], model, tick.now_ms)
+            self.latency.record_ns("decision", time.perf_counter_ns() - t2)
 
         self.rows.equity(ts_ms, self.state.portfolio, self.state.risk.peak_equity)
         msg = self.protections.on_equity(self.candle_index, self.state.portfolio.equity())
@@ -243,9 +250,17 @@ class ServingLoop:
         if restored_id is not None and self.manager.model_id == restored_id:
             return
         self.feedback.reset_model()
-        if self.state.risk.killed:
-            reset_kill_switch(self.state.risk)
+        # only the accuracy leg measures the model; a drawdown kill (and its equity peak)
+        # stays until `tradeloop kill --reset`
+        if reset_accuracy_kill(self.state.risk):
             self.event(ts_ms, "kill", f"kill switch reset: new champion {self.manager.model_id}")
+        elif self.state.risk.killed:
+            self.event(
+                ts_ms,
+                "kill",
+                f"new champion {self.manager.model_id}; the {self.state.risk.kill_kind} kill "
+                "stays on until `tradeloop kill --reset`",
+            )
 
     def _control_files(self, ts_ms: int) -> None:
         killed = self._kill_path.exists()
@@ -294,6 +309,7 @@ class ServingLoop:
         if why and not self.state.risk.killed:
             self.state.risk.killed = True
             self.state.risk.kill_reason = why
+            self.state.risk.kill_kind = "accuracy"
             self.event(
                 ts_ms,
                 "kill",
@@ -430,6 +446,7 @@ class ServingLoop:
             },
             "model_id": self.manager.model_id,
             "latency": self.latency.to_dict(),
+            "series": self.series,
         }
 
     def flush(self, *, wait: bool = False) -> None:
@@ -457,7 +474,25 @@ class ServingLoop:
                     "updated_at": updated,
                 },
             )
-        self.writer.submit(batch)
+        if wait:
+            self.writer.flush()  # bounded: retries end, bad rows are set aside
+        try:
+            self.writer.submit(batch)
+        except WriterBacklogFull as exc:
+            # live: the warehouse is behind; keep the rows (sent with the next batch it takes)
+            # and trade no more until it accepts again (an order it cannot record is not sent)
+            self.rows.batch = batch
+            if self.writes_refused is None:
+                self.event(
+                    self.last_ts_ms or 0,
+                    "alert",
+                    f"warehouse writes refused ({exc}); no trading until they are accepted",
+                )
+            self.writes_refused = str(exc)
+            return
+        if self.writes_refused is not None:
+            self.writes_refused = None
+            self.event(self.last_ts_ms or 0, "alert", "warehouse writes accepted again; trading")
         if wait:
             self.writer.flush()
 
@@ -467,6 +502,7 @@ class ServingLoop:
         data = load_snapshot(con, self.config.account)
         if data is None:
             return None
+        check_series(data.get("series"), self.series, self.config.account)
         self.steps = int(data["steps"])
         self.candle_index = int(data["candle_index"])
         self.event_seq = int(data["event_seq"])

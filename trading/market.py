@@ -186,7 +186,12 @@ class FollowMarket:
     the new rows, not the history. An unreadable source (a warehouse being migrated, a file
     being rewritten) is logged and read again from the same cursor at the next poll: nothing
     is skipped. ``rows_read`` counts every candle read, to show that. ``on_idle`` runs before
-    each wait (the serving loop saves what it served: rows, snapshot, heartbeat)."""
+    each wait (the serving loop saves what it served: rows, snapshot, heartbeat).
+
+    ``clock`` (ms): the market's time of each tick, and a poll that brought no candle yields
+    an empty tick at that time, so the loop's stale-data alert sees a source that stopped
+    growing (``serve --follow-every`` passes the wall clock). None: a tick is stamped with its
+    candle's close time and an empty poll yields nothing (a replay of history)."""
 
     read: ReadCandles
     timeframe: str
@@ -195,6 +200,7 @@ class FollowMarket:
     on_idle: Callable[[], None] | None = None
     max_polls: int | None = None
     name: str = "replay"
+    clock: Callable[[], int] | None = None
     rows_read: int = 0
     read_failures: int = 0
 
@@ -230,7 +236,10 @@ class FollowMarket:
                 )
             for i in range(len(candles)):
                 cursor = int(candles.ts_ms[i])
-                yield Tick(cursor + self.step_ms, (_bar(candles, i),))
+                now = self.clock() if self.clock is not None else cursor + self.step_ms
+                yield Tick(now, (_bar(candles, i),))
+            if len(candles) == 0 and self.clock is not None:
+                yield Tick(self.clock(), ())  # time passes without a candle
 
     def history(self, up_to_ts_ms: int) -> Iterator[Tick]:
         """The ticks up to and including ``up_to_ts_ms`` (to re-warm state after a restart)."""

@@ -68,6 +68,9 @@ class RiskState:
     peak_equity: float = -math.inf
     killed: bool = False
     kill_reason: str = ""
+    # what fired it: "drawdown" (lifted only by hand: `tradeloop kill --reset`) or "accuracy"
+    # (a new champion lifts it too)
+    kill_kind: str = ""
     blocked_direction: dict[str, int] = field(default_factory=dict)  # after a stop/take-profit
     order_seq: int = 0
 
@@ -82,6 +85,7 @@ def update_kill_switch(state: RiskState, equity: float, limits: RiskLimits) -> b
         and equity < state.peak_equity * (1.0 - limits.max_drawdown_fraction)
     ):
         state.killed = True
+        state.kill_kind = "drawdown"
         state.kill_reason = (
             f"drawdown {1 - equity / state.peak_equity:.2%} > {limits.max_drawdown_fraction:.2%}"
         )
@@ -90,9 +94,22 @@ def update_kill_switch(state: RiskState, equity: float, limits: RiskLimits) -> b
 
 
 def reset_kill_switch(state: RiskState) -> None:
+    """Lift the kill switch by hand: the drawdown is measured again from a new peak."""
     state.killed = False
     state.kill_reason = ""
+    state.kill_kind = ""
     state.peak_equity = -math.inf
+
+
+def reset_accuracy_kill(state: RiskState) -> bool:
+    """Lift an ACCURACY kill (a new champion is measured afresh); a drawdown kill stays on and
+    the equity peak is kept. True when the switch was lifted."""
+    if not state.killed or state.kill_kind != "accuracy":
+        return False
+    state.killed = False
+    state.kill_reason = ""
+    state.kill_kind = ""
+    return True
 
 
 def confidence_scale(confidence: float, limits: RiskLimits) -> float:

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -20,6 +21,7 @@ from models.registry import ModelRecord, champion
 from pipelines.features import FEATURE_SET_VERSION
 from pipelines.features.rebuild import history_start_ms
 from pipelines.resample import timeframe_ms
+from pipelines.sources.base import wall_clock_ms
 from trading.backtest import Candles
 from trading.fallback import ModelManager
 from trading.loop import LoopConfig, RunSummary, ServingLoop, run
@@ -106,16 +108,31 @@ def heartbeat_file(home: Path, account: str) -> Path:
     return home / "serve" / f"{account}.heartbeat"
 
 
+def _iso(ts_ms: int | None) -> str | None:
+    if ts_ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).isoformat()
+
+
 def write_heartbeat(home: Path, loop: ServingLoop) -> None:
+    """The account's heartbeat file. ``at`` is when it was written; ``last_candle_at`` the open
+    time of the last candle served (a monitor judges the data's age by it, not by ``at``);
+    ``stale_symbols`` those under a stale-data alert; ``writer`` the warehouse writer's
+    backlog and set-aside rows."""
     path = heartbeat_file(home, loop.config.account)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
+    writer = loop.writer.stats() if loop.writer is not None else None
     tmp.write_text(
         json.dumps(
             {
                 "at": dt.datetime.now(dt.UTC).isoformat(),
                 "steps": loop.steps,
                 "last_candle_ts_ms": loop.last_ts_ms,
+                "last_candle_at": _iso(loop.last_ts_ms),
+                "stale_symbols": stale_symbols(loop),
+                "writes_refused": loop.writes_refused,
+                "writer": writer,
                 "model": loop.manager.active_id,
                 "equity": loop.state.portfolio.equity(),
                 "killed": loop.state.risk.killed,
@@ -130,6 +147,28 @@ def write_heartbeat(home: Path, loop: ServingLoop) -> None:
         )
     )
     tmp.replace(path)
+
+
+def stale_symbols(loop: ServingLoop) -> list[str]:
+    return sorted(s for s, st in loop.symbols.items() if st.stale_alerted)
+
+
+class Heartbeat:
+    """Writes the heartbeat when something changed since the last one: a candle was served,
+    or the stale-data alerts or the writer's refusal changed. An idle loop does not rewrite
+    it, so a dead collector does not look like fresh data."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.last: tuple[object, ...] | None = None
+
+    def __call__(self, loop: ServingLoop) -> bool:
+        seen = (loop.steps, loop.last_ts_ms, tuple(stale_symbols(loop)), loop.writes_refused)
+        if seen == self.last:
+            return False
+        write_heartbeat(self.home, loop)
+        self.last = seen
+        return True
 
 
 def serve_replay(
@@ -147,6 +186,7 @@ def serve_replay(
     follow_every_s: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
     timeframe: str | None = None,
+    max_polls: int | None = None,
 ) -> RunSummary:
     """Replay a candle file or a warehouse symbol through the paper-trading loop.
 
@@ -155,7 +195,8 @@ def serve_replay(
     ``last_candles``: serve only its latest N, after warming the loop's features on the
     candles before them (see ``_warm_up_window``).
     ``follow_every_s``: then keep following the source, reading its new candles every that
-    many seconds (``sleep`` waits), until ``max_candles``; ``speed`` does not apply."""
+    many seconds (``sleep`` waits), until ``max_candles`` (or ``max_polls`` reads); ``speed``
+    does not apply."""
     if follow_every_s is not None and speed is not None:
         raise ValueError("serve_replay: follow_every_s follows new candles as they land; no speed")
     config = config or LoopConfig.from_settings(settings, model_check_every_steps=60)
@@ -180,25 +221,26 @@ def serve_replay(
             market = _follow_market(
                 settings, source, config.exchange, follow_every_s, sleep, read_after, timeframe
             )
+            market.max_polls = max_polls
         config = dataclasses.replace(config, timeframe=market.timeframe)
         manager = ModelManager(lookup, FEATURE_SET_VERSION)
         writer = BufferedWriter(settings, lambda: connect(settings))
         loop = ServingLoop(
             config, manager=manager, writer=writer, home=settings.home, on_retrain=on_retrain
         )
+        loop.series = replay_series(source, config.exchange, market)
+        beat_file = Heartbeat(settings.home)
         if isinstance(market, FollowMarket):
 
             def save_before_waiting() -> None:
                 loop.flush(wait=True)
-                write_heartbeat(settings.home, loop)
+                beat_file(loop)
 
             market.on_idle = save_before_waiting
 
         def beat(lp: ServingLoop) -> None:
-            if lp.steps % heartbeat_every == 0:
-                write_heartbeat(settings.home, lp)
-                if heartbeat is not None:
-                    heartbeat(lp)
+            if lp.steps % heartbeat_every == 0 and beat_file(lp) and heartbeat is not None:
+                heartbeat(lp)
 
         summary = run(
             loop,
@@ -208,12 +250,32 @@ def serve_replay(
             heartbeat=beat,
             warm_until_ts_ms=warm_until,
         )
-        write_heartbeat(settings.home, loop)
+        beat_file(loop)
         writer.close()
         return summary
     finally:
         lookup.close()
         con.close()
+
+
+def replay_series(
+    source: str, exchange: str, market: ReplayMarket | FollowMarket
+) -> dict[str, Any]:
+    """What a replay serves, as its snapshot records it: a warehouse symbol, or a file by its
+    absolute path, with the symbols and timeframe (a resume of another series is refused)."""
+    path = Path(source)
+    if isinstance(market, ReplayMarket):
+        symbols = list(market.symbols)
+    elif not path.exists():
+        symbols = [source]
+    else:  # a followed file: its symbol is in its rows
+        symbols = [read_replay_candles(source, con=None, exchange=exchange).symbol]
+    return {
+        "source": f"file {path.resolve()}" if path.exists() else "warehouse",
+        "exchange": exchange,
+        "symbols": sorted(symbols),
+        "timeframe": market.timeframe,
+    }
 
 
 def _warm_up_window(
@@ -270,7 +332,12 @@ def _follow_market(
     if warehouse is None:
         timeframe = read(None, None).timeframe
     return FollowMarket(
-        read, timeframe or "1m", poll_interval_s, sleep=sleep, name=f"replay {source}"
+        read,
+        timeframe or "1m",
+        poll_interval_s,
+        sleep=sleep,
+        name=f"replay {source}",
+        clock=wall_clock_ms,  # stale data is judged on the wall clock, not the candle's time
     )
 
 
@@ -295,6 +362,7 @@ def serve_live(
     from pipelines.sources.base import wall_clock_ms
     from pipelines.sources.ccxt_source import CcxtSource
     from trading.live_broker import CcxtBroker
+    from trading.live_service import journal_file, restore_live, stop_on_sigterm
 
     key = api_key or (
         settings.exchange_api_key.get_secret_value() if settings.exchange_api_key else None
@@ -308,6 +376,7 @@ def serve_live(
         config or LoopConfig.from_settings(settings, account=mode, model_check_every_steps=60),
         exchange=settings.exchange,
         mode=mode,
+        flush_every_steps=1,  # live: each step's rows and state are written at once
     )
     broker = CcxtBroker(
         settings.exchange,
@@ -315,6 +384,7 @@ def serve_live(
         api_secret=secret,
         sandbox=settings.exchange_sandbox,
         api_base=settings.exchange_api_base,
+        journal=journal_file(settings.home, config.account),
     )
     source = CcxtSource(settings.exchange, api_base=settings.exchange_api_base)
     if settings.exchange_sandbox:
@@ -340,7 +410,10 @@ def serve_live(
     lookup = ChampionLookup(settings, config.model_name)
     try:
         manager = ModelManager(lookup, FEATURE_SET_VERSION)
-        writer = BufferedWriter(settings, lambda: connect(settings))
+        # live: an order the warehouse cannot record is not sent (ServingLoop.flush)
+        writer = BufferedWriter(
+            settings, lambda: connect(settings), refuse_over=settings.live_max_unwritten_batches
+        )
         loop = ServingLoop(
             config,
             manager=manager,
@@ -349,15 +422,26 @@ def serve_live(
             broker=broker,
             on_retrain=on_retrain,
         )
+        loop.series = {
+            "source": "live",
+            "exchange": settings.exchange,
+            "symbols": sorted(symbols),
+            "timeframe": config.timeframe,
+        }
+        beat_file = Heartbeat(settings.home)
 
         def beat(lp: ServingLoop) -> None:
-            if lp.steps % heartbeat_every == 0:
-                write_heartbeat(settings.home, lp)
-                if heartbeat is not None:
-                    heartbeat(lp)
+            if lp.steps % heartbeat_every == 0 and beat_file(lp) and heartbeat is not None:
+                heartbeat(lp)
 
-        summary = run(loop, market, max_candles=max_candles, heartbeat=beat)
-        write_heartbeat(settings.home, loop)
+        # the snapshot and the exchange's orders and balances, before the first candle
+        resumed = restore_live(loop, broker, con, symbols)
+        if resumed is not None:  # never a candle the snapshot already served
+            for s in symbols:
+                market.cursor[s] = max(market.cursor[s], resumed + step)
+        with stop_on_sigterm() as stop:
+            summary = run(loop, market, max_candles=max_candles, heartbeat=beat, stop=stop)
+        beat_file(loop)
         writer.close()
         return summary
     finally:

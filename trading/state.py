@@ -60,6 +60,7 @@ def risk_to_dict(r: RiskState) -> dict[str, Any]:
         "peak_equity": _num(r.peak_equity),
         "killed": r.killed,
         "kill_reason": r.kill_reason,
+        "kill_kind": r.kill_kind,
         "blocked_direction": dict(r.blocked_direction),
         "order_seq": r.order_seq,
     }
@@ -67,10 +68,15 @@ def risk_to_dict(r: RiskState) -> dict[str, Any]:
 
 def risk_from_dict(d: dict[str, Any]) -> RiskState:
     peak = d["peak_equity"]
+    reason = str(d["kill_reason"])
+    kind = d.get("kill_kind")
+    if kind is None:  # a snapshot from before kill kinds: the drawdown reason says which
+        kind = ("drawdown" if reason.startswith("drawdown") else "accuracy") if d["killed"] else ""
     return RiskState(
         peak_equity=-math.inf if peak is None else float(peak),
         killed=bool(d["killed"]),
-        kill_reason=str(d["kill_reason"]),
+        kill_reason=reason,
+        kill_kind=str(kind),
         blocked_direction={k: int(v) for k, v in d["blocked_direction"].items()},
         order_seq=int(d["order_seq"]),
     )
@@ -130,3 +136,30 @@ def check_positions(portfolio: Portfolio, fills_units: dict[str, float], account
                 f"account {account!r} {s}: snapshot position {want!r} but the fills table nets "
                 f"{got!r}; the warehouse and the loop state disagree"
             )
+
+
+class SeriesMismatch(StateError):
+    """The account's snapshot is of another series than the one this run serves."""
+
+
+def describe_series(series: dict[str, Any]) -> str:
+    symbols = ", ".join(series.get("symbols") or []) or "?"
+    return (
+        f"{series.get('source', '?')} ({symbols} {series.get('timeframe', '?')} on "
+        f"{series.get('exchange', '?')})"
+    )
+
+
+def check_series(
+    stored: dict[str, Any] | None, serving: dict[str, Any] | None, account: str
+) -> None:
+    """Refuse to resume ``account`` from a snapshot of another series: its portfolio, last
+    candle time and decision state belong to that series (resuming served 0 candles of a
+    series whose candles all lie before the stored last candle, and said nothing). A snapshot
+    written before series were recorded (``stored`` None) resumes as before."""
+    if stored is None or serving is None or stored == serving:
+        return
+    raise SeriesMismatch(
+        f"account {account!r} holds the state of {describe_series(stored)}, not "
+        f"{describe_series(serving)}; serve it under another --account"
+    )

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         description="where `tradeloop reports serve` (or compose's reports service) publishes "
         "home/reports, e.g. http://127.0.0.1:8000; artifacts link there instead of file://",
     )
+    live_max_unwritten_batches: int = Field(
+        default=5,
+        ge=1,
+        description="live mode: with this many batches of rows not yet written to the "
+        "warehouse, the loop stops trading until the writer catches up",
+    )
     exchange_api_base: str | None = Field(
         default=None, description="REST base URL replacing the exchange's (e.g. a loopback)"
     )

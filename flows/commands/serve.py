@@ -98,6 +98,7 @@ def serve(
         replay_exchange = exchange or "file"  # where `tradeloop import` stores a file's rows
     from flows.commands.context import cli_options
     from flows.orchestration import api_configured
+    from trading.state import StateError
 
     as_flow_run = not no_prefect and (cli_options().prefect or api_configured())
     try:
@@ -145,7 +146,7 @@ def serve(
                 exchange=replay_exchange,
                 timeframe=replay_timeframe,
             )
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, StateError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(
