@@ -13,7 +13,9 @@
 * **Storage**: an Optuna RDB storage beside the warehouse: ``TRADELOOP_HOME/tuning/optuna.db``
   (SQLite), or the PostgreSQL catalog database when the DuckLake catalog is PostgreSQL. A study
   is named; running the same name again resumes it (``load_if_exists``), and studies can be
-  compared with ``optuna`` tools on the same storage.
+  compared with ``optuna`` tools on the same storage. An interrupted run (Ctrl-C: Optuna marks
+  the trial failed; a killed process: its trial's heartbeat stops and the next run marks it
+  failed) resumes the same way.
 * **Next retrain's defaults**: the best trial's parameters are written to
   ``TRADELOOP_HOME/tuning/<model name>.json`` with the study name and trial number;
   ``tuned_defaults`` reads them, the retrain flow merges them under explicit parameters, and the
@@ -44,6 +46,7 @@ from trading.metrics import deflated_sharpe
 from warehouse import Settings
 
 PRUNE_STARTUP_TRIALS = 3
+HEARTBEAT_S = 60
 OBJECTIVE = "mean IC over the purged, embargoed folds of the training part (models.cv)"
 
 
@@ -117,8 +120,8 @@ def to_config(params: dict[str, Any]) -> dict[str, Any]:
 
 def storage_url(settings: Settings) -> str:
     """Where studies live: the PostgreSQL catalog database, else SQLite under the home."""
-    if settings.catalog_kind == "postgres" and settings.catalog_url:
-        scheme, rest = settings.catalog_url.split("://", 1)
+    if settings.catalog_kind == "postgres" and settings.catalog_dsn:
+        scheme, rest = settings.catalog_dsn.split("://", 1)
         return f"postgresql+psycopg://{rest}"
     path = settings.home / "tuning" / "optuna.db"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,7 +283,11 @@ def run_study(
     space = DEFAULT_SPACE if space is None else space
     started = time.perf_counter()
     url = storage_url(settings)
-    storage = optuna.storages.RDBStorage(url)
+    # A heartbeat per running trial: a run killed mid-trial (no chance to mark it failed) leaves
+    # a RUNNING trial whose heartbeat stops; the next run marks it FAIL and carries on.
+    storage = optuna.storages.RDBStorage(
+        url, heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S
+    )
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
