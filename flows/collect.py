@@ -34,6 +34,7 @@ from pipelines.collect import (
     stats_markdown,
     stored_range,
 )
+from pipelines.importers import merge_side_tables
 from pipelines.resample import SUPPORTED_TIMEFRAMES, timeframe_ms
 from pipelines.sources import FileSource, wall_clock_ms
 from warehouse import Settings, connect, get_settings, migrate
@@ -198,6 +199,7 @@ def collect(
     )
     until_ms = parse_time_ms(until)
     probe: FileSource | None = None
+    side_stats: list[SeriesStats] = []  # a file import's mark candles and funding rates
     tfs = list(timeframes or [settings.base_timeframe])
     for tf in tfs:
         timeframe_ms(tf)
@@ -209,6 +211,14 @@ def collect(
             logger.info(file_report.summary())
         for failure in probe.failures:
             logger.error(f"not imported: {failure}")
+        if probe.side_tables:  # their own tables, never `candles` (pipelines.importers)
+            con = connect(settings)
+            try:
+                side_stats = merge_side_tables(con, probe.side_tables, settings=settings)
+            finally:
+                con.close()
+            for side in side_stats:
+                logger.info(f"{side.summary()}: {side.message}")
         symbols = symbols or sorted({s for s, _ in probe.series} | set(probe.trade_symbols))
         if not timeframes:
             tfs = sorted({tf for _, tf in probe.series}, key=timeframe_ms)
@@ -248,7 +258,7 @@ def collect(
         for symbol in symbols
     ]
     runs: list[SymbolRun] = [f.result() for f in futures]
-    stats = [s for r in runs for s in r.stats]
+    stats = side_stats + [s for r in runs for s in r.stats]
     gate_results = [g for r in runs for g in r.gate_results]
     record_stats(settings, run_id, stats)
     # published before a failure is raised: a failed run is the one most worth reading

@@ -137,11 +137,20 @@ def import_files(
     exchange: Annotated[str, typer.Option(help="exchange name stored with the rows")] = "file",
     symbol: opt.SymbolOption = None,
     timeframe: opt.TimeframeOption = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="a batch that fails the quality policy merges nothing (its passing rows too "
+            "are held in quarantine) instead of merging its passing rows",
+        ),
+    ] = False,
 ) -> None:
     """Import freqtrade data (PAIR-TF.feather|json|parquet, PAIR-trades.feather), CSV, Parquet.
 
     For one file, -s and -t name its symbol and timeframe (over what its name says, so a file
-    named anything imports); for a directory they pick which of its series to import."""
+    named anything imports); for a directory they pick which of its series to import.
+    freqtrade's -mark and -funding_rate files go to mark_candles and funding_rates."""
     symbols = opt.symbols(symbol)
     tf = opt.timeframe(timeframe)
     if not path.exists():
@@ -157,7 +166,14 @@ def import_files(
         timeframes=[tf] if tf and not one_file else None,
         file_symbol=symbols[0] if one_file and symbols else None,
         file_timeframe=tf if one_file else None,
+        **({"policy": _strict_policy()} if strict else {}),
     )
+
+
+def _strict_policy() -> Any:
+    from expectations.policy import GatePolicy
+
+    return GatePolicy(quarantine_batch_on_failure=True)
 
 
 def loopback_exchange(

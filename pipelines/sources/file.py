@@ -27,6 +27,9 @@ class FileSource:
     timeframe: str | None = None
     reports: list[ImportReport] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # files of a directory that failed
+    # mark candles and funding rates: (table, rows, report), merged beside the candles
+    side_tables: list[tuple[str, pa.Table, ImportReport]] = field(default_factory=list)
+    _duplicates: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
     _candles: dict[tuple[str, str], pa.Table] = field(default_factory=dict, repr=False)
     _trades: dict[str, pa.Table] = field(default_factory=dict, repr=False)
 
@@ -44,9 +47,13 @@ class FileSource:
             self.reports.append(report)
             if info.kind == "trades":
                 self._trades[report.symbol] = table
-            else:
+                self._duplicates[(report.symbol, "trades")] = report.duplicates_dropped
+            elif info.kind == "candles":
                 assert report.timeframe is not None
                 self._candles[(report.symbol, report.timeframe)] = table
+                self._duplicates[(report.symbol, report.timeframe)] = report.duplicates_dropped
+            else:
+                self.side_tables.append((info.kind, table, report))
 
     @property
     def series(self) -> list[tuple[str, str]]:
@@ -81,6 +88,8 @@ class FileSource:
             mask = pc.and_(mask, pc.less(ts, pa.scalar(until_ms, TS)))
         out = table.filter(mask).cast(CANDLE_SCHEMA)
         if stats is not None:
+            # the file's exact duplicate rows, counted once for the series (ingestion_runs)
+            stats.duplicates_dropped += self._duplicates.pop((symbol, timeframe), 0)
             stats.requests += 1
             stats.pages += 1
             stats.rows += out.num_rows
@@ -96,10 +105,16 @@ class FileSource:
         if symbol not in self._trades:
             return TRADE_SCHEMA.empty_table()
         table = self._trades[symbol]
+        if stats is not None:
+            stats.duplicates_dropped += self._duplicates.pop((symbol, "trades"), 0)
         mask = pc.greater_equal(table["ts"], pa.scalar(since_ms, TS))
         if until_ms is not None:
             mask = pc.and_(mask, pc.less(table["ts"], pa.scalar(until_ms, TS)))
-        return table.filter(mask)
+        out = table.filter(mask)
+        if stats is not None:  # rows_fetched of ingestion_runs (was 0 for trade files)
+            stats.requests += 1
+            stats.rows += out.num_rows
+        return out
 
     def close(self) -> None:
         return None
