@@ -168,8 +168,12 @@ def _decide_from_shared_window(
     scored on the challenger's test window, ``oos_*``) that carries an IC for both."""
     from models import registry
 
-    if champion_id is None:
-        return registry.decide_promotion(registry.model_metrics(con, challenger_id, "test"), None)
+    if champion_id is None:  # the test window, and the purged folds' figures when it has them
+        figures = {
+            **registry.model_metrics(con, challenger_id, "test"),
+            **registry.model_metrics(con, challenger_id, "cv"),
+        }
+        return registry.decide_promotion(figures, None)
     row = con.execute(
         "SELECT a.window_name FROM model_metrics a "
         "JOIN model_metrics b USING (window_name, metric) "
