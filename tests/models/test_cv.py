@@ -16,9 +16,9 @@ from models import registry, retraining
 from models.cv import CVResult, cross_validate, fold_rows, training_part
 from models.data import SampleSet, build_samples
 from models.metrics import window_scores
-from models.training import TrainConfig, fit_ensemble, label_config, split_options
+from models.training import TrainConfig, fit_ensemble, label_config
 from pipelines.labels import time_splits
-from tests.models.conftest import SYMBOL, TINY, candles_arrow, real_candles
+from tests.support.models import SYMBOL, TINY, candles_arrow, real_candles
 from warehouse import Settings, upsert
 
 GBM = TINY.with_updates(members=("gbm",), epochs=1, cv_folds=3)
@@ -71,7 +71,7 @@ def test_folds_are_purged_and_embargoed(
         assert np.array_equal(np.unique(tb), np.flatnonzero(kept))
 
 
-def test_bounds_give_the_same_folds_in_time(candles_dir: Path) -> None:
+def test_bounds_give_the_same_folds_in_time() -> None:
     """Another configuration's folds (``bounds``) are the same time intervals."""
     ts = np.datetime64("2024-01-01T00:00") + np.arange(300) * np.timedelta64(1, "m")
     mine = fold_rows(ts, 3, horizon_bars=5, embargo_bars=4)
@@ -208,4 +208,3 @@ def test_retrain_promotes_on_folds_against_another_configuration(
     # the registry's record carries the folds
     record = registry.get_model(lake, second.model_id)
     assert record.metrics["cv"]["cv_folds"] == 2 and len(record.metrics["cv"]["folds"]) == 2
-    assert split_options(config)["purge_bars"] == 5

@@ -18,7 +18,7 @@ from flows.retrain import _request, retrain
 from flows.tune import tune
 from models import registry, retraining, tuning
 from models.cv import cross_validate
-from tests.models.conftest import TINY, candles_arrow
+from tests.support.models import TINY, candles_arrow
 from warehouse import Settings, get_settings, upsert
 
 SYMBOL = "ETH/BTC"
@@ -171,3 +171,14 @@ def test_the_labels_cost_floor_is_the_round_trip_times_the_margin() -> None:
     assert label_config(config).round_trip_cost_fraction == pytest.approx(0.0048)
     with pytest.raises(ValueError, match="cv_folds"):
         TrainConfig(cv_folds=1)
+
+
+def test_tune_command_checks_its_options_before_any_work() -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    for args in (["--trials", "0"], ["--timeout", "0"], ["--symbols", "ETHBTC"]):
+        result = runner.invoke(app, ["tune", *args])
+        assert result.exit_code == 2, (args, result.output)
