@@ -10,7 +10,9 @@ import duckdb
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from warehouse import Settings, connect, migrate
+from tests.support.data import SHARED_CANDLES
+from tests.support.settings import SettingsAwareMonkeyPatch
+from warehouse import Settings, connect, get_settings, migrate
 
 # CI (.ci/run) selects "ci": the same examples every run, so a red CI is reproducible and a
 # green one is not luck; local runs keep drawing new examples to find new failures.
@@ -35,9 +37,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
 
 
-SHARED_CANDLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "candles"
-# every real candle file ("<PAIR>-<timeframe>.feather"; trades files excluded), from the directory
-REAL_CANDLE_FILES = sorted(p.name for p in SHARED_CANDLES.glob("*-[0-9]*.feather"))
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """Every test starts and ends with an empty settings cache (tests/support/settings.py)."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def monkeypatch() -> Iterator[pytest.MonkeyPatch]:
+    """pytest's monkeypatch; setting or deleting a TRADELOOP_* variable drops the cached
+    settings, so the next get_settings() reads the new environment."""
+    patch = SettingsAwareMonkeyPatch()
+    yield patch
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import polars as pl
 from expectations.feature_gate import check_features, gate_features
 from expectations.frames import check_frame
 from pipelines.features import build_features
-from tests.pipelines.features.conftest import load_candles
+from tests.support.features import load_candles
 from warehouse import Settings
 
 # row -> (column, value written there)

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from expectations.frames import check_frame
-from tests.expectations.conftest import START
+from tests.support.batches import START
 from warehouse import Settings
 
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from expectations.gate import GatePolicy, gate_and_merge
-from tests.expectations.conftest import START, TS_TYPE
+from tests.support.batches import START, TS_TYPE
 from warehouse import Settings
 
 LOOSE = GatePolicy(max_bad_fraction=1.0)

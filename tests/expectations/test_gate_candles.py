@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from expectations.gate import GatePolicy, QualityGateError, gate_and_merge
-from tests.expectations.conftest import START, candle_rows, to_arrow
+from tests.support.batches import START, candle_rows, to_arrow
 from warehouse import Settings
 
 N = 10

@@ -11,7 +11,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from expectations.gate import GatePolicy, gate_and_merge
-from tests.expectations.conftest import candle_rows, to_arrow
+from tests.support.batches import candle_rows, to_arrow
 from warehouse import Settings
 
 _symbols = itertools.count()

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 
 from expectations.gate import gate_and_merge
-from tests.expectations.conftest import real_candle_batch
+from tests.support.batches import real_candle_batch
 from warehouse import Settings
 
 

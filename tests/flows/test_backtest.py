@@ -36,7 +36,7 @@ def _store_real_candles(
         symbol=pl.lit("XRP/ETH"),
         timeframe=pl.lit("5m"),
     ).select("exchange", "symbol", "timeframe", "ts", "open", "high", "low", "close", "volume")
-    upsert(lake, "candles", frame.to_arrow(), settings=settings)
+    upsert(lake, "candles", frame.to_arrow())
     return frame
 
 
@@ -52,12 +52,8 @@ def _signal_file(frame: pl.DataFrame, path: Path) -> Path:
 def env(lake, settings, candles_dir, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     frame = _store_real_candles(lake, settings, candles_dir)
     lake.close()
-    monkeypatch.setenv("TRADELOOP_HOME", str(settings.home))
-    from warehouse.settings import get_settings
-
-    get_settings.cache_clear()
-    yield frame, _signal_file(frame, tmp_path / "sig.parquet"), settings
-    get_settings.cache_clear()
+    monkeypatch.setenv("TRADELOOP_HOME", str(settings.home))  # clears the settings cache
+    return frame, _signal_file(frame, tmp_path / "sig.parquet"), settings
 
 
 def _run(args: list[str]) -> dict:  # type: ignore[type-arg]
@@ -111,7 +107,7 @@ def test_backtest_flow_writes_report_and_artifact(env, prefect_server: None) -> 
     from flows.backtest import backtest
 
     frame, sig_path, settings = env
-    summary = backtest(str(sig_path), "XRP/ETH", "5m", settings=settings)
+    summary = backtest(str(sig_path), "XRP/ETH", "5m")
     html = Path(summary["report_html"])
     assert html.exists() and html.is_relative_to(settings.home / "reports")
     assert Path(summary["report_json"]).exists()
@@ -158,7 +154,6 @@ def test_walk_forward_retrain_flow_on_a_warehouse_symbol(env, prefect_server: No
         n_folds=3,
         timeframe="5m",
         train_overrides=FAST_GBM,
-        settings=settings,
     )
     assert len(folds) >= 3 and len({f["fold"] for f in folds}) == len(folds)
     for fold in folds:
@@ -176,7 +171,7 @@ def test_backtest_model_flow_publishes_the_models_measures(  # type: ignore[no-u
     """The flow runs the same function as `backtest --model` (a real ONNX model as champion)
     and publishes its IC and trades beside buy and hold."""
     from flows.backtest import backtest_model
-    from tests.flows.conftest import artifact_texts
+    from tests.support.artifacts import artifact_texts
     from tests.trading.serve_support import momentum_model, register_champion
     from warehouse import connect
 
@@ -186,7 +181,7 @@ def test_backtest_model_flow_publishes_the_models_measures(  # type: ignore[no-u
         model_id = register_champion(con, settings, momentum_model(tmp_path / "momentum.onnx"))
     finally:
         con.close()
-    summary = backtest_model("XRP/ETH", "5m", "binance", settings=settings)
+    summary = backtest_model("XRP/ETH", "5m", "binance")
     assert summary["model_id"] == model_id and summary["bars"] == frame.height
     assert summary["model_trades"] + summary["fallback_trades"] == summary["trades"]
     assert Path(summary["report_html"]).is_relative_to(settings.home / "reports")

@@ -14,8 +14,8 @@ from flows.collect import ARTIFACT_KEY, collect
 from pipelines.loopback import Fault, FaultPlan, LoopbackExchange, LoopbackServer
 from pipelines.resample import resample_arrow
 from pipelines.sources import wall_clock_ms
-from tests.expectations.conftest import candle_rows
-from tests.flows.conftest import artifact_texts
+from tests.support.artifacts import artifact_texts
+from tests.support.batches import candle_rows
 from warehouse import Settings, connect
 
 MINUTE = 60_000
@@ -67,7 +67,7 @@ def test_file_import_failing_the_policy_names_symbol_rule_and_count(
     path = _csv_with_one_bad_row(tmp_path)
     strict = GatePolicy(max_bad_fraction=0.01)  # 1 bad row of 50 is 2 %: the batch fails
     with pytest.raises(RuntimeError) as failure:
-        collect(source="file", exchange="binance", path=str(path), policy=strict, settings=settings)
+        collect(source="file", exchange="binance", path=str(path), policy=strict)
     message = str(failure.value)
     assert message.startswith("collect failed for: BTC/USDT 1m: FAILED candles BTC/USDT 1m:")
     assert "(ohlc_consistent: 1)" in message and "1 bad row(s) exceed the policy limit" in message
@@ -85,9 +85,7 @@ def test_file_import_within_the_policy_quarantines_the_bad_row(
 ) -> None:
     path = _csv_with_one_bad_row(tmp_path)
     tolerant = GatePolicy(max_bad_fraction=0.05)
-    report = collect(
-        source="file", exchange="binance", path=str(path), policy=tolerant, settings=settings
-    )
+    report = collect(source="file", exchange="binance", path=str(path), policy=tolerant)
     assert (report["rows_fetched"], report["rows_merged"], report["rows_quarantined"]) == (
         50,
         49,
@@ -134,7 +132,7 @@ def test_failed_resampled_batch_names_symbol_rule_and_count(prefect_server, sett
             "close": [1.5],
             "volume": [1.0],
         }
-        upsert(con, "candles", pa.table(bad), settings=settings)
+        upsert(con, "candles", pa.table(bad))
     finally:
         con.close()
     with pytest.raises(RuntimeError) as failure:
@@ -145,7 +143,6 @@ def test_failed_resampled_batch_names_symbol_rule_and_count(prefect_server, sett
             since=since.isoformat(),
             until=(since + dt.timedelta(hours=1)).isoformat(),
             resample_from_1m=True,
-            settings=settings,
         )
     message = str(failure.value)
     assert "BTC/USDT 5m: FAILED candles BTC/USDT 5m: 12 rows in, 11 merged" in message
@@ -167,7 +164,6 @@ def test_rerun_over_an_overlapping_window_fetches_only_new_candles(
         timeframes=["1m"],
         # generous: a retried request (a timeout on a loaded CI machine) would be counted twice
         ccxt_config={"timeout": 30000, "rateLimit": 1},
-        settings=settings,
     )
     with LoopbackServer(exchange) as server:
         first = collect(
@@ -207,13 +203,12 @@ def test_auth_failure_stops_the_flow_with_a_clear_message(prefect_server, settin
             api_base=server.url,
             ccxt_config={"rateLimit": 1},
             lookback_days=0.01,
-            settings=settings,
         )
     assert exchange.requests["exchangeInfo"] == 1
 
 
 def test_import_every_file_through_the_gate(prefect_server, settings, candles_dir: Path) -> None:
-    report = collect(source="file", exchange="binance", path=str(candles_dir), settings=settings)
+    report = collect(source="file", exchange="binance", path=str(candles_dir))
     expected = sum(
         feather.read_table(p).num_rows
         for p in candles_dir.glob("*.feather")
@@ -239,7 +234,6 @@ def test_simulated_collect_with_resampling(prefect_server, settings) -> None:
         since=_iso(until - 6 * 3_600_000),
         until=_iso(until),
         resample_from_1m=True,
-        settings=settings,
     )
     assert report["rows_quarantined"] == 0
     con = connect(settings, read_only=True)
@@ -263,24 +257,19 @@ def test_cli_import_and_option_errors(prefect_server, tmp_path, monkeypatch, can
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from warehouse.settings import get_settings
 
     monkeypatch.setenv("TRADELOOP_HOME", str(tmp_path / "cli-home"))
-    get_settings.cache_clear()
-    try:
-        runner = CliRunner()
-        result = runner.invoke(
-            app, ["import", str(candles_dir / "XRP_ETH-5m.feather"), "--exchange", "binance"]
-        )
-        assert result.exit_code == 0, result.output
-        assert "binance XRP/ETH 5m: fetched 706, merged 706" in result.output
-        assert "6 gaps" in result.output
-        bad = runner.invoke(app, ["collect", "--source", "ccxt", "--ccxt-config", "{not json"])
-        assert bad.exit_code == 2 and "--ccxt-config is not valid JSON" in bad.output
-        missing = runner.invoke(app, ["import", str(tmp_path / "nowhere")])
-        assert missing.exit_code == 2 and "no such file or directory" in missing.output
-    finally:
-        get_settings.cache_clear()
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["import", str(candles_dir / "XRP_ETH-5m.feather"), "--exchange", "binance"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "binance XRP/ETH 5m: fetched 706, merged 706" in result.output
+    assert "6 gaps" in result.output
+    bad = runner.invoke(app, ["collect", "--source", "ccxt", "--ccxt-config", "{not json"])
+    assert bad.exit_code == 2 and "--ccxt-config is not valid JSON" in bad.output
+    missing = runner.invoke(app, ["import", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no such file or directory" in missing.output
 
 
 def test_cli_loopback_exchange_serves_and_stops() -> None:

@@ -10,7 +10,7 @@ import polars as pl
 from flows.features import features
 from pipelines.features import FEATURE_SET_VERSION, build_features
 from pipelines.features.rebuild import history_start_ms
-from tests.pipelines.features.conftest import (
+from tests.support.features import (
     CANDLE_FILES,
     assert_same_features,
     load_candles,
@@ -28,20 +28,20 @@ def test_features_flow_is_incremental_and_idempotent(
     eth = series["ETH_BTC-5m.feather"]
     cut = eth.height - 50
     for candles in series.values():
-        upsert(lake, "candles", candles.head(cut).to_arrow(), settings=settings)
-    first = features(settings=settings)
+        upsert(lake, "candles", candles.head(cut).to_arrow())
+    first = features()
     assert {(r.symbol, r.mode) for r in first["results"]} == {
         ("ETH/BTC", "full"),
         ("LTC/BTC", "full"),
     }
     assert first["rows_written"] == 2 * cut
-    again = features(settings=settings)
+    again = features()
     assert again["rows_written"] == 0
 
     # Two appends in a row, each featurised on its own: only the warm-up history is read back.
     for start, end in ((cut, cut + 20), (cut + 20, eth.height)):
-        upsert(lake, "candles", eth.slice(start, end - start).to_arrow(), settings=settings)
-        run = features(symbols=["ETH/BTC"], settings=settings)
+        upsert(lake, "candles", eth.slice(start, end - start).to_arrow())
+        run = features(symbols=["ETH/BTC"])
         [result] = run["results"]
         assert (result.symbol, result.mode, result.write.inserted) == (
             "ETH/BTC",

@@ -11,8 +11,8 @@ from prefect import flow
 from typer.testing import CliRunner
 
 from expectations.gate import GateResult, QualityGateError
-from tests.expectations.conftest import candle_rows, real_candle_batch, to_arrow
-from tests.flows.conftest import artifact_texts
+from tests.support.artifacts import artifact_texts
+from tests.support.batches import candle_rows, real_candle_batch, to_arrow
 from warehouse import Settings, upsert
 
 
@@ -21,10 +21,10 @@ def _seed(lake: duckdb.DuckDBPyConnection, settings: Settings, candles_dir: Path
     from expectations.gate import gate_and_merge
 
     batch = real_candle_batch(candles_dir / "XRP_ETH-5m.feather")
-    assert gate_and_merge(lake, "candles", batch, settings=settings).success
+    assert gate_and_merge(lake, "candles", batch).success
     rows = candle_rows(1, symbol="BAD/USDT", timeframe="1m")
     rows["low"] = [-1.0]  # stored before the suite caught it
-    upsert(lake, "candles", to_arrow(rows), settings=settings)
+    upsert(lake, "candles", to_arrow(rows))
     return batch.num_rows
 
 
@@ -48,7 +48,7 @@ def test_quality_flow_revalidates_publishes_and_fails_by_policy(
     from flows.quality import quality
 
     stored = _seed(lake, settings, candles_dir)
-    report = quality(settings=settings, fail_on_policy=False)
+    report = quality(fail_on_policy=False)
     results = report["results"]
     assert isinstance(results, list) and len(results) == 2
     by_symbol = {r.message.removeprefix("FAILED ").split()[1]: r for r in results}
@@ -71,7 +71,7 @@ def test_quality_flow_revalidates_publishes_and_fails_by_policy(
     # the stored bad row is flagged, not deleted: nothing accepted is lost
     assert lake.execute("SELECT count(*) FROM candles WHERE symbol = 'BAD/USDT'").fetchone() == (1,)
     with pytest.raises(QualityGateError, match="BAD/USDT"):
-        quality(settings=settings, symbols=["BAD/USDT"], build_docs=False)
+        quality(symbols=["BAD/USDT"], build_docs=False)
 
 
 def test_tradeloop_quality_command_prints_the_data_docs_path(
@@ -82,26 +82,13 @@ def test_tradeloop_quality_command_prints_the_data_docs_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from flows.cli import app
-    from warehouse.settings import get_settings
 
     _seed(lake, settings, candles_dir)
     monkeypatch.setenv("TRADELOOP_HOME", str(settings.home))
-    get_settings.cache_clear()
-    try:
-        out = CliRunner().invoke(
-            app,
-            [
-                "quality",
-                "--symbol",
-                "XRP/ETH",
-                "--start",
-                "2019-10-11",
-                "--end",
-                "2019-10-12T03:00",
-            ],
-        )
-    finally:
-        get_settings.cache_clear()
+    out = CliRunner().invoke(
+        app,
+        ["quality", "--symbol", "XRP/ETH", "--start", "2019-10-11", "--end", "2019-10-12T03:00"],
+    )
     assert out.exit_code == 0, out.output
     assert "ok      candles XRP/ETH 5m: 321 rows in" in out.output
     assert "warning: XRP/ETH 5m: 3 gaps, 3 missing bars" in out.output

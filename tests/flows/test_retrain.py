@@ -16,8 +16,8 @@ from models import registry, retraining
 from models.data import SampleSet
 from models.training import TrainConfig
 from pipelines.features import FEATURE_SET_VERSION
-from tests.flows.conftest import artifact_texts
-from tests.models.conftest import SYMBOL, TINY, candles_arrow, real_candles
+from tests.support.artifacts import artifact_texts
+from tests.support.models import SYMBOL, TINY, candles_arrow, real_candles
 from warehouse import Settings, upsert
 
 TINY_OVERRIDES = {k: v for k, v in TINY.model_dump().items() if k not in ("horizon_bars", "epochs")}
@@ -32,7 +32,6 @@ def _retrain(settings: Settings) -> retraining.RetrainOutcome:
         epochs=1,
         timeframe="1m",
         train_overrides=TINY_OVERRIDES,
-        settings=settings,
     )
 
 
@@ -59,7 +58,7 @@ def test_retrain_twice_promotes_by_the_rule_and_reproduces_training_data_from_it
 ) -> None:
     candles = real_candles(candles_dir, rows=3400)  # the newest 3,400 real 1m candles
     older, trained_on, newer = candles.head(400), candles.slice(400, 2600), candles.tail(400)
-    upsert(lake, "candles", candles_arrow(trained_on), settings=settings)
+    upsert(lake, "candles", candles_arrow(trained_on))
 
     # --- the first model: no champion yet ---------------------------------------------------
     first = _retrain(settings)
@@ -90,7 +89,7 @@ def test_retrain_twice_promotes_by_the_rule_and_reproduces_training_data_from_it
     # --- more data: newer candles, a backfill of older ones, a revised close ---------------
     revised = trained_on.slice(2000, 1).with_columns(pl.col("close") * 1.01)
     for part in (newer, older, revised):
-        upsert(lake, "candles", candles_arrow(part), settings=settings)
+        upsert(lake, "candles", candles_arrow(part))
 
     # The model's snapshot and hyperparameters still give exactly its training samples ...
     again = _samples_of(settings, record, record.training_snapshot_id)

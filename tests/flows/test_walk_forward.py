@@ -11,7 +11,7 @@ import pytest
 
 from flows.orchestration import direct_run
 from pipelines.importers import read_candles as read_candle_file
-from tests.models.conftest import TINY
+from tests.support.models import TINY
 from warehouse import Settings, connect, migrate, upsert
 
 SYMBOLS = ("ETH/BTC", "LTC/BTC")
@@ -24,7 +24,7 @@ def settings(tmp_path: Path, candles_dir: Path) -> Settings:
     migrate(con)
     for pair in ("ETH_BTC", "LTC_BTC"):
         table, _ = read_candle_file(candles_dir / f"{pair}-5m.feather", exchange="file")
-        upsert(con, "candles", table, settings=settings)
+        upsert(con, "candles", table)
     con.close()
     return settings
 
@@ -45,7 +45,6 @@ def test_walk_forward_on_real_files_reports_every_measure(settings: Settings) ->
             horizon=5,
             max_samples=700,
             train_overrides=overrides,
-            settings=settings,
         )
     assert report["symbols"] == list(SYMBOLS) and report["timeframe"] == "5m"
     # purged folds, oldest first, the last ending with the newest candle; no training bar at or

@@ -11,13 +11,7 @@ import torch
 from models.data import SampleSet, build_samples
 from models.export import ExportResult, export_onnx
 from models.training import TrainConfig, TrainedEnsemble, label_config, train_ensemble
-from tests.support.models import (  # noqa: F401  (re-exported until every test imports support)
-    SYMBOL,
-    TINY,
-    assert_probabilities,
-    candles_arrow,
-    real_candles,
-)
+from tests.support.models import TINY, real_candles
 
 torch.set_num_threads(1)
 

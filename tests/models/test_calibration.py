@@ -31,7 +31,7 @@ from models.retraining import oos_metrics
 from models.runtime import OnnxPredictor
 from models.training import TrainedEnsemble, label_config, split_options, train_ensemble
 from pipelines.features import FEATURE_SET_VERSION
-from tests.models.conftest import TINY
+from tests.support.models import TINY
 
 ETH = TINY.with_updates(max_samples=None, window_len=16, gbm_estimators=30)
 

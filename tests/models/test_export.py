@@ -14,7 +14,7 @@ from models.export import OPSET, ExportResult, export_onnx
 from models.runtime import OnnxPredictor
 from models.training import TrainedEnsemble
 from pipelines.features import FEATURE_SET_VERSION
-from tests.models.conftest import assert_probabilities
+from tests.support.models import assert_probabilities
 
 
 def test_export_parity_with_torch_on_real_inputs(

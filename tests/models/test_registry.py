@@ -22,7 +22,7 @@ from models.training import (
     train_ensemble,
 )
 from pipelines.features import FEATURE_SET_VERSION, feature_columns
-from tests.models.conftest import TINY
+from tests.support.models import TINY
 from warehouse import Settings
 
 

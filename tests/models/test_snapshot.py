@@ -7,7 +7,7 @@ from polars.testing import assert_frame_equal
 
 from models.data import build_samples, load_candles
 from models.training import label_config
-from tests.models.conftest import SYMBOL, TINY, candles_arrow
+from tests.support.models import SYMBOL, TINY, candles_arrow
 from warehouse import Settings, current_snapshot_id, upsert
 
 

@@ -15,7 +15,7 @@ from models.training import (
     train_ensemble,
 )
 from pipelines.features import FEATURE_SET_VERSION, feature_columns
-from tests.models.conftest import TINY, assert_probabilities
+from tests.support.models import TINY, assert_probabilities
 
 
 def test_tiny_model_trains_on_real_data_in_seconds(samples: SampleSet) -> None:

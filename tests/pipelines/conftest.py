@@ -7,16 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from pipelines.loopback import FaultPlan, LoopbackExchange, LoopbackServer
-from pipelines.simulated_exchange import DEFAULT_ORIGIN_MS, MINUTE_MS
-from pipelines.sources import CcxtSource, RetryPolicy
-
-# 10 days after the simulation origin, 37 s into a minute: the candle at NOW_MS - 37 s is open.
-NOW_MS = DEFAULT_ORIGIN_MS + 10 * 86_400_000 + 7 * MINUTE_MS + 37_000
-FAST_RETRY = RetryPolicy(max_attempts=5, backoff_initial_s=0.005, backoff_max_s=0.02)
-
-
-def frozen_clock() -> int:
-    return NOW_MS
+from tests.support.loopback import frozen_clock
 
 
 @pytest.fixture
@@ -36,16 +27,3 @@ def loopback() -> Iterator[Callable[..., LoopbackServer]]:
     yield start
     for server in started:
         server.stop()
-
-
-def ccxt_source(server: LoopbackServer, timeout_ms: int = 2_000, **kw: object) -> CcxtSource:
-    """The real ccxt.binance client pointed at the loopback server (short timeout, fast retries)."""
-    kw.setdefault("retry", FAST_RETRY)
-    kw.setdefault("clock", server.exchange.clock)
-    return CcxtSource(
-        "binance",
-        api_base=server.url,
-        config={"timeout": timeout_ms, "rateLimit": 1},
-        seed=1,
-        **kw,  # type: ignore[arg-type]
-    )

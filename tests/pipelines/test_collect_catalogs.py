@@ -11,7 +11,7 @@ import pytest
 from expectations.gate import gate_and_merge
 from pipelines.collect import collect_series, record_ingestion, stored_range
 from pipelines.sources import SimulatedSource
-from tests.warehouse.catalogs import CATALOGS, catalog_settings
+from tests.support.postgres import CATALOGS, catalog_settings
 from warehouse import Settings, connect, migrate
 
 MINUTE = 60_000

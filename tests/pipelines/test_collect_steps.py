@@ -16,7 +16,7 @@ from pipelines.collect import (
 )
 from pipelines.simulated_exchange import DEFAULT_ORIGIN_MS, MINUTE_MS
 from pipelines.sources import SimulatedSource, fetch_candles
-from tests.pipelines.conftest import frozen_clock
+from tests.support.loopback import frozen_clock
 
 M = MINUTE_MS
 

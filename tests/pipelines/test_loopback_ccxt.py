@@ -10,7 +10,7 @@ import pytest
 from pipelines.loopback import Fault, FaultPlan
 from pipelines.simulated_exchange import MINUTE_MS
 from pipelines.sources import FetchStats, RetryPolicy, SourceError, candles_checksum, table_checksum
-from tests.pipelines.conftest import NOW_MS, ccxt_source
+from tests.support.loopback import NOW_MS, ccxt_source
 from warehouse import upsert
 
 FAULTS = FaultPlan(
@@ -190,7 +190,7 @@ def test_delisted_symbol_bad_symbol_from_the_server_fails_fast(loopback) -> None
 
 def test_not_supported_by_the_client_fails_fast(loopback) -> None:
     from pipelines.sources import CcxtSource
-    from tests.pipelines.conftest import FAST_RETRY
+    from tests.support.loopback import FAST_RETRY
 
     server = loopback()
     # a ccxt option naming a trades endpoint ccxt.binance does not have: the real client

@@ -17,7 +17,7 @@ from pipelines.simulated_exchange import (
     SimulationConfig,
 )
 from pipelines.sources import SimulatedSource, fetch_candles, table_checksum
-from tests.pipelines.conftest import frozen_clock
+from tests.support.loopback import frozen_clock
 
 START = DEFAULT_ORIGIN_MS
 

@@ -77,6 +77,6 @@ def worker_env(settings: Settings) -> dict[str, str]:
     """Environment for a subprocess that must open the same warehouse as ``settings``."""
     env = {**os.environ, "TRADELOOP_HOME": str(settings.home)}
     env.pop("TRADELOOP_CATALOG_URL", None)
-    if settings.catalog_url:
-        env["TRADELOOP_CATALOG_URL"] = settings.catalog_url
+    if settings.catalog_dsn:
+        env["TRADELOOP_CATALOG_URL"] = settings.catalog_dsn
     return env

@@ -6,10 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REAL_CANDLE_FILES
 from trading.backtest import Candles, load_candle_file
-
-CANDLE_FILES = REAL_CANDLE_FILES
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.trading.conftest import CANDLE_FILES
+from tests.support.data import REAL_CANDLE_FILES as CANDLE_FILES
 from trading.backtest import (
     BacktestConfig,
     SignalSeries,

@@ -208,15 +208,10 @@ def test_live_refused_without_opt_in(tmp_path: object) -> None:
 
 def test_cli_live_refused_without_env(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     from flows.cli import app
-    from warehouse.settings import get_settings
 
     monkeypatch.setenv("TRADELOOP_HOME", str(tmp_path))
     monkeypatch.delenv("TRADELOOP_LIVE_TRADING", raising=False)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(app, ["serve", "--live", "--symbols", "BTC/USDT"])
-    finally:
-        get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["serve", "--live", "--symbols", "BTC/USDT"])
     assert result.exit_code == 2, result.output
     assert "TRADELOOP_LIVE_TRADING=true" in result.output
     assert "paper" in result.output

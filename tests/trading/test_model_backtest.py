@@ -222,12 +222,8 @@ def _store_file(lake: Any, settings: Settings, path: Path, symbol: str, tf: str)
 
 @pytest.fixture
 def cli_home(settings: Settings, lake: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from warehouse.settings import get_settings
-
-    monkeypatch.setenv("TRADELOOP_HOME", str(settings.home))
-    get_settings.cache_clear()
-    yield lake
-    get_settings.cache_clear()
+    monkeypatch.setenv("TRADELOOP_HOME", str(settings.home))  # clears the settings cache
+    return lake
 
 
 def _cli(*args: str) -> Any:

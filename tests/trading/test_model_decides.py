@@ -20,7 +20,7 @@ import pytest
 
 from models.registry import promote, register_model
 from models.walk_forward import train_window
-from tests.models.conftest import TINY
+from tests.support.models import TINY
 from trading.loop import LoopConfig
 from trading.model_backtest import model_backtest
 from trading.service import serve_replay

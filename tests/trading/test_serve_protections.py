@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,7 +35,6 @@ from trading.loop import LoopConfig, ServingLoop, default_limits
 from trading.market import Tick
 from trading.protections import ProtectionConfig, Protections
 from trading.thresholds import ThresholdPolicy
-from warehouse import get_settings
 
 NONE = ProtectionConfig(
     kill_accuracy_below=None,
@@ -55,13 +53,11 @@ TRUSTING = LoopConfig(
 
 
 @pytest.fixture
-def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """TRADELOOP_HOME for `tradeloop kill` called in-process (its settings are cached)."""
     home = tmp_path / "home"
-    monkeypatch.setenv("TRADELOOP_HOME", str(home))
-    get_settings.cache_clear()
-    yield home
-    get_settings.cache_clear()
+    monkeypatch.setenv("TRADELOOP_HOME", str(home))  # clears the settings cache
+    return home
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.warehouse.catalogs import CATALOGS, catalog_settings
+from tests.support.postgres import CATALOGS, catalog_settings
 from warehouse import Settings
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.warehouse.catalogs import worker_env
+from tests.support.postgres import worker_env
 from tests.warehouse.workers import assert_one_writer_per_key, candle_batch
 from warehouse import Settings, connect, migrate, upsert
 

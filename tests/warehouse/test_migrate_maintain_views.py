@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tests.warehouse.catalogs import CATALOGS, catalog_settings, worker_env
+from tests.support.postgres import CATALOGS, catalog_settings, worker_env
 from tests.warehouse.workers import EPOCH, candle_batch
 from warehouse import (
     Settings,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.warehouse.catalogs import catalog_settings, worker_env
+from tests.support.postgres import catalog_settings, worker_env
 from tests.warehouse.workers import assert_one_writer_per_key
 from warehouse import Settings, connect, migrate
 

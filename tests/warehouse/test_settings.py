@@ -12,7 +12,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
-from tests.warehouse.catalogs import fresh_pg_database
+from tests.support.postgres import fresh_pg_database
 from warehouse import Settings, WarehouseError, connect
 from warehouse.connection import attach_sql, catalog_target, postgres_dsn
 

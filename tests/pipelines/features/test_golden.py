@@ -32,7 +32,7 @@ import polars as pl
 import pytest
 
 from pipelines.features import FEATURE_SET_VERSION, build_features, feature_columns
-from tests.pipelines.features.conftest import load_candles, load_trades
+from tests.support.features import load_candles, load_trades
 
 GOLDEN_DIR = Path(__file__).resolve().parent
 REGENERATE = ".venv/bin/python -m tests.pipelines.features.test_golden"
@@ -188,7 +188,7 @@ def dumps(data: dict[str, Any]) -> str:
 
 def main() -> None:
     """Write ``golden_<FEATURE_SET_VERSION>.json`` and remove golden files of other versions."""
-    from tests.conftest import SHARED_CANDLES
+    from tests.support.data import SHARED_CANDLES
 
     path = golden_path()
     data = fingerprint(golden_features(SHARED_CANDLES))

@@ -16,7 +16,7 @@ from pipelines.features import (
 )
 from pipelines.features.migration import migration_sql
 from pipelines.features.spec import feature_table_markdown
-from tests.pipelines.features.conftest import CANDLE_FILES
+from tests.support.features import CANDLE_FILES
 
 
 def segments(ts_ms: list[int], step_ms: int) -> list[tuple[int, int]]:

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipelines.features import OnlineFeatureEngine, build_features, feature_columns
-from tests.pipelines.features.conftest import feature_differences
+from tests.support.features import feature_differences
 
 N = 420  # 5m candles: 35 hours, enough to warm up the 1h features
 

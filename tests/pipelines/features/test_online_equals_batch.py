@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from pipelines.features import OnlineFeatureEngine, build_features, feature_columns
-from tests.pipelines.features.conftest import CANDLE_FILES
+from tests.support.features import CANDLE_FILES
 
 RTOL = 1e-9
 # Values within 1e-12 of each other count as equal: features that are differences of equal

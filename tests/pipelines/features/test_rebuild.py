@@ -17,7 +17,7 @@ from expectations.feature_gate import gate_features
 from expectations.frames import feature_range
 from pipelines.features import FEATURE_SET_VERSION, build_features
 from pipelines.features.rebuild import history_start_ms, rebuild_features
-from tests.pipelines.features.conftest import assert_same_features, stored_features
+from tests.support.features import assert_same_features, stored_features
 from warehouse import Settings, upsert
 
 KEY: dict[str, Any] = {"exchange": "binance", "symbol": "ETH/BTC", "timeframe": "5m"}
