@@ -273,14 +273,14 @@ class CcxtBroker:
 
     # ------------------------------------------------------------------ protocol
     def submit(self, order: Order) -> None:
-        if order.client_order_id in self._orders:
-            raise ValueError(f"duplicate client_order_id {order.client_order_id!r}")
         if order.client_order_id in self._journal_cids:
-            # sent by an earlier process: a lookup by this id would find THAT order
+            # sent before (maybe by an earlier process): a lookup by this id would find THAT one
             raise LiveBrokerError(
                 f"client order id {order.client_order_id!r} was already sent (order journal "
                 f"{self.journal}); refusing to reuse it"
             )
+        if order.client_order_id in self._orders:
+            raise ValueError(f"duplicate client_order_id {order.client_order_id!r}")
         self._load_markets()
         tracked = _Tracked(order, exchange_client_order_id(order.client_order_id), "unknown")
         self._orders[order.client_order_id] = tracked

@@ -419,7 +419,8 @@ class ServingLoop:
     # ------------------------------------------------------------------ persistence
     def snapshot(self) -> dict[str, Any]:
         if not isinstance(self.broker, PaperBroker):
-            broker: dict[str, Any] = {}
+            to_dict = getattr(self.broker, "to_dict", None)  # the live broker's book
+            broker: dict[str, Any] = to_dict() if to_dict is not None else {}
         else:
             broker = broker_to_dict(self.broker)
         return {
@@ -570,7 +571,7 @@ def run(
     history up to the snapshot; on a fresh start, warm up to ``warm_until_ts_ms`` when given
     (those candles only feed the features: no decisions, no rows). Then process ticks until the
     market ends, ``max_candles`` candles were processed, or ``stop()`` says so. Flushes and
-    waits for the writer at the end."""
+    waits for the writer at the end, also when the loop raises."""
     resumed = loop.restore(con) if con is not None else None
     start = resumed if resumed is not None else warm_until_ts_ms
     if start is not None:
@@ -581,15 +582,19 @@ def run(
         if resumed is not None:
             loop.finish_restore()
     ticks = candles = 0
-    for tick in market.ticks(after_ts_ms=start):
-        loop.on_tick(tick)
-        ticks += 1
-        candles += len(tick.bars)
-        if heartbeat is not None:
-            heartbeat(loop)
-        if (max_candles is not None and candles >= max_candles) or (stop is not None and stop()):
-            break
-    loop.flush(wait=True)
+    try:
+        for tick in market.ticks(after_ts_ms=start):
+            loop.on_tick(tick)
+            ticks += 1
+            candles += len(tick.bars)
+            if heartbeat is not None:
+                heartbeat(loop)
+            if (max_candles is not None and candles >= max_candles) or (
+                stop is not None and stop()
+            ):
+                break
+    finally:  # an exception (an exchange error, SystemExit on a signal) loses no queued rows
+        loop.flush(wait=True)
     p = loop.state.portfolio
     return RunSummary(
         ticks,
