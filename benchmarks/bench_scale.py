@@ -79,26 +79,22 @@ def pipeline(workers: int, root: Path) -> dict[str, float]:
     from flows.features import features
     from flows.quality import quality
     from flows.runners import on_runner
-    from warehouse import Settings
+    from warehouse import Settings, use_settings
 
     settings = Settings(home=root / f"w{workers}", task_runner="dask", task_workers=workers)
     symbols = [f"SIM{i:03d}/USDT" for i in range(SYMBOLS)]
     start = dt.datetime.fromisoformat(SINCE)
     until = (start + dt.timedelta(days=DAYS)).isoformat()
-    with PeakRss() as peak:
+    with PeakRss() as peak, use_settings(settings):  # the flows read their settings there
         t_collect, report = _timed(
-            lambda: on_runner(collect, settings)(
-                symbols=symbols, since=SINCE, until=until, settings=settings
-            )
+            lambda: on_runner(collect, settings)(symbols=symbols, since=SINCE, until=until)
         )
         t_quality, _ = _timed(
             lambda: on_runner(quality, settings)(
-                symbols=symbols, build_docs=False, fail_on_policy=False, settings=settings
+                symbols=symbols, build_docs=False, fail_on_policy=False
             )
         )
-        t_features, feats = _timed(
-            lambda: on_runner(features, settings)(symbols=symbols, settings=settings)
-        )
+        t_features, feats = _timed(lambda: on_runner(features, settings)(symbols=symbols))
     return {
         "candles": float(report["rows_merged"]),
         "feature_rows": float(feats["rows_written"]),

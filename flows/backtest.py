@@ -47,10 +47,9 @@ def backtest(
     exchange: str | None = None,
     config: BacktestConfig | None = None,
     n_trials: int = 1,
-    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Backtest ``signals_path`` for ``symbol`` and publish the report as artifacts."""
-    settings = settings or get_settings()
+    settings = get_settings()
     candles = load_candles_task(settings, symbol, timeframe, exchange)
     summary = backtest_task(
         candles, signals_path, config or BacktestConfig(), settings.home / "reports", n_trials
@@ -174,11 +173,10 @@ def backtest_model(
     end_ms: int | None = None,
     config: Any = None,
     n_trials: int = 1,
-    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """``tradeloop backtest --model`` as a flow: the registered ``model`` through the serving
     loop's decisions on the stored candles; the figures and the report as artifacts."""
-    settings = settings or get_settings()
+    settings = get_settings()
     summary = model_backtest_task(
         settings,
         model,

@@ -35,6 +35,7 @@ from pipelines.collect import (
     stored_range,
 )
 from pipelines.importers import merge_side_tables
+from pipelines.redaction import refuse_credentials
 from pipelines.resample import SUPPORTED_TIMEFRAMES, timeframe_ms
 from pipelines.sources import FileSource, wall_clock_ms
 from warehouse import Settings, connect, get_settings, migrate
@@ -172,7 +173,6 @@ def collect(
     policy: GatePolicy | None = None,
     file_symbol: str | None = None,
     file_timeframe: str | None = None,
-    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Collect candles (and optionally trades / an order-book snapshot) for ``symbols``.
 
@@ -182,7 +182,8 @@ def collect(
     fails it fails its series, and a failed series fails the run after the artifact is out.
     """
     logger = get_run_logger()
-    settings = settings or get_settings()
+    refuse_credentials(ccxt_config)
+    settings = get_settings()
     run_id = uuid.uuid4().hex
     con = connect(settings)
     migrate(con)

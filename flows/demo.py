@@ -76,7 +76,6 @@ def walk_forward_report(
         test_days=span_days * 0.2,
         epochs=min(epochs, 2),
         train_overrides={"max_train_seconds": max_train_seconds, "progress": False},
-        settings=settings,
     )
     create_link_artifact(
         key="walk-forward-report",
@@ -123,10 +122,9 @@ def demo(
     epochs: int = 5,
     max_train_seconds: float = 45.0,
     serve_candles: int = 120,
-    settings: Settings | None = None,
 ) -> DemoSummary:
     """The whole loop; ``data`` = a folder of candle files instead of the simulated exchange."""
-    settings = settings or get_settings()
+    settings = get_settings()
     started = dt.datetime.now(dt.UTC)
     result = pipeline(
         source="file" if data else "simulated",
@@ -142,7 +140,6 @@ def demo(
         epochs=epochs,
         train_overrides={"max_train_seconds": max_train_seconds, "progress": True},
         serve_candles=serve_candles,
-        settings=settings,
     )
     outcome: retraining.RetrainOutcome = result["retrain"]
     symbol = outcome_symbol(settings, data, symbols)

@@ -69,10 +69,9 @@ def features(
     symbols: Sequence[str] | None = None,
     timeframes: Sequence[str] | None = None,
     full: bool = False,
-    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Bring the features of every stored symbol/timeframe (or the given ones) up to date."""
-    settings = settings or get_settings()
+    settings = get_settings()
     run_id = f"features-{uuid.uuid4().hex[:12]}"  # names this run's quarantined rows
     series = select_series(settings, symbols, timeframes)
     # one mapped task per series, run where the flow's task runner says (threads or Dask)

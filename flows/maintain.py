@@ -22,12 +22,10 @@ def maintain_task(settings: Settings, keep_snapshots_days: float) -> Maintenance
 
 
 @flow(name="maintain", log_prints=True)
-def maintain(
-    keep_snapshots_days: float = 7.0, settings: Settings | None = None
-) -> MaintenanceReport:
+def maintain(keep_snapshots_days: float = 7.0) -> MaintenanceReport:
     """Flush inlined rows, merge small Parquet files, expire snapshots older than
     ``keep_snapshots_days`` and delete the files nothing references any more."""
-    settings = settings or get_settings()
+    settings = get_settings()
     report = maintain_task(settings, keep_snapshots_days)
     text = (
         f"data files {report.data_files_before} -> {report.data_files_after}, "

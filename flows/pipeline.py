@@ -66,7 +66,6 @@ def pipeline(
     horizon: int = 5,
     train_overrides: dict[str, Any] | None = None,
     serve_candles: int = 0,
-    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Collect, validate and featurize ``symbols``; retrain when ``run_retrain``; then serve
     ``serve_candles`` candles with the champion (paper trading) when that is > 0.
@@ -75,7 +74,7 @@ def pipeline(
     ``resample_from_1m``). The model trains on ``settings.base_timeframe``.
     """
     logger = get_run_logger()
-    settings = settings or get_settings()
+    settings = get_settings()
     if source != "file":  # files decide their own symbols and timeframes unless given
         symbols = list(symbols or settings.symbols)
         timeframes = list(timeframes or ["1m", "5m", "15m", "1h"])
@@ -93,7 +92,6 @@ def pipeline(
         seed=seed,
         resample_from_1m=resample_from_1m and source != "file",
         lookback_days=lookback_days,
-        settings=settings,
     )
     steps.append(
         (
@@ -108,7 +106,6 @@ def pipeline(
         timeframes=timeframes,
         build_docs=build_docs,
         fail_on_policy=fail_on_quality,
-        settings=settings,
     )
     results: list[Any] = list(checked["results"])
     steps.append(
@@ -118,7 +115,7 @@ def pipeline(
         )
     )
 
-    built = on_runner(features, settings)(symbols=symbols, timeframes=timeframes, settings=settings)
+    built = on_runner(features, settings)(symbols=symbols, timeframes=timeframes)
     steps.append(("features", f"{built['rows_written']} rows written"))
 
     outcome = None
@@ -131,7 +128,6 @@ def pipeline(
             epochs=epochs,
             timeframe=settings.base_timeframe,
             train_overrides=train_overrides,
-            settings=settings,
         )
         steps.append(
             (
@@ -150,7 +146,6 @@ def pipeline(
             exchange=stored_as,
             last_candles=serve_candles,
             max_candles=serve_candles,
-            settings=settings,
         )
         steps.append(("serve", f"{serve_candles} candles served"))
 

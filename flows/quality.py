@@ -118,13 +118,12 @@ def quality(
     build_docs: bool = True,
     fail_on_policy: bool = True,
     keep_days: float = 7.0,
-    settings: Settings | None = None,
 ) -> dict[str, object]:
     """Re-validate stored candles in ``[start, end)``; fail only where the policy says so.
 
     Stored GX results older than ``keep_days`` are pruned before the Data Docs are rebuilt.
     """
-    settings = settings or get_settings()
+    settings = get_settings()
     run_id = f"quality-{uuid.uuid4().hex[:12]}"
     series = list_series_task(settings, symbols, timeframes, exchange)
     # one mapped task per series, run where the flow's task runner says (threads or Dask)

@@ -165,7 +165,6 @@ def retrain(
     snapshot_id: int | None = None,
     name: str = "signal",
     train_overrides: dict[str, Any] | None = None,
-    settings: Settings | None = None,
     tuned: bool = True,
 ) -> retraining.RetrainOutcome:
     """Retrain on the last ``days`` days (default 30), cross-validate K purged folds of the
@@ -173,7 +172,7 @@ def retrain(
     the rule (on the folds: mean log-loss below the training-frequency baseline's, and mean
     fold IC minus its standard error above a champion configuration's), publish the dashboard.
     ``horizon``/``epochs`` left out: the last tuning study's best values (``tuned``), else 5/10."""
-    settings = settings or get_settings()
+    settings = get_settings()
     request = _request(
         settings, symbols or settings.symbols, days, horizon, epochs, timeframe, exchange,
         snapshot_id, train_overrides, name=name, tuned=tuned,
@@ -218,7 +217,6 @@ def walk_forward_retrain(
     exchange: str | None = None,
     snapshot_id: int | None = None,
     train_overrides: dict[str, Any] | None = None,
-    settings: Settings | None = None,
 ) -> list[dict[str, Any]]:
     """Walk-forward retraining of the ensemble on one warehouse symbol (deployable: JSON
     parameters only): loads the last ``days`` days like ``retrain``, then one purged retrain
@@ -227,7 +225,7 @@ def walk_forward_retrain(
     parameters are serialized for the API, which would copy every training window."""
     from flows.backtest import publish_fold_metrics, walk_forward_task
 
-    settings = settings or get_settings()
+    settings = get_settings()
     request = _request(
         settings, [symbol], days, horizon, epochs, timeframe, exchange, snapshot_id,
         train_overrides, tuned=False,

@@ -35,7 +35,7 @@ from prefect.events import Event, emit_event
 from flows.orchestration import flow, get_run_logger, in_direct_run
 from trading.loop import LoopConfig, RunSummary, ServingLoop
 from trading.service import require_live_opt_in, serve_live, serve_replay
-from warehouse import Settings, get_settings
+from warehouse import get_settings
 
 DEGRADED_EVENT = "tradeloop.model.degraded"
 
@@ -97,14 +97,13 @@ def serve(
     last_candles: int | None = None,
     follow_every_s: float | None = None,
     timeframe: str | None = None,
-    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """``exchange`` / ``timeframe``: the series of a warehouse symbol (default
     ``settings.exchange``, 1m); ``last_candles``: replay only a warehouse symbol's latest N
     candles; ``follow_every_s``: keep serving the replay source's new candles, checking every
     that many seconds (a long-running paper loop; stops at ``max_candles`` or when cancelled)."""
     logger = get_run_logger()
-    settings = settings or get_settings()
+    settings = get_settings()
     api_key = api_secret = None
     if live:
         if api_key_block or api_secret_block:

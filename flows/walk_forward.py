@@ -18,7 +18,7 @@ from prefect.cache_policies import NONE
 
 from flows.orchestration import create_markdown_artifact, flow, get_run_logger, task
 from trading.model_walkforward import FoldWindow, fold_windows, walk_forward_model
-from warehouse import Settings, connect, get_settings, read_candles
+from warehouse import connect, get_settings, read_candles
 from warehouse.inventory import inventory, resolve_series
 
 
@@ -69,7 +69,6 @@ def walk_forward(
     slippage: float | None = None,
     max_samples: int | None = None,
     train_overrides: dict[str, Any] | None = None,
-    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Walk-forward evaluation of the ensemble as a strategy (``trading.model_walkforward``)."""
     from models.training import TrainConfig
@@ -77,7 +76,7 @@ def walk_forward(
     from trading.loop import LoopConfig
 
     logger = get_run_logger()
-    settings = settings or get_settings()
+    settings = get_settings()
     con = connect(settings, read_only=True)
     try:
         stored = inventory(con)

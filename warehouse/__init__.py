@@ -19,7 +19,7 @@ from warehouse.errors import (
 from warehouse.maintenance import maintain
 from warehouse.migrate import migrate
 from warehouse.readers import current_snapshot_id, read_candles
-from warehouse.settings import Settings, get_settings
+from warehouse.settings import Settings, get_settings, use_settings
 from warehouse.writers import WriteResult, upsert
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "connect",
     "current_snapshot_id",
     "get_settings",
+    "use_settings",
     "maintain",
     "migrate",
     "read_candles",

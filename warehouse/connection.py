@@ -88,8 +88,8 @@ def _sql_string(value: object) -> str:
 def catalog_target(settings: Settings) -> str:
     """The DuckLake ATTACH target (without options) for the configured catalog."""
     if settings.catalog_kind == "postgres":
-        assert settings.catalog_url is not None
-        return f"ducklake:postgres:{postgres_dsn(settings.catalog_url)}"
+        assert settings.catalog_dsn is not None
+        return f"ducklake:postgres:{postgres_dsn(settings.catalog_dsn)}"
     return f"ducklake:sqlite:{settings.sqlite_catalog_path.resolve()}"
 
 
@@ -192,9 +192,9 @@ def connect(
 
 
 def _catalog_password(settings: Settings) -> str | None:
-    if settings.catalog_kind != "postgres" or not settings.catalog_url:
+    if settings.catalog_kind != "postgres" or not settings.catalog_dsn:
         return None
-    password = urlparse(settings.catalog_url).password
+    password = urlparse(settings.catalog_dsn).password
     return unquote(password) if password else None
 
 

@@ -8,7 +8,8 @@ then the defaults below.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -38,7 +39,9 @@ class Settings(BaseSettings):
     home: Path = Field(
         default=Path("var"), description="data directory (warehouse, models, reports)"
     )
-    catalog_url: str | None = Field(
+    # A secret: a PostgreSQL URL carries the catalog's password. Shown masked (repr, dumps,
+    # `config show`); ``catalog_dsn`` gives the value where a connection needs it.
+    catalog_url: SecretStr | None = Field(
         default=None,
         description="DuckLake catalog: None = SQLite file under home; 'sqlite:///path' or "
         "'postgresql://user@host/db' selects another",
@@ -104,12 +107,16 @@ class Settings(BaseSettings):
         default=None, description="REST base URL replacing the exchange's (e.g. a loopback)"
     )
 
-    @field_validator("catalog_url")
+    @field_validator("catalog_url", mode="before")
     @classmethod
-    def _known_catalog(cls, value: str | None) -> str | None:
+    def _known_catalog(cls, value: object) -> object:
         # Any other value used to fall back silently to the SQLite catalog under home.
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if not value:
             return None
+        if not isinstance(value, str):
+            return value  # pydantic says what type it wanted
         if value.startswith(("postgresql://", "postgres://", "sqlite:///")):
             return value
         scheme = value.split("://", 1)[0] if "://" in value else ""
@@ -152,8 +159,14 @@ class Settings(BaseSettings):
         return self.home / "lake"
 
     @property
+    def catalog_dsn(self) -> str | None:
+        """The catalog URL in clear (password included): only where a connection needs it."""
+        return self.catalog_url.get_secret_value() if self.catalog_url else None
+
+    @property
     def catalog_kind(self) -> Literal["sqlite", "postgres"]:
-        if self.catalog_url and self.catalog_url.startswith(("postgresql://", "postgres://")):
+        dsn = self.catalog_dsn
+        if dsn and dsn.startswith(("postgresql://", "postgres://")):
             return "postgres"
         return "sqlite"
 
@@ -165,12 +178,46 @@ class Settings(BaseSettings):
 
     @property
     def sqlite_catalog_path(self) -> Path:
-        if self.catalog_url and self.catalog_url.startswith("sqlite:///"):
-            return Path(self.catalog_url.removeprefix("sqlite:///"))
+        dsn = self.catalog_dsn
+        if dsn and dsn.startswith("sqlite:///"):
+            return Path(dsn.removeprefix("sqlite:///"))
         return self.lake_dir / "catalog.sqlite"
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Settings of this process (read once)."""
-    return Settings()
+class _ProcessSettings:
+    """``get_settings()``: the Settings of this process, read once from the environment and
+    the settings file (``get_settings.cache_clear()`` reads them again). Flows take no Settings
+    parameter (Prefect stores a run's parameters in clear, the catalog password with them):
+    they call ``get_settings()`` where they run. ``use_settings`` makes it return a given
+    object for a while, for a program (or a test) that built its own Settings."""
+
+    def __init__(self) -> None:
+        self._cached: Settings | None = None
+        self._override: list[Settings] = []
+
+    def __call__(self) -> Settings:
+        if self._override:
+            return self._override[-1]
+        if self._cached is None:
+            self._cached = Settings()
+        return self._cached
+
+    def cache_clear(self) -> None:
+        self._cached = None
+
+    @contextmanager
+    def use(self, settings: Settings) -> Iterator[Settings]:
+        self._override.append(settings)
+        try:
+            yield settings
+        finally:
+            self._override.remove(settings)
+
+
+get_settings = _ProcessSettings()
+
+
+def use_settings(settings: Settings) -> AbstractContextManager[Settings]:
+    """``with use_settings(s): ...``: ``get_settings()`` returns ``s`` in this process inside
+    the block (flows called there run on ``s``)."""
+    return get_settings.use(settings)

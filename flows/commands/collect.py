@@ -110,6 +110,7 @@ def collect(
         if not isinstance(config, dict):
             typer.echo("error: --ccxt-config must be a JSON object", err=True)
             raise typer.Exit(2)
+        config = _credentials_to_environment(config)
     if source is SourceName.file and path is None:
         typer.echo("error: --source file needs --path", err=True)
         raise typer.Exit(2)
@@ -130,6 +131,37 @@ def collect(
         order_book=order_book,
         lookback_days=lookback_days,
     )
+
+
+# ccxt credential -> the setting that carries it (a secret; never a flow parameter)
+CREDENTIAL_SETTINGS = {
+    "apiKey": "TRADELOOP_EXCHANGE_API_KEY",
+    "secret": "TRADELOOP_EXCHANGE_API_SECRET",
+}
+
+
+def _credentials_to_environment(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without its apiKey and secret, which go to this process's environment
+    (the collect flow reads them from its settings): as flow parameters Prefect would store
+    them in clear. Other credentials (password, uid, ...) have no setting: refused."""
+    import os
+
+    from pipelines.redaction import credentials_in
+    from warehouse import get_settings
+
+    config = dict(config)
+    for key, variable in CREDENTIAL_SETTINGS.items():
+        value = config.pop(key, None)
+        if value:
+            os.environ[variable] = str(value)
+            get_settings.cache_clear()
+    others = credentials_in(config)
+    if others:
+        raise opt.usage_error(
+            f"--ccxt-config: {', '.join(others)} would be stored with the run; only apiKey and "
+            "secret can be given (or TRADELOOP_EXCHANGE_API_KEY / TRADELOOP_EXCHANGE_API_SECRET)"
+        )
+    return config
 
 
 def import_files(

@@ -92,6 +92,8 @@ def _source(name: str, toml: dict[str, Any], toml_path: Path) -> str:
 def _shown(name: str, value: Any) -> str:
     from pydantic import SecretStr
 
+    if name == "catalog_url" and isinstance(value, SecretStr):
+        value = value.get_secret_value()  # shown as a URL, its password masked below
     if isinstance(value, SecretStr):
         return "***"
     text = str(value)

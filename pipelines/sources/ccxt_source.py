@@ -29,6 +29,7 @@ import ccxt
 import numpy as np
 import pyarrow as pa
 
+from pipelines.redaction import CREDENTIAL_KEYS, register_secrets
 from pipelines.resample import timeframe_ms
 from pipelines.sources.base import (
     CANDLE_SCHEMA,
@@ -138,6 +139,10 @@ class CcxtSource:
             merged["apiKey"] = api_key
         if api_secret:
             merged["secret"] = api_secret
+        # ccxt logs request headers at DEBUG: keep any credential out of this process's logs
+        register_secrets(
+            *(merged.get(k) for k in CREDENTIAL_KEYS if isinstance(merged.get(k), str))
+        )
         self.exchange: ccxt.Exchange = getattr(ccxt, exchange_id)(merged)
         if api_base:
             self.exchange.urls["api"] = rewrite_api_urls(self.exchange.urls["api"], api_base)

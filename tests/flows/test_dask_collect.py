@@ -9,7 +9,7 @@ import pytest
 
 from flows.collect import collect
 from flows.runners import on_runner, task_runner_for
-from warehouse import Settings, connect
+from warehouse import Settings, connect, use_settings
 
 SYMBOLS = [f"SIM{i:02d}/USDT" for i in range(20)]
 WINDOW = {"since": "2024-03-01T00:00:00Z", "until": "2024-03-01T12:00:00Z"}  # 720 1m bars
@@ -70,8 +70,10 @@ def test_dask_collect_of_20_symbols_equals_thread_collect(prefect_server, tmp_pa
     threaded = Settings(home=tmp_path / "threads", task_workers=4)
     dasked = Settings(home=tmp_path / "dask", task_runner="dask", task_workers=2)
 
-    by_threads = on_runner(collect, threaded)(symbols=SYMBOLS, settings=threaded, **WINDOW)
-    by_dask = on_runner(collect, dasked)(symbols=SYMBOLS, settings=dasked, **WINDOW)
+    with use_settings(threaded):
+        by_threads = on_runner(collect, threaded)(symbols=SYMBOLS, **WINDOW)
+    with use_settings(dasked):
+        by_dask = on_runner(collect, dasked)(symbols=SYMBOLS, **WINDOW)
 
     assert by_threads["rows_merged"] == by_dask["rows_merged"] == 20 * 720
     assert by_threads["failed"] == by_dask["failed"] == []
