@@ -9,6 +9,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS := false
 export DO_NOT_TRACK := 1
 PYTEST_WORKERS ?= 2
+# extra pytest options, e.g. PYTEST_ARGS=-rfEsp (.ci/run: a line per passed test in the log)
+PYTEST_ARGS ?=
 
 .PHONY: install demo test test-fast bench lint typecheck ui deploy worker clean
 
@@ -25,11 +27,11 @@ demo: $(STAMP)
 
 # ruff and mypy are part of the test: a lint or type error fails it like a failing test.
 test: lint typecheck
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 # The inner loop: everything but the tests marked slow (end to end, Dask, multi-process).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" -x
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" -x $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

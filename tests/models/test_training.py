@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from models.data import SampleSet, split_samples
@@ -18,12 +16,10 @@ from pipelines.features import FEATURE_SET_VERSION, feature_columns
 from tests.support.models import TINY, assert_probabilities
 
 
-def test_tiny_model_trains_on_real_data_in_seconds(samples: SampleSet) -> None:
-    started = time.perf_counter()
+def test_tiny_model_trains_on_real_data(samples: SampleSet) -> None:
+    # How fast is benchmarks/bench_models.py's to measure (a wall clock judged on a loaded
+    # 2-core machine fails for the machine's load, not for the code).
     ensemble = train_ensemble(samples, TINY)
-    seconds = time.perf_counter() - started
-    # wall time on a shared 2-core machine; about 5-10 s alone, the margin is for a loaded CI
-    assert seconds < 45, f"tiny training took {seconds:.1f} s"
     assert [m.name for m in ensemble.members] == ["hybrid", "conv", "gbm"]
     assert ensemble.feature_set_version == FEATURE_SET_VERSION
     assert ensemble.feature_columns == tuple(feature_columns())

@@ -179,7 +179,7 @@ def deploy_all(stack: Stack) -> None:
     """The work pool and every deployment of deployments/prefect.yaml, as `make deploy`."""
     prefect_cli(stack.env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
     prefect_cli(
-        stack.env, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout_s=180
+        stack.env, "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout_s=600
     )
 
 

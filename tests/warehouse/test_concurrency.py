@@ -39,17 +39,29 @@ def home(settings: Settings) -> Path:
     return settings.home
 
 
-def test_four_writers_and_a_reader(home: Path, settings: Settings) -> None:
+def test_four_writers_and_a_reader(home: Path, settings: Settings, tmp_path: Path) -> None:
     seeds, batches = [11, 12, 13, 14], 6
+    stop = tmp_path / "stop-reading"
+    reader = _spawn(settings, "read", str(home), str(stop))
+    # the writers start once the reader has read (a line on its pipe, not a sleep) ...
+    assert reader.stdout is not None and reader.stdout.readline().strip() == "reading"
     writers = [_spawn(settings, "write", str(home), str(seed), str(batches)) for seed in seeds]
-    reader = _spawn(settings, "read", str(home), "8")
     for writer in writers:
         _, err = writer.communicate(timeout=240)
         assert writer.returncode == 0, err
+    # ... and it stops once they are all done: its reads span every write
+    stop.touch()
     out, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, f"the reader failed while others wrote: {err}"
-    assert int(out) > 10, "the reader should have completed many queries"
+    reads, last_count = map(int, out.split())
+    assert reads >= 2
     assert_one_writer_per_key(settings, seeds, batches)
+    con = connect(settings, read_only=True)
+    try:
+        # its last read saw every committed row
+        assert con.execute("SELECT count(*) FROM candles").fetchone() == (last_count,)
+    finally:
+        con.close()
 
 
 def test_sql_cli_while_another_process_writes(home: Path, settings: Settings) -> None:

@@ -5,7 +5,10 @@ The catalog comes from the environment (TRADELOOP_CATALOG_URL; unset = SQLite un
 Roles:
   write HOME SEED BATCHES   upsert BATCHES overlapping candle batches (keys in 0..2999 minutes)
                             at the price writer_price(SEED), so writers of one key differ
-  read HOME SECONDS         SELECT count(*) in a loop; print the number of reads; fail on error
+  read HOME STOPFILE        print "reading" after its first SELECT count(*), then read in a loop
+                            until STOPFILE exists; then one last read; print the number of
+                            reads and the last count; fail on error (the test, not a clock,
+                            says when to stop: the reads span the writes whatever the load)
   big HOME ROWS [PAUSE]     print "begin", then upsert ROWS candles for exchange 'killme';
                             PAUSE (a kill point for tests):
                               before-commit: inside upsert's transaction, after its INSERT and
@@ -114,14 +117,16 @@ def write(home: Path, seed: int, batches: int) -> None:
         upsert(con, "candles", candle_batch(list(range(start, start + BATCH_ROWS)), price=price))
 
 
-def read(home: Path, seconds: float) -> None:
+def read(home: Path, stop_file: Path) -> None:
     con = connect(Settings(home=home), read_only=True)
-    reads = 0
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    con.execute("SELECT count(*) FROM candles").fetchone()
+    reads = 1
+    print("reading", flush=True)
+    while not stop_file.exists():
         con.execute("SELECT count(*) FROM candles").fetchone()
         reads += 1
-    print(reads)
+    row = con.execute("SELECT count(*) FROM candles").fetchone()
+    print(reads + 1, row[0] if row else None)
 
 
 PAUSE_S = 120.0  # longer than any test waits: the test kills the worker during the pause
@@ -178,7 +183,7 @@ if __name__ == "__main__":
     if role == "write":
         write(home, int(sys.argv[3]), int(sys.argv[4]))
     elif role == "read":
-        read(home, float(sys.argv[3]))
+        read(home, Path(sys.argv[3]))
     elif role == "big":
         big(home, int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
     elif role == "migrate":
