@@ -96,6 +96,9 @@ def test_sql_cli_while_another_process_writes(home: Path, settings: Settings) ->
     assert counts == sorted(counts), "counts seen by successive readers never go back"
 
 
+KILL_SEED = 20261202
+
+
 def _kill(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
@@ -108,17 +111,21 @@ def test_writer_killed_at_a_random_moment_leaves_all_or_nothing(
     """Unlike the paused cases below, the kill lands wherever the writer is (INSERT, Parquet
     writes, COMMIT, or after it): whatever it hits, the batch is wholly there or wholly absent."""
     rows = 50_000
+    # a seeded moment (the upsert of 50k rows takes about 1.5 s): a failure names its delay
+    delay = random.Random(KILL_SEED).uniform(0.0, 1.5)
     writer = _spawn(settings, "big", str(home), str(rows))
     assert writer.stdout is not None
     try:
         assert writer.stdout.readline().strip() == "begin"
-        time.sleep(random.uniform(0.0, 1.5))  # the upsert of 50k rows takes about that long
+        time.sleep(delay)
     finally:
         _kill(writer)
     con = connect(settings)
     present = con.execute("SELECT count(*) FROM candles WHERE exchange = 'killme'").fetchone()[0]
     con.close()
-    assert present in (0, rows), f"{present} of {rows} rows: a partial batch survived the kill"
+    assert present in (0, rows), (
+        f"{present} of {rows} rows: a partial batch survived the kill after {delay:.3f} s"
+    )
     if writer.returncode != -signal.SIGKILL:  # it finished first: then all of it is there
         assert writer.returncode == 0 and present == rows
 
