@@ -245,6 +245,7 @@ class CcxtBroker:
         self._journal_cids = {str(e["cid"]) for e in read_journal(journal)} if journal else set()
         self.journal_entries = len(self._journal_cids)  # orders ever sent (all processes)
         self._snapshot_entries = 0  # journal entries the restored snapshot accounts for
+        self.recovered: list[Order] = []  # orders found in the journal only (reconcile_on_start)
 
     # ------------------------------------------------------------------ safety
     def _scrub(self, text: str) -> str:
@@ -666,6 +667,7 @@ class CcxtBroker:
                 sends=1,
                 resend_ok=False,
             )
+            self.recovered.append(order)
             notes.append(f"order {cid} was sent after the last snapshot: looked up on the exchange")
         for cid, t in list(self._orders.items()):
             if t.status == "unknown":

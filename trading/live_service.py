@@ -49,6 +49,7 @@ def restore_live(
             broker.restore(data["broker"])
     symbols = list(symbols)
     notes = broker.reconcile_on_start(symbols)
+    _order_rows(loop, broker)
     for symbol in symbols:
         # the rules' targets follow the position the exchange holds for the loop: one bought
         # just before a crash (after the snapshot) must not be read as "flat", and sold at once
@@ -67,6 +68,33 @@ def restore_live(
     risk.order_seq = max(risk.order_seq, broker.journal_entries)
     loop.flush(wait=True)
     return resumed
+
+
+def _order_rows(loop: ServingLoop, broker: CcxtBroker) -> None:
+    """The order rows of orders found only in the journal (their step was never flushed), so
+    that their fills update a row of the right type and candle, like any other order's."""
+    updated = now_ms()
+    for o in broker.recovered:
+        if o.client_order_id in loop.rows.order_rows:
+            continue
+        row = {
+            "account": loop.config.account,
+            "client_order_id": o.client_order_id,
+            "exchange": loop.config.exchange,
+            "symbol": o.symbol,
+            "ts": o.created_ts_ms,
+            "side": o.side,
+            "order_type": o.order_type,
+            "amount": o.amount,
+            "price": o.price,
+            "status": broker.order_status(o.client_order_id),
+            "exchange_order_id": broker.exchange_order_id(o.client_order_id),
+            "mode": loop.config.mode,
+            "updated_at": updated,
+        }
+        if row["status"] != "rejected":  # kept until its fill updates it
+            loop.rows.order_rows[o.client_order_id] = row
+        loop.rows.batch.add("orders", (o.client_order_id,), dict(row))
 
 
 @contextmanager

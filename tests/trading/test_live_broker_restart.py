@@ -214,12 +214,14 @@ def test_sigkilled_live_loop_restarts_with_position_and_stop(
     try:
         fills = con.execute("SELECT count(*), sum(amount) FROM fills").fetchone()
         orders = con.execute(
-            "SELECT client_order_id, status, exchange_order_id FROM orders"
+            "SELECT client_order_id, status, exchange_order_id, order_type, epoch_ms(ts) "
+            "FROM orders"
         ).fetchall()
     finally:
         con.close()
     assert fills is not None and fills[0] == 1 and fills[1] == pytest.approx(filled)
-    assert orders == [(buy["clientOrderId"], "filled", str(buy["orderId"]))]
+    candle = 1_700_000_000_000 - 1_700_000_000_000 % 60_000 + BUY_AT * 60_000
+    assert orders == [(buy["clientOrderId"], "filled", str(buy["orderId"]), "market", candle)]
 
 
 def _loop(settings: Settings, broker: CcxtBroker) -> tuple[ServingLoop, Any]:
