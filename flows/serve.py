@@ -184,4 +184,5 @@ def serve(
         "equity": summary.equity,
         "positions": summary.positions,
         "resumed_from_ts_ms": summary.resumed_from_ts_ms,
+        "candles_dropped": summary.candles_dropped,  # failed the candle checks (data events)
     }

@@ -131,7 +131,12 @@ def serve(
                     follow_every_s=follow_every,
                     timeframe=replay_timeframe,
                 )
-            result = {"candles": s.candles, "equity": s.equity, "positions": s.positions}
+            result = {
+                "candles": s.candles,
+                "equity": s.equity,
+                "positions": s.positions,
+                "candles_dropped": s.candles_dropped,
+            }
         else:
             from flows.serve import serve as serve_flow
 
@@ -149,9 +154,12 @@ def serve(
     except (FileNotFoundError, ValueError, StateError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    dropped = result.get("candles_dropped", 0)
     typer.echo(
         f"served {result['candles']} candles; equity {result['equity']:.2f}; "
         f"positions {result['positions']}"
+        # bad candles (NaN, off the grid, ...) never reached the loop: loop_events kind 'data'
+        + (f"; {dropped} bad candle(s) dropped (loop_events kind 'data')" if dropped else "")
     )
 
 
