@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands.context import cli_options
+from flows.commands.context import cli_options, note_fresh_paths
 
 app = typer.Typer(
     name="tradeloop",
@@ -87,6 +87,7 @@ def _options(
         from warehouse import get_settings
 
         get_settings.cache_clear()
+    note_fresh_paths()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -95,21 +96,98 @@ def _options(
 
 
 def main() -> None:
-    """Run the CLI. An unexpected error is one line (exit 1); ``-v`` shows its traceback."""
+    """Run the CLI. Every expected failure is one line on stderr naming what failed and the next
+    step: status 2 for a usage error (a bad option or value), 1 for failed work. An unexpected
+    error is one line too; ``-v`` shows its traceback. A failed command that created the
+    warehouse and stored nothing in it removes it again."""
+    from typer._click import exceptions as click  # typer raises its vendored click's errors
+
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click.UsageError as exc:
+        # click's own usage errors (unknown option, missing value) as one line, not a box
+        path = exc.ctx.command_path if exc.ctx is not None else _command_path()
+        where = f" (see `{path} --help`)"
+        _fail(f"error: {one_line(exc.format_message())}{where}", exc.exit_code)
+    except click.ClickException as exc:
+        _fail(f"error: {one_line(exc.format_message())}", exc.exit_code)
+    except typer.Abort:
+        _fail("aborted", 1)
     except KeyboardInterrupt:
-        sys.exit(130)
+        _fail("interrupted", 130)
     except Exception as exc:
+        _drop_empty_warehouse()
         if cli_options().verbose:
             raise
         from warehouse.errors import WarehouseError
 
         if isinstance(exc, WarehouseError | FileNotFoundError | LookupError):
-            typer.echo(f"error: {exc}", err=True)  # an expected failure: its message says it all
-        else:
-            typer.echo(f"error: {type(exc).__name__}: {exc} (-v shows the traceback)", err=True)
-        sys.exit(1)
+            _fail(f"error: {one_line(str(exc))}", 1)  # an expected failure: its message says it
+        _fail(f"error: {type(exc).__name__}: {one_line(str(exc))} (-v shows the traceback)", 1)
+    code = code if isinstance(code, int) else 0
+    if code:
+        _drop_empty_warehouse()
+    sys.exit(code)
+
+
+def _command_path() -> str:
+    """``tradeloop COMMAND`` from the command line, for a usage error that has no context."""
+    words = [a for a in sys.argv[1:] if not a.startswith("-")]
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    return f"tradeloop {words[0]}" if words and words[0] in names else "tradeloop"
+
+
+def one_line(message: str, limit: int = 400) -> str:
+    """A message on one line: its lines joined, DuckDB's caret lines dropped, at most ``limit``
+    characters."""
+    lines = [line.strip() for line in message.splitlines()]
+    text = " ".join(line for line in lines if line and set(line) != {"^"})
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _fail(message: str, code: int) -> None:
+    _drop_empty_warehouse()
+    typer.echo(message, err=True)
+    sys.exit(code)
+
+
+# what migrations and a failed run write, which alone do not make a warehouse worth keeping
+BOOKKEEPING_TABLES = ("schema_migrations", "table_keys", "write_tokens", "ingestion_runs")
+
+
+def _drop_empty_warehouse() -> None:
+    """Remove the folders this command created (``note_fresh_paths``) when the warehouse in them
+    holds no rows: a failed first attempt must not leave an empty catalog that later commands
+    take for a warehouse."""
+    fresh = cli_options().fresh_paths
+    cli_options().fresh_paths = None  # once
+    if not fresh:
+        return
+    import shutil
+
+    from warehouse import connect, get_settings
+
+    settings = get_settings()
+    try:
+        if settings.sqlite_catalog_path.exists():
+            con = connect(settings, read_only=True)
+            try:
+                tables = con.execute(
+                    "SELECT table_name FROM duckdb_tables() "
+                    "WHERE database_name = current_database() AND NOT list_contains(?, table_name)",
+                    [list(BOOKKEEPING_TABLES)],
+                ).fetchall()
+                rows = 0
+                for (name,) in tables:
+                    found = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()
+                    rows += int(found[0]) if found else 0
+            finally:
+                con.close()
+            if rows:
+                return  # the command stored something before it failed: keep it
+        shutil.rmtree(fresh[0], ignore_errors=True)  # the outermost folder it created
+    except Exception:  # cleaning up must never hide the command's own error
+        logging.getLogger("tradeloop").debug("could not remove the empty warehouse", exc_info=True)
 
 
 if __name__ == "__main__":

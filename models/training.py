@@ -34,7 +34,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.ensemble import GradientBoostingClassifier
 from torch import nn
-from tqdm.auto import tqdm
 
 from models.architecture import (
     ConvConfig,
@@ -59,6 +58,7 @@ from models.metrics import (
     select_features,
 )
 from pipelines.labels import LabelConfig, LabelMethod, class_weights
+from pipelines.progress import NoProgress, Progress, current
 
 MemberName = Literal["hybrid", "conv", "gbm"]
 
@@ -352,8 +352,10 @@ def train_neural(
     val_x: np.ndarray,
     val_y: np.ndarray,
     config: TrainConfig,
+    progress: Progress | None = None,
 ) -> Member:
     """Train one neural member on standardized windows with early stopping on validation loss."""
+    progress = _progress(config, progress)
     _seed_everything(config.seed)
     model = _build_neural(name, train_x.shape[2], config)
     weights = torch.from_numpy(loss_weights(train_y, config))
@@ -369,8 +371,8 @@ def train_neural(
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     seen = 0
-    bar = tqdm(range(config.epochs), desc=f"train {name}", disable=not config.progress, leave=False)
-    for epoch in bar:
+    progress.start(f"train {name} (epochs)", config.epochs)
+    for epoch in range(config.epochs):
         model.train()
         # Shuffling inside the training window only; the windows never cross into validation.
         order = torch.randperm(x_train.shape[0], generator=generator)
@@ -401,7 +403,7 @@ def train_neural(
                 "val_accuracy": val_acc,
             }
         )
-        bar.set_postfix(train_loss=f"{history[-1]['train_loss']:.4f}", val_loss=f"{val_loss:.4f}")
+        progress.advance(note=f"train_loss {history[-1]['train_loss']:.4f} val_loss {val_loss:.4f}")
         if val_loss < best_loss - 1e-6:
             best_loss, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
         else:
@@ -413,6 +415,7 @@ def train_neural(
             and time.perf_counter() - started > config.max_train_seconds
         ):
             break
+    progress.done()
     elapsed = time.perf_counter() - started
     model.load_state_dict(best_state)
     model.eval()
@@ -487,6 +490,8 @@ def _fit_members(
     scaler = Scaler.fit(_subset(train, index))
     train_z, val_z = scaler.transform(train_raw), scaler.transform(val_raw)
     members: list[Member] = []
+    progress = _progress(config, None)
+    progress.start("train members", len(config.members))
     for name in config.members:
         if name == "gbm":
             members.append(
@@ -498,7 +503,16 @@ def _fit_members(
             members.append(
                 train_neural(name, train_z, train.labels, val_z, validation.labels, config)
             )
+        progress.advance()
+    progress.done()
     return scaler, members
+
+
+def _progress(config: TrainConfig, progress: Progress | None) -> Progress:
+    """Where training reports: the caller's, else the command's; nothing with progress off."""
+    if not config.progress:
+        return NoProgress()
+    return progress if progress is not None else current()
 
 
 def _subset(samples: SampleSet, index: np.ndarray) -> SampleSet:

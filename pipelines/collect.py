@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.importers import gap_stats
+from pipelines.progress import Progress, current
 from pipelines.resample import resample_arrow, timeframe_ms
 from pipelines.simulated_exchange import SimulatedExchange, SimulationConfig
 from pipelines.sources import (
@@ -246,6 +247,7 @@ def collect_series(
     resume: bool = True,
     batch_rows: int = 20_000,
     source_kind: str = "",
+    progress: Progress | None = None,
 ) -> SeriesStats:
     """Fetch one series (resuming after ``stored``), merging every batch as it comes.
 
@@ -295,6 +297,7 @@ def collect_series(
                     )
                 pending.append(page)
                 pending_rows += page.num_rows
+                (progress if progress is not None else current()).advance(page.num_rows)
                 if pending_rows >= batch_rows:
                     flush()
                     if stats.status == "failed":

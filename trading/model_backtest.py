@@ -40,6 +40,7 @@ from models.registry import ModelRecord
 from models.runtime import OnnxPredictor
 from pipelines.features import FEATURE_SET_VERSION, build_features, feature_columns
 from pipelines.labels import LabelConfig, make_labels
+from pipelines.progress import each
 from trading.backtest import (
     BacktestConfig,
     BacktestResult,
@@ -362,7 +363,7 @@ def _drive(
         inference.fallback_reason,
     )
     portfolio = loop.state
-    for i in range(len(candles)):
+    for i in each(range(len(candles)), "backtest (bars)"):
         bar = candles.bar(i)
         # Any: the loop's TickLike protocol declares settable fields; Tick is frozen
         tick: Any = Tick(bar.ts_ms + step_ms, (bar,))

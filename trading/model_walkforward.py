@@ -36,6 +36,7 @@ import numpy as np
 
 from models.metrics import ece, log_loss, reliability_bins
 from models.registry import ModelRecord
+from pipelines.progress import Progress, each
 from pipelines.resample import timeframe_ms
 from trading.loop import LoopConfig
 from trading.metrics import (
@@ -172,6 +173,7 @@ def walk_forward_model(
     train: Callable[[FoldWindow], ModelRecord],
     config: LoopConfig,
     on_fold: Callable[[FoldWindow, dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Train per fold, backtest every symbol's test window, and measure (module docs)."""
     pieces = _Pieces()
@@ -180,7 +182,7 @@ def walk_forward_model(
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
     horizon = config.default_horizon_bars
     skipped: list[dict[str, Any]] = []
-    for fold in folds:
+    for fold in each(folds, "walk-forward (folds)", progress):
         try:
             record = train(fold)
         except ValueError as exc:  # e.g. a window too short to hold every class: say so, go on

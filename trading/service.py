@@ -20,6 +20,7 @@ import duckdb
 from models.registry import ModelRecord, champion
 from pipelines.features import FEATURE_SET_VERSION
 from pipelines.features.rebuild import history_start_ms
+from pipelines.progress import Progress, current, task
 from pipelines.resample import timeframe_ms
 from pipelines.sources.base import wall_clock_ms
 from trading.backtest import Candles
@@ -187,6 +188,7 @@ def serve_replay(
     sleep: Callable[[float], None] = time.sleep,
     timeframe: str | None = None,
     max_polls: int | None = None,
+    progress: Progress | None = None,
 ) -> RunSummary:
     """Replay a candle file or a warehouse symbol through the paper-trading loop.
 
@@ -238,18 +240,25 @@ def serve_replay(
 
             market.on_idle = save_before_waiting
 
+        shown = progress if progress is not None else current()
+
         def beat(lp: ServingLoop) -> None:
+            shown.advance()
             if lp.steps % heartbeat_every == 0 and beat_file(lp) and heartbeat is not None:
                 heartbeat(lp)
 
-        summary = run(
-            loop,
-            market,
-            max_candles=max_candles,
-            con=con if resume else None,
-            heartbeat=beat,
-            warm_until_ts_ms=warm_until,
-        )
+        total = None if follow_every_s is not None else len(stored)
+        if total is not None and max_candles is not None:
+            total = min(total, max_candles)
+        with task("replay (candles)", total, shown):
+            summary = run(
+                loop,
+                market,
+                max_candles=max_candles,
+                con=con if resume else None,
+                heartbeat=beat,
+                warm_until_ts_ms=warm_until,
+            )
         beat_file(loop)
         writer.close()
         return summary

@@ -71,7 +71,8 @@ def resolve_series(
     if missing:
         stored = ", ".join(sorted({s.symbol for s in series}))
         raise AmbiguousSeries(
-            f"no candles for {', '.join(sorted(missing))} in the warehouse (it holds {stored})"
+            f"no candles for {', '.join(sorted(missing))} in the warehouse (it holds {stored}); "
+            "import or collect them, or pick stored ones with --symbol"
         )
     among = ", ".join(sorted(wanted)) if wanted else "the stored symbols"
     if exchange is not None:

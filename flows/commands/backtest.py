@@ -90,6 +90,8 @@ def backtest(
     and reports its IC, calibration and trades beside the baselines."""
     if (signals is None) == (model is None):
         raise opt.usage_error("give one of --signals FILE or --model champion|MODEL_ID")
+    if signals is not None and not signals.is_file():
+        raise opt.usage_error(f"--signals {signals}: no such file")
     if output_format == opt.OutputFormat.csv:
         raise opt.usage_error("--format: table or json (per-bar rows: --output FILE.csv)")
     if output is not None and model is None:
@@ -183,21 +185,24 @@ def _model(
         initial_cash=initial_cash,
         limits=dataclasses.replace(config.limits, allow_short=allow_short),
     )
+    from flows.commands.progress import command_progress
+
     con = connect(settings, read_only=True)
     try:
-        return model_backtest(
-            con,
-            symbol=series.symbols[0],
-            timeframe=series.timeframe,
-            exchange=series.exchange,
-            model=model,
-            start_ms=_ms(window[0]),
-            end_ms=_ms(window[1]),
-            config=config,
-            n_trials=trials,
-            output=output,
-            reports_dir=settings.home / "reports" if report else None,
-        )
+        with command_progress():  # bars of the run, then of each stress scenario
+            return model_backtest(
+                con,
+                symbol=series.symbols[0],
+                timeframe=series.timeframe,
+                exchange=series.exchange,
+                model=model,
+                start_ms=_ms(window[0]),
+                end_ms=_ms(window[1]),
+                config=config,
+                n_trials=trials,
+                output=output,
+                reports_dir=settings.home / "reports" if report else None,
+            )
     except (ModelBacktestError, LookupError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -240,12 +245,14 @@ def _signals(
             raise opt.usage_error(
                 f"{signals.name} has several symbols {in_file}; pick one with --symbol"
             )
+        stored_on = None  # the exchange the candles are stored under (the report names it)
         if candles is not None:
             bars = load_candle_file(candles, chosen)
         else:
             from flows.commands.series import resolve
 
             series = resolve([chosen], timeframe, exchange)
+            stored_on = series.exchange
             con = connect(settings, read_only=True)
             try:
                 bars = load_warehouse_candles(con, chosen, series.timeframe, series.exchange)
@@ -269,6 +276,7 @@ def _signals(
             config,
             n_trials=trials,
             reports_dir=settings.home / "reports" if report else None,
+            exchange=stored_on,
         )
     except (SignalFileError, LookupError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

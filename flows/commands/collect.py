@@ -36,10 +36,12 @@ def _print_report(report: dict[str, Any]) -> None:
 
 def _run(**kwargs: Any) -> None:
     from flows.collect import collect as collect_flow
+    from flows.commands.progress import command_progress
     from flows.commands.runflow import run_flow
 
     try:
-        report = run_flow(collect_flow, **kwargs)
+        with command_progress("candles"):  # count and rate; a series' size is known late
+            report = run_flow(collect_flow, **kwargs)
     except Exception as exc:  # the flow names the series and the cause
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

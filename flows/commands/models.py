@@ -47,19 +47,21 @@ def retrain(
     from flows.commands.series import resolve
 
     series = resolve(opt.symbols(symbol, symbols_alias), opt.timeframe(timeframe), exchange)
+    from flows.commands.progress import command_progress
     from flows.commands.runflow import run_flow
     from flows.retrain import retrain as retrain_flow
 
-    outcome = run_flow(
-        retrain_flow,
-        symbols=list(series.symbols),
-        days=days,
-        horizon=horizon,
-        epochs=epochs,
-        timeframe=series.timeframe,
-        exchange=series.exchange,
-        snapshot_id=snapshot,
-    )
+    with command_progress():  # training opens its members' and epochs' bars
+        outcome = run_flow(
+            retrain_flow,
+            symbols=list(series.symbols),
+            days=days,
+            horizon=horizon,
+            epochs=epochs,
+            timeframe=series.timeframe,
+            exchange=series.exchange,
+            snapshot_id=snapshot,
+        )
     typer.echo(
         f"model {outcome.model_id}: "
         f"{'promoted' if outcome.promoted else 'not promoted'} ({outcome.reason})"
@@ -133,13 +135,20 @@ def promote(
     """Promote a challenger. Without --force the rule must pass: log-loss below the training
     class frequencies' on its test window and, against a champion, a higher IC on a window both
     were scored on."""
+    from flows.commands.context import require_warehouse
     from models import registry
     from warehouse import connect, get_settings
 
+    require_warehouse()
     settings = get_settings()
     con = connect(settings)
     try:
-        record = registry.get_model(con, model_id)
+        try:
+            record = registry.get_model(con, model_id)
+        except registry.RegistryError as exc:
+            raise registry.RegistryError(
+                f"{exc}; `tradeloop models list` shows the registered ids"
+            ) from exc
         current = registry.champion(con, record.name)
         if not force:
             decision = _decide_from_shared_window(
@@ -197,9 +206,11 @@ def _decide_from_shared_window(
 @models_app.command("rollback")
 def rollback(name: Annotated[str, typer.Option(help="model name")] = "signal") -> None:
     """Retire the champion and restore the one it replaced."""
+    from flows.commands.context import require_warehouse
     from models import registry
     from warehouse import connect, get_settings
 
+    require_warehouse()
     settings = get_settings()
     con = connect(settings)
     try:

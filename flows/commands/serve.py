@@ -10,6 +10,9 @@ import typer
 
 from flows.commands import options as opt
 
+# what a --replay that names a file ends with (a symbol such as ETH/BTC has no suffix)
+REPLAY_SUFFIXES = frozenset({".feather", ".json", ".parquet", ".csv", ".gz", ".jsongz"})
+
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
@@ -90,6 +93,10 @@ def serve(
     replay_timeframe = opt.timeframe(timeframe)
     replay_exchange = exchange
     if replay is not None and not Path(replay).exists():
+        if not opt.SYMBOL_PATTERN.match(replay) or Path(replay).suffix in REPLAY_SUFFIXES:
+            raise opt.usage_error(
+                f"--replay {replay}: no such file, and not a symbol (BASE/QUOTE, e.g. ETH/BTC)"
+            )
         from flows.commands.series import resolve
 
         series = resolve([replay], replay_timeframe, exchange)
@@ -122,15 +129,18 @@ def serve(
                 )
             else:
                 assert replay is not None
-                s = serve_replay(
-                    settings,
-                    replay,
-                    config=config,
-                    speed=multiple,
-                    max_candles=max_candles,
-                    follow_every_s=follow_every,
-                    timeframe=replay_timeframe,
-                )
+                from flows.commands.progress import command_progress
+
+                with command_progress():  # the replay's bar: candles served
+                    s = serve_replay(
+                        settings,
+                        replay,
+                        config=config,
+                        speed=multiple,
+                        max_candles=max_candles,
+                        follow_every_s=follow_every,
+                        timeframe=replay_timeframe,
+                    )
             result = {
                 "candles": s.candles,
                 "equity": s.equity,

@@ -52,22 +52,24 @@ def walk_forward(
     from flows.commands.series import resolve
 
     series = resolve(symbols, tf, exchange)
+    from flows.commands.progress import command_progress
     from flows.commands.runflow import run_flow
     from flows.walk_forward import walk_forward as walk_forward_flow
 
-    report = run_flow(
-        walk_forward_flow,
-        symbols=list(series.symbols),
-        timeframe=series.timeframe,
-        exchange=series.exchange,
-        folds=folds,
-        train_days=train_days,
-        test_days=test_days,
-        epochs=epochs,
-        horizon=horizon,
-        fee=fee,
-        slippage=slippage,
-    )
+    with command_progress():  # folds, and under each its members' and epochs' bars
+        report = run_flow(
+            walk_forward_flow,
+            symbols=list(series.symbols),
+            timeframe=series.timeframe,
+            exchange=series.exchange,
+            folds=folds,
+            train_days=train_days,
+            test_days=test_days,
+            epochs=epochs,
+            horizon=horizon,
+            fee=fee,
+            slippage=slippage,
+        )
     if output is opt.OutputFormat.json:
         from flows.commands.output import json_ready
 

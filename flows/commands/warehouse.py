@@ -100,9 +100,11 @@ def maintain(
     """Flush inlined rows, merge small files, expire old snapshots, delete unreferenced files."""
     from datetime import timedelta
 
+    from flows.commands.context import require_warehouse
     from warehouse import connect
     from warehouse import maintain as run_maintenance
 
+    require_warehouse()  # maintaining nothing would create an empty warehouse
     report = run_maintenance(connect(), keep_snapshots_for=timedelta(days=keep_days))
     typer.echo(
         f"data files {report.data_files_before} -> {report.data_files_after}; "

@@ -31,6 +31,7 @@ from pipelines.features.spec import (
     base_graph,
     higher_graph,
 )
+from pipelines.progress import Progress, current
 from warehouse import Settings, WriteResult, upsert
 
 SEED_WEIGHT = 1e-13
@@ -107,11 +108,13 @@ def rebuild_features(
     settings: Settings,
     full: bool = False,
     merge: FeatureMerge | None = None,
+    progress: Progress | None = None,
 ) -> RebuildResult:
     """Compute and upsert the features of candles not yet featurised (all of them if ``full``).
 
     ``merge(con, features)`` writes the computed rows and returns (write, rows quarantined);
-    default: ``upsert_features`` (no checks)."""
+    default: ``upsert_features`` (no checks). ``progress`` advances by one series when done."""
+    progress = progress if progress is not None else current()
     step = timeframe_ms(timeframe)
     key = [exchange, symbol, timeframe]
     last = None
@@ -138,6 +141,7 @@ def rebuild_features(
         ).fetchone()
         if not nxt or nxt[0] is None:
             empty = WriteResult("features", 0, 0, 0, 0)
+            progress.advance()
             return RebuildResult(exchange, symbol, timeframe, "up to date", 0, 0, empty)
         first_new_ms = int(nxt[0].timestamp() * 1000)
         since = dt.datetime.fromtimestamp(
@@ -170,6 +174,7 @@ def rebuild_features(
         features = features.filter(pl.col("ts") > last)
     write, quarantined = (merge or upsert_features(settings))(con, features)
     mode = "incremental" if last is not None else "full"
+    progress.advance()
     return RebuildResult(
         exchange, symbol, timeframe, mode, candles.height, features.height, write, quarantined
     )
