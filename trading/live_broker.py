@@ -341,10 +341,15 @@ class CcxtBroker:
         return None if t is None else t.exchange_order_id
 
     def process_bar(self, bar: Bar, available_cash: float) -> list[Fill]:
-        for t in list(self._orders.values()):
+        waiting = {f.client_order_id for f in self._ready.get(bar.symbol, [])}
+        for cid, t in list(self._orders.items()):
             if t.order.symbol != bar.symbol:
                 continue
-            if t.status == "unknown":
+            if t.status in ("filled", "cancelled", "rejected") and cid not in waiting:
+                # final and its fills handed out (rows written) at an earlier bar: forget it, so
+                # a long-running loop's book stays small (the journal still refuses its id)
+                del self._orders[cid]
+            elif t.status == "unknown":
                 self._reconcile_or_resend(t)
             elif t.status == "open":
                 self._poll(t)
