@@ -12,12 +12,18 @@
 
 A ``Tick`` carries the candles that closed since the previous tick (at most one per symbol and
 open time), the market clock, and alerts.
+
+The markets do not judge candle values (``served_candles``): the serving loop checks each
+candle with the quality gate's rules and drops only a bad one (``expectations.candle_check``).
+``Candles.from_frame`` refused a whole read for one NaN: a replay served nothing, a followed
+source stalled at the candle for good, a live poll raised out of the loop.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +64,29 @@ def _bar(c: Candles, i: int) -> Bar:
     )
 
 
+def served_candles(frame: pl.DataFrame, symbol: str, timeframe: str) -> Candles:
+    """``frame``'s candles as the source holds them, for the serving loop: time-ordered, one per
+    open time (the first; the loop would drop a repeat anyway), values NOT judged (NaN, <= 0,
+    high < low pass through to the loop's candle checks, which drop and count them)."""
+    if "ts" not in frame.columns and "date" in frame.columns:
+        frame = frame.rename({"date": "ts"})
+    prices = ("open", "high", "low", "close", "volume")
+    missing = [c for c in ("ts", *prices) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"candles for {symbol}: missing column(s) {missing}")
+    frame = (
+        frame.filter(pl.col("ts").is_not_null())
+        .unique(subset="ts", keep="first", maintain_order=True)
+        .sort("ts")
+    )
+    ts = frame["ts"]
+    ts_ms = ts.dt.epoch("ms") if isinstance(ts.dtype, pl.Datetime) else ts.cast(pl.Int64)
+    arrays = {
+        c: frame[c].cast(pl.Float64, strict=False).fill_null(math.nan).to_numpy() for c in prices
+    }
+    return Candles(symbol, timeframe, ts_ms.to_numpy().astype(np.int64), **arrays)
+
+
 def read_replay_candles(
     source: str,
     *,
@@ -91,7 +120,7 @@ def read_replay_candles(
             frame = frame.filter(ts_ms <= up_to_ts_ms)
         if last is not None:
             frame = frame.sort("ts").tail(last)
-        return Candles.from_frame(frame, sym, tf)
+        return served_candles(frame, sym, tf)
     if con is None:
         raise FileNotFoundError(f"replay source {source!r}: no such file, and no warehouse given")
     tf = timeframe or "1m"
@@ -107,7 +136,7 @@ def read_replay_candles(
         )
     )
     assert isinstance(frame, pl.DataFrame)
-    return Candles.from_frame(frame, source, tf)
+    return served_candles(frame, source, tf)
 
 
 def require_candles(candles: Candles, source: str, exchange: str) -> Candles:
@@ -275,7 +304,7 @@ class PollingMarket:
                 for page in self.source.iter_candles(s, self.timeframe, self.cursor[s], None):
                     frame = pl.from_arrow(page)
                     assert isinstance(frame, pl.DataFrame)
-                    c = Candles.from_frame(frame, s, self.timeframe)
+                    c = served_candles(frame, s, self.timeframe)
                     for i in range(len(c)):
                         if c.ts_ms[i] >= self.cursor[s]:
                             bars.append(_bar(c, i))

@@ -155,3 +155,52 @@ def test_a_candle_from_the_future_or_still_open_is_dropped(tmp_path: Path) -> No
     assert loop.last_ts_ms == closed.ts_ms
     kinds = [e[3].split(": ")[1] for e in loop.events if e[1] == "data"]
     assert kinds == ["candle_closed", "ts_not_future"]
+
+
+def test_a_nan_candle_in_a_replayed_file_a_followed_file_and_a_polled_source(
+    candles_dir: Path, tmp_path: Path
+) -> None:
+    """The markets hand the candle on and the loop drops it. Before, ``Candles.from_frame``
+    refused the read: ``serve --replay FILE`` served nothing ("bad close=nan at row 150"), a
+    followed source was "unreadable" at every poll for good, and a live poll raised."""
+    import polars as pl
+
+    from pipelines.sources import FileSource
+    from trading.market import FollowMarket, PollingMarket
+
+    frame = pl.read_ipc(candles_dir / "ETH_BTC-5m.feather").tail(300)
+    nan_at = pl.int_range(pl.len()) == 150
+    frame = frame.with_columns(
+        pl.when(nan_at).then(math.nan).otherwise(pl.col("close")).alias("close")
+    )
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "ETH_BTC-5m.feather"
+    frame.write_ipc(path)
+    cfg = LoopConfig(timeframe="5m", flush_every_steps=BIG)
+
+    replayed = read_replay_candles(str(path))
+    assert len(replayed) == 300 and math.isnan(replayed.close[150])
+    follow = FollowMarket(
+        lambda after, up_to: read_replay_candles(str(path), after_ts_ms=after, up_to_ts_ms=up_to),
+        "5m",
+        poll_interval_s=0.01,
+        sleep=lambda _: None,
+        max_polls=2,
+    )
+    first = int(replayed.ts_ms[0])
+    polled = PollingMarket(
+        FileSource(folder, name="binance"), [ETH_BTC], "5m", first, sleep=lambda _: None
+    )
+    polled.max_polls = 1
+    for name, market in (
+        ("replay", ReplayMarket([replayed])),
+        ("follow", follow),
+        ("poll", polled),
+    ):
+        loop = build_loop(cfg, tmp_path / name)
+        summary = run(loop, market)
+        assert (summary.candles, summary.candles_dropped) == (300, 1), name
+        assert loop.last_ts_ms == int(replayed.ts_ms[-1]), name
+        assert math.isfinite(loop.symbols[ETH_BTC].rsi_value), name
+    assert follow.read_failures == 0
