@@ -21,7 +21,7 @@ def _seed(lake: duckdb.DuckDBPyConnection, settings: Settings, candles_dir: Path
     from expectations.gate import gate_and_merge
 
     batch = real_candle_batch(candles_dir / "XRP_ETH-5m.feather")
-    assert gate_and_merge(lake, "candles", batch).success
+    assert gate_and_merge(lake, "candles", batch, settings=settings).success
     rows = candle_rows(1, symbol="BAD/USDT", timeframe="1m")
     rows["low"] = [-1.0]  # stored before the suite caught it
     upsert(lake, "candles", to_arrow(rows))
