@@ -204,3 +204,16 @@ def test_a_nan_candle_in_a_replayed_file_a_followed_file_and_a_polled_source(
         assert loop.last_ts_ms == int(replayed.ts_ms[-1]), name
         assert math.isfinite(loop.symbols[ETH_BTC].rsi_value), name
     assert follow.read_failures == 0
+
+
+def test_the_warm_up_of_a_restart_drops_a_bad_candle_too(candles_dir: Path, tmp_path: Path) -> None:
+    """History replayed after a restart feeds the same state: a NaN there poisoned it as well.
+    The warm-up writes nothing, so the candle is counted but stores no event."""
+    candles = _real(candles_dir / "ETH_BTC-5m.feather", 200, {100: {"close": math.nan}})
+    loop = build_loop(LoopConfig(timeframe="5m", flush_every_steps=BIG), tmp_path)
+    for tick in ReplayMarket([candles]).ticks():
+        loop.warm(tick)
+    s = loop.symbols[ETH_BTC]
+    assert loop.candles_dropped == 1 and not [e for e in loop.events if e[1] == "data"]
+    assert math.isfinite(s.rsi_value) and math.isfinite(s.sigma)
+    assert s.last_ts_ms == int(candles.ts_ms[-1]) and s.rows == 199
