@@ -42,6 +42,9 @@ def quality(
 ) -> None:
     """Re-validate stored candles with the current suites and rebuild the Data Docs."""
     lo, hi = _when(start, "--start"), _when(end, "--end")
+    from flows.commands.context import require_warehouse
+
+    require_warehouse()  # before any Data Docs folder is made for a warehouse that is not there
     from flows.commands.runflow import run_flow
     from flows.quality import quality as quality_flow
 

@@ -75,6 +75,7 @@ CASES = [
     ("maintain-before-init", "none", ["maintain"], 1, INIT_HINT),
     ("rollback-before-init", "none", ["models", "rollback"], 1, INIT_HINT),
     ("data-list-before-init", "none", ["data", "list"], 1, INIT_HINT),
+    ("quality-before-init", "none", ["quality"], 1, INIT_HINT),
     # usage errors: exit 2, before any work
     ("collect-bad-timeframe", "none", ["collect", "-t", "7m"], 2, "known: 1m, 3m, 5m"),
     ("serve-speed-fast", "empty", ["serve", "--speed", "fast", "--replay", "X/Y"], 2, "'max'"),
