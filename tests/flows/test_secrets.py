@@ -124,3 +124,49 @@ def test_a_collector_process_redacts_its_api_key_from_ccxt_debug_logs() -> None:
     assert "X-MBX-APIKEY" in done.stderr and "/api/v3/account" in done.stderr
     assert KEY not in done.stderr and SECRET not in done.stderr
     assert "***" in done.stderr
+
+
+def test_ccxt_config_credentials_are_not_stored_with_the_flow_run(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.cli import app
+
+    monkeypatch.setenv("TRADELOOP_HOME", str(tmp_path / "home"))
+    # the command moves the credentials to these; undo puts the environment back
+    monkeypatch.setenv("TRADELOOP_EXCHANGE_API_KEY", "placeholder")
+    monkeypatch.setenv("TRADELOOP_EXCHANGE_API_SECRET", "placeholder")
+    config = json.dumps({"apiKey": KEY, "secret": SECRET, "timeout": 5000})
+    with LoopbackServer(LoopbackExchange(symbols=["BTC/USDT"])) as server:
+        out = CliRunner().invoke(
+            app,
+            [
+                "--prefect",
+                "collect",
+                "--source",
+                "ccxt",
+                "--exchange",
+                "binance",
+                "--api-base",
+                server.url,
+                "-s",
+                "BTC/USDT",
+                "--lookback-days",
+                "0.02",
+                "--ccxt-config",
+                config,
+            ],
+        )
+    assert out.exit_code == 0, out.output
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.flow_id]
+        names = {client.read_flow(r.flow_id).name: r for r in runs}
+    stored = names["collect"].parameters
+    assert stored["ccxt_config"] == {"timeout": 5000}  # the rest of the config is kept
+    text = json.dumps([r.parameters for r in runs], default=str)
+    assert KEY not in text and SECRET not in text
+    refused = CliRunner().invoke(
+        app, ["collect", "--source", "ccxt", "--ccxt-config", json.dumps({"password": "x"})]
+    )
+    assert refused.exit_code == 2 and "password would be stored with the run" in refused.output
