@@ -1,7 +1,14 @@
-"""Flow `backtest`: a signal file on warehouse candles -> report, linked as Prefect artifacts."""
+"""Flow `backtest`: a signal file on warehouse candles -> report, published as Prefect artifacts.
+
+Each backtest flow publishes its figures, not only a link: a table artifact (every figure of
+the strategy beside each baseline, as the report's first table), a markdown artifact with the
+headline figures, and a link to the HTML report (``Settings.report_link``: under
+``TRADELOOP_REPORTS_URL`` when it is set, since a browser blocks file:// links from the UI).
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +17,7 @@ from prefect.cache_policies import NONE
 from flows.orchestration import (
     create_link_artifact,
     create_markdown_artifact,
+    create_table_artifact,
     flow,
     get_run_logger,
     task,
@@ -32,11 +40,56 @@ def load_candles_task(
 
 @task(name="run-backtest", cache_policy=NONE)
 def backtest_task(
-    candles: Candles, signals_path: str, config: BacktestConfig, reports_dir: Path, n_trials: int
+    candles: Candles,
+    signals_path: str,
+    config: BacktestConfig,
+    reports_dir: Path,
+    n_trials: int,
+    exchange: str | None = None,
 ) -> dict[str, Any]:
     return signal_backtest(
-        candles, signals_path, config, n_trials=n_trials, reports_dir=reports_dir
+        candles, signals_path, config, n_trials=n_trials, reports_dir=reports_dir, exchange=exchange
     )
+
+
+HEADLINE_ROWS = ("total_return", "sharpe", "max_drawdown", "trades", "win_rate", "fees_paid")
+
+
+def _cell(value: Any) -> Any:
+    """A figure as an artifact shows it: 6 significant digits, a dash when undefined."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "\u2014"
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else str(value)
+    return value
+
+
+def figure_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table artifact's rows: the report's figures, the strategy beside each baseline
+    (annualized figures left out under 30 days, as in the report)."""
+    from trading.report import metric_rows
+
+    return [{k: _cell(v) for k, v in row.items()} for row in metric_rows(summary)]
+
+
+def headline_markdown(summary: dict[str, Any], title: str, link: str) -> str:
+    """The headline figures of a backtest as a markdown table, and where its report is."""
+    rows = [r for r in figure_rows(summary) if r["figure"].split(" ")[0] in HEADLINE_ROWS]
+    cols = list(rows[0]) if rows else ["figure"]
+    lines = [
+        f"# {title}",
+        "",
+        f"{_cell(summary.get('bars'))} bars; fee {_cell(summary.get('fee_fraction'))} and "
+        f"slippage {_cell(summary.get('slippage_fraction'))} per side; Sharpe "
+        f"{summary.get('sharpe_units', 'annualized')}.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows),
+        "",
+        f"Report: {link}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @flow(name="backtest", log_prints=True)
@@ -48,31 +101,38 @@ def backtest(
     config: BacktestConfig | None = None,
     n_trials: int = 1,
 ) -> dict[str, Any]:
-    """Backtest ``signals_path`` for ``symbol`` and publish the report as artifacts."""
+    """Backtest ``signals_path`` for ``symbol`` and publish the figures and the report."""
     settings = get_settings()
     candles = load_candles_task(settings, symbol, timeframe, exchange)
     summary = backtest_task(
-        candles, signals_path, config or BacktestConfig(), settings.home / "reports", n_trials
+        candles,
+        signals_path,
+        config or BacktestConfig(),
+        settings.home / "reports",
+        n_trials,
+        exchange,
     )
     html = Path(summary["report_html"]).resolve()
-    create_link_artifact(
-        key="backtest-report",
-        link=settings.report_link(html),
-        link_text=f"backtest report {symbol} {timeframe}",
+    link = settings.report_link(html)
+    series = report_series(summary)
+    create_link_artifact(key="backtest-report", link=link, link_text=f"backtest report {series}")
+    create_table_artifact(
+        key="backtest-figures",
+        table=figure_rows(summary),
+        description=f"backtest of {summary['strategy']} on {series}: strategy and baselines",
     )
     create_markdown_artifact(
         key="backtest-summary",
-        markdown=(
-            f"# Backtest {symbol} {timeframe}\n\n| metric | value |\n|---|---|\n"
-            + "".join(
-                f"| {k} | {summary[k]} |\n"
-                for k in ("total_return", "sharpe", "max_drawdown", "trades")
-            )
-            + f"\nReport: {html}\n"
-        ),
+        markdown=headline_markdown(summary, f"Backtest {summary['strategy']} on {series}", link),
     )
     get_run_logger().info(f"backtest {symbol}: return {summary['total_return']:.4f}, report {html}")
     return summary
+
+
+def report_series(summary: dict[str, Any]) -> str:
+    from trading.report import series_name
+
+    return series_name(summary)
 
 
 @task(name="walk-forward", cache_policy=NONE)
@@ -148,6 +208,11 @@ def model_backtest_task(
         con.close()
 
 
+def _md(value: Any) -> str:
+    """A markdown cell: the figure as Python prints it, a dash when undefined."""
+    return "\u2014" if value is None else str(value)
+
+
 MODEL_SUMMARY_ROWS = (
     "ic",
     "ic_ci_low",
@@ -190,21 +255,29 @@ def backtest_model(
         settings.home / "reports",
     )
     html = Path(summary["report_html"]).resolve()
+    link = settings.report_link(html)
     create_link_artifact(
         key="backtest-model-report",
-        link=settings.report_link(html),
-        link_text=f"model {summary['model_id']} on {symbol} {timeframe}",
+        link=link,
+        link_text=f"model {summary['model_id']} on {report_series(summary)}",
     )
+    create_table_artifact(
+        key="backtest-model-figures",
+        table=figure_rows(summary),
+        description=f"model {summary['model_id']} on {report_series(summary)}: the serving "
+        "loop's decisions beside the baselines",
+    )
+    hold = summary["baselines"]["buy_and_hold"]
     create_markdown_artifact(
         key="backtest-model-summary",
         markdown=(
             f"# Model {summary['model_id']} on {symbol} {timeframe}\n\n"
             "| measure | model | buy and hold |\n|---|---|---|\n"
             + "".join(
-                f"| {k} | {summary.get(k)} | {summary['baselines']['buy_and_hold'].get(k, '')} |\n"
+                f"| {k} | {_md(summary.get(k))} | {_md(hold.get(k)) if k in hold else ''} |\n"
                 for k in MODEL_SUMMARY_ROWS
             )
-            + f"\nReport: {html}\n"
+            + f"\nReport: {link}\n"
         ),
     )
     get_run_logger().info(

@@ -108,9 +108,11 @@ def evaluate_signals(
         strategy=strategy,
         fee_fraction=config.fees.taker_fraction,
         slippage_fraction=config.slippage_fraction,
+        first_ts_ms=int(candles.ts_ms[0]) if len(candles) else None,
+        last_ts_ms=int(candles.ts_ms[-1]) if len(candles) else None,
     )
     summary["baselines"] = {k: summarize(v) for k, v in base.items()}
-    return {"summary": summary, "result": result, "baseline_results": base}
+    return {"summary": summary, "result": result, "baseline_results": base, "candles": candles}
 
 
 def evaluate_file(
@@ -158,7 +160,7 @@ def evaluate_file(
     win = max(50, len(correct) // 50)
     ev["rolling_accuracy"] = pl.Series(correct).rolling_mean(win, min_samples=win // 2).to_numpy()
     ev["stress"] = run_stress(oos, lambda c: SignalSeries.of(rsi_rule_signals(c.close)), config)
-    ev["stress_strategy"] = "RSI rule"
+    ev["stress_strategy"] = "replayed with the RSI rule (event-driven engine)"
     return ev
 
 
@@ -175,6 +177,10 @@ def figures(ev: dict[str, Any], max_points: int = 1500) -> dict[str, Any]:
         "equity": {"ts_ms": ts, "series": eq},
         "drawdown": {"ts_ms": ts, "series": {"strategy": dd[::step].tolist()}},
     }
+    if "candles" in ev:
+        from trading.report_plots import price_data  # plotly: only where a report is drawn
+
+        figs["price"] = price_data(ev["candles"], res)
     if "rolling_accuracy" in ev:
         ra = ev["rolling_accuracy"][::step]
         figs["rolling_accuracy"] = {
@@ -192,7 +198,7 @@ def figures(ev: dict[str, Any], max_points: int = 1500) -> dict[str, Any]:
         ]
     if "stress" in ev:
         figs["stress"] = ev["stress"]
-        figs["stress_strategy"] = ev.get("stress_strategy", "RSI rule")
+        figs["stress_strategy"] = ev.get("stress_strategy")
     return figs
 
 
@@ -220,8 +226,11 @@ def signal_backtest(
     n_trials: int = 1,
     reports_dir: Path | None = None,
     report_name: str | None = None,
+    exchange: str | None = None,
 ) -> dict[str, Any]:
     """Backtest an external signal file on ``candles``; optionally write the report.
+
+    ``exchange`` names where the candles are stored (the report's title names the series).
 
     Returns the summary dict (JSON-ready) with ``report_html`` / ``report_json`` paths.
     """
@@ -233,8 +242,10 @@ def signal_backtest(
         candles, signals, config, strategy=Path(signals_path).name, n_trials=n_trials
     )
     ev["stress"] = run_stress(candles, lambda c: _realign(signals_path, c), config)
-    ev["stress_strategy"] = "your signals"
+    ev["stress_strategy"] = "replayed with your signals (event-driven engine)"
     summary = ev["summary"]
+    if exchange:
+        summary["exchange"] = exchange
     if reports_dir is not None:
         name = report_name or f"{candles.symbol.replace('/', '_')}-{candles.timeframe}-signals"
         html_path, json_path = write_report(name, summary, figures(ev), reports_dir)

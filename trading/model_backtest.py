@@ -659,6 +659,7 @@ def backtest_candles(
     summary["stress"] = model_stress(candles, record, config, start=start)
     if output is not None:
         summary["output"] = str(write_output(run, output))
+    summary["exchange"] = config.exchange
     if reports_dir is not None:
         from trading.evaluation import figures
         from trading.report import write_report
@@ -669,7 +670,8 @@ def backtest_candles(
             "baseline_results": base,
             "summary": summary,
             "stress": summary["stress"],
-            "stress_strategy": f"model {run.model_id}, serving loop",
+            "stress_strategy": f"replayed by the model {run.model_id} through the serving loop",
+            "candles": run.candles,
         }
         html_path, json_path = write_report(name, summary, figures(ev), reports_dir)
         summary["report_html"], summary["report_json"] = str(html_path), str(json_path)

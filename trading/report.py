@@ -1,122 +1,36 @@
-"""HTML report (inline SVG plots, no plotting library) plus a JSON of every figure.
+"""The backtest report: an HTML page with interactive charts, plus a JSON of every figure.
 
-Written under ``<TRADELOOP_HOME>/reports/<name>/``: ``report.html`` and ``report.json``.
+Written under ``<reports>/<name>/``: ``report.html`` and ``report.json``. The charts are
+plotly's (``trading.report_plots``): the candles with the trades' entries and exits, the
+equity against the baselines, and the drawdown. The page loads plotly.js from
+``<reports>/_assets/`` by a relative path, so it works offline, from disk or served by
+``tradeloop reports serve``.
+
+What the page says follows what ran: the series (exchange, symbol, timeframe) and window in
+the title, no annualized figure for a window under 30 days (``trading.metrics`` leaves them
+undefined; their rows are left out), a missing figure as an em dash, and the stress section
+named by who replayed the scenarios (``figs["stress_strategy"]``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import html
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+from trading.metrics import MIN_ANNUALIZED_DAYS
+from trading.report_html import fmt, line_chart, page, table, utc
+from trading.report_plots import (
+    confusion_chart,
+    lines_chart,
+    price_chart,
+    write_plotly_js,
+)
 
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"  # undefined (e.g. an annualized figure of a window under 30 days)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
-    return html.escape(str(v))
-
-
-def line_chart(
-    title: str,
-    ts_ms: list[int],
-    series: dict[str, list[float | None]],
-    width: int = 900,
-    height: int = 280,
-    percent: bool = False,
-) -> str:
-    values = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
-    if not values or len(ts_ms) < 2:
-        return f"<h3>{html.escape(title)}</h3><p>(no data)</p>"
-    lo, hi = min(values), max(values)
-    if hi == lo:
-        hi = lo + 1e-9
-    pad_l, pad_b = 70, 30
-    w, h = width - pad_l - 10, height - pad_b - 10
-    t0, t1 = ts_ms[0], ts_ms[-1]
-
-    def xy(i: int, v: float) -> str:
-        x = pad_l + (ts_ms[i] - t0) / max(t1 - t0, 1) * w
-        y = 10 + (hi - v) / (hi - lo) * h
-        return f"{x:.1f},{y:.1f}"
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'role="img"><title>{html.escape(title)}</title>',
-        f'<rect x="{pad_l}" y="10" width="{w}" height="{h}" fill="none" stroke="#ccc"/>',
-    ]
-    for frac in (0, 0.5, 1):
-        v = hi - frac * (hi - lo)
-        label = f"{v:.2%}" if percent else f"{v:.4g}"
-        parts.append(
-            f'<text x="{pad_l - 5}" y="{10 + frac * h + 4:.0f}" font-size="11" '
-            f'text-anchor="end">{label}</text>'
-        )
-    for t, anchor, x in ((t0, "start", pad_l), (t1, "end", pad_l + w)):
-        day = dt.datetime.fromtimestamp(t / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M")
-        parts.append(
-            f'<text x="{x}" y="{height - 8}" font-size="11" text-anchor="{anchor}">{day}</text>'
-        )
-    for k, (name, vals) in enumerate(series.items()):
-        pts = [xy(i, v) for i, v in enumerate(vals) if v is not None and math.isfinite(v)]
-        color = COLORS[k % len(COLORS)]
-        parts.append(
-            f'<polyline fill="none" stroke="{color}" stroke-width="1.3" points="{" ".join(pts)}"/>'
-        )
-        parts.append(
-            f'<text x="{pad_l + 8}" y="{24 + 14 * k}" font-size="12" fill="{color}">'
-            f"{html.escape(name)}</text>"
-        )
-    parts.append("</svg>")
-    return f"<h3>{html.escape(title)}</h3>" + "".join(parts)
-
-
-def heatmap(title: str, labels: list[str], matrix: list[list[int]]) -> str:
-    total = max(1, max(max(r) for r in matrix))
-    cells = []
-    size = 60
-    for i, row in enumerate(matrix):
-        for j, v in enumerate(row):
-            shade = int(255 - 200 * v / total)
-            cells.append(
-                f'<rect x="{80 + j * size}" y="{30 + i * size}" width="{size}" '
-                f'height="{size}" fill="rgb({shade},{shade},255)" stroke="#fff"/>'
-                f'<text x="{80 + j * size + size / 2}" y="{30 + i * size + 35}" '
-                f'font-size="13" text-anchor="middle">{v}</text>'
-            )
-    heads = "".join(
-        f'<text x="{80 + j * size + size / 2}" y="22" font-size="12" '
-        f'text-anchor="middle">{html.escape(lab)}</text>'
-        f'<text x="72" y="{30 + j * size + 35}" font-size="12" text-anchor="end">'
-        f"{html.escape(lab)}</text>"
-        for j, lab in enumerate(labels)
-    )
-    n = len(labels)
-    return (
-        f"<h3>{html.escape(title)} (rows: true, columns: predicted)</h3>"
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{100 + n * size}" '
-        f'height="{50 + n * size}">{heads}{"".join(cells)}</svg>'
-    )
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "<p>(none)</p>"
-    cols = list(rows[0])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>" for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
+__all__ = ["METRIC_ROWS", "line_chart", "table", "write_report"]
 
 METRIC_ROWS = (
     "total_return",
@@ -140,6 +54,170 @@ METRIC_ROWS = (
     "fees_paid",
     "stop_exits",
 )
+# figures that only exist for a window of MIN_ANNUALIZED_DAYS or more
+ANNUALIZED_ROWS = frozenset({"cagr", "calmar", "volatility_annual"})
+MODEL_ROWS = (
+    "ic",
+    "ic_ci_low",
+    "ic_ci_high",
+    "ic_bars",
+    "log_loss",
+    "brier",
+    "ece",
+    "accuracy",
+    "majority_class_accuracy",
+    "model_bars",
+    "fallback_bars",
+    "model_trades",
+    "fallback_trades",
+    "in_sample_bars",
+)
+BASELINE_NAMES = {
+    "buy_and_hold": "buy and hold",
+    "rsi_rule": "RSI rule",
+    "majority_class": "majority class",
+}
+
+
+def series_name(summary: dict[str, Any]) -> str:
+    """``exchange symbol timeframe`` of the backtested series (exchange left out when the
+    candles came from a file rather than the warehouse)."""
+    parts = (summary.get("exchange"), summary.get("symbol"), summary.get("timeframe"))
+    return " ".join(str(p) for p in parts if p)
+
+
+def _window(summary: dict[str, Any], figs: dict[str, Any]) -> tuple[int, int] | None:
+    if summary.get("first_ts_ms") is not None and summary.get("last_ts_ms") is not None:
+        return int(summary["first_ts_ms"]), int(summary["last_ts_ms"])
+    ts = (figs.get("price") or figs.get("equity") or {}).get("ts_ms") or []
+    return (int(ts[0]), int(ts[-1])) if ts else None
+
+
+def metric_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per figure: the strategy, then each baseline. The annualized rows are left
+    out for a window under 30 days (they are undefined there, not zero)."""
+    base = summary.get("baselines", {})
+    annualized = summary.get("sharpe_units", "annualized") == "annualized"
+    rows = []
+    for m in METRIC_ROWS:
+        if m in ANNUALIZED_ROWS and not annualized:
+            continue
+        label = m if m not in ("sharpe", "sortino") or annualized else f"{m} (per bar)"
+        row = {"figure": label, "strategy": summary.get(m)}
+        row.update({BASELINE_NAMES.get(k, k): v.get(m) for k, v in base.items()})
+        rows.append(row)
+    return rows
+
+
+def _header(name: str, summary: dict[str, Any], figs: dict[str, Any]) -> list[str]:
+    series = series_name(summary)
+    window = _window(summary, figs)
+    span = ""
+    if window is not None:
+        days = (window[1] - window[0]) / 86_400_000
+        span = f", {utc(window[0])} to {utc(window[1])} ({days:.1f} days)"
+    strategy = html.escape(str(summary.get("strategy", "")))
+    parts = [
+        f"<h1>Backtest of {strategy} on {html.escape(series)}</h1>",
+        f"<p>Series <b class='series'>{html.escape(series)}</b>: {fmt(summary.get('bars'))} "
+        f"bars{span}. Strategy: {strategy}. Costs per side: fee {fmt(summary.get('fee_fraction'))}"
+        f", slippage {fmt(summary.get('slippage_fraction'))}; a decision at a bar's close fills "
+        "at the next bar's open. Report <code>" + html.escape(name) + "</code>.</p>",
+    ]
+    if summary.get("sharpe_units") == "per bar":
+        parts.append(
+            f"<p class='note'>The window is shorter than {MIN_ANNUALIZED_DAYS:g} days: no "
+            "annualized figures (CAGR, Calmar, annual volatility); Sharpe and Sortino are per "
+            "bar, not annualized.</p>"
+        )
+    if summary.get("in_sample_bars"):
+        parts.append(
+            f"<p class='note'>{summary['in_sample_bars']} of the {summary.get('bars')} bars "
+            "precede the model's test window (it trained or calibrated on them): the figures "
+            "over them are in sample.</p>"
+        )
+    return parts
+
+
+def _charts(summary: dict[str, Any], figs: dict[str, Any]) -> list[str]:
+    series = series_name(summary)
+    parts = ["<h2>Charts</h2>"]
+    if "price" in figs:
+        p = figs["price"]
+        merged = p.get("bars_per_candle", 1)
+        title = f"{series}: candles, entries and exits"
+        if merged > 1:
+            title += f" (one candle per {merged} bars)"
+        parts.append(price_chart(p, title))
+    names = {"strategy": str(summary.get("strategy", "strategy")), **BASELINE_NAMES}
+    if "equity" in figs:
+        e = figs["equity"]
+        parts.append(
+            lines_chart(
+                "chart-equity",
+                f"{series}: equity against the baselines (same costs)",
+                e["ts_ms"],
+                e["series"],
+                names=names,
+            )
+        )
+    if "drawdown" in figs:
+        d = figs["drawdown"]
+        parts.append(
+            lines_chart(
+                "chart-drawdown",
+                f"{series}: drawdown from the running peak",
+                d["ts_ms"],
+                d["series"],
+                percent=True,
+                names=names,
+            )
+        )
+    if "rolling_accuracy" in figs:
+        r = figs["rolling_accuracy"]
+        parts.append(
+            lines_chart(
+                "chart-accuracy",
+                "Rolling out-of-sample accuracy",
+                r["ts_ms"],
+                r["series"],
+                percent=True,
+            )
+        )
+    if "confusion_matrix" in figs:
+        c = figs["confusion_matrix"]
+        parts.append(confusion_chart(c["labels"], c["matrix"]))
+    return parts
+
+
+def _stress(figs: dict[str, Any]) -> list[str]:
+    who = figs.get("stress_strategy")
+    heading = "Stress scenarios" + (f", {html.escape(str(who))}" if who else "")
+    return [
+        f"<h2>{heading}</h2>",
+        "<p class='note'>Each scenario damages the candles half-way through the window (a 30 % "
+        "crash, three times the volatility, a wide spread, a data outage) and replays the "
+        "decisions over them with the same costs and risk limits.</p>",
+        table(figs["stress"]),
+    ]
+
+
+def render(name: str, summary: dict[str, Any], figs: dict[str, Any], plotly_src: str) -> str:
+    """The report's HTML; ``plotly_src`` is the (relative) URL of plotly.js."""
+    parts = _header(name, summary, figs)
+    parts += ["<h2>Figures against the baselines</h2>", table(metric_rows(summary))]
+    parts += _charts(summary, figs)
+    if "ic" in summary:
+        rows = [{"measure": k, "value": summary.get(k)} for k in MODEL_ROWS if k in summary]
+        parts += [f"<h2>The model's measures ({html.escape(str(summary['strategy']))})</h2>"]
+        parts += [table(rows)]
+    if "folds" in figs:
+        parts += ["<h2>Walk-forward folds</h2>", table(figs["folds"])]
+    if "stress" in figs:
+        parts += _stress(figs)
+    title = f"Backtest {summary.get('strategy', '')} {series_name(summary)}"
+    script = f'<script src="{html.escape(plotly_src)}" charset="utf-8"></script>'
+    return page(title, parts, head=script)
 
 
 def write_report(
@@ -151,65 +229,9 @@ def write_report(
     json_path.write_text(
         json.dumps({"summary": summary, "figures": figs}, default=_json_default, indent=1)
     )
-    base = summary.get("baselines", {})
-    metric_rows = [
-        {"metric": m, "strategy": summary.get(m), **{k: v.get(m) for k, v in base.items()}}
-        for m in METRIC_ROWS
-    ]
-    parts = [
-        f"<h1>Backtest: {html.escape(name)}</h1>",
-        f"<p>{html.escape(str(summary.get('symbol')))} {summary.get('timeframe')}, "
-        f"{summary.get('bars')} bars, strategy {html.escape(str(summary.get('strategy')))}; "
-        f"fee {summary.get('fee_fraction')} and slippage {summary.get('slippage_fraction')} "
-        "per side; fills at the next bar's open.</p>",
-        "<h2>Metrics vs baselines</h2>",
-        table(metric_rows),
-    ]
-    if "equity" in figs:
-        parts.append(
-            line_chart("Equity vs baselines", figs["equity"]["ts_ms"], figs["equity"]["series"])
-        )
-    if "drawdown" in figs:
-        parts.append(
-            line_chart(
-                "Drawdown", figs["drawdown"]["ts_ms"], figs["drawdown"]["series"], percent=True
-            )
-        )
-    if "rolling_accuracy" in figs:
-        parts.append(
-            line_chart(
-                "Rolling out-of-sample accuracy",
-                figs["rolling_accuracy"]["ts_ms"],
-                figs["rolling_accuracy"]["series"],
-                percent=True,
-            )
-        )
-    if "confusion_matrix" in figs:
-        parts.append(
-            heatmap(
-                "Confusion matrix",
-                figs["confusion_matrix"]["labels"],
-                figs["confusion_matrix"]["matrix"],
-            )
-        )
-    if "folds" in figs:
-        parts += ["<h2>Walk-forward folds</h2>", table(figs["folds"])]
-    if "stress" in figs:
-        parts += [
-            f"<h2>Stress scenarios ({html.escape(str(figs.get('stress_strategy', 'RSI rule')))},"
-            " event-driven engine)</h2>",
-            table(figs["stress"]),
-        ]
-    style = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px}"
-    )
-    html_path.write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>"
-        f"{html.escape(name)}</title><style>{style}</style></head><body>"
-        + "\n".join(parts)
-        + "</body></html>"
-    )
+    js = write_plotly_js(reports_dir)
+    src = Path(os.path.relpath(js, out)).as_posix()
+    html_path.write_text(render(name, summary, figs, src), encoding="utf-8")
     return html_path, json_path
 
 

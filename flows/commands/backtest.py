@@ -245,12 +245,14 @@ def _signals(
             raise opt.usage_error(
                 f"{signals.name} has several symbols {in_file}; pick one with --symbol"
             )
+        stored_on = None  # the exchange the candles are stored under (the report names it)
         if candles is not None:
             bars = load_candle_file(candles, chosen)
         else:
             from flows.commands.series import resolve
 
             series = resolve([chosen], timeframe, exchange)
+            stored_on = series.exchange
             con = connect(settings, read_only=True)
             try:
                 bars = load_warehouse_candles(con, chosen, series.timeframe, series.exchange)
@@ -274,6 +276,7 @@ def _signals(
             config,
             n_trials=trials,
             reports_dir=settings.home / "reports" if report else None,
+            exchange=stored_on,
         )
     except (SignalFileError, LookupError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)

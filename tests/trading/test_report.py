@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trading.conftest import CANDLE_FILES
+from tests.support.data import REAL_CANDLE_FILES as CANDLE_FILES
 from trading.backtest import BacktestConfig
 from trading.evaluation import evaluate_file, figures
 from trading.report import write_report
@@ -23,15 +23,17 @@ def test_report_for_each_real_file(candles_dir: Path, settings, name: str) -> No
     assert html_path.parent == settings.home / "reports" / Path(name).stem
     text = html_path.read_text()
     for title in (
-        "Equity vs baselines",
-        "Drawdown",
+        "equity against the baselines",
+        "drawdown from the running peak",
         "Rolling out-of-sample accuracy",
         "Confusion matrix",
         "Walk-forward folds",
-        "Stress scenarios",
+        "Stress scenarios, replayed with the RSI rule",
     ):
         assert title in text
-    assert text.count("<svg") >= 4
+    # one plotly chart each: candles with trades, equity, drawdown, accuracy, confusion matrix
+    for chart in ("price", "equity", "drawdown", "accuracy", "confusion"):
+        assert f'id="chart-{chart}"' in text
     doc = json.loads(json_path.read_text())
     figs = doc["figures"]
     assert set(figs["equity"]["series"]) == {
@@ -41,6 +43,7 @@ def test_report_for_each_real_file(candles_dir: Path, settings, name: str) -> No
         "majority_class",
     }
     assert len(figs["folds"]) >= 3
+    assert len(figs["price"]["exits"]) == summary["trades"]
     assert {r["scenario"] for r in figs["stress"]} >= {"crash_30pct", "outage_gap"}
     assert sum(map(sum, figs["confusion_matrix"]["matrix"])) == summary["classification"]["n"]
     assert summary["engines_max_equity_diff"] <= 1e-9
