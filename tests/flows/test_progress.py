@@ -114,3 +114,26 @@ def test_import_to_a_pipe_prints_no_progress_control_codes(tmp_path: Path) -> No
     assert ESCAPE not in result.stdout and ESCAPE not in result.stderr
     assert "\r" not in result.stdout + result.stderr  # no bar redrawn in place either
     assert "candles: " in result.stderr and "/s)" in result.stderr  # the plain progress line
+
+
+def test_training_reports_each_epoch_with_its_losses(caplog: pytest.LogCaptureFixture) -> None:
+    """The real training loop (a tiny network on a few windows) advances an epochs' task."""
+    import numpy as np
+
+    from models.training import TrainConfig, train_neural
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 8, 4)).astype(np.float32)
+    y = np.arange(64, dtype=np.int64) % 3
+    config = TrainConfig(epochs=3, patience=5, batch_size=32, d_model=8, lstm_hidden=8)
+    progress = LogProgress(logging.getLogger("tradeloop.test"), every_s=0.0)
+    with caplog.at_level(logging.INFO, logger="tradeloop.test"):
+        train_neural("hybrid", x, y, x[:16], y[:16], config, progress=progress)
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines[0] == "train hybrid (epochs): started (3 steps)"
+        assert any(line.startswith("train hybrid (epochs): 1/3 (") for line in lines)
+        assert "val_loss" in lines[1] and lines[-1].startswith("train hybrid (epochs): 3/3")
+        caplog.clear()
+        quiet = config.with_updates(progress=False)
+        train_neural("hybrid", x, y, x[:16], y[:16], quiet, progress=progress)
+        assert not caplog.records  # progress=False: nothing reported
