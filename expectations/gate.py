@@ -257,6 +257,16 @@ def gate_and_merge(
             settings, suite_name, definitions, _gx_frame(frame, spec, definitions), validation_id
         )
         details["gx_statistics"] = run.statistics
+        # each expectation's outcome, for the quality report (expectations.quality_page)
+        details["expectations"] = [
+            {
+                "rule": o.definition.rule,
+                "columns": ",".join(o.definition.columns),
+                "severity": o.definition.severity,
+                "unexpected": o.unexpected_count,
+            }
+            for o in run.outcomes
+        ]
         rule_counts: Counter[str] = Counter()
         for outcome in run.outcomes:
             d = outcome.definition

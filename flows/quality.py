@@ -1,4 +1,10 @@
-"""Flow `quality`: re-validate stored data, rebuild the Data Docs, publish a summary.
+"""Flow `quality`: re-validate stored data, write the quality report, publish its figures.
+
+The report is ``expectations.quality_page``'s static HTML under ``<home>/reports/quality``
+(offline, one section per series naming its exchange, symbol and timeframe); the Great
+Expectations Data Docs are still rebuilt beside it when asked. The artifacts carry the
+numbers: a table with one row per validated series, the markdown summary, and a link to
+the report (``Settings.report_link``: under ``TRADELOOP_REPORTS_URL`` when it is set).
 
 Also ``gate_task``, the Prefect task wrapper of the quality gate other flows may call per
 batch (the gate itself is ``expectations.gate.gate_and_merge``, plain Python).
@@ -17,7 +23,15 @@ from prefect.cache_policies import NONE
 from expectations.gate import GatePolicy, GateResult, QualityGateError, gate_and_merge
 from expectations.report import summary_markdown
 from expectations.revalidate import candle_series, revalidate_candles
-from flows.orchestration import create_markdown_artifact, flow, get_run_logger, task, unmapped
+from flows.orchestration import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+    flow,
+    get_run_logger,
+    task,
+    unmapped,
+)
 from flows.runners import default_task_runner
 from warehouse import Settings, connect, get_settings, migrate
 
@@ -99,9 +113,60 @@ def build_docs_task(settings: Settings, keep_days: float) -> Path:
     return build_data_docs(settings)
 
 
+@task(name="quality-report", cache_policy=NONE)
+def quality_report_task(settings: Settings, run_id: str) -> Path:
+    """The run's page and the index under ``<home>/reports/quality`` (read-only connection)."""
+    from expectations.quality_page import write_quality_pages
+
+    con = connect(settings, read_only=True)
+    try:
+        return write_quality_pages(con, settings.home / "reports", run_id)
+    finally:
+        con.close()
+
+
+def result_rows(
+    results: Sequence[GateResult], series: Sequence[tuple[str, str, str]]
+) -> list[dict[str, object]]:
+    """The table artifact's rows: one per validated series, with its numbers."""
+    return [
+        {
+            "exchange": exchange,
+            "symbol": symbol,
+            "timeframe": timeframe,
+            "result": "passed" if r.success else "FAILED",
+            "rows_in": r.rows_in,
+            "passed": r.rows_merged,
+            "quarantined": r.rows_quarantined,
+            "warnings": len(r.warnings),
+        }
+        for (exchange, symbol, timeframe), r in zip(series, results, strict=True)
+    ]
+
+
 @task(name="quality-summary", cache_policy=NONE)
-def publish_summary(results: list[GateResult], data_docs: Path | None) -> str:
+def publish_summary(
+    results: list[GateResult],
+    data_docs: Path | None,
+    *,
+    series: Sequence[tuple[str, str, str]] = (),
+    report: Path | None = None,
+    settings: Settings | None = None,
+) -> str:
     markdown = summary_markdown(results, data_docs)
+    if report is not None and settings is not None:
+        markdown += f"\nQuality report: {settings.report_link(report)}\n"
+        create_link_artifact(
+            key="quality-report",
+            link=settings.report_link(report),
+            link_text="data quality report (exchange, symbol, timeframe per validation)",
+        )
+    if series:
+        create_table_artifact(
+            key="quality-results",
+            table=result_rows(results, series),
+            description="data quality: one row per validated series",
+        )
     create_markdown_artifact(
         key="quality-summary", markdown=markdown, description="data quality run"
     )
@@ -138,8 +203,15 @@ def quality(
         ).result()
     )
     docs = build_docs_task(settings, keep_days) if build_docs else None
-    markdown = publish_summary(results, docs)
+    report = quality_report_task(settings, run_id)
+    markdown = publish_summary(results, docs, series=series, report=report, settings=settings)
     failed = [r.message for r in results if not r.success]
     if failed and fail_on_policy:
         raise QualityGateError("; ".join(failed))
-    return {"run_id": run_id, "results": results, "data_docs": docs, "summary": markdown}
+    return {
+        "run_id": run_id,
+        "results": results,
+        "data_docs": docs,
+        "report": report,
+        "summary": markdown,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -71,6 +72,10 @@ def quality(
         typer.echo(("ok      " if r.success else "FAILED  ") + r.message)
         for w in r.warnings:
             typer.echo(f"        warning: {w}")
+    if report.get("report") is not None:
+        from warehouse import get_settings
+
+        typer.echo(f"Quality report: {get_settings().report_link(Path(str(report['report'])))}")
     if report["data_docs"] is not None:
         typer.echo(f"Data Docs: {report['data_docs']}")
     if any(not r.success for r in results):
