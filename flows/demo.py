@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flows.orchestration import create_link_artifact, flow, get_run_logger
+from flows.orchestration import (
+    create_link_artifact,
+    create_table_artifact,
+    flow,
+    get_run_logger,
+)
 from flows.pipeline import pipeline
 from models import retraining
 from warehouse import Settings, connect, get_settings
@@ -45,6 +50,7 @@ class DemoSummary:
     data_docs: Path | None
     warehouse_home: Path
     elapsed_s: float
+    quality_report: Path | None = None  # the offline quality page of the pipeline's run
 
 
 def walk_forward_report(
@@ -151,7 +157,7 @@ def demo(
         get_run_logger().warning(f"walk-forward not run: {exc}")
         wf = None
     prev = outcome.previous
-    return DemoSummary(
+    summary = DemoSummary(
         model_id=outcome.model_id,
         promoted=outcome.promoted,
         accuracy=outcome.challenger.get("accuracy"),
@@ -176,7 +182,40 @@ def demo(
         data_docs=result["quality"].get("data_docs"),
         warehouse_home=settings.home.resolve(),
         elapsed_s=(dt.datetime.now(dt.UTC) - started).total_seconds(),
+        quality_report=result["quality"].get("report"),
     )
+    create_table_artifact(
+        key="demo-summary",
+        table=summary_rows(summary),
+        description="the demo's figures (the dashboard's)",
+    )
+    return summary
+
+
+def summary_rows(summary: DemoSummary) -> list[dict[str, str]]:
+    """The demo's figures as rows (figure, value) for the ``demo-summary`` table artifact."""
+
+    def num(v: float | None, spec: str) -> str:
+        return "\u2014" if v is None else format(v, spec)
+
+    rows = [
+        ("model", f"{summary.model_id} ({'champion' if summary.promoted else 'challenger'})"),
+        ("accuracy", num(summary.accuracy, ".3f")),
+        ("accuracy change vs previous champion", num(summary.accuracy_change, "+.3f")),
+        ("F1 (macro)", num(summary.f1_macro, ".3f")),
+        ("majority-class accuracy (same window)", num(summary.baseline_accuracy, ".3f")),
+        ("majority-class F1 (macro)", num(summary.baseline_f1_macro, ".3f")),
+        ("mean confidence", num(summary.confidence_mean, ".3f")),
+        ("training samples", str(summary.train_samples)),
+        ("paper P&L (quote)", num(summary.pnl_quote, "+.2f")),
+        ("served bars", str(sum(summary.decisions.values()))),
+    ]
+    if summary.walk_forward_ic is not None:
+        ic, lo, hi = summary.walk_forward_ic
+        rows.append(("walk-forward IC [95 % CI]", f"{ic:.3f} [{lo:.3f}, {hi:.3f}]"))
+    rows += [(f"{table} rows", str(n)) for table, n in summary.counts.items()]
+    rows.append(("elapsed (s)", f"{summary.elapsed_s:.0f}"))
+    return [{"figure": k, "value": v} for k, v in rows]
 
 
 def outcome_symbol(settings: Settings, data: str | None, symbols: list[str] | None) -> str:
@@ -252,6 +291,8 @@ def dashboard(summary: DemoSummary) -> Any:
             f"IC {ic:.3f} [{lo:.3f}, {hi:.3f}] out of sample; {summary.walk_forward_verdict}",
         )
     grid.add_row("Walk-forward report", str(summary.report_html or "not run (too little data)"))
+    if summary.quality_report is not None:
+        grid.add_row("Quality report", str(summary.quality_report))
     grid.add_row("Data Docs", str(summary.data_docs))
     grid.add_row(
         "Query the warehouse",

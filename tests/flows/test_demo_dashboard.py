@@ -69,3 +69,25 @@ def test_dashboard_says_when_serving_did_not_run(tmp_path: Path) -> None:
     text = _render(summary)
     assert "serving not run" in text
     assert "n/a" in text
+
+
+def test_the_demo_summary_artifact_carries_the_figures(tmp_path: Path) -> None:
+    from flows.demo import summary_rows
+
+    summary = DemoSummary(
+        model_id="signal-v1-x", promoted=False, accuracy=0.412, accuracy_change=None,
+        f1_macro=0.377, baseline_accuracy=0.545, baseline_f1_macro=None, confidence_mean=0.61,
+        train_samples=9415, trained_at=None, trend=[], counts={"candles": 100},
+        pnl_quote=-10.54, decisions={"model: buy": 3, "model: hold class": 7},
+        report_html=None, walk_forward_ic=(0.052, 0.011, 0.094), walk_forward_verdict=None,
+        data_docs=None, warehouse_home=tmp_path, elapsed_s=12.0,
+        quality_report=tmp_path / "quality.html",
+    )  # fmt: skip
+    rows = {r["figure"]: r["value"] for r in summary_rows(summary)}
+    assert rows["model"] == "signal-v1-x (challenger)" and rows["accuracy"] == "0.412"
+    assert rows["accuracy change vs previous champion"] == "\u2014"  # first model: none
+    assert rows["majority-class F1 (macro)"] == "\u2014"
+    assert rows["paper P&L (quote)"] == "-10.54" and rows["served bars"] == "10"
+    assert rows["walk-forward IC [95 % CI]"] == "0.052 [0.011, 0.094]"
+    assert rows["candles rows"] == "100"
+    assert "Quality report" in _render(summary) and "quality.html" in _render(summary)
