@@ -215,6 +215,12 @@ def dashboard(account: Annotated[str, typer.Option(help="account")] = "paper") -
             f"rolling accuracy {data['rolling_accuracy']} F1 {data['rolling_f1']} "
             f"over {data['resolved']} resolved predictions"
         )
+        # the data's age is the last candle's, not the heartbeat's (a dead collector)
+        typer.echo(
+            f"last candle {data.get('last_candle_at')}; stale data: "
+            f"{', '.join(data.get('stale_symbols') or []) or 'none'}; writer "
+            f"{data.get('writer') or {}}"
+        )
     con = connect(settings, read_only=True)
     try:
         rows = con.execute(

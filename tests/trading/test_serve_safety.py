@@ -151,6 +151,7 @@ def test_a_new_champion_lifts_an_accuracy_kill_and_keeps_the_peak(
 def test_follow_alerts_stale_data_on_the_wall_clock_and_the_heartbeat_keeps_its_time(
     settings: Settings,
     lake,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     history = real_frame(150)  # candles of years ago: the collector is "dead"
     with Warehouse(settings).session() as con:
@@ -186,3 +187,9 @@ def test_follow_alerts_stale_data_on_the_wall_clock_and_the_heartbeat_keeps_its_
     assert data["last_candle_at"].startswith(str(history["ts"][-1].date()))
     assert data["stale_symbols"] == [SYMBOL]
     assert len(set(seen[1:])) == 1  # the same file at every idle wait after the alert
+    from flows.cli import app
+
+    monkeypatch.setenv("TRADELOOP_HOME", str(settings.home))
+    shown = CliRunner().invoke(app, ["dashboard", "--account", "follow"])
+    assert shown.exit_code == 0, shown.output
+    assert f"last candle {data['last_candle_at']}; stale data: {SYMBOL}" in shown.output
