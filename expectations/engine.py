@@ -196,8 +196,16 @@ def validate(
     frame: pd.DataFrame,
     *,
     run_name: str,
+    rows: bool = True,
 ) -> SuiteRun:
-    """Run the suite on ``frame`` through its checkpoint; the result is stored for Data Docs."""
+    """Run the suite on ``frame`` through its checkpoint; the result is stored for Data Docs.
+
+    ``rows=False`` asks GX for counts only (result format SUMMARY: counts and the first 20
+    unexpected values), and ``Outcome.unexpected_rows`` stays empty: the caller finds the
+    rows itself (``expectations.rules``) and holds them to these counts. With every row of
+    a big batch failing, the COMPLETE format's index lists were most of the gate's cost (GX
+    deep-copies and serialises them into the stored result).
+    """
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.exceptions.resource_freshness import (
         ResourceFreshnessAggregateError,
@@ -208,9 +216,19 @@ def validate(
         checkpoint = _checkpoint(settings, suite_name, definitions)
         try:
             with _lock:
-                result = checkpoint.run(
-                    batch_parameters={"dataframe": frame}, run_id=RunIdentifier(run_name=run_name)
-                )
+                if rows:
+                    result = checkpoint.run(
+                        batch_parameters={"dataframe": frame},
+                        run_id=RunIdentifier(run_name=run_name),
+                    )
+                    validation = next(iter(result.run_results.values()))
+                else:  # the checkpoint's one validation definition, with a lighter format
+                    validation = checkpoint.validation_definitions[0].run(
+                        checkpoint_id=checkpoint.id,
+                        batch_parameters={"dataframe": frame},
+                        result_format={"result_format": "SUMMARY"},
+                        run_id=RunIdentifier(run_name=run_name),
+                    )
             break
         except (ResourceFreshnessAggregateError, ResourceFreshnessError):
             # Another process saved the suite (or its checkpoint) after this one cached its
@@ -218,21 +236,20 @@ def validate(
             if attempt:
                 raise
             _forget_checkpoint(settings, suite_name, definitions)
-    validation = next(iter(result.run_results.values()))
     outcomes = []
     for r in validation.results:
         index = int(r.expectation_config.meta["tl_index"])
         details = r.result or {}
-        rows = details.get("unexpected_index_list") or []
-        if rows and isinstance(rows[0], dict):  # GX names index columns when asked to
-            rows = [next(iter(v.values())) for v in rows]
+        positions = (details.get("unexpected_index_list") or []) if rows else []
+        if positions and isinstance(positions[0], dict):  # GX names index columns when asked
+            positions = [next(iter(v.values())) for v in positions]
         outcomes.append(
             Outcome(
                 definition=definitions[index],
                 success=bool(r.success),
                 element_count=int(details.get("element_count") or 0),
                 unexpected_count=int(details.get("unexpected_count") or 0),
-                unexpected_rows=tuple(int(i) for i in rows),
+                unexpected_rows=tuple(int(i) for i in positions),
             )
         )
     if r_exc := [

@@ -24,21 +24,33 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import duckdb
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from expectations.coerce import coerce
 from expectations.derive import derive_candles, derive_order_books, derive_trades
 from expectations.policy import GatePolicy
+from expectations.rowjson import row_json, show_value, shown
+from expectations.rules import mostly_success, unexpected_rows
 from expectations.specs import SUITE_VERSION, ExpectationDef, TableSpec, spec_for, suite_for
 from warehouse import upsert
 from warehouse.settings import Settings
 
-__all__ = ["GatePolicy", "GateResult", "QualityGateError", "gate_and_merge"]
+__all__ = [
+    "GatePolicy",
+    "GateResult",
+    "QualityGateError",
+    "combine",
+    "gate_and_merge",
+    "gate_series",
+    "show_value",
+]
 
 
 class QualityGateError(RuntimeError):
@@ -55,6 +67,8 @@ class GateResult:
     warnings: tuple[str, ...]  # e.g. "BTC/USDT 1m: 12 gaps (0.9% of expected bars)"
     validation_id: str
     message: str  # human summary naming symbol, rule, count
+    # the series' key (the table spec's series columns) when the call was judged per series
+    series: tuple[Any, ...] | None = None
 
     def raise_for_failure(self) -> GateResult:
         if not self.success:
@@ -96,31 +110,48 @@ def stable_id(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:32]
 
 
+def _flat(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_primitive(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    ) and not pa.types.is_null(t)
+
+
+def _canonical(values: pa.Array) -> pa.Array:
+    """``values`` in one layout: nulls filled with a zero, no validity buffer (the nulls are
+    hashed apart). A series taken out of a bigger batch gets validity buffers, and other bytes
+    under its nulls, that the same rows passed alone do not have."""
+    t = values.type
+    if values.null_count:
+        zero = pa.scalar("" if pa.types.is_string(t) or pa.types.is_large_string(t) else 0)
+        if pa.types.is_boolean(t):
+            zero = pa.scalar(False)
+        elif pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            zero = pa.scalar(b"")
+        values = pc.fill_null(values, zero.cast(t))
+    return pa.Array.from_buffers(
+        t, len(values), [None, *values.buffers()[1:]], offset=values.offset
+    )
+
+
 def _fingerprint(batch: pa.Table) -> str:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema) as writer:
-        writer.write_table(batch)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:32]
-
-
-def show_value(value: Any) -> str:
-    """A value as a quarantine reason shows it (floats exactly, lists cut at five)."""
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, list):
-        return (
-            "["
-            + ", ".join(show_value(v) for v in value[:5])
-            + (", ..." if len(value) > 5 else "")
-            + "]"
-        )
-    return repr(value)
-
-
-def _row_json(batch: pa.Table, rows: list[int]) -> list[str]:
-    if not rows:
-        return []
-    return [json.dumps(r, default=str, sort_keys=True) for r in batch.take(rows).to_pylist()]
+    """A hash of the batch's content, whatever its layout (chunks, validity buffers): a
+    series taken out of a bigger batch hashes as the same rows passed alone."""
+    digest = hashlib.sha256(batch.schema.remove_metadata().to_string().encode())
+    for column in batch.columns:
+        values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        digest.update(np.packbits(pc.is_valid(values).to_numpy(zero_copy_only=False)).tobytes())
+        if _flat(values.type):
+            values = _canonical(values)
+        sink = pa.BufferOutputStream()
+        single = pa.table({"c": values})
+        with pa.ipc.new_stream(sink, single.schema) as writer:
+            writer.write_table(single)
+        digest.update(sink.getvalue().to_pybytes())
+    return digest.hexdigest()[:32]
 
 
 def _single(frame: pl.DataFrame, column: str) -> str | None:
@@ -135,9 +166,10 @@ def _series_label(series: tuple[Any, ...], spec: TableSpec) -> str:
     return " ".join(str(values[c]) for c in spec.series if c != "exchange")
 
 
-def _gx_frame(frame: pl.DataFrame, spec: TableSpec, definitions: tuple[ExpectationDef, ...]):  # noqa: ANN202
+def _gx_frame(frame: pl.DataFrame, definitions: tuple[ExpectationDef, ...]) -> pl.DataFrame:
+    """The columns the suite's expectations read (GX gets them as pandas)."""
     needed = sorted({c for d in definitions for c in d.gx_columns})
-    return frame.select(needed).to_pandas()
+    return frame.select(needed)
 
 
 def _candle_warnings(
@@ -189,7 +221,432 @@ def _without_gc(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+@dataclass
+class _Found:
+    """The problems a gate call found, a column each, in the order found (``order``)."""
+
+    chunks: list[pl.DataFrame] = field(default_factory=list)
+    added: int = 0
+
+    def add(
+        self,
+        rows: np.ndarray | list[int],
+        rule: str,
+        column: str,
+        messages: list[str] | pl.Series | str,
+        severity: str,
+    ) -> None:
+        n = len(rows)
+        if not n:
+            return
+        text = pl.Series("message", [messages] * n if isinstance(messages, str) else messages)
+        self.chunks.append(
+            pl.DataFrame(
+                {
+                    "row": pl.Series(np.asarray(rows, dtype=np.int64)),
+                    "order": pl.Series(np.arange(self.added, self.added + n, dtype=np.int64)),
+                    "rule": pl.Series([rule] * n, dtype=pl.String),
+                    "column": pl.Series([column] * n, dtype=pl.String),
+                    "message": text.cast(pl.String),
+                    "severity": pl.Series([severity] * n, dtype=pl.String),
+                }
+            )
+        )
+        self.added += n
+
+    def by_row(self) -> pl.DataFrame:
+        """One row per problem row: its rules (distinct, in order), columns, reason, whether
+        any problem is critical, and ``first`` (when the row was first found)."""
+        schema: dict[str, pl.DataType] = {
+            "row": pl.Int64(),
+            "first": pl.Int64(),
+            "rules": pl.String(),
+            "rule_list": pl.List(pl.String),
+            "reason": pl.String(),
+            "critical": pl.Boolean(),
+            "column_name": pl.String(),
+        }
+        if not self.chunks:
+            return pl.DataFrame(schema=schema)
+        found = pl.concat(self.chunks).sort(["row", "order"])
+        if found["row"].is_unique().all():  # one problem a row (an all-bad batch): no grouping
+            return found.select(
+                "row",
+                pl.col("order").alias("first"),
+                pl.col("rule").alias("rules"),
+                pl.concat_list("rule").alias("rule_list"),
+                pl.col("message").alias("reason"),
+                (pl.col("severity") == "critical").alias("critical"),
+                # a problem names distinct columns ("high,low"): nothing to deduplicate
+                pl.when(pl.col("column") != "").then(pl.col("column")).alias("column_name"),
+            )
+        rows = found.group_by("row", maintain_order=True).agg(
+            pl.col("order").min().alias("first"),
+            pl.col("rule").unique(maintain_order=True).str.join(",").alias("rules"),
+            pl.col("rule").unique(maintain_order=True).alias("rule_list"),
+            pl.col("message").str.join("; ").alias("reason"),
+            (pl.col("severity") == "critical").any().alias("critical"),
+        )
+        columns = (
+            found.select("row", pl.col("column").str.split(","))
+            .explode("column")
+            .filter(pl.col("column") != "")
+            .group_by("row", maintain_order=True)
+            .agg(pl.col("column").unique(maintain_order=True).str.join(",").alias("column_name"))
+        )
+        return rows.join(columns, on="row", how="left").select(list(schema))
+
+
+def _outcome_messages(frame: pl.DataFrame, d: ExpectationDef, rows: np.ndarray) -> pl.Series:
+    """``"<describe> (<col>=<value>, ...)"`` for ``rows``: what a quarantine reason says."""
+    if not d.columns:
+        return pl.Series([f"{d.describe} ()"] * len(rows), dtype=pl.String)
+    taken = frame[rows]
+    parts: list[pl.Series | pl.Expr] = [pl.lit(f"{d.describe} (")]
+    for i, c in enumerate(d.columns):
+        parts += [pl.lit((", " if i else "") + f"{c}="), shown(taken[c])]
+    parts.append(pl.lit(")"))
+    return pl.select(pl.concat_str(parts)).to_series()
+
+
+def _outcome_rows(
+    settings: Settings,
+    suite_name: str,
+    definitions: tuple[ExpectationDef, ...],
+    checked: pl.DataFrame,
+    validation_id: str,
+) -> tuple[Any, list[np.ndarray]]:
+    """GX's run of the suite, and the rows each expectation rejected.
+
+    GX counts; ``expectations.rules`` finds the rows. Where a count differs (or a rule is not
+    covered there), GX runs again with its own row lists and those are used."""
+    run = _engine_validate(settings, suite_name, definitions, checked.to_pandas(), validation_id)
+    found = unexpected_rows(checked, definitions)
+    if all(
+        rows is not None and len(rows) == o.unexpected_count
+        for rows, o in zip(found, run.outcomes, strict=True)
+    ):
+        return run, [r for r in found if r is not None]
+    run = _engine_validate(
+        settings, suite_name, definitions, checked.to_pandas(), validation_id, rows=True
+    )
+    return run, [np.asarray(o.unexpected_rows, dtype=np.int64) for o in run.outcomes]
+
+
+@dataclass(frozen=True)
+class _Series:
+    """The rows of one series in a gate call (``key`` None: the whole call is one group)."""
+
+    key: tuple[Any, ...] | None
+    rows: np.ndarray
+
+
+def _series_groups(frame: pl.DataFrame, spec: TableSpec, whole: bool) -> list[_Series]:
+    if whole or any(c not in frame.columns for c in spec.series):
+        return [_Series(None, np.arange(frame.height, dtype=np.int64))]
+    groups = (
+        frame.select(spec.series)
+        .with_row_index("_pos")
+        .group_by(list(spec.series), maintain_order=True)
+        .agg(pl.col("_pos"))
+    )
+    return [
+        _Series(tuple(row[:-1]), np.asarray(row[-1], dtype=np.int64)) for row in groups.iter_rows()
+    ]
+
+
+def _statistics(
+    outcomes: tuple[Any, ...], counts: list[int], checked: pl.DataFrame, rows: np.ndarray
+) -> dict[str, Any]:
+    """What GX's validation statistics would say about these rows alone."""
+    successful = 0
+    for outcome, unexpected in zip(outcomes, counts, strict=True):
+        d = outcome.definition
+        nonnull = len(rows)
+        if "column" in d.kwargs and d.expectation != "ExpectColumnValuesToNotBeNull":
+            values = checked[d.kwargs["column"]][rows]
+            missing = values.is_null()
+            if values.dtype.is_float():
+                missing = missing | values.is_nan()
+            nonnull -= int(missing.sum())
+        successful += mostly_success(unexpected, nonnull, d.kwargs.get("mostly"))
+    evaluated = len(outcomes)
+    return {
+        "evaluated_expectations": evaluated,
+        "successful_expectations": successful,
+        "unsuccessful_expectations": evaluated - successful,
+        "success_percent": successful / evaluated * 100 if evaluated else None,
+    }
+
+
+def _count_in(rows: np.ndarray, member: np.ndarray) -> int:
+    """How many of ``rows`` are True in the boolean mask ``member``."""
+    return int(member[rows].sum()) if len(rows) else 0
+
+
 @_without_gc
+def gate_series(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    batch: pa.Table,
+    *,
+    settings: Settings,
+    run_id: str | None = None,
+    policy: GatePolicy | None = None,
+    now: dt.datetime | None = None,
+) -> list[GateResult]:
+    """Validate ``batch`` (any number of series) in ONE call; one ``GateResult`` per series.
+
+    The suite runs once over the whole batch (one coercion, one set of derived rules whose
+    order, gap and duplicate checks are evaluated per series, one GX checkpoint run); the
+    policy, the quarantine of a failed series' passing rows and the ``quality_results`` rows
+    are per series, as separate calls would give them (same validation ids, counts, messages,
+    warnings and details, except ``details.write``: the call writes once, and its counts are
+    the call's; ``details.series_in_call`` says how many series shared it). Then one write
+    of the quarantine, one of the passing rows, one of the results.
+
+    ``now`` is the clock that the future-timestamp and closed-candle rules judge against
+    (default: the wall clock); an explicit one makes a validation reproducible.
+    """
+    started = time.perf_counter()
+    policy = policy or GatePolicy()
+    spec = spec_for(table)
+    definitions = suite_for(table, policy)
+    now = now or dt.datetime.now(dt.UTC)
+    now_ms = int(now.timestamp() * 1000)
+    rows_in = batch.num_rows
+    base_id = run_id or uuid.uuid4().hex
+    suite_name = f"{table}@v{SUITE_VERSION}"
+
+    coerced = coerce(spec, batch, extra_columns=policy.extra_columns)
+    frame = coerced.frame
+    call_warnings: list[str] = []
+    if coerced.dropped_columns and policy.extra_columns == "drop":
+        call_warnings.append(
+            f"dropped column(s) the table does not have: {list(coerced.dropped_columns)}"
+        )
+    schema_failure = coerced.schema_problem
+    found = _Found()
+    gaps: list[Any] = []
+    outcome_rows: list[np.ndarray] = []
+    run: Any = None
+    if rows_in == 0:
+        call_warnings.append(f"empty batch for {table}: nothing to validate or merge")
+    elif schema_failure:
+        found.add(np.arange(rows_in), "schema", "", f"batch refused: {schema_failure}", "critical")
+    else:
+        coercion_failed: dict[str, set[int]] = defaultdict(set)
+        for p in coerced.problems:
+            found.add([p.row], p.rule, p.column, p.message, "critical")
+            if p.rule == "type_coercion":
+                coercion_failed[p.column].add(p.row)
+        if table == "candles":
+            frame, gaps, _ = derive_candles(frame, spec, policy, now_ms)
+        elif table == "order_book_snapshots":
+            frame = derive_order_books(frame, spec, policy, now_ms)
+        else:
+            frame = derive_trades(frame, spec, policy, now_ms)
+        validation_id = stable_id(base_id, table, _fingerprint(batch))
+        run, outcome_rows = _outcome_rows(
+            settings, suite_name, definitions, _gx_frame(frame, definitions), validation_id
+        )
+        for outcome, rows in zip(run.outcomes, outcome_rows, strict=True):
+            d = outcome.definition
+            if not len(rows) or d.severity == "warning":
+                continue
+            if d.rule == "not_null" and coercion_failed.get(d.columns[0]):
+                rows = rows[~np.isin(rows, list(coercion_failed[d.columns[0]]))]
+            found.add(
+                rows, d.rule, ",".join(d.columns), _outcome_messages(frame, d, rows), d.severity
+            )
+
+    groups = _series_groups(frame, spec, whole=rows_in == 0 or bool(schema_failure))
+    group_of = np.zeros(rows_in, dtype=np.int64)
+    for g, series in enumerate(groups):
+        group_of[series.rows] = g
+    problems = found.by_row()
+    problem_rows = problems["row"].to_numpy()
+    has_problem = np.zeros(rows_in, dtype=bool)
+    has_problem[problem_rows] = True
+    critical = np.zeros(rows_in, dtype=bool)
+    critical[problem_rows[problems["critical"].to_numpy()]] = True
+    extreme = (
+        ~frame["return_within_sigma"].to_numpy()
+        if table == "candles" and rows_in and not schema_failure
+        else np.zeros(rows_in, dtype=bool)
+    )
+
+    # rows held without failing (unclosed candles), counted before a failed series' passing
+    # rows join them
+    held_only = has_problem & ~critical
+    # the policy, per series: a failed series may hold back its passing rows too
+    successes: list[bool] = []
+    for series in groups:
+        n = len(series.rows)
+        allowed = max(policy.allowed_bad_rows, policy.max_bad_fraction * n)
+        success = not schema_failure and _count_in(series.rows, critical) <= allowed
+        if n == 0 and policy.empty_batch_fails:
+            success = False
+        successes.append(success)
+        if not success and policy.quarantine_batch_on_failure and n:
+            held = series.rows[~has_problem[series.rows]]
+            found.add(
+                held,
+                "batch_failed",
+                "",
+                "batch failed the quality policy; row held back",
+                "hold",
+            )
+            has_problem[held] = True
+    if found.added > len(problem_rows) and policy.quarantine_batch_on_failure:
+        problems = found.by_row()
+    problems = problems.sort("row")
+
+    write_quarantine_rows(con, table, batch, frame, problems, settings, run_id)
+    passing = frame.filter(pl.Series(~has_problem)) if rows_in else frame
+    written = None
+    if rows_in and not schema_failure:
+        passing = passing.select(spec.column_names)
+        if passing.height:
+            written = upsert(con, table, passing.to_arrow(), settings=settings)
+    write = (
+        {"inserted": written.inserted, "replaced": written.replaced, "unchanged": written.unchanged}
+        if written
+        else None
+    )
+
+    results: list[GateResult] = []
+    result_rows: list[dict[str, Any]] = []
+    per_problem_group = group_of[problems["row"].to_numpy()] if rows_in else np.zeros(0, int)
+    outcome_masks = []
+    for rows in outcome_rows:
+        mask = np.zeros(rows_in, dtype=bool)
+        mask[rows] = True
+        outcome_masks.append(mask)
+    single = len(groups) == 1
+    for g, (series, success) in enumerate(zip(groups, successes, strict=True)):
+        n = len(series.rows)
+        sub = frame[series.rows] if not single else frame
+        fingerprint = _fingerprint(batch if single else batch.take(series.rows))
+        validation_id = stable_id(base_id, table, fingerprint)
+        mine = problems.filter(pl.Series(per_problem_group == g)) if not single else problems
+        bad = _count_in(series.rows, critical)
+        quarantined = mine.height
+        merged = n - quarantined if not schema_failure else 0
+        warnings = list(call_warnings)
+        details: dict[str, Any] = {"fingerprint": fingerprint, "suite_version": SUITE_VERSION}
+        if run is not None:
+            counts = [_count_in(series.rows, m) for m in outcome_masks]
+            if table == "candles":
+                own = [gap for gap in gaps if single or gap.series == series.key]
+                warnings += _candle_warnings(
+                    own, _count_in(series.rows, extreme), sub, spec, policy
+                )
+                details["gaps"] = [
+                    {
+                        "series": list(gap.series),
+                        "bars": gap.bars_present,
+                        "gaps": gap.gaps,
+                        "missing_bars": gap.missing_bars,
+                    }
+                    for gap in own
+                ]
+            details["gx_statistics"] = (
+                run.statistics
+                if single
+                else _statistics(run.outcomes, counts, _gx_frame(frame, definitions), series.rows)
+            )
+            # each expectation's outcome, for the quality report (expectations.quality_page)
+            details["expectations"] = [
+                {
+                    "rule": o.definition.rule,
+                    "columns": ",".join(o.definition.columns),
+                    "severity": o.definition.severity,
+                    "unexpected": count,
+                }
+                for o, count in zip(run.outcomes, counts, strict=True)
+            ]
+            rule_counts: Counter[str] = Counter()
+            for o, count in zip(run.outcomes, counts, strict=True):
+                if not count:
+                    continue
+                rule_counts[o.definition.rule] += count
+                if o.definition.severity == "warning" and o.definition.rule not in (
+                    "gaps",
+                    "extreme_return",
+                ):
+                    warnings.append(f"{count} row(s): {o.definition.describe}")
+            details["unexpected_by_rule"] = dict(rule_counts)
+        held = _count_in(series.rows, held_only)
+        if held:
+            warnings.append(
+                f"{held} row(s) held in quarantine without failing the batch "
+                "(unclosed candles or a failed batch's passing rows)"
+            )
+        allowed = max(policy.allowed_bad_rows, policy.max_bad_fraction * n)
+        message = _message(
+            table, sub, n, merged, quarantined, bad, mine, success, allowed, schema_failure, policy
+        )
+        details["write"] = write
+        if not single:
+            details["series_in_call"] = len(groups)
+        details["elapsed_s"] = round(time.perf_counter() - started, 4)
+        result_rows.append(
+            _result_row(
+                validation_id,
+                run_id,
+                table,
+                suite_name,
+                sub,
+                success,
+                n,
+                merged,
+                quarantined,
+                warnings,
+                details,
+                now,
+            )  # fmt: skip
+        )
+        results.append(
+            GateResult(
+                table=table,
+                rows_in=n,
+                rows_merged=merged,
+                rows_quarantined=quarantined,
+                success=success,
+                warnings=tuple(warnings),
+                validation_id=validation_id,
+                message=message,
+                series=series.key,
+            )
+        )
+    upsert(con, "quality_results", pa.Table.from_pylist(result_rows, schema=RESULT_SCHEMA))
+    return results
+
+
+def combine(results: list[GateResult]) -> GateResult:
+    """The results of one call's series as one (the shape ``gate_and_merge`` returns): counts
+    summed, failed if any series failed; one series comes back unchanged."""
+    if len(results) == 1:
+        return results[0]
+    failed = [r for r in results if not r.success]
+    head = (
+        f"{results[0].table}: {len(results)} series, {sum(r.rows_in for r in results)} rows in, "
+        f"{sum(r.rows_merged for r in results)} merged, "
+        f"{sum(r.rows_quarantined for r in results)} quarantined"
+    )
+    return GateResult(
+        table=results[0].table,
+        rows_in=sum(r.rows_in for r in results),
+        rows_merged=sum(r.rows_merged for r in results),
+        rows_quarantined=sum(r.rows_quarantined for r in results),
+        success=not failed,
+        warnings=tuple(w for r in results for w in r.warnings),
+        validation_id=stable_id(*(r.validation_id for r in results)),
+        message=(f"FAILED {head}; " + "; ".join(r.message for r in failed)) if failed else head,
+    )
+
+
 def gate_and_merge(
     con: duckdb.DuckDBPyConnection,
     table: str,
@@ -202,177 +659,11 @@ def gate_and_merge(
 ) -> GateResult:
     """Validate ``batch`` for ``table``; merge the passing rows, quarantine the rest.
 
-    ``now`` is the clock that the future-timestamp and closed-candle rules judge against
-    (default: the wall clock); an explicit one makes a validation reproducible.
+    A batch of several series is validated in one call and judged per series
+    (``gate_series``); the result here sums them (``combine``).
     """
-    started = time.perf_counter()
-    policy = policy or GatePolicy()
-    spec = spec_for(table)
-    definitions = suite_for(table, policy)
-    now = now or dt.datetime.now(dt.UTC)
-    now_ms = int(now.timestamp() * 1000)
-    rows_in = batch.num_rows
-    fingerprint = _fingerprint(batch)
-    validation_id = stable_id(run_id or uuid.uuid4().hex, table, fingerprint)
-    suite_name = f"{table}@v{SUITE_VERSION}"
-
-    coerced = coerce(spec, batch, extra_columns=policy.extra_columns)
-    frame = coerced.frame
-    warnings: list[str] = []
-    if coerced.dropped_columns and policy.extra_columns == "drop":
-        warnings.append(
-            f"dropped column(s) the table does not have: {list(coerced.dropped_columns)}"
-        )
-
-    problems: dict[int, list[Problem]] = defaultdict(list)
-    details: dict[str, Any] = {"fingerprint": fingerprint, "suite_version": SUITE_VERSION}
-    schema_failure = coerced.schema_problem
-    if rows_in == 0:
-        warnings.append(f"empty batch for {table}: nothing to validate or merge")
-    elif schema_failure:
-        for row in range(rows_in):
-            problems[row].append(
-                Problem("schema", "", f"batch refused: {schema_failure}", "critical")
-            )
-    else:
-        for p in coerced.problems:
-            problems[p.row].append(Problem(p.rule, p.column, p.message, "critical"))
-        if table == "candles":
-            frame, gaps, extreme = derive_candles(frame, spec, policy, now_ms)
-            warnings += _candle_warnings(gaps, extreme, frame, spec, policy)
-            details["gaps"] = [
-                {
-                    "series": list(g.series),
-                    "bars": g.bars_present,
-                    "gaps": g.gaps,
-                    "missing_bars": g.missing_bars,
-                }
-                for g in gaps
-            ]
-        elif table == "order_book_snapshots":
-            frame = derive_order_books(frame, spec, policy, now_ms)
-        else:
-            frame = derive_trades(frame, spec, policy, now_ms)
-        run = _engine_validate(
-            settings, suite_name, definitions, _gx_frame(frame, spec, definitions), validation_id
-        )
-        details["gx_statistics"] = run.statistics
-        # each expectation's outcome, for the quality report (expectations.quality_page)
-        details["expectations"] = [
-            {
-                "rule": o.definition.rule,
-                "columns": ",".join(o.definition.columns),
-                "severity": o.definition.severity,
-                "unexpected": o.unexpected_count,
-            }
-            for o in run.outcomes
-        ]
-        rule_counts: Counter[str] = Counter()
-        for outcome in run.outcomes:
-            d = outcome.definition
-            if not outcome.unexpected_rows:
-                continue
-            rule_counts[d.rule] += len(outcome.unexpected_rows)
-            if d.severity == "warning":
-                if d.rule not in ("gaps", "extreme_return"):
-                    warnings.append(f"{outcome.unexpected_count} row(s): {d.describe}")
-                continue
-            # python lists once: indexing a polars column per row cost seconds on big bad batches
-            shown = {c: frame[c].to_list() for c in d.columns} if d.columns else None
-            for row in outcome.unexpected_rows:
-                already = {(p.rule, p.column) for p in problems[row]}
-                if d.rule == "not_null" and ("type_coercion", d.columns[0]) in already:
-                    continue
-                values = (
-                    ", ".join(f"{c}={show_value(shown[c][row])}" for c in d.columns)
-                    if shown is not None
-                    else ""
-                )
-                problems[row].append(
-                    Problem(d.rule, ",".join(d.columns), f"{d.describe} ({values})", d.severity)
-                )
-        details["unexpected_by_rule"] = dict(rule_counts)
-
-    bad_rows = [r for r, ps in problems.items() if any(p.severity == "critical" for p in ps)]
-    bad_set = set(bad_rows)  # once: a membership test per row kept big bad batches quadratic
-    held_rows = [r for r, ps in problems.items() if ps and r not in bad_set]
-    allowed = max(policy.allowed_bad_rows, policy.max_bad_fraction * rows_in)
-    success = not schema_failure and len(bad_rows) <= allowed
-    if rows_in == 0 and policy.empty_batch_fails:
-        success = False
-    if not success and policy.quarantine_batch_on_failure and rows_in:
-        for row in range(rows_in):
-            if row not in problems:
-                problems[row].append(
-                    Problem(
-                        "batch_failed", "", "batch failed the quality policy; row held back", "hold"
-                    )
-                )
-
-    quarantined = sorted(problems)
-    write_quarantine(con, table, batch, frame, quarantined, problems, settings, run_id)
-    quarantined_set = set(quarantined)
-    passing = frame.filter(~pl.col("_row").is_in(quarantined)) if quarantined else frame
-    if rows_in and not schema_failure:
-        passing = passing.select(spec.column_names)
-        written = (
-            upsert(con, table, passing.to_arrow(), settings=settings) if passing.height else None
-        )
-    else:
-        written = None
-        passing = passing.head(0)
-    rows_merged = passing.height if not schema_failure else 0
-    rows_quarantined = len(quarantined_set)
-
-    if held_rows:
-        warnings.append(
-            f"{len(held_rows)} row(s) held in quarantine without failing the batch "
-            "(unclosed candles or a failed batch's passing rows)"
-        )
-    message = _message(
-        table,
-        frame,
-        rows_in,
-        rows_merged,
-        rows_quarantined,
-        bad_rows,
-        problems,
-        success,
-        allowed,
-        schema_failure,
-        policy,
-    )
-    details["write"] = (
-        {"inserted": written.inserted, "replaced": written.replaced, "unchanged": written.unchanged}
-        if written
-        else None
-    )
-    details["elapsed_s"] = round(time.perf_counter() - started, 4)
-    _write_result(
-        con,
-        settings,
-        validation_id,
-        run_id,
-        table,
-        suite_name,
-        frame,
-        success,
-        rows_in,
-        rows_merged,
-        rows_quarantined,
-        warnings,
-        details,
-        now,
-    )
-    return GateResult(
-        table=table,
-        rows_in=rows_in,
-        rows_merged=rows_merged,
-        rows_quarantined=rows_quarantined,
-        success=success,
-        warnings=tuple(warnings),
-        validation_id=validation_id,
-        message=message,
+    return combine(
+        gate_series(con, table, batch, settings=settings, run_id=run_id, policy=policy, now=now)
     )
 
 
@@ -382,10 +673,12 @@ def _engine_validate(
     definitions: tuple[ExpectationDef, ...],
     frame: Any,
     run_name: str,
+    *,
+    rows: bool = False,
 ) -> Any:
     from expectations import engine  # GX is imported here, on first use only
 
-    return engine.validate(settings, suite_name, definitions, frame, run_name=run_name)
+    return engine.validate(settings, suite_name, definitions, frame, run_name=run_name, rows=rows)
 
 
 def _message(
@@ -394,8 +687,8 @@ def _message(
     rows_in: int,
     merged: int,
     quarantined: int,
-    bad_rows: list[int],
-    problems: dict[int, list[Problem]],
+    bad: int,
+    problems: pl.DataFrame,
     success: bool,
     allowed: float,
     schema_failure: str | None,
@@ -405,8 +698,9 @@ def _message(
         " ".join(v for v in (_single(frame, "symbol"), _single(frame, "timeframe")) if v) or "batch"
     )
     # rows per rule, not problems: a row breaking three OHLC pairs counts once, so the
-    # counts read as rows and match "quarantined"
-    rules = Counter(rule for ps in problems.values() for rule in dict.fromkeys(p.rule for p in ps))
+    # counts read as rows and match "quarantined"; ties in the order the rules were first met
+    met = problems.sort("first").select(pl.col("rule_list").explode())
+    rules = Counter(met.to_series().to_list())
     by_rule = ", ".join(f"{rule}: {n}" for rule, n in rules.most_common())
     text = f"{table} {where}: {rows_in} rows in, {merged} merged, {quarantined} quarantined"
     if by_rule:
@@ -417,10 +711,71 @@ def _message(
         if rows_in == 0:
             return f"FAILED {text}; empty batch and the policy fails empty batches"
         return (
-            f"FAILED {text}; {len(bad_rows)} bad row(s) exceed the policy limit "
+            f"FAILED {text}; {bad} bad row(s) exceed the policy limit "
             f"(max {policy.max_bad_fraction:.1%} of the batch, {allowed:g} rows here)"
         )
     return text
+
+
+def write_quarantine_rows(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    batch: pa.Table,
+    frame: pl.DataFrame,
+    problems: pl.DataFrame,
+    settings: Settings,
+    run_id: str | None,
+) -> None:
+    """Write the rows of ``problems`` (``_Found.by_row``, sorted by row) to ``quarantine``.
+
+    The keys come from ``frame`` (the checked rows, position = row), the raw row from
+    ``batch``. Idempotent: the id hashes the table, the raw row, its rules and the row's
+    occurrence among identical rows (identical rows stay distinct); DuckDB's ``sha256``
+    computes the same id as ``stable_id``, for the whole batch at once."""
+    if problems.height == 0:
+        return
+    rows = problems["row"].to_numpy()
+    keys = ("exchange", "symbol", "timeframe", "ts")
+    has_keys = "_row" in frame.columns
+    out = pl.DataFrame(
+        {
+            "row_json": pl.Series(row_json(batch.take(rows)), dtype=pl.String),
+            "rules": problems["rules"],
+        }
+    ).with_columns(
+        (pl.int_range(pl.len()).over(["row_json", "rules"]) + 1).alias("_occurrence"),
+        pl.lit(run_id, pl.String).alias("run_id"),
+        pl.lit(table, pl.String).alias("table_name"),
+        *[
+            (
+                frame[c][rows].alias(c)
+                if has_keys and c in frame.columns
+                else pl.lit(None, pl.Datetime("ms", "UTC") if c == "ts" else pl.String).alias(c)
+            )
+            for c in keys
+        ],
+        problems["column_name"].alias("column_name"),
+        problems["reason"].alias("reason"),
+    )
+    arrow = out.to_arrow()
+    ids = con.execute(
+        "SELECT left(sha256(concat_ws(chr(31), ?, row_json, rules, _occurrence::VARCHAR)), 32) "
+        "FROM arrow",
+        [table],
+    ).fetch_arrow_table()
+    quarantine = pa.table(
+        {
+            "quarantine_id": ids.column(0),
+            "run_id": arrow["run_id"],
+            "table_name": arrow["table_name"],
+            **{c: arrow[c] for c in keys},
+            "expectation": arrow["rules"],
+            "column_name": arrow["column_name"],
+            "reason": arrow["reason"],
+            "row_json": arrow["row_json"],
+        }
+    ).cast(QUARANTINE_SCHEMA)
+    upsert(con, "quarantine", quarantine, settings=settings)
 
 
 def write_quarantine(
@@ -436,39 +791,46 @@ def write_quarantine(
     """Write ``rows`` of ``batch`` (positions) to ``quarantine`` with their ``problems``; the
     keys come from ``frame`` (the checked rows with a ``_row`` index). Idempotent: the id hashes
     the table, the row, its rules and the row's occurrence (identical rows stay distinct)."""
-    if not rows:
-        return
-    raw = _row_json(batch, rows)
-    occurrences: Counter[tuple[str, str]] = Counter()
-    out: dict[str, list[Any]] = defaultdict(list)
-    keys = ("exchange", "symbol", "timeframe", "ts")
-    lookup = (
-        {c: frame[c].to_list() if c in frame.columns else [None] * frame.height for c in keys}
-        if "_row" in frame.columns
-        else None
-    )
-    for row, row_json in zip(rows, raw, strict=True):
-        ps = problems[row]
-        rules = ",".join(dict.fromkeys(p.rule for p in ps))
-        occurrences[(row_json, rules)] += 1
-        out["quarantine_id"].append(
-            stable_id(table, row_json, rules, occurrences[(row_json, rules)])
+    listed = [(row, p) for row in rows for p in problems[row]]
+    found = _Found()
+    if listed:
+        found.chunks.append(
+            pl.DataFrame(
+                {
+                    "row": pl.Series([r for r, _ in listed], dtype=pl.Int64),
+                    "order": pl.Series(range(len(listed)), dtype=pl.Int64),
+                    "rule": pl.Series([p.rule for _, p in listed], dtype=pl.String),
+                    "column": pl.Series([p.column for _, p in listed], dtype=pl.String),
+                    "message": pl.Series([p.message for _, p in listed], dtype=pl.String),
+                    "severity": pl.Series([p.severity for _, p in listed], dtype=pl.String),
+                }
+            )
         )
-        out["run_id"].append(run_id)
-        out["table_name"].append(table)
-        for c in keys:
-            out[c].append(lookup[c][row] if lookup is not None else None)
-        out["expectation"].append(rules)
-        columns = dict.fromkeys(c for p in ps for c in p.column.split(",") if c)
-        out["column_name"].append(",".join(columns) or None)
-        out["reason"].append("; ".join(p.message for p in ps))
-        out["row_json"].append(row_json)
-    upsert(con, "quarantine", pa.table(dict(out), schema=QUARANTINE_SCHEMA), settings=settings)
+        found.added = len(listed)
+    write_quarantine_rows(con, table, batch, frame, found.by_row().sort("row"), settings, run_id)
 
 
-def _write_result(
-    con: duckdb.DuckDBPyConnection,
-    settings: Settings,
+RESULT_SCHEMA = pa.schema(
+    [
+        ("validation_id", pa.string()),
+        ("run_id", pa.string()),
+        ("table_name", pa.string()),
+        ("suite", pa.string()),
+        ("exchange", pa.string()),
+        ("symbol", pa.string()),
+        ("timeframe", pa.string()),
+        ("success", pa.bool_()),
+        ("rows_in", pa.int64()),
+        ("rows_merged", pa.int64()),
+        ("rows_quarantined", pa.int64()),
+        ("warnings_json", pa.string()),
+        ("details_json", pa.string()),
+        ("validated_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def _result_row(
     validation_id: str,
     run_id: str | None,
     table: str,
@@ -481,39 +843,21 @@ def _write_result(
     warnings: list[str],
     details: dict[str, Any],
     now: dt.datetime,
-) -> None:
-    row = {
-        "validation_id": [validation_id],
-        "run_id": [run_id],
-        "table_name": [table],
-        "suite": [suite],
-        "exchange": [_single(frame, "exchange")],
-        "symbol": [_single(frame, "symbol")],
-        "timeframe": [_single(frame, "timeframe")],
-        "success": [success],
-        "rows_in": [rows_in],
-        "rows_merged": [merged],
-        "rows_quarantined": [quarantined],
-        "warnings_json": [json.dumps(warnings)],
-        "details_json": [json.dumps(details, default=str)],
-        "validated_at": [now],
+) -> dict[str, Any]:
+    """One ``quality_results`` row (one per series of a gate call)."""
+    return {
+        "validation_id": validation_id,
+        "run_id": run_id,
+        "table_name": table,
+        "suite": suite,
+        "exchange": _single(frame, "exchange"),
+        "symbol": _single(frame, "symbol"),
+        "timeframe": _single(frame, "timeframe"),
+        "success": success,
+        "rows_in": rows_in,
+        "rows_merged": merged,
+        "rows_quarantined": quarantined,
+        "warnings_json": json.dumps(warnings),
+        "details_json": json.dumps(details, default=str),
+        "validated_at": now,
     }
-    schema = pa.schema(
-        [
-            ("validation_id", pa.string()),
-            ("run_id", pa.string()),
-            ("table_name", pa.string()),
-            ("suite", pa.string()),
-            ("exchange", pa.string()),
-            ("symbol", pa.string()),
-            ("timeframe", pa.string()),
-            ("success", pa.bool_()),
-            ("rows_in", pa.int64()),
-            ("rows_merged", pa.int64()),
-            ("rows_quarantined", pa.int64()),
-            ("warnings_json", pa.string()),
-            ("details_json", pa.string()),
-            ("validated_at", pa.timestamp("us", tz="UTC")),
-        ]
-    )
-    upsert(con, "quality_results", pa.table(row, schema=schema), settings=settings)
