@@ -194,3 +194,42 @@ def test_all_bad_200k_batch_costs_at_most_twice_a_clean_one(
     ).fetchone()
     assert reasons is not None and reasons[0] == 3 * n
     assert reasons[1].startswith("ts is not aligned to the timeframe (ts=2024-01-01T")
+
+
+def test_row_text_a_column_at_a_time_equals_row_by_row() -> None:
+    """The quarantine's row JSON and shown values, rendered per column, are byte for byte
+    what ``json.dumps``/``show_value`` give row by row (the quarantine id hashes the JSON)."""
+    import decimal
+
+    import polars as pl
+
+    from expectations.rowjson import row_json, show_value, shown
+
+    rng = np.random.default_rng(0)
+    n = 2_000
+    floats = rng.normal(0, 1, n) * 10.0 ** rng.integers(-30, 30, n)
+    floats[:9] = [0.0, -0.0, 1e-4, 9.99e15, 1e16, np.nan, np.inf, -np.inf, 5e-324]
+    table = pa.table(
+        {
+            "symbol": pa.array(
+                [None if i % 7 == 0 else ["BTC/USDT", 'é"x\\'][i % 2] for i in range(n)]
+            ),
+            "close": pa.array([None if i % 11 == 0 else v for i, v in enumerate(floats)]),
+            "f32": pa.array(floats.astype(np.float32)),
+            "ts": pa.array(rng.integers(-(10**12), 4 * 10**12, n), pa.timestamp("ms", tz="UTC")),
+            "naive": pa.array(rng.integers(0, 10**15, n), pa.timestamp("us")),
+            "ns": pa.array(rng.integers(0, 10**18, n), pa.timestamp("ns", tz="UTC")),
+            "i": pa.array([None if i % 5 == 0 else i * 2**33 for i in range(n)]),
+            "b": pa.array([None if i % 3 == 0 else bool(i % 2) for i in range(n)]),
+            "lst": pa.array([None if i % 4 == 0 else [float(i), np.nan] for i in range(n)]),
+            "dec": pa.array([decimal.Decimal(i) / 8 for i in range(n)]),
+            "nothing": pa.array([None] * n, pa.null()),
+        }
+    )
+    assert row_json(table) == [
+        json.dumps(r, default=str, sort_keys=True) for r in table.to_pylist()
+    ]
+    frame = pl.from_arrow(table.select(["symbol", "close", "ts", "i", "b", "lst"]))
+    assert isinstance(frame, pl.DataFrame)
+    for column in frame.columns:
+        assert shown(frame[column]).to_list() == [show_value(v) for v in frame[column].to_list()]
