@@ -23,19 +23,6 @@ def _flows_run_on_the_settings_fixture(request: pytest.FixtureRequest) -> Iterat
         yield
 
 
-@pytest.fixture(autouse=True)
-def _flows_run_on_the_settings_fixture(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A flow reads its settings where it runs (``get_settings()``; it takes none as a
-    parameter): a test that uses the ``settings`` fixture runs its flows on those."""
-    if "settings" not in request.fixturenames:
-        yield
-        return
-    from warehouse import use_settings
-
-    with use_settings(request.getfixturevalue("settings")):
-        yield
-
-
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
     from prefect.testing.utilities import prefect_test_harness
