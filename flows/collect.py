@@ -153,6 +153,43 @@ def publish_summary(run_id: str, stats: list[SeriesStats], results: list[GateRes
     return markdown
 
 
+def _follow(
+    options: SourceOptions,
+    settings: Settings,
+    symbols: list[str],
+    timeframes: list[str],
+    *,
+    every_s: float,
+    max_cycles: int,
+    lookback_days: float,
+    policy: GatePolicy | None,
+    logger: Any,
+) -> dict[str, Any]:
+    """The warm collector in this flow run (one connection, one GX context, kept warm)."""
+    from pipelines.follow import follow
+
+    if options.kind == "file":
+        raise ValueError("--follow-every follows an exchange: use --source simulated or ccxt")
+    for tf in timeframes:
+        timeframe_ms(tf)
+    con = connect(settings)
+    try:
+        cycles = follow(
+            con, settings, options, symbols, timeframes, every_s=every_s,
+            max_cycles=max_cycles, lookback_days=lookback_days, policy=policy, logger=logger,
+        )  # fmt: skip
+    finally:
+        con.close()
+    return {
+        "run_id": cycles[0].run_id if cycles else "",
+        "cycles": cycles,
+        "rows_fetched": sum(c.rows_fetched for c in cycles),
+        "rows_merged": sum(c.rows_merged for c in cycles),
+        "rows_quarantined": sum(c.rows_quarantined for c in cycles),
+        "failed_cycles": [c.cycle for c in cycles if c.error],
+    }
+
+
 @flow(name="collect", task_runner=default_task_runner(), log_prints=True)
 def collect(
     source: str = "simulated",
@@ -173,8 +210,15 @@ def collect(
     policy: GatePolicy | None = None,
     file_symbol: str | None = None,
     file_timeframe: str | None = None,
+    follow_every_s: float = 0.0,
+    max_cycles: int = 0,
 ) -> dict[str, Any]:
     """Collect candles (and optionally trades / an order-book snapshot) for ``symbols``.
+
+    ``follow_every_s > 0`` keeps collecting in this process: the warm collector
+    (``pipelines.follow``), a cycle every ``follow_every_s`` seconds (``max_cycles`` of them,
+    0 = until cancelled), each fetching every symbol's new candles, gating them in one call and
+    bringing their features up to date.
 
     ``since``/``until`` are ISO 8601 (UTC if naive) or epoch ms; ``until`` empty = now;
     ``since`` empty = ``lookback_days`` before ``until`` (for files: everything in them).
@@ -198,6 +242,18 @@ def collect(
         file_symbol=file_symbol,
         file_timeframe=file_timeframe,
     )
+    if follow_every_s > 0:
+        return _follow(
+            options,
+            settings,
+            list(dict.fromkeys(symbols or settings.symbols)),
+            list(dict.fromkeys(timeframes or [settings.base_timeframe])),
+            every_s=follow_every_s,
+            max_cycles=max_cycles,
+            lookback_days=lookback_days,
+            policy=policy,
+            logger=logger,
+        )
     until_ms = parse_time_ms(until)
     probe: FileSource | None = None
     side_stats: list[SeriesStats] = []  # a file import's mark candles and funding rates

@@ -25,6 +25,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_report(report: dict[str, Any]) -> None:
+    if "cycles" in report:  # the warm collector logged each cycle as it ended
+        typer.echo(
+            f"run {report['run_id']}: {len(report['cycles'])} cycles, "
+            f"{report['rows_fetched']} rows fetched, {report['rows_merged']} merged, "
+            f"{report['rows_quarantined']} quarantined, "
+            f"{len(report['failed_cycles'])} cycles failed"
+        )
+        return
     for s in report["stats"]:
         typer.echo(s.summary())
     typer.echo(
@@ -95,8 +103,32 @@ def collect(
     no_resume: Annotated[
         bool, typer.Option("--no-resume", help="refetch the whole window")
     ] = False,
+    follow_every: Annotated[
+        float | None,
+        typer.Option(
+            "--follow-every",
+            metavar="SECONDS",
+            help="keep running: a cycle every SECONDS fetches every symbol's new candles, "
+            "gates them in one call and updates their features (the warm collector)",
+        ),
+    ] = None,
+    max_cycles: Annotated[
+        int | None,
+        typer.Option("--max-cycles", metavar="N", help="with --follow-every: stop after N cycles"),
+    ] = None,
 ) -> None:
-    """Collect candles through the quality gate (resumes after the last stored candle)."""
+    """Collect candles through the quality gate (resumes after the last stored candle).
+
+    With --follow-every the process stays up and collects every SECONDS (docs/data.md)."""
+    if follow_every is not None and follow_every <= 0:
+        raise opt.usage_error(f"--follow-every must be > 0 seconds, got {follow_every:g}")
+    if max_cycles is not None and (max_cycles < 1 or follow_every is None):
+        raise opt.usage_error("--max-cycles N needs --follow-every and N >= 1")
+    if follow_every is not None and (source is SourceName.file or resample or trades or order_book):
+        raise opt.usage_error(
+            "--follow-every follows an exchange's candles: not with --source file, --resample, "
+            "--trades or --order-book"
+        )
     symbols = opt.symbols(symbol)
     timeframes = opt.timeframes(timeframe)
     start, end = opt.timerange(timerange)
@@ -132,6 +164,11 @@ def collect(
         trades=trades,
         order_book=order_book,
         lookback_days=lookback_days,
+        **(
+            {"follow_every_s": follow_every, "max_cycles": max_cycles or 0}
+            if follow_every is not None
+            else {}
+        ),
     )
 
 

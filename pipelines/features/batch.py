@@ -260,3 +260,135 @@ def _empty(candles: pl.DataFrame) -> pl.DataFrame:
     schema["gap_bars"] = pl.Int64
     schema.update({c: pl.Float64 for c in feature_columns()})
     return pl.DataFrame(schema=schema)
+
+
+# ---------------------------------------------------------------------------- many series
+
+_SID = "_sid"
+_SEG_SPAN = 1 << 32  # segments of one series: far fewer than 2**32 (one per long gap)
+_KEY_SPAN = 1 << 42  # epoch ms below 2**42 until the year 2109
+
+
+def _with_gaps_many(frame: pl.LazyFrame, step_ms: int) -> pl.LazyFrame:
+    """``_with_gaps`` per series: a segment never spans two series (every stateful operator
+    runs ``.over(_seg)``, so a series' windows never see another series' rows)."""
+    delta = pl.col("_ts_ms") - pl.col("_ts_ms").shift(1).over(_SID)
+    gap = ((delta + step_ms // 2) // step_ms - 1).fill_null(0).cast(pl.Int64)
+    return frame.with_columns(gap.alias("gap_bars")).with_columns(
+        (
+            pl.col(_SID).cast(pl.Int64) * _SEG_SPAN
+            + (pl.col("gap_bars") > MAX_CARRIED_GAP_BARS).cum_sum().over(_SID)
+        ).alias(_SEG)
+    )
+
+
+def _higher_many(candles: pl.LazyFrame, tf: str) -> pl.LazyFrame:
+    """``higher_timeframe_features`` of resampled candles of many series (``_sid``, ``_ts_ms``
+    = bucket open, OHLCV), keyed for the as-of join by series then availability time."""
+    step = timeframe_ms(tf)
+    frame = evaluate_graph(_with_gaps_many(candles.sort(_SID, "_ts_ms"), step), higher_graph())
+    return frame.select(
+        _SID,
+        (pl.col(_SID).cast(pl.Int64) * _KEY_SPAN + pl.col("_ts_ms") + step).alias("_avail_key"),
+        *[pl.col(name).alias(f"{name}_{tf}") for name in HIGHER_TIMEFRAME_FEATURES],
+    )
+
+
+def resample_many(candles: pl.LazyFrame, step_ms: int) -> pl.LazyFrame:
+    """``resample`` per series (``_sid``)."""
+    return (
+        candles.with_columns((pl.col("_ts_ms") // step_ms * step_ms).alias("_bucket"))
+        .group_by(_SID, "_bucket", maintain_order=True)
+        .agg(
+            pl.col("open").first(),
+            pl.col("high").max(),
+            pl.col("low").min(),
+            pl.col("close").last(),
+            pl.col("volume").sum(),
+        )
+        .rename({"_bucket": "_ts_ms"})
+    )
+
+
+def build_features_many(
+    candles: pl.DataFrame, *, higher: dict[str, pl.DataFrame] | None = None
+) -> pl.DataFrame:
+    """The features of many series of ONE timeframe in one polars pass: what
+    :func:`build_features` gives for each series alone (a test holds them equal), without
+    order-book or trade inputs (those series go through :func:`build_features`).
+
+    ``candles``: exchange, symbol, timeframe, ts, OHLCV, sorted by (exchange, symbol, ts),
+    each series strictly increasing in ts. ``higher`` (optional): per higher timeframe, its
+    candles already resampled (exchange, symbol, ``_ts_ms`` = bucket open, OHLCV), e.g. by
+    the warehouse over a longer history than ``candles`` holds: the incremental rebuild reads
+    the base timeframe's warm-up only and lets DuckDB aggregate the hours the 1h features
+    need (26,000 one-minute candles a series otherwise).
+    """
+    if candles.height == 0:
+        return _empty(candles)
+    timeframes = candles.get_column("timeframe").unique().to_list()
+    if len(timeframes) != 1:
+        raise FeatureInputError(
+            f"candles: build_features_many takes one timeframe, got {timeframes}"
+        )
+    tf = str(timeframes[0])
+    step_ms = timeframe_ms(tf)
+    keys = candles.select("exchange", "symbol").unique(maintain_order=True).with_row_index(_SID)
+    ts_ms = pl.col("ts").dt.epoch("ms")
+    base = candles.lazy().join(keys.lazy(), on=["exchange", "symbol"], maintain_order="left")
+    bad = base.select(((ts_ms.diff().over(_SID)) <= 0).fill_null(False).any()).collect().item()
+    if bad:
+        raise FeatureInputError(f"candles {tf}: ts not strictly increasing within a series")
+    base = base.with_columns(
+        ts_ms.alias("_ts_ms"),
+        *[pl.col(c).cast(pl.Float64) for c in ("open", "high", "low", "close", "volume")],
+        pl.lit(None, pl.Float64).alias("ob_imbalance"),
+        pl.lit(None, pl.Float64).alias("ob_spread_bps"),
+        pl.lit(None, pl.Float64).alias("trade_buy"),
+        pl.lit(None, pl.Float64).alias("trade_sell"),
+    )
+    base_frame = _with_gaps_many(base, step_ms)
+    frame = evaluate_graph(base_frame, base_graph()).with_columns(
+        (pl.col(_SID).cast(pl.Int64) * _KEY_SPAN + pl.col("_ts_ms") + step_ms).alias("_close_key")
+    )
+    raw = base_frame.select(_SID, "_ts_ms", "open", "high", "low", "close", "volume")
+    for htf in HIGHER_TIMEFRAMES:
+        hstep = timeframe_ms(htf)
+        if hstep < step_ms:
+            frame = frame.with_columns(
+                *[
+                    pl.lit(None, pl.Float64).alias(f"{name}_{htf}")
+                    for name in HIGHER_TIMEFRAME_FEATURES
+                ]
+            )
+            continue
+        if higher is not None and htf in higher:
+            resampled = (
+                higher[htf]
+                .lazy()
+                .join(keys.lazy(), on=["exchange", "symbol"])
+                .select(
+                    _SID,
+                    pl.col("_ts_ms").cast(pl.Int64),
+                    *[
+                        pl.col(c).cast(pl.Float64)
+                        for c in ("open", "high", "low", "close", "volume")
+                    ],
+                )
+            )
+        else:
+            resampled = resample_many(raw, hstep)
+        frame = frame.join_asof(
+            _higher_many(resampled, htf),
+            left_on="_close_key",
+            right_on="_avail_key",
+            by=_SID,
+            strategy="backward",
+            check_sortedness=False,  # sorted by (series, time): the keys grow within each
+        ).drop("_avail_key")
+    return frame.select(
+        *KEY_COLUMNS,
+        pl.lit(FEATURE_SET_VERSION).alias("feature_set_version"),
+        "gap_bars",
+        *[pl.col(c).cast(pl.Float64) for c in feature_columns()],
+    ).collect()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
-from pipelines.features.batch import build_features, timeframe_ms
+from pipelines.features.batch import build_features, build_features_many, timeframe_ms
 from pipelines.features.spec import (
     FEATURE_SET_VERSION,
     HIGHER_TIMEFRAMES,
@@ -178,3 +178,215 @@ def rebuild_features(
     return RebuildResult(
         exchange, symbol, timeframe, mode, candles.height, features.height, write, quarantined
     )
+
+
+# ---------------------------------------------------------------------------- many series
+
+Series = tuple[str, str, str]  # exchange, symbol, timeframe
+
+
+@dataclass(frozen=True)
+class ManyRebuildResult:
+    """One incremental pass over many series (``rebuild_features_many``)."""
+
+    modes: dict[Series, str]  # "incremental" | "full" | "up to date", per series
+    candles_read: int  # base-timeframe candles read into polars (higher ones come aggregated)
+    rows_computed: int
+    write: WriteResult  # the one write of every series' new rows
+    rows_quarantined: int = 0
+
+
+def _ms_ts(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+def _register(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> None:
+    con.register(name, frame.to_arrow())
+
+
+def _plan(
+    con: duckdb.DuckDBPyConnection, series: list[Series]
+) -> tuple[dict[Series, int], list[Series], list[Series]]:
+    """Per series: the open time of its first candle without features (incremental), or
+    whether it needs a full rebuild (no features, or another feature-set version stored)."""
+    keys = pl.DataFrame(series, schema=["exchange", "symbol", "timeframe"], orient="row")
+    _register(con, "_tl_many_keys", keys)
+    try:
+        stored = con.execute(
+            "SELECT k.exchange, k.symbol, k.timeframe, "
+            "max(f.ts) FILTER (WHERE f.feature_set_version = ?), "
+            "count(f.ts) FILTER (WHERE f.feature_set_version <> ?) "
+            "FROM _tl_many_keys k LEFT JOIN features f USING (exchange, symbol, timeframe) "
+            "GROUP BY ALL",
+            [FEATURE_SET_VERSION, FEATURE_SET_VERSION],
+        ).fetchall()
+        full = [(e, s, t) for e, s, t, last, stale in stored if last is None or stale]
+        lasts = pl.DataFrame(
+            [(e, s, t, last) for e, s, t, last, stale in stored if last is not None and not stale],
+            schema={
+                "exchange": pl.String,
+                "symbol": pl.String,
+                "timeframe": pl.String,
+                "last": pl.Datetime("us", "UTC"),
+            },
+            orient="row",
+        )
+        _register(con, "_tl_many_lasts", lasts)
+        try:
+            first_new = con.execute(
+                "SELECT l.exchange, l.symbol, l.timeframe, min(c.ts) FROM _tl_many_lasts l "
+                "JOIN candles c USING (exchange, symbol, timeframe) WHERE c.ts > l.last "
+                "GROUP BY ALL"
+            ).fetchall()
+        finally:
+            con.unregister("_tl_many_lasts")
+    finally:
+        con.unregister("_tl_many_keys")
+    pending = {(e, s, t): int(ts.timestamp() * 1000) for e, s, t, ts in first_new}
+    current = [k for k in series if k not in pending and k not in full]
+    return pending, full, current
+
+
+def _with_side_data(con: duckdb.DuckDBPyConnection, bounds: pl.DataFrame) -> set[tuple[str, str]]:
+    """(exchange, symbol) pairs with order-book snapshots or trades in their window: their
+    features need those inputs, which only the one-series build takes."""
+    _register(con, "_tl_many_bounds", bounds)
+    try:
+        rows = con.execute(
+            "SELECT DISTINCT b.exchange, b.symbol FROM _tl_many_bounds b JOIN "
+            "order_book_snapshots o USING (exchange, symbol) WHERE o.ts >= b.lower "
+            "UNION SELECT DISTINCT b.exchange, b.symbol FROM _tl_many_bounds b JOIN trades t "
+            "USING (exchange, symbol) WHERE t.ts >= b.lower"
+        ).fetchall()
+    finally:
+        con.unregister("_tl_many_bounds")
+    return {(str(e), str(s)) for e, s in rows}
+
+
+def _read_many(
+    con: duckdb.DuckDBPyConnection, bounds: pl.DataFrame, timeframe: str
+) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
+    """The base candles from each series' base warm-up start, and per higher timeframe its
+    candles aggregated by DuckDB from the longer warm-up start (whole hours)."""
+    _register(con, "_tl_many_bounds", bounds)
+    try:
+        candles = _read(
+            con,
+            "SELECT c.exchange, c.symbol, c.timeframe, c.ts, c.open, c.high, c.low, c.close, "
+            "c.volume FROM candles c JOIN _tl_many_bounds b USING (exchange, symbol, timeframe) "
+            "WHERE c.ts >= b.base_lower ORDER BY c.exchange, c.symbol, c.ts",
+            [],
+        )
+        higher: dict[str, pl.DataFrame] = {}
+        step = timeframe_ms(timeframe)
+        for tf in HIGHER_TIMEFRAMES:
+            h = timeframe_ms(tf)
+            if h < step:
+                continue
+            higher[tf] = _read(
+                con,
+                f"SELECT c.exchange, c.symbol, epoch_ms(c.ts) // {h} * {h} AS _ts_ms, "
+                "arg_min(c.open, c.ts) AS open, max(c.high) AS high, min(c.low) AS low, "
+                "arg_max(c.close, c.ts) AS close, sum(c.volume) AS volume "
+                "FROM candles c JOIN _tl_many_bounds b USING (exchange, symbol, timeframe) "
+                "WHERE c.ts >= b.lower GROUP BY ALL ORDER BY 1, 2, 3",
+                [],
+            )
+    finally:
+        con.unregister("_tl_many_bounds")
+    return candles, higher
+
+
+def rebuild_features_many(
+    con: duckdb.DuckDBPyConnection,
+    series: list[Series],
+    *,
+    settings: Settings,
+    merge: FeatureMerge | None = None,
+) -> ManyRebuildResult:
+    """Bring the features of every series in ``series`` up to date in one pass.
+
+    Series with features stored are updated incrementally, all of one timeframe together
+    (``build_features_many``): the base warm-up is read as candles, the higher timeframes'
+    warm-up (hundreds of hours) comes aggregated by DuckDB, and only rows after each series'
+    last feature row are kept. The computed rows of every series are written by ONE ``merge``.
+    Series without features (or with another feature-set version), and series with order-book
+    or trade data, go through :func:`rebuild_features` one at a time.
+    """
+    modes: dict[Series, str] = {}
+    pending, full, current = _plan(con, list(dict.fromkeys(series)))
+    modes.update({k: "up to date" for k in current})
+    computed: list[pl.DataFrame] = []
+    read = 0
+    base_warmup = warmup_bars(base_graph())
+    by_tf: dict[str, list[Series]] = {}
+    for key in pending:
+        by_tf.setdefault(key[2], []).append(key)
+    one_by_one = list(full)
+    for timeframe, keys in by_tf.items():
+        step = timeframe_ms(timeframe)
+        bounds = pl.DataFrame(
+            [
+                (
+                    e,
+                    s,
+                    t,
+                    _ms_ts(history_start_ms(pending[(e, s, t)], t)),
+                    _ms_ts(pending[(e, s, t)] - base_warmup * step),
+                    _ms_ts(pending[(e, s, t)]),
+                )
+                for e, s, t in keys
+            ],
+            schema={
+                "exchange": pl.String,
+                "symbol": pl.String,
+                "timeframe": pl.String,
+                "lower": pl.Datetime("us", "UTC"),
+                "base_lower": pl.Datetime("us", "UTC"),
+                "first_new": pl.Datetime("us", "UTC"),
+            },
+            orient="row",
+        )
+        side = _with_side_data(con, bounds)
+        if side:
+            one_by_one += [k for k in keys if (k[0], k[1]) in side]
+            bounds = bounds.filter(
+                ~pl.struct("exchange", "symbol").is_in(
+                    [{"exchange": e, "symbol": s} for e, s in side]
+                )
+            )
+        if bounds.height == 0:
+            continue
+        candles, higher = _read_many(con, bounds, timeframe)
+        read += candles.height
+        features = build_features_many(candles, higher=higher)
+        first_new = bounds.select("exchange", "symbol", pl.col("first_new").dt.cast_time_unit("ms"))
+        computed.append(
+            features.join(first_new, on=["exchange", "symbol"])
+            .filter(pl.col("ts") >= pl.col("first_new"))
+            .drop("first_new")
+        )
+        modes.update({(e, s, t): "incremental" for e, s, t in bounds.select(
+            "exchange", "symbol", "timeframe").iter_rows()})  # fmt: skip
+    rows = pl.concat(computed) if computed else None
+    if rows is not None and rows.height:
+        write, quarantined = (merge or upsert_features(settings))(con, rows)
+    else:
+        write, quarantined = WriteResult("features", 0, 0, 0, 0), 0
+    computed_rows = rows.height if rows is not None else 0
+    for e, s, t in one_by_one:
+        one = rebuild_features(
+            con, exchange=e, symbol=s, timeframe=t, settings=settings, merge=merge
+        )
+        modes[(e, s, t)] = one.mode
+        read += one.candles_read
+        computed_rows += one.rows_computed
+        quarantined += one.rows_quarantined
+        write = WriteResult(
+            "features",
+            write.rows_in + one.write.rows_in,
+            write.inserted + one.write.inserted,
+            write.replaced + one.write.replaced,
+            write.unchanged + one.write.unchanged,
+        )
+    return ManyRebuildResult(modes, read, computed_rows, write, quarantined)

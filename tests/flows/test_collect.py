@@ -284,3 +284,40 @@ def test_cli_loopback_exchange_serves_and_stops() -> None:
     assert "loopback exchange on http://127.0.0.1:" in result.output
     bad = CliRunner().invoke(app, ["loopback-exchange", "--fault", "boom", "--seconds", "0.1"])
     assert bad.exit_code == 2 and "unknown fault" in bad.output
+
+
+@pytest.mark.slow  # a fresh GX project and two cycles: about a minute on 2 busy cores
+def test_cli_follow_runs_cycles_in_one_process_and_checks_its_options(
+    tmp_path, monkeypatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("TRADELOOP_HOME", str(tmp_path / "cli-home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    runner = CliRunner()
+    args = ["collect", "-s", "FOL/USDT", "-t", "1m", "--lookback-days", "0.02"]
+    result = runner.invoke(app, [*args, "--follow-every", "0.2", "--max-cycles", "2"])
+    assert result.exit_code == 0, result.output
+    assert ": 2 cycles, " in result.output and "0 cycles failed" in result.output
+    settings = Settings(home=tmp_path / "cli-home")
+    con = connect(settings)
+    try:
+        cycles = con.execute(
+            "SELECT cycle, series, status FROM ingestion_runs WHERE symbol = '*' ORDER BY cycle"
+        ).fetchall()
+        stored = con.execute("SELECT count(*), count(DISTINCT ts) FROM candles").fetchone()
+        featured = con.execute("SELECT count(*) FROM features").fetchone()
+    finally:
+        con.close()
+    assert [(c, n) for c, n, _ in cycles] == [(1, 1), (2, 1)]
+    assert stored is not None and stored[0] == stored[1] >= 28  # 0.02 days of 1m, once each
+    assert featured == (stored[0],)
+    for bad, says in (
+        ([*args, "--follow-every", "0"], "--follow-every must be > 0"),
+        ([*args, "--max-cycles", "2"], "--max-cycles N needs --follow-every"),
+        ([*args, "--follow-every", "5", "--resample"], "not with --source file, --resample"),
+    ):
+        refused = runner.invoke(app, bad)
+        assert refused.exit_code == 2 and says in refused.output, refused.output
