@@ -196,6 +196,13 @@ class ManyRebuildResult:
     rows_quarantined: int = 0
 
 
+_FROM_START = 0  # "first new candle" of a series without features: read all of it
+
+
+def _lower(first_new: int, lower: int) -> int:
+    return _FROM_START if first_new == _FROM_START else lower
+
+
 def _ms_ts(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
@@ -310,8 +317,9 @@ def rebuild_features_many(
     (``build_features_many``): the base warm-up is read as candles, the higher timeframes'
     warm-up (hundreds of hours) comes aggregated by DuckDB, and only rows after each series'
     last feature row are kept. The computed rows of every series are written by ONE ``merge``.
-    Series without features (or with another feature-set version), and series with order-book
-    or trade data, go through :func:`rebuild_features` one at a time.
+    A series without features (or with another feature-set version) is computed from its
+    first candle in the same pass. Series with order-book or trade data go through
+    :func:`rebuild_features` one at a time (``build_features_many`` takes candles only).
     """
     modes: dict[Series, str] = {}
     pending, full, current = _plan(con, list(dict.fromkeys(series)))
@@ -320,9 +328,12 @@ def rebuild_features_many(
     read = 0
     base_warmup = warmup_bars(base_graph())
     by_tf: dict[str, list[Series]] = {}
-    for key in pending:
+    # a series without features is computed from its first candle in the same pass (a full
+    # rebuild: every row written, rows of another feature-set version replaced by key)
+    starts = {**pending, **dict.fromkeys(full, _FROM_START)}
+    for key in starts:
         by_tf.setdefault(key[2], []).append(key)
-    one_by_one = list(full)
+    one_by_one: list[Series] = []
     for timeframe, keys in by_tf.items():
         step = timeframe_ms(timeframe)
         bounds = pl.DataFrame(
@@ -331,9 +342,9 @@ def rebuild_features_many(
                     e,
                     s,
                     t,
-                    _ms_ts(history_start_ms(pending[(e, s, t)], t)),
-                    _ms_ts(pending[(e, s, t)] - base_warmup * step),
-                    _ms_ts(pending[(e, s, t)]),
+                    _ms_ts(_lower(starts[(e, s, t)], history_start_ms(starts[(e, s, t)], t))),
+                    _ms_ts(_lower(starts[(e, s, t)], starts[(e, s, t)] - base_warmup * step)),
+                    _ms_ts(starts[(e, s, t)]),
                 )
                 for e, s, t in keys
             ],
@@ -366,8 +377,8 @@ def rebuild_features_many(
             .filter(pl.col("ts") >= pl.col("first_new"))
             .drop("first_new")
         )
-        modes.update({(e, s, t): "incremental" for e, s, t in bounds.select(
-            "exchange", "symbol", "timeframe").iter_rows()})  # fmt: skip
+        modes.update({(e, s, t): "full" if (e, s, t) in full else "incremental" for e, s, t in
+            bounds.select("exchange", "symbol", "timeframe").iter_rows()})  # fmt: skip
     rows = pl.concat(computed) if computed else None
     if rows is not None and rows.height:
         write, quarantined = (merge or upsert_features(settings))(con, rows)
