@@ -55,6 +55,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _options(
+    ctx: typer.Context,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="debug logs, and tracebacks on errors")
     ] = False,
@@ -87,7 +88,7 @@ def _options(
         from warehouse import get_settings
 
         get_settings.cache_clear()
-    note_fresh_paths()
+    note_fresh_paths(ctx.invoked_subcommand)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -101,9 +101,9 @@ class LogProgress:
                 self.logger.info(status_line(t.name, t.completed, t.total, elapsed) + ", done")
 
     def close_all(self) -> None:
-        """Close every open task (the work failed half-way)."""
-        while self._tasks:
-            self.done()
+        """Drop every open task without a line (the work failed half-way: its error says so)."""
+        with self._lock:
+            self._tasks.clear()
 
     def _logs(self, depth: int) -> bool:
         return depth == 0 or not self.top_only

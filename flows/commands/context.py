@@ -24,13 +24,21 @@ def cli_options() -> CliOptions:
     return _OPTIONS
 
 
-def note_fresh_paths() -> None:
-    """Remember which of the warehouse's local folders this command is about to create."""
+# commands that may create the warehouse. Only they remove it after a failure: a read-only
+# command (sql, data list, backtest, ...) never creates one, and one failing while another
+# process initializes the same fresh home must not delete that process's warehouse
+CREATING_COMMANDS = frozenset(
+    {"init", "collect", "import", "features", "retrain", "serve", "quality", "maintain", "models"}
+)
+
+
+def note_fresh_paths(command: str | None) -> None:
+    """Remember which of the warehouse's local folders ``command`` is about to create."""
     from warehouse import get_settings
 
     settings = get_settings()
-    if settings.catalog_kind != "sqlite":
-        _OPTIONS.fresh_paths = []  # a server catalog is not ours to remove
+    if command not in CREATING_COMMANDS or settings.catalog_kind != "sqlite":
+        _OPTIONS.fresh_paths = []  # nothing to remove (nor is a server catalog ours to)
         return
     candidates = [settings.home.resolve(), settings.lake_dir.resolve()]
     _OPTIONS.fresh_paths = [p for p in candidates if not p.exists()]

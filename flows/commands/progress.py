@@ -117,6 +117,8 @@ def command_progress(task: str | None = None, total: int | None = None) -> Itera
             progress.start(task, total)
         try:
             yield progress
-        finally:
+            if task is not None:
+                progress.done()
+        finally:  # tasks left open by a failure: the bars stop where they were, no 'done' line
             if isinstance(progress, RichProgress | LogProgress):
                 progress.close_all()

@@ -98,6 +98,43 @@ def test_each_counts_finished_items_and_closes_on_break() -> None:
     assert "2/4" in out.getvalue()
 
 
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_a_command_logs_done_only_when_its_work_succeeded() -> None:
+    from flows.commands.progress import command_progress
+    from flows.orchestration import api_configured
+
+    shown, seen = logging.getLogger("tradeloop.progress"), Lines()
+    level = shown.level
+    shown.addHandler(seen)
+    shown.setLevel(logging.INFO)
+    try:
+        with command_progress("candles") as progress:
+            assert current() is progress  # the plain functions report to the command's task
+            progress.advance(5)
+        with pytest.raises(RuntimeError), command_progress("candles") as progress:
+            progress.advance(3)
+            raise RuntimeError("the exchange went away")
+    finally:
+        shown.removeHandler(seen)
+        shown.setLevel(level)
+    assert isinstance(current(), NoProgress)  # restored after the command
+    if api_configured():  # a Prefect flow run: its UI is the record, no progress lines
+        assert seen.lines == []
+        return
+    first, finished, *rest = seen.lines
+    assert first == "candles: started"
+    assert finished.startswith("candles: 5 (") and finished.endswith(", done")
+    assert rest == ["candles: started"]  # the failed run: no 'done' line, its error says it
+
+
 def test_import_to_a_pipe_prints_no_progress_control_codes(tmp_path: Path) -> None:
     """`tradeloop import FILE` with stdout a pipe, not a terminal: log lines, no bar."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRADELOOP_", "PREFECT_"))}
