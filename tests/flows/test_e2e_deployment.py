@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +56,10 @@ SHAPES = ("sqlite", "postgres")
 # The pipeline's fixed window of the simulated exchange: 2 days up to `until`, every minute.
 LOOKBACK_DAYS = 2
 EXPECTED_CANDLES = {"1m": LOOKBACK_DAYS * 24 * 60, "5m": LOOKBACK_DAYS * 24 * 12}
-# The candles the pipeline's serve step replays. On this window the first model's rolling
-# accuracy stays below 0.45 (about 0.26: it predicts `hold`) once 50 predictions resolved and
-# for 20 more, so the loop reports a degradation within these candles.
-SERVE_CANDLES = 120
+# The candles `serve/paper` replays after the pipeline. On this window of a random walk the
+# first model's rolling accuracy falls below 0.45 (about 0.26 when it predicts `hold`) for 20
+# resolutions once 50 resolved, so the loop reports a degradation within these candles.
+SERVE_CANDLES = 240
 # Every flow's deployment in deployments/prefect.yaml, as flow/deployment.
 DEPLOYED = {
     "pipeline/minutely",
@@ -79,6 +80,7 @@ DEPLOYMENT_ROW = re.compile(
     r'.*?<a href="/flows/flow/([0-9a-f-]+)".*?class="flow-popover__link-name" title="([^"]+)"',
     re.DOTALL,
 )
+TRADELOOP = str(Path(sys.executable).with_name("tradeloop"))
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 
 
@@ -99,8 +101,21 @@ def _pipeline_parameters() -> dict[str, Any]:
         "run_retrain": True,
         "epochs": 2,
         "train_overrides": _train_overrides(),
-        "serve_candles": SERVE_CANDLES,
+        "serve_candles": 0,
     }
+
+
+# The long-running `serve/paper` deployment as a bounded replay: the stored 1m candles of the
+# window's end, then it stops (no following).
+SERVE_PARAMETERS: dict[str, Any] = {
+    "replay": SYMBOL,
+    "exchange": "simulated",
+    "timeframe": "1m",
+    "last_candles": SERVE_CANDLES,
+    "max_candles": SERVE_CANDLES,
+    "follow_every_s": None,
+    "account": "paper",
+}
 
 
 # What `retrain/daily` runs with when its trigger fires in this test: the tiny model on the
@@ -124,6 +139,8 @@ class E2E:
     stack: Stack
     settings: Settings  # the warehouse the worker's flows wrote
     flow_run: dict[str, Any]  # the pipeline/full run
+    promoted_by_rule: bool  # the promotion rule promoted the pipeline's model (else by hand)
+    serve_run: dict[str, Any]  # the serve/paper run
     retrain_run: dict[str, Any]  # the retrain/daily run the degradation event started
 
 
@@ -166,15 +183,42 @@ def e2e(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 {"parameters": _pipeline_parameters()},
             )["id"]
             [flow_run] = wait_for_runs(stack, worker, {"id": {"any_": [run_id]}}, 1, 420)
-            # The serve step degraded and emitted the event; the trigger's retrain runs after
-            # the pipeline (the worker takes one run at a time).
+            settings = Settings(home=stack.home, catalog_url=catalog_url)
+            promoted_by_rule = _champion_by_hand(stack, settings)
+
+            paper = stack.get("/deployments/name/serve/paper")
+            serve_id = stack.post(
+                f"/deployments/{paper['id']}/create_flow_run", {"parameters": SERVE_PARAMETERS}
+            )["id"]
+            [serve_run] = wait_for_runs(stack, worker, {"id": {"any_": [serve_id]}}, 1, 300)
+            # The loop degraded and emitted the event; the trigger's retrain runs after the
+            # serve run (the worker takes one run at a time).
             [retrain_run] = wait_for_runs(
                 stack, worker, {"deployment_id": {"any_": [retrain["id"]]}}, 1, 300
             )
-            settings = Settings(home=stack.home, catalog_url=catalog_url)
-            yield E2E(shape, stack, settings, flow_run, retrain_run)
+            yield E2E(shape, stack, settings, flow_run, promoted_by_rule, serve_run, retrain_run)
         finally:
             stop_all(procs)
+
+
+def _champion_by_hand(stack: Stack, settings: Settings) -> bool:
+    """Make the pipeline's model the champion, as an operator would; True when the promotion
+    rule had already promoted it. On a random walk a model has no edge, so the rule (log-loss
+    below the training frequencies' over purged folds) refuses it about as often as not."""
+    con = connect(settings, read_only=True)
+    try:
+        [(model_id, status)] = con.execute("SELECT model_id, status FROM models").fetchall()
+    finally:
+        con.close()
+    if status == "champion":
+        return True
+    env = {k: v for k, v in stack.env.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run(
+        [TRADELOOP, "models", "promote", model_id, "--force"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return False
 
 
 def _flow_names(stack: Stack) -> dict[str, str]:
@@ -190,15 +234,17 @@ def test_triggered_pipeline_fills_the_warehouse(e2e: E2E) -> None:
     deployed = {f"{flows[d['flow_id']]}/{d['name']}" for d in deployments}
     assert deployed >= DEPLOYED, f"missing deployments: {DEPLOYED - deployed}"
 
-    # The run's subflows ran, each one Completed: collect, quality, features, retrain, serve.
+    # The run's subflows ran, each one Completed; then the serve/paper deployment.
     children = stack.post(
         "/flow_runs/filter",
         {"flow_runs": {"parent_flow_run_id": {"any_": [e2e.flow_run["id"]]}}, "limit": 50},
     )
     states = {flows[c["flow_id"]]: c["state"]["type"] for c in children}
-    assert states == dict.fromkeys(
-        ("collect", "quality", "features", "retrain", "serve"), "COMPLETED"
-    ), states
+    assert states == dict.fromkeys(("collect", "quality", "features", "retrain"), "COMPLETED")
+    assert e2e.serve_run["state"]["type"] == "COMPLETED"
+    assert flows[e2e.serve_run["flow_id"]] == "serve"
+    sent = {k: e2e.serve_run["parameters"].get(k) for k in SERVE_PARAMETERS}
+    assert sent == SERVE_PARAMETERS
 
     con = connect(e2e.settings, read_only=True)
     try:
@@ -241,10 +287,10 @@ def test_triggered_pipeline_fills_the_warehouse(e2e: E2E) -> None:
     assert len(champions) == 1, models
     for model_id, _, onnx_path, sha256 in models:
         _assert_onnx(model_id, Path(onnx_path), sha256)
-    # The pipeline's model was promoted before the serve step, and made every prediction of
-    # the served candles (the triggered retrain's model came after).
+    # The pipeline's model was promoted (by the rule or by hand) before serve/paper ran, and
+    # made every prediction of the served candles (the triggered retrain's model came after).
     first = models[0][0]
-    assert promoted[0] == (first,), promoted
+    assert promoted[0] == (first,), (promoted, e2e.promoted_by_rule)
     assert predictions == {first: SERVE_CANDLES}, predictions
 
 
@@ -258,7 +304,7 @@ def _assert_onnx(model_id: str, path: Path, sha256: str) -> None:
 
 
 def test_degradation_starts_a_retrain_through_the_deployment_trigger(e2e: E2E) -> None:
-    """The serve step's degradation -> the event `tradeloop.model.degraded` -> the trigger of
+    """The serve/paper loop's degradation -> the event `tradeloop.model.degraded` -> the trigger of
     `retrain/daily` in prefect.yaml -> a retrain run on the worker -> a new model registered."""
     stack = e2e.stack
     events = stack.post(
@@ -315,10 +361,10 @@ def _dump_dom(
 ) -> str:
     """The page's DOM after the single-page app rendered it. The UI fills parts of a page from
     later API calls, which a loaded machine may answer after the virtual-time budget: while a
-    fragment in ``expect`` is missing, the page is loaded again (at most 3 times); the caller's
+    fragment in ``expect`` is missing, the page is loaded again (at most 5 times); the caller's
     asserts then judge the last page."""
     page = ""
-    for _ in range(3):
+    for _ in range(5):
         page = _dump_once(url, profile, budget_ms)
         if all(fragment in page for fragment in expect):
             break
