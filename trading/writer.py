@@ -191,7 +191,10 @@ class BufferedWriter:
 
     @property
     def pending_batches(self) -> int:
-        return len(self.queue) + (1 if self._busy else 0)
+        """Batches not yet written or set aside (the one being written stays in ``queue``
+        until it is: counting ``_busy`` too counted it twice, and a refusal came one batch
+        early whenever the writer thread had already picked it up)."""
+        return len(self.queue)
 
     def stats(self) -> dict[str, Any]:
         """For heartbeats and reports."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -15,13 +16,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from pipelines.loopback.server import LoopbackExchange, LoopbackServer
 
 KEY = "collector-key-4be1d07c"
 SECRET = "collector-secret-93aa6f10"
 PASSWORD = "pw-8c1e5d"
+
+
+def _cli(args: list[str]) -> Result:
+    """``tradeloop ARGS`` in-process; the root log handler the command sets up (on this
+    invocation's captured stderr, closed after it) is removed again."""
+    from flows.cli import app
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = []
+    try:
+        return CliRunner().invoke(app, args)
+    finally:
+        root.handlers = saved
 
 
 def _flows() -> dict[str, Any]:
@@ -67,7 +82,6 @@ def pg_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_settings_repr_and_config_show_mask_the_catalog_password_and_keys(
     pg_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.cli import app
     from warehouse import Settings, get_settings
 
     monkeypatch.setenv("TRADELOOP_EXCHANGE_API_KEY", KEY)
@@ -77,7 +91,7 @@ def test_settings_repr_and_config_show_mask_the_catalog_password_and_keys(
     for text in (repr(s), str(s), s.model_dump_json(), json.dumps(s.model_dump(), default=str)):
         assert PASSWORD not in text and KEY not in text and SECRET not in text
     assert s.catalog_kind == "postgres" and s.catalog_dsn is not None and PASSWORD in s.catalog_dsn
-    out = CliRunner().invoke(app, ["config", "show", "-f", "json"])
+    out = _cli(["config", "show", "-f", "json"])
     assert out.exit_code == 0, out.output
     assert PASSWORD not in out.output and KEY not in out.output and SECRET not in out.output
     assert Settings(catalog_url="sqlite:////tmp/c.sqlite").sqlite_catalog_path == Path(
@@ -131,16 +145,13 @@ def test_ccxt_config_credentials_are_not_stored_with_the_flow_run(
 ) -> None:
     from prefect.client.orchestration import get_client
 
-    from flows.cli import app
-
     monkeypatch.setenv("TRADELOOP_HOME", str(tmp_path / "home"))
     # the command moves the credentials to these; undo puts the environment back
     monkeypatch.setenv("TRADELOOP_EXCHANGE_API_KEY", "placeholder")
     monkeypatch.setenv("TRADELOOP_EXCHANGE_API_SECRET", "placeholder")
     config = json.dumps({"apiKey": KEY, "secret": SECRET, "timeout": 5000})
     with LoopbackServer(LoopbackExchange(symbols=["BTC/USDT"])) as server:
-        out = CliRunner().invoke(
-            app,
+        out = _cli(
             [
                 "--prefect",
                 "collect",
@@ -166,7 +177,5 @@ def test_ccxt_config_credentials_are_not_stored_with_the_flow_run(
     assert stored["ccxt_config"] == {"timeout": 5000}  # the rest of the config is kept
     text = json.dumps([r.parameters for r in runs], default=str)
     assert KEY not in text and SECRET not in text
-    refused = CliRunner().invoke(
-        app, ["collect", "--source", "ccxt", "--ccxt-config", json.dumps({"password": "x"})]
-    )
+    refused = _cli(["collect", "--source", "ccxt", "--ccxt-config", json.dumps({"password": "x"})])
     assert refused.exit_code == 2 and "password would be stored with the run" in refused.output
