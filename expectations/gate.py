@@ -141,16 +141,16 @@ def _fingerprint(batch: pa.Table) -> str:
     """A hash of the batch's content, whatever its layout (chunks, validity buffers): a
     series taken out of a bigger batch hashes as the same rows passed alone."""
     digest = hashlib.sha256(batch.schema.remove_metadata().to_string().encode())
+    columns = []
     for column in batch.columns:
         values = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         digest.update(np.packbits(pc.is_valid(values).to_numpy(zero_copy_only=False)).tobytes())
-        if _flat(values.type):
-            values = _canonical(values)
-        sink = pa.BufferOutputStream()
-        single = pa.table({"c": values})
-        with pa.ipc.new_stream(sink, single.schema) as writer:
-            writer.write_table(single)
-        digest.update(sink.getvalue().to_pybytes())
+        columns.append(_canonical(values) if _flat(values.type) else values)
+    canonical = pa.Table.from_arrays(columns, names=[f"c{i}" for i in range(len(columns))])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, canonical.schema) as writer:
+        writer.write_table(canonical)
+    digest.update(sink.getvalue().to_pybytes())
     return digest.hexdigest()[:32]
 
 
@@ -355,21 +355,34 @@ def _series_groups(frame: pl.DataFrame, spec: TableSpec, whole: bool) -> list[_S
     ]
 
 
-def _statistics(
-    outcomes: tuple[Any, ...], counts: list[int], checked: pl.DataFrame, rows: np.ndarray
-) -> dict[str, Any]:
-    """What GX's validation statistics would say about these rows alone."""
-    successful = 0
-    for outcome, unexpected in zip(outcomes, counts, strict=True):
+def _missing_masks(outcomes: tuple[Any, ...], checked: pl.DataFrame) -> list[np.ndarray | None]:
+    """Per expectation, the rows whose value GX skips as missing (null or NaN), where it
+    skips them: column expectations other than not-null (once per call, not per series)."""
+    masks: list[np.ndarray | None] = []
+    for outcome in outcomes:
         d = outcome.definition
-        nonnull = len(rows)
         if "column" in d.kwargs and d.expectation != "ExpectColumnValuesToNotBeNull":
-            values = checked[d.kwargs["column"]][rows]
+            values = checked[d.kwargs["column"]]
             missing = values.is_null()
             if values.dtype.is_float():
                 missing = missing | values.is_nan()
-            nonnull -= int(missing.sum())
-        successful += mostly_success(unexpected, nonnull, d.kwargs.get("mostly"))
+            masks.append(missing.to_numpy())
+        else:
+            masks.append(None)
+    return masks
+
+
+def _statistics(
+    outcomes: tuple[Any, ...],
+    counts: list[int],
+    missing: list[np.ndarray | None],
+    rows: np.ndarray,
+) -> dict[str, Any]:
+    """What GX's validation statistics would say about these rows alone."""
+    successful = 0
+    for outcome, unexpected, skipped in zip(outcomes, counts, missing, strict=True):
+        nonnull = len(rows) - (_count_in(rows, skipped) if skipped is not None else 0)
+        successful += mostly_success(unexpected, nonnull, outcome.definition.kwargs.get("mostly"))
     evaluated = len(outcomes)
     return {
         "evaluated_expectations": evaluated,
@@ -377,6 +390,21 @@ def _statistics(
         "unsuccessful_expectations": evaluated - successful,
         "success_percent": successful / evaluated * 100 if evaluated else None,
     }
+
+
+def _labels(
+    frame: pl.DataFrame, spec: TableSpec, key: tuple[Any, ...] | None
+) -> dict[str, str | None]:
+    """Exchange, symbol and timeframe of a series' rows: from its group key when the call was
+    grouped (no gather of its rows), else the one value the rows share (None if several)."""
+    known = dict(zip(spec.series, key, strict=True)) if key is not None else {}
+    out: dict[str, str | None] = {}
+    for column in ("exchange", "symbol", "timeframe"):
+        if column in known:
+            out[column] = None if known[column] is None else str(known[column])
+        else:
+            out[column] = _single(frame, column)
+    return out
 
 
 def _count_in(rows: np.ndarray, member: np.ndarray) -> int:
@@ -518,29 +546,47 @@ def gate_series(
     results: list[GateResult] = []
     result_rows: list[dict[str, Any]] = []
     per_problem_group = group_of[problems["row"].to_numpy()] if rows_in else np.zeros(0, int)
-    outcome_masks = []
-    for rows in outcome_rows:
-        mask = np.zeros(rows_in, dtype=bool)
-        mask[rows] = True
-        outcome_masks.append(mask)
+    n_groups = len(groups)
+    # per series (row) and expectation (column): rows rejected, counted in one pass each
+    per_group = np.stack(
+        [np.bincount(group_of[rows], minlength=n_groups) for rows in outcome_rows]
+        or [np.zeros(n_groups, dtype=np.int64)],
+        axis=1,
+    )
     single = len(groups) == 1
+    # each series' problem rows, split once (not filtered once per series)
+    by_group = (
+        {
+            int(k[0]): part.drop("_group")
+            for k, part in problems.with_columns(_group=pl.Series(per_problem_group))
+            .partition_by("_group", as_dict=True)
+            .items()
+        }
+        if not single and problems.height
+        else {}
+    )
+    missing = (
+        _missing_masks(run.outcomes, _gx_frame(frame, definitions))
+        if run is not None and not single
+        else []
+    )
     for g, (series, success) in enumerate(zip(groups, successes, strict=True)):
         n = len(series.rows)
-        sub = frame[series.rows] if not single else frame
+        labels = _labels(frame, spec, series.key)
         fingerprint = _fingerprint(batch if single else batch.take(series.rows))
         validation_id = stable_id(base_id, table, fingerprint)
-        mine = problems.filter(pl.Series(per_problem_group == g)) if not single else problems
+        mine = problems if single else by_group.get(g, problems.head(0))
         bad = _count_in(series.rows, critical)
         quarantined = mine.height
         merged = n - quarantined if not schema_failure else 0
         warnings = list(call_warnings)
         details: dict[str, Any] = {"fingerprint": fingerprint, "suite_version": SUITE_VERSION}
         if run is not None:
-            counts = [_count_in(series.rows, m) for m in outcome_masks]
+            counts = [int(c) for c in per_group[g]][: len(run.outcomes)]
             if table == "candles":
                 own = [gap for gap in gaps if single or gap.series == series.key]
                 warnings += _candle_warnings(
-                    own, _count_in(series.rows, extreme), sub, spec, policy
+                    own, _count_in(series.rows, extreme), frame, spec, policy
                 )
                 details["gaps"] = [
                     {
@@ -554,7 +600,7 @@ def gate_series(
             details["gx_statistics"] = (
                 run.statistics
                 if single
-                else _statistics(run.outcomes, counts, _gx_frame(frame, definitions), series.rows)
+                else _statistics(run.outcomes, counts, missing, series.rows)
             )
             # each expectation's outcome, for the quality report (expectations.quality_page)
             details["expectations"] = [
@@ -585,7 +631,17 @@ def gate_series(
             )
         allowed = max(policy.allowed_bad_rows, policy.max_bad_fraction * n)
         message = _message(
-            table, sub, n, merged, quarantined, bad, mine, success, allowed, schema_failure, policy
+            table,
+            labels,
+            n,
+            merged,
+            quarantined,
+            bad,
+            mine,
+            success,
+            allowed,
+            schema_failure,
+            policy,
         )
         details["write"] = write
         if not single:
@@ -597,7 +653,7 @@ def gate_series(
                 run_id,
                 table,
                 suite_name,
-                sub,
+                labels,
                 success,
                 n,
                 merged,
@@ -683,7 +739,7 @@ def _engine_validate(
 
 def _message(
     table: str,
-    frame: pl.DataFrame,
+    labels: dict[str, str | None],
     rows_in: int,
     merged: int,
     quarantined: int,
@@ -694,9 +750,7 @@ def _message(
     schema_failure: str | None,
     policy: GatePolicy,
 ) -> str:
-    where = (
-        " ".join(v for v in (_single(frame, "symbol"), _single(frame, "timeframe")) if v) or "batch"
-    )
+    where = " ".join(v for v in (labels["symbol"], labels["timeframe"]) if v) or "batch"
     # rows per rule, not problems: a row breaking three OHLC pairs counts once, so the
     # counts read as rows and match "quarantined"; ties in the order the rules were first met
     met = problems.sort("first").select(pl.col("rule_list").explode())
@@ -835,7 +889,7 @@ def _result_row(
     run_id: str | None,
     table: str,
     suite: str,
-    frame: pl.DataFrame,
+    labels: dict[str, str | None],
     success: bool,
     rows_in: int,
     merged: int,
@@ -850,9 +904,9 @@ def _result_row(
         "run_id": run_id,
         "table_name": table,
         "suite": suite,
-        "exchange": _single(frame, "exchange"),
-        "symbol": _single(frame, "symbol"),
-        "timeframe": _single(frame, "timeframe"),
+        "exchange": labels["exchange"],
+        "symbol": labels["symbol"],
+        "timeframe": labels["timeframe"],
         "success": success,
         "rows_in": rows_in,
         "rows_merged": merged,
