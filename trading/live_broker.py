@@ -56,6 +56,7 @@ from typing import Any
 
 import ccxt
 
+from pipelines.redaction import register_secrets
 from pipelines.sources.ccxt_source import BINANCE_SPOT_OPTIONS, rewrite_api_urls
 from trading.broker import bracket_prices, stop_trigger
 from trading.domain import Bar, Fill, Order, OrderReason
@@ -64,28 +65,6 @@ log = logging.getLogger("tradeloop.live")
 
 MAX_CLIENT_ID_CHARS = 36  # binance: ^[.A-Z:/a-z0-9_-]{1,36}$
 _CLIENT_ID_OK = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
-
-
-class _RedactSecrets(logging.Filter):
-    """ccxt logs every request's headers at DEBUG, the API key included: redact our keys."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            text = record.getMessage()
-            if any(s in text for s in self.secrets):
-                for s in self.secrets:
-                    text = text.replace(s, "***")
-                record.msg, record.args = text, ()
-        return True
-
-
-_REDACT = _RedactSecrets()
-for _name in ("ccxt.base.exchange", "ccxt"):
-    logging.getLogger(_name).addFilter(_REDACT)
 
 
 class LiveBrokerError(RuntimeError):
@@ -214,7 +193,7 @@ class CcxtBroker:
             }
         )
         self._secrets = tuple(s for s in (api_key, api_secret) if s)
-        _REDACT.secrets.update(self._secrets)
+        register_secrets(*self._secrets)  # ccxt logs request headers at DEBUG
         if sandbox:
             try:
                 self.exchange.set_sandbox_mode(True)
