@@ -51,6 +51,7 @@ class DemoSummary:
     warehouse_home: Path
     elapsed_s: float
     quality_report: Path | None = None  # the offline quality page of the pipeline's run
+    account: str = ""  # the paper account the demo served on (`tradeloop dashboard --account`)
 
 
 def walk_forward_report(
@@ -92,12 +93,14 @@ def walk_forward_report(
     return report
 
 
-def _paper_pnl(settings: Settings) -> float | None:
-    """Equity change of the paper account over the serving run, from the `equity` table."""
+def _paper_pnl(settings: Settings, account: str) -> float | None:
+    """Equity change of the demo's paper account over the serving run, from `equity`."""
     con = connect(settings, read_only=True)
     try:
         row = con.execute(
-            "SELECT arg_max(equity, ts) - arg_min(equity, ts), count(*) FROM equity"
+            "SELECT arg_max(equity, ts) - arg_min(equity, ts), count(*) FROM equity "
+            "WHERE account = ?",
+            [account],
         ).fetchone()
     finally:
         con.close()
@@ -106,14 +109,15 @@ def _paper_pnl(settings: Settings) -> float | None:
     return float(row[0])
 
 
-def _decisions(settings: Settings) -> dict[str, int]:
+def _decisions(settings: Settings, account: str) -> dict[str, int]:
     """How the serving run's bars were decided: signals per deciding rule (the reason up to its
     figures), most frequent first, so a run without orders says why."""
     con = connect(settings, read_only=True)
     try:
         rows = con.execute(
             "SELECT regexp_extract(reason, '^[^(;]*') AS rule, count(*) AS n FROM signals "
-            "GROUP BY 1 ORDER BY n DESC, rule"
+            "WHERE account = ? GROUP BY 1 ORDER BY n DESC, rule",
+            [account],
         ).fetchall()
     finally:
         con.close()
@@ -146,8 +150,11 @@ def demo(
         epochs=epochs,
         train_overrides={"max_train_seconds": max_train_seconds, "progress": True},
         serve_candles=serve_candles,
+        serve_account=None,  # the served series' own account: a demo on other data starts afresh
     )
     outcome: retraining.RetrainOutcome = result["retrain"]
+    account = result["serve"]["account"] if result["serve"] else ""
+
     symbol = outcome_symbol(settings, data, symbols)
     try:
         wf: dict[str, Any] | None = walk_forward_report(
@@ -170,8 +177,8 @@ def demo(
         trained_at=outcome.trained_at,
         trend=retraining.trend(settings, "signal"),
         counts=dict(result["counts"]),
-        pnl_quote=_paper_pnl(settings) if serve_candles > 0 else None,
-        decisions=_decisions(settings) if serve_candles > 0 else {},
+        pnl_quote=_paper_pnl(settings, account) if serve_candles > 0 else None,
+        decisions=_decisions(settings, account) if serve_candles > 0 else {},
         report_html=Path(wf["report_html"]) if wf else None,
         walk_forward_ic=(
             (wf["pooled"]["ic"], wf["pooled"]["ic_ci_low"], wf["pooled"]["ic_ci_high"])
@@ -183,6 +190,7 @@ def demo(
         warehouse_home=settings.home.resolve(),
         elapsed_s=(dt.datetime.now(dt.UTC) - started).total_seconds(),
         quality_report=result["quality"].get("report"),
+        account=account,
     )
     create_table_artifact(
         key="demo-summary",
@@ -275,7 +283,9 @@ def dashboard(summary: DemoSummary) -> Any:
     grid.add_row("Trend", f"{spark} " + " ".join(f"{t[1]:.1%}" for t in summary.trend))
     grid.add_row(
         "Live P&L (paper)",
-        "serving not run" if summary.pnl_quote is None else f"{summary.pnl_quote:+,.2f} quote",
+        "serving not run"
+        if summary.pnl_quote is None
+        else f"{summary.pnl_quote:+,.2f} quote (account {summary.account})",
     )
     if summary.decisions:
         grid.add_row(

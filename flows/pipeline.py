@@ -9,6 +9,7 @@ publishes a short markdown summary artifact (``pipeline-summary``).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -47,6 +48,11 @@ def stored_symbols(settings: Settings, timeframe: str) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
+def series_account(exchange: str, symbol: str) -> str:
+    """A paper account named for one series, e.g. ``paper-file-ETH_BTC``."""
+    return f"paper-{exchange}-{re.sub(r'[^A-Za-z0-9]+', '_', symbol)}"
+
+
 @flow(name="pipeline", log_prints=True)
 def pipeline(
     source: str = "simulated",
@@ -66,9 +72,13 @@ def pipeline(
     horizon: int = 5,
     train_overrides: dict[str, Any] | None = None,
     serve_candles: int = 0,
+    serve_account: str | None = "paper",
 ) -> dict[str, Any]:
     """Collect, validate and featurize ``symbols``; retrain when ``run_retrain``; then serve
     ``serve_candles`` candles with the champion (paper trading) when that is > 0.
+
+    ``serve_account`` None: an account of the served series' own (``series_account``), so a run
+    on other data does not meet the state of an account that served another series.
 
     ``timeframes`` default: 1m, 5m, 15m, 1h (the higher ones resampled from 1m when
     ``resample_from_1m``). The model trains on ``settings.base_timeframe``.
@@ -141,13 +151,16 @@ def pipeline(
     if serve_candles > 0:
         # the warehouse symbol itself, under the exchange the candles were collected as
         stored_as = source if source in ("simulated", "file") else settings.exchange
+        account = serve_account or series_account(stored_as, train_symbols[0])
         served = serve(
             replay=train_symbols[0],
             exchange=stored_as,
+            account=account,
             last_candles=serve_candles,
             max_candles=serve_candles,
         )
-        steps.append(("serve", f"{serve_candles} candles served"))
+        served = {**served, "account": account}
+        steps.append(("serve", f"{serve_candles} candles served on account {account}"))
 
     counts = warehouse_counts(settings)
     elapsed_s = time.monotonic() - started

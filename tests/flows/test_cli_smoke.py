@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cli-smoke"), pytest.mar
 TRADELOOP = str(Path(sys.executable).with_name("tradeloop"))
 SYMBOL = "BTC/USDT"
 SERVED = 60
-ACCOUNT = "paper"  # the demo serves on the default account
+ACCOUNT = "paper-simulated-BTC_USDT"  # the demo serves on its series' own account
 
 
 @dataclass

@@ -91,3 +91,13 @@ def test_the_demo_summary_artifact_carries_the_figures(tmp_path: Path) -> None:
     assert rows["walk-forward IC [95 % CI]"] == "0.052 [0.011, 0.094]"
     assert rows["candles rows"] == "100"
     assert "Quality report" in _render(summary) and "quality.html" in _render(summary)
+
+
+def test_the_demo_serves_each_series_on_an_account_of_its_own() -> None:
+    from flows.pipeline import series_account
+
+    # `make demo` then `tradeloop demo --data DIR` on one home: the second run's series must
+    # not meet the first one's account state (a resume of another series is refused).
+    assert series_account("simulated", "BTC/USDT") == "paper-simulated-BTC_USDT"
+    assert series_account("file", "ETH/BTC") != series_account("simulated", "BTC/USDT")
+    assert series_account("file", "XRP/USDT:USDT") == "paper-file-XRP_USDT_USDT"
