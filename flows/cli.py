@@ -89,11 +89,30 @@ def _options(
 
         get_settings.cache_clear()
     note_fresh_paths(ctx.invoked_subcommand)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    console = logging.StreamHandler()
+    console.setFormatter(
+        logging.Formatter(LOG_FORMAT) if verbose else _NoTracebackFormatter(LOG_FORMAT)
     )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[console])
     logging.getLogger("tradeloop").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _NoTracebackFormatter(logging.Formatter):
+    """Log lines without the tracebacks a library attaches (Prefect logs a failed flow run's
+    with its error): the command's error is one line, and ``-v`` shows the traceback. Only this
+    handler's text loses it: the record keeps it for Prefect's API handler (the run's logs)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        # another handler may have cached the traceback's text on the record (exc_text)
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
 
 
 def main() -> None:

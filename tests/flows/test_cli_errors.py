@@ -148,3 +148,24 @@ def test_a_failed_first_import_leaves_no_empty_warehouse(tmp_path: Path) -> None
     assert lines(result)[-1].startswith(f"error: {bad}") and "--symbol" in lines(result)[-1]
     assert "Traceback" not in result.stderr
     assert not home.exists(), sorted(str(p) for p in home.rglob("*"))
+
+
+def test_the_cli_log_handler_drops_the_tracebacks_libraries_attach() -> None:
+    # Prefect logs a failed flow run's exception with its traceback; without -v the command's
+    # output stays one error line (the record keeps exc_info for Prefect's API handler)
+    import logging
+
+    from flows.cli import LOG_FORMAT, _NoTracebackFormatter
+
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "prefect.flow_runs", logging.ERROR, __file__, 1, "run failed", None, sys.exc_info()
+        )
+    record.exc_text = "Traceback (cached by an earlier handler)"
+    text = _NoTracebackFormatter(LOG_FORMAT).format(record)
+    assert text.endswith("ERROR prefect.flow_runs: run failed") and "\n" not in text
+    assert record.exc_info is not None and record.exc_text  # kept for the other handlers
+    record.exc_text = None
+    assert "Traceback" in logging.Formatter(LOG_FORMAT).format(record)  # what -v shows
