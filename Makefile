@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS := false
 export DO_NOT_TRACK := 1
-PYTEST_WORKERS ?= 2
+PYTEST_WORKERS ?= 3
 # extra pytest options, e.g. PYTEST_ARGS=-rfEsp (.ci/run: a line per passed test in the log)
 PYTEST_ARGS ?=
 

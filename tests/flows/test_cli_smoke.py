@@ -105,7 +105,9 @@ def test_features_brings_every_series_up_to_date(home: Home) -> None:
 
 def test_retrain_then_promote_and_rollback(home: Home) -> None:
     [first] = home.models()
-    home.run("retrain", "-s", SYMBOL, "-t", "1m", "--days", "1", "--epochs", "1")
+    # another horizon: other labels, so another model (the demo's own settings could train
+    # the identical file, which the registry keeps as the same model)
+    home.run("retrain", "-s", SYMBOL, "-t", "1m", "--days", "1", "--epochs", "1", "--horizon", "3")
     [second] = [m for m in home.models() if m != first]
     # by hand, whatever the rule said: the first, then the second in its place
     home.run("models", "promote", first, "--force")
