@@ -16,7 +16,7 @@ import pytest
 
 CANDLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "candles"
 TRADELOOP = str(Path(sys.executable).with_name("tradeloop"))
-ROWS = 2500  # the newest bars of the real file: enough for a model, quick to train
+ROWS = 1800  # the newest bars of the real file: enough for a model, quick to train
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
