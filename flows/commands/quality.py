@@ -8,6 +8,9 @@ from typing import Annotated
 
 import typer
 
+from flows.commands import options
+from flows.commands.options import TimerangeOption
+
 
 def register(app: typer.Typer) -> None:
     app.command("quality")(quality)
@@ -28,10 +31,10 @@ def quality(
         list[str] | None,
         typer.Option("--symbol", "-s", help="symbol, repeatable (default: every stored symbol)"),
     ] = None,
-    start: Annotated[
-        str | None, typer.Option(help="first open time, ISO date/time, UTC (default: all)")
-    ] = None,
-    end: Annotated[str | None, typer.Option(help="end of range, exclusive (default: all)")] = None,
+    timerange: TimerangeOption = None,
+    # the spellings before --timerange, kept hidden for one release
+    start: Annotated[str | None, typer.Option(hidden=True)] = None,
+    end: Annotated[str | None, typer.Option(hidden=True)] = None,
     timeframe: Annotated[
         list[str] | None, typer.Option("--timeframe", "-t", help="timeframe, repeatable")
     ] = None,
@@ -42,7 +45,8 @@ def quality(
     ] = 7.0,
 ) -> None:
     """Re-validate stored candles with the current suites and rebuild the Data Docs."""
-    lo, hi = _when(start, "--start"), _when(end, "--end")
+    lo, hi = options.timerange(timerange)
+    lo, hi = lo or _when(start, "--start"), hi or _when(end, "--end")
     from flows.commands.context import require_warehouse
 
     require_warehouse()  # before any Data Docs folder is made for a warehouse that is not there
