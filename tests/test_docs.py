@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.core import TyperGroup
 
-from flows.cli import app
+from tests.support.cli import parse_tradeloop
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -57,27 +56,8 @@ def tradeloop_args(line: str) -> list[str] | None:
     return words[1:] if words and words[0] == "tradeloop" else None
 
 
-CLI = typer.main.get_command(app)  # typer's (vendored) click command tree
-
-
-def parse(args: list[str]) -> list[str]:
-    """Parse `tradeloop ARGS` with the CLI's click command, descending into each subcommand,
-    and return the command path; invokes no command. A bad line raises a typer.TyperException
-    (click's UsageError: no such option or command, missing value or argument, bad choice)."""
-    command = CLI
-    path = ["tradeloop"]
-    ctx = command.make_context("tradeloop", list(args), resilient_parsing=False)
-    while isinstance(command, TyperGroup):
-        # What a group leaves for its subcommand, as its own invoke() reads it.
-        rest = [*ctx._protected_args, *ctx.args]
-        if not rest:
-            raise typer.BadParameter(f"{' '.join(path)}: missing command")
-        name, sub, rest = command.resolve_command(ctx, rest)
-        if sub is None or name is None:
-            raise typer.BadParameter(f"no such command {rest[:1]}")
-        command, path = sub, [*path, name]
-        ctx = command.make_context(name, list(rest), parent=ctx, resilient_parsing=False)
-    return path
+# one parser for every command line a test reads (docs here, compose in tests/deployments)
+parse = parse_tradeloop
 
 
 def documented_commands() -> list[tuple[str, str]]:
