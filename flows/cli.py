@@ -39,6 +39,7 @@ COMMAND_MODULES = [
     "flows.commands.walkforward",
     "flows.commands.reports",
     "flows.commands.tune",
+    "flows.commands.news",
 ]
 
 for _module in COMMAND_MODULES:

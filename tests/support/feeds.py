@@ -1,0 +1,93 @@
+"""A loopback feed server (stdlib http.server, one thread) serving RSS/Atom documents a test
+writes: ``serve_feeds()`` yields it; tests/pipelines/news and tests/flows use it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from xml.sax.saxutils import escape
+
+
+@dataclass
+class Entry:
+    id: str
+    title: str
+    published: dt.datetime
+    summary: str = ""
+
+
+def atom(entries: list[Entry]) -> str:
+    items = "".join(
+        f"<entry><id>{escape(e.id)}</id><title>{escape(e.title)}</title>"
+        f"<link href='https://news.example/{escape(e.id)}'/>"
+        f"<published>{e.published.isoformat()}</published>"
+        f"<updated>{e.published.isoformat()}</updated>"
+        f"<summary>{escape(e.summary)}</summary></entry>"
+        for e in entries
+    )
+    return (
+        "<?xml version='1.0' encoding='utf-8'?>"
+        "<feed xmlns='http://www.w3.org/2005/Atom'><title>Loopback crypto news</title>"
+        "<id>urn:tradeloop:loopback</id><updated>2024-03-01T00:00:00Z</updated>"
+        f"{items}</feed>"
+    )
+
+
+def rss(entries: list[Entry]) -> str:
+    items = "".join(
+        f"<item><guid>{escape(e.id)}</guid><title>{escape(e.title)}</title>"
+        f"<pubDate>{e.published.strftime('%a, %d %b %Y %H:%M:%S +0000')}</pubDate>"
+        f"<description>{escape(e.summary)}</description></item>"
+        for e in entries
+    )
+    return (
+        "<?xml version='1.0'?><rss version='2.0'><channel><title>Loopback RSS</title>"
+        f"<link>http://127.0.0.1/</link><description>test</description>{items}</channel></rss>"
+    )
+
+
+@dataclass
+class FeedServer:
+    base: str
+    documents: dict[str, str] = field(default_factory=dict)  # path -> document
+    requests: list[str] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+
+@contextmanager
+def serve_feeds() -> Iterator[FeedServer]:
+    served = FeedServer(base="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            served.requests.append(self.path)
+            body = served.documents.get(self.path)
+            if body is None:
+                self.send_error(404, "no such feed")
+                return
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/atom+xml; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    served.base = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield served
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
