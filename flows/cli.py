@@ -40,6 +40,7 @@ COMMAND_MODULES = [
     "flows.commands.reports",
     "flows.commands.tune",
     "flows.commands.news",
+    "flows.commands.alerts",
 ]
 
 for _module in COMMAND_MODULES:

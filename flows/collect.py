@@ -18,6 +18,7 @@ from prefect.cache_policies import NONE
 
 from expectations.gate import GatePolicy, GateResult, gate_and_merge
 from expectations.report import summary_markdown
+from flows.alerts import quality_alerts
 from flows.orchestration import create_markdown_artifact, flow, get_run_logger, task
 from flows.runners import default_task_runner
 from pipelines.collect import (
@@ -320,6 +321,7 @@ def collect(
     record_stats(settings, run_id, stats)
     # published before a failure is raised: a failed run is the one most worth reading
     summary = publish_summary(run_id, stats, gate_results)
+    quality_alerts(settings, gate_results, run_id)  # one notification per failed batch
     failed = [s for s in stats if s.status == "failed"]
     failures = [f"{s.symbol} {s.timeframe}: {s.message}" for s in failed]
     # files of a directory that could not be read: the good ones were imported all the same

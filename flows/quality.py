@@ -23,6 +23,7 @@ from prefect.cache_policies import NONE
 from expectations.gate import GatePolicy, GateResult, QualityGateError, gate_and_merge
 from expectations.report import summary_markdown
 from expectations.revalidate import candle_series, revalidate_candles
+from flows.alerts import quality_alerts
 from flows.orchestration import (
     create_link_artifact,
     create_markdown_artifact,
@@ -206,6 +207,7 @@ def quality(
     report = quality_report_task(settings, run_id)
     markdown = publish_summary(results, docs, series=series, report=report, settings=settings)
     failed = [r.message for r in results if not r.success]
+    quality_alerts(settings, results, run_id, report)  # one notification per failed series
     if failed and fail_on_policy:
         raise QualityGateError("; ".join(failed))
     return {

@@ -12,6 +12,7 @@ from typing import Any
 import polars as pl
 from prefect.cache_policies import NONE
 
+from flows.alerts import promotion_alert
 from flows.orchestration import create_markdown_artifact, flow, task
 from flows.runners import default_task_runner
 from models import retraining
@@ -196,6 +197,17 @@ def retrain(
         settings, record, ensemble, samples, batch.snapshot_id, exported, parity, cv, batch
     )
     publish_dashboard(settings, outcome, name)
+    # one notification: promoted, or refused with the rule's reason (flows/alerts.py)
+    promotion_alert(
+        settings,
+        model_id=outcome.model_id,
+        promoted=outcome.promoted,
+        reason=outcome.reason,
+        name=name,
+        previous_champion_id=outcome.previous_champion_id,
+        model_dir=Path(record.onnx_path).parent,
+        symbols=request.symbols,
+    )
     c = outcome.challenger
     print(
         f"{outcome.model_id}: IC {c.get('ic', float('nan')):.4f}, log-loss "

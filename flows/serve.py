@@ -11,6 +11,9 @@
   ``tradeloop.model.<model name>`` (related: ``tradeloop.account.<account>``), at most once per
   the feedback cooldown (kept in the loop's snapshot). The ``retrain/daily`` deployment in
   deployments/prefect.yaml has an event trigger on it: the event is the only retrain request.
+* Alerts (``flows.alerts``): the kill switch firing or reset, a degradation, stale data and a
+  live order in an unknown state each give one notification, carrying the account, symbol,
+  model and the run's link (this flow run's page; without Prefect the heartbeat file).
 * ``follow_every_s``: a long-running paper loop. After the stored candles the flow reads the
   source's new ones every ``follow_every_s`` seconds and serves them
   (``trading.market.FollowMarket``: the loop stays in process, a poll reads only candles after
@@ -32,9 +35,10 @@ from typing import Any, cast
 from prefect.concurrency.sync import concurrency
 from prefect.events import Event, emit_event
 
+from flows.alerts import alerter, run_link
 from flows.orchestration import flow, get_run_logger, in_direct_run
 from trading.loop import LoopConfig, RunSummary, ServingLoop
-from trading.service import require_live_opt_in, serve_live, serve_replay
+from trading.service import heartbeat_file, require_live_opt_in, serve_live, serve_replay
 from warehouse import get_settings
 
 DEGRADED_EVENT = "tradeloop.model.degraded"
@@ -137,6 +141,10 @@ def serve(
         except Exception as exc:  # no events API here: log, keep serving
             logger.error(f"could not emit {DEGRADED_EVENT}: {exc}")
 
+    # kill switch, degradation, stale data, unknown live orders: one notification per event
+    # (Prefect events for the `tradeloop-alerts` automation, else TRADELOOP_ALERT_WEBHOOK_URL)
+    alerts = alerter(settings, run_url=run_link(settings, heartbeat_file(settings.home, account)))
+
     def beat(loop: ServingLoop) -> None:
         logger.info(
             f"heartbeat: {loop.steps} steps, model {loop.manager.active_id}, equity "
@@ -160,6 +168,7 @@ def serve(
                 max_candles=max_candles,
                 on_retrain=retrain,
                 heartbeat=beat,
+                alerts=alerts,
             )
         else:
             assert replay is not None
@@ -176,6 +185,7 @@ def serve(
                 follow_every_s=follow_every_s,
                 sleep=time.sleep,
                 timeframe=timeframe,
+                alerts=alerts,
             )
     logger.info(f"served {summary.candles} candles; equity {summary.equity:.2f}")
     return {

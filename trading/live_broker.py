@@ -225,6 +225,9 @@ class CcxtBroker:
         self.journal_entries = len(self._journal_cids)  # orders ever sent (all processes)
         self._snapshot_entries = 0  # journal entries the restored snapshot accounts for
         self.recovered: list[Order] = []  # orders found in the journal only (reconcile_on_start)
+        # called once per order left ``unknown`` after its first reconciliation (an alert)
+        self.on_unknown: Callable[[Order, str], None] | None = None
+        self._unknown_told: set[str] = set()
 
     # ------------------------------------------------------------------ safety
     def _scrub(self, text: str) -> str:
@@ -379,6 +382,13 @@ class CcxtBroker:
             why,
         )
         self._reconcile_or_resend(t)
+        cid = t.order.client_order_id
+        if t.status == "unknown" and self.on_unknown is not None and cid not in self._unknown_told:
+            self._unknown_told.add(cid)
+            try:
+                self.on_unknown(t.order, why)
+            except Exception:  # noqa: BLE001 - telling someone never stops the broker
+                log.exception("order %s: the unknown-state callback failed", cid)
 
     def _reconcile_or_resend(self, t: _Tracked) -> None:
         """Look the order up by client id; re-send only when the exchange says it never got it."""

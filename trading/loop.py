@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from expectations.candle_check import check_candle
 from pipelines.features import FEATURE_SET_VERSION, feature_columns
 from pipelines.resample import timeframe_ms
+from trading.alerts import Alerter, AlertKind
 from trading.broker import Broker, FixedSlippage, PaperBroker
 from trading.decide import (
     BarDecider,
@@ -89,12 +90,15 @@ class ServingLoop:
         clock: Callable[[], float] = time.time,
         control_files: bool = True,
         log_events: bool = True,
+        alerts: Alerter | None = None,
     ) -> None:
         """``control_files``: look for the manual kill and reset files under ``home`` at every
         step (``serve``); off for a backtest in a folder no ``tradeloop kill`` can reach, where the
         two file-system checks a candle were a tenth of its per-bar cost. ``log_events``: log
         each loop event (``serve``); a backtest keeps them in ``events`` and its report only,
-        instead of thousands of threshold-mode lines on the terminal."""
+        instead of thousands of threshold-mode lines on the terminal. ``alerts``: where the
+        events a person is told about go (``trading.alerts``: kill switch, degradation, stale
+        data, a live order in an unknown state), one alert per event."""
         self.config = config
         self.manager = manager
         self.writer = writer
@@ -125,6 +129,7 @@ class ServingLoop:
         self._reset_path = reset_file(home, config.account)
         self._control = control_files
         self._log_events = log_events
+        self.alerts = alerts
         # what this loop serves (source, exchange, symbols, timeframe): stored in the snapshot;
         # a restore of another series is refused (trading.state.check_series)
         self.series: dict[str, Any] | None = None
@@ -147,12 +152,32 @@ class ServingLoop:
             s = self.symbols[symbol] = SymbolState(symbol, self.config, len(self.columns))
         return s
 
-    def event(self, ts_ms: int, kind: str, message: str, symbol: str | None = None) -> None:
+    def event(
+        self,
+        ts_ms: int,
+        kind: str,
+        message: str,
+        symbol: str | None = None,
+        *,
+        alert: AlertKind | None = None,
+    ) -> None:
+        """Log and store a loop event; ``alert``: also a notification of that kind."""
         self.event_seq += 1
         if self._log_events:
             log.warning("[%s] %s%s", kind, f"{symbol}: " if symbol else "", message)
         self.events.append((ts_ms, kind, symbol, message))
-        self.rows.event(f"{ts_ms}-{self.event_seq}", ts_ms, kind, symbol, message)
+        eid = f"{ts_ms}-{self.event_seq}"
+        self.rows.event(eid, ts_ms, kind, symbol, message)
+        if alert is not None and self.alerts is not None:
+            self.alerts.alert(
+                alert,
+                message,
+                key=f"{self.config.account}:{eid}",
+                account=self.config.account,
+                symbol=symbol,
+                model=self.manager.active_id,
+                ts_ms=ts_ms,
+            )
 
     # ------------------------------------------------------------------ warm-up (restart)
     def warm(self, tick: TickLike) -> None:
@@ -253,7 +278,12 @@ class ServingLoop:
         # only the accuracy leg measures the model; a drawdown kill (and its equity peak)
         # stays until `tradeloop kill --reset`
         if reset_accuracy_kill(self.state.risk):
-            self.event(ts_ms, "kill", f"kill switch reset: new champion {self.manager.model_id}")
+            self.event(
+                ts_ms,
+                "kill",
+                f"kill switch reset: new champion {self.manager.model_id}",
+                alert="kill_reset",
+            )
         elif self.state.risk.killed:
             self.event(
                 ts_ms,
@@ -267,7 +297,10 @@ class ServingLoop:
         if killed != self.protections.manual_kill:
             self.protections.manual_kill = killed
             self.event(
-                ts_ms, "kill", "manual kill: no new orders" if killed else "manual kill lifted"
+                ts_ms,
+                "kill",
+                "manual kill: no new orders" if killed else "manual kill lifted",
+                alert="kill_fired" if killed else "kill_reset",
             )
             if killed:
                 for o in self.broker.open_orders():
@@ -280,7 +313,10 @@ class ServingLoop:
                 reset_kill_switch(self.state.risk)
                 self.feedback.reset_model()
                 self.event(
-                    ts_ms, "kill", "kill switch reset by hand; rolling accuracy starts afresh"
+                    ts_ms,
+                    "kill",
+                    "kill switch reset by hand; rolling accuracy starts afresh",
+                    alert="kill_reset",
                 )
 
     def _stale_alerts(self, now_ms: int, arrived: set[str], ts_ms: int) -> None:
@@ -300,6 +336,7 @@ class ServingLoop:
                     f"{s.last_ts_ms} for more than {self.config.stale_after_timeframes:g} "
                     "timeframes; no new signals",
                     sym,
+                    alert="stale",
                 )
 
     def _after_resolution(self, ts_ms: int) -> None:
@@ -315,13 +352,14 @@ class ServingLoop:
                 "kill",
                 f"kill switch fired: {why} (model {self.manager.active_id}); "
                 "no new positions until a new champion or a manual reset",
+                alert="kill_fired",
             )
         change = self.thresholds.update(acc, n)
         if change is not None:
             self.event(ts_ms, "threshold", change.reason)
         trigger = fb.check_degradation()
         if trigger:
-            self.event(ts_ms, "retrain", f"retraining requested: {trigger}")
+            self.event(ts_ms, "retrain", f"retraining requested: {trigger}", alert="degraded")
 
     def _model_context(self) -> ModelContext | None:
         """The loaded model's id, horizon and per-class returns (cached per swap)."""
@@ -382,7 +420,11 @@ class ServingLoop:
             self.event(bar.ts_ms, "protection", msg, bar.symbol)
         if out.result.kill_switch_fired:
             self.event(
-                bar.ts_ms, "kill", f"kill switch fired: {self.state.risk.kill_reason}", bar.symbol
+                bar.ts_ms,
+                "kill",
+                f"kill switch fired: {self.state.risk.kill_reason}",
+                bar.symbol,
+                alert="kill_fired",
             )
         self._bar_rows(bar, s, out)
 

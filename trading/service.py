@@ -23,6 +23,7 @@ from pipelines.features.rebuild import history_start_ms
 from pipelines.progress import Progress, current, task
 from pipelines.resample import timeframe_ms
 from pipelines.sources.base import wall_clock_ms
+from trading.alerts import Alerter
 from trading.backtest import Candles
 from trading.fallback import ModelManager
 from trading.loop import LoopConfig, RunSummary, ServingLoop, run
@@ -33,7 +34,7 @@ from trading.market import (
     read_replay_candles,
     require_candles,
 )
-from trading.writer import BufferedWriter
+from trading.writer import BufferedWriter, now_ms
 from warehouse import Settings, Warehouse, connect, migrate
 
 
@@ -189,6 +190,7 @@ def serve_replay(
     timeframe: str | None = None,
     max_polls: int | None = None,
     progress: Progress | None = None,
+    alerts: Alerter | None = None,
 ) -> RunSummary:
     """Replay a candle file or a warehouse symbol through the paper-trading loop.
 
@@ -198,7 +200,8 @@ def serve_replay(
     candles before them (see ``_warm_up_window``).
     ``follow_every_s``: then keep following the source, reading its new candles every that
     many seconds (``sleep`` waits), until ``max_candles`` (or ``max_polls`` reads); ``speed``
-    does not apply."""
+    does not apply. ``alerts``: the loop's notifications (``trading.alerts``), flushed and
+    closed at the end."""
     if follow_every_s is not None and speed is not None:
         raise ValueError("serve_replay: follow_every_s follows new candles as they land; no speed")
     config = config or LoopConfig.from_settings(settings, model_check_every_steps=60)
@@ -228,7 +231,12 @@ def serve_replay(
         manager = ModelManager(lookup, FEATURE_SET_VERSION)
         writer = BufferedWriter(settings, lambda: connect(settings))
         loop = ServingLoop(
-            config, manager=manager, writer=writer, home=settings.home, on_retrain=on_retrain
+            config,
+            manager=manager,
+            writer=writer,
+            home=settings.home,
+            on_retrain=on_retrain,
+            alerts=alerts,
         )
         loop.series = replay_series(source, config.exchange, market)
         beat_file = Heartbeat(settings.home)
@@ -265,6 +273,8 @@ def serve_replay(
     finally:
         lookup.close()
         con.close()
+        if alerts is not None:
+            alerts.close()
 
 
 def replay_series(
@@ -363,6 +373,7 @@ def serve_live(
     on_retrain: Callable[[str], None] | None = None,
     heartbeat: Callable[[ServingLoop], None] | None = None,
     heartbeat_every: int = 1,
+    alerts: Alerter | None = None,
 ) -> RunSummary:
     """Trade ``symbols`` on ``settings.exchange`` with real orders (``CcxtBroker``): closed
     candles polled with ccxt, orders sent with client order ids and reconciled by them.
@@ -430,6 +441,15 @@ def serve_live(
             home=settings.home,
             broker=broker,
             on_retrain=on_retrain,
+            alerts=alerts,
+        )
+        broker.on_unknown = lambda order, why: loop.event(
+            now_ms(),
+            "order",
+            f"order {order.client_order_id} ({order.side} {order.amount:g}): outcome unknown "
+            f"({why}); reconciling by client order id, never re-sent blindly",
+            order.symbol,
+            alert="order_unknown",
         )
         loop.series = {
             "source": "live",
@@ -456,3 +476,5 @@ def serve_live(
     finally:
         lookup.close()
         con.close()
+        if alerts is not None:
+            alerts.close()

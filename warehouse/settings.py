@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     exchange_api_base: str | None = Field(
         default=None, description="REST base URL replacing the exchange's (e.g. a loopback)"
     )
+    alert_webhook_url: SecretStr | None = Field(
+        default=None,
+        description="where alerts are POSTed as JSON without Prefect (and the URL of the "
+        "Webhook block `tradeloop alerts setup` creates); secret: webhook URLs carry tokens",
+    )
 
     @field_validator("catalog_url", mode="before")
     @classmethod

@@ -1,0 +1,109 @@
+"""``trading.alerts``: the webhook sink against a loopback receiver (real HTTP), one alert per
+key, no secrets in what is sent, and a receiver that is down never stops the caller."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+
+from pipelines.redaction import register_secrets
+from tests.support.webhook import WebhookReceiver
+from trading.alerts import ALERT_KINDS, TITLES, Alerter, WebhookSink
+
+
+def _no_sleep(seconds: float) -> None:
+    pass
+
+
+def test_an_alert_is_posted_once_as_json_with_its_fields() -> None:
+    with WebhookReceiver() as hook:
+        sink = WebhookSink(hook.url)
+        alerts = Alerter(sink, run_url="http://ui/runs/flow-run/1")
+        first = alerts.alert(
+            "kill_fired",
+            "kill switch fired: drawdown 21% > 20%",
+            key="paper:1700000000000-3",
+            account="paper",
+            symbol="BTC/USDT",
+            model="signal-v3",
+            ts_ms=1_700_000_000_000,
+        )
+        again = alerts.alert("kill_fired", "the same event again", key="paper:1700000000000-3")
+        alerts.close()
+        [received] = hook.received
+    assert first is not None and again is None  # one alert per key
+    assert received.path == "/hook/secret-token-3f9a"
+    assert received.headers["Content-Type"] == "application/json"
+    assert received.json() == {
+        "kind": "kill_fired",
+        "message": "kill switch fired: drawdown 21% > 20%",
+        "id": "paper:1700000000000-3",
+        "ts": "2023-11-14T22:13:20+00:00",
+        "account": "paper",
+        "symbol": "BTC/USDT",
+        "model": "signal-v3",
+        "run_url": "http://ui/runs/flow-run/1",
+        "source": "tradeloop",
+        "title": "[tradeloop] kill switch fired (paper BTC/USDT)",
+    }
+    assert sink.delivered == 1 and sink.failed == 0
+
+
+def test_a_busy_receiver_is_retried_and_gets_the_alert_once() -> None:
+    with WebhookReceiver(fail_first=2, fail_status=503) as hook:
+        sink = WebhookSink(hook.url, attempts=3, sleep=_no_sleep)
+        Alerter(sink).alert("stale", "stale data", key="k1", account="paper")
+        sink.close()
+        assert hook.refused == 2 and len(hook.received) == 1
+    assert sink.delivered == 1
+
+
+def test_a_refusing_receiver_is_not_retried(caplog: pytest.LogCaptureFixture) -> None:
+    with WebhookReceiver(fail_first=5, fail_status=400) as hook:
+        sink = WebhookSink(hook.url, attempts=3, sleep=_no_sleep)
+        with caplog.at_level(logging.ERROR, "tradeloop.alerts"):
+            Alerter(sink).alert("degraded", "model degraded", key="k2")
+            sink.close()
+        assert hook.refused == 1 and hook.received == []
+    assert sink.failed == 1
+    assert "HTTP 400" in caplog.text and "secret-token" not in caplog.text
+
+
+def test_a_receiver_that_is_down_is_logged_and_the_caller_carries_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = WebhookSink(
+        f"http://127.0.0.1:{port}/hook/token-9", attempts=2, timeout_s=1.0, sleep=_no_sleep
+    )
+    with caplog.at_level(logging.ERROR, "tradeloop.alerts"):
+        sent = Alerter(sink).alert("order_unknown", "order x: outcome unknown", key="k3")
+        sink.close()
+    assert sent is not None and sink.failed == 1 and sink.delivered == 0
+    assert "not delivered" in caplog.text and "token-9" not in caplog.text
+    assert "token-9" not in repr(sink)
+
+
+def test_registered_secrets_never_reach_the_payload() -> None:
+    register_secrets("sk-live-4242abcd")
+    with WebhookReceiver() as hook:
+        alerts = Alerter(WebhookSink(hook.url))
+        alerts.alert(
+            "order_unknown",
+            "binance order a-1: outcome unknown (AuthError sk-live-4242abcd)",
+            key="k4",
+        )
+        alerts.close()
+        [received] = hook.received
+    assert b"sk-live-4242abcd" not in received.body
+    assert "***" in received.json()["message"]
+
+
+def test_every_kind_has_a_title_and_unknown_kinds_are_refused() -> None:
+    assert set(TITLES) == set(ALERT_KINDS)
+    with pytest.raises(ValueError, match="unknown alert kind"):
+        Alerter(WebhookSink("http://127.0.0.1:9/x")).alert("nope", "x", key="k")  # type: ignore[arg-type]
