@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from trading.feedback import FeedbackConfig
 from trading.protections import ProtectionConfig
 from trading.risk import RiskLimits
 from trading.thresholds import ThresholdPolicy
+from trading.volatility import VolatilityChoice, baseline_choice
 from warehouse.settings import (
     DEFAULT_HALF_SPREAD_FRACTION,
     DEFAULT_MAKER_FEE,
@@ -60,7 +62,10 @@ class LoopConfig:
     rsi: RsiRule = field(default_factory=RsiRule)
     fallback_size_fraction: float = 0.5
     min_feature_quality: float = 0.8
-    volatility_window: int = 20
+    volatility_window: int = 20  # the realized-sigma baseline's window
+    # per symbol: the sigma stops, take-profit and confidence sizing use
+    # (``trading.volatility.choose_forecaster``); a symbol not in it uses the baseline
+    volatility: Mapping[str, VolatilityChoice] = field(default_factory=dict)
     model_name: str = "signal"
     model_check_every_steps: int = 1
     flush_every_steps: int = 50
@@ -82,6 +87,15 @@ class LoopConfig:
     @property
     def costs(self) -> Costs:
         return Costs(self.fees.taker_fraction, self.slippage_fraction, self.half_spread_fraction)
+
+    def volatility_choice(self, symbol: str) -> VolatilityChoice:
+        """The volatility forecaster of ``symbol`` (the realized baseline unless chosen)."""
+        chosen = self.volatility.get(symbol)
+        if chosen is not None:
+            return chosen
+        return baseline_choice(
+            self.volatility_window, self.default_horizon_bars, "no forecaster chosen"
+        )
 
     @property
     def rules(self) -> DecisionRules:
@@ -106,7 +120,8 @@ class SymbolState:
         self.pos = 0
         self.rows = 0
         self.online_features = True  # False once a bar's features came precomputed
-        self.vol = OnlineVolatility(config.volatility_window)
+        # the one sigma of stops, take-profit and sizing, in backtest and serve alike
+        self.vol = config.volatility_choice(symbol).online()
         self.label_vol = OnlineVolatility(config.feedback.vol_window_bars)
         self.vol_ref = VolatilityReference(config.confidence.reference_alpha)
         self.rsi = OnlineRSI(config.rsi.period)

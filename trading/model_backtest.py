@@ -66,6 +66,7 @@ from trading.model_metrics import (
     tradeable_returns,
 )
 from trading.risk import RiskLimits
+from trading.volatility import choose_for_series
 from trading.writer import WriteBatch
 
 WARM_UP_REASON = "warm-up: window not complete"
@@ -652,6 +653,8 @@ def backtest_candles(
     label_config = label_config_of(record.hyperparameters, run.horizon_bars)
     labels = realized_classes(candles, label_config)[start:]
     summary, base = evaluate_run(run, labels, config, n_trials=n_trials, label_config=label_config)
+    sigma = config.volatility_choice(candles.symbol)  # what stops, take-profit and sizing used
+    summary["sigma"], summary["volatility"] = sigma.describe(), sigma.to_dict()
     summary["decision_seconds"] = decided_s
     summary["inference_seconds"] = run.inference_seconds
     summary["loop_seconds"] = run.loop_seconds
@@ -745,10 +748,21 @@ def model_backtest(
     stored candles of one series in ``[start_ms, end_ms)``; the JSON-ready summary."""
     record = resolve_model(con, model, model_name)
     candles, start = load_range(con, symbol, timeframe, exchange, start_ms=start_ms, end_ms=end_ms)
+    config = dataclasses.replace(config or LoopConfig(), exchange=exchange)
+    horizon = int(record.hyperparameters.get("horizon_bars") or config.default_horizon_bars)
+    sigma = choose_for_series(  # on the stored candles before the first decision only
+        con,
+        symbol=symbol,
+        timeframe=timeframe,
+        exchange=exchange,
+        before_ms=int(candles.ts_ms[start]),
+        horizon=horizon,
+        window=config.volatility_window,
+    )
     summary, _ = backtest_candles(
         candles,
         record,
-        dataclasses.replace(config or LoopConfig(), exchange=exchange),
+        dataclasses.replace(config, volatility={**config.volatility, symbol: sigma}),
         start=start,
         n_trials=n_trials,
         output=output,

@@ -130,6 +130,11 @@ def _header(name: str, summary: dict[str, Any], figs: dict[str, Any]) -> list[st
             "annualized figures (CAGR, Calmar, annual volatility); Sharpe and Sortino are per "
             "bar, not annualized.</p>"
         )
+    if summary.get("sigma"):
+        parts.append(
+            "<p>Stops, take-profit and confidence sizing used <b class='sigma'>"
+            f"{html.escape(str(summary['sigma']))}</b>.</p>"
+        )
     if summary.get("in_sample_bars"):
         parts.append(
             f"<p class='note'>{summary['in_sample_bars']} of the {summary.get('bars')} bars "
@@ -211,6 +216,9 @@ def render(name: str, summary: dict[str, Any], figs: dict[str, Any], plotly_src:
         rows = [{"measure": k, "value": summary.get(k)} for k in MODEL_ROWS if k in summary]
         parts += [f"<h2>The model's measures ({html.escape(str(summary['strategy']))})</h2>"]
         parts += [table(rows)]
+    if summary.get("volatility", {}).get("scores"):
+        parts += ["<h2>Volatility forecasters, out of sample</h2>"]
+        parts += [table(summary["volatility"]["scores"])]
     if "folds" in figs:
         parts += ["<h2>Walk-forward folds</h2>", table(figs["folds"])]
     if "stress" in figs:

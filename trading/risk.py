@@ -9,9 +9,12 @@
 * Positions change only when the target DIRECTION changes (entry, exit, flip); the size is set
   at entry and not rebalanced every bar (no churn from small confidence changes).
 * Stops: a new position carries a stop-loss at ``stop_loss_vol_mult x sigma`` and a take-profit
-  at ``take_profit_vol_mult x sigma`` from its fill price, sigma = std of per-bar log returns
-  known at the decision (``decision.rolling_volatility``). Without sigma (warm-up) no position
-  is opened while stops are on. After a stop or take-profit, the same direction is not
+  at ``take_profit_vol_mult x sigma`` from its fill price, sigma = the per-bar sigma over the
+  horizon forecast at the decision by the symbol's volatility forecaster
+  (``trading.volatility``: the realized 20-bar std of log returns unless an EWMA or GARCH
+  forecast beat it out of sample; ``LoopConfig.volatility_choice``). The same sigma scales
+  confidence sizing (``trading.confidence.volatility_factor``). Without sigma (warm-up) no
+  position is opened while stops are on. After a stop or take-profit, the same direction is not
   re-entered until the signal has changed.
 * Kill switch: when equity falls more than ``max_drawdown_fraction`` below its peak, no new
   positions are opened (exits still are) until ``reset_kill_switch``.

@@ -322,6 +322,8 @@ def _print_table(summary: dict[str, Any]) -> None:
         for key in MODEL_ROWS:
             model.add_row(key, _fmt(summary.get(key)))
         console.print(model)
+    if summary.get("sigma"):
+        typer.echo(f"sigma of stops, take-profit and sizing: {summary['sigma']}")
     if summary.get("in_sample_bars"):
         typer.echo(
             f"note: {summary['in_sample_bars']} of the {summary['bars']} bars precede the model's "
