@@ -121,7 +121,7 @@ def _sorted_items(news: pl.DataFrame, asset: str | None) -> tuple[np.ndarray, np
     frame = news.filter(pl.col("score").is_not_null())
     if asset is not None:
         frame = frame.filter(pl.col("symbols").list.contains(asset))
-    frame = frame.sort("_ts_ms")
+    frame = frame.sort("_ts_ms", "score")  # one order for equal times: the same sums
     return frame["_ts_ms"].to_numpy().astype(np.int64), frame["score"].to_numpy().astype(float)
 
 
