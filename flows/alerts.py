@@ -14,7 +14,7 @@ notifications):
 
 ``run_link`` is the link each alert carries: the flow run's page in the Prefect UI, or without
 Prefect the run's local record (the serving loop's heartbeat file, the quality report, the
-model's folder) as a ``file://`` URI, or under ``TRADELOOP_REPORTS_URL`` for a report.
+model's file) as a ``file://`` URI, or under ``TRADELOOP_REPORTS_URL`` for a report.
 """
 
 from __future__ import annotations
@@ -112,13 +112,16 @@ class PrefectEventSink:
             self.fallback.send(alert)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Wait for the events client to send what it queued."""
+        """Outside a flow run, wait for the events client to send what it queued (a flow run's
+        engine does that itself when the run ends)."""
+        from prefect.context import FlowRunContext
         from prefect.events.worker import EventsWorker
 
-        try:
-            EventsWorker.drain_all(timeout=timeout_s)
-        except Exception:  # noqa: BLE001
-            log.exception("alerts: the Prefect events client did not drain")
+        if self.emitted and FlowRunContext.get() is None:
+            try:
+                EventsWorker.drain_all(timeout=timeout_s)
+            except Exception:  # noqa: BLE001
+                log.exception("alerts: the Prefect events client did not drain")
         if self.fallback is not None:
             self.fallback.close(timeout_s)
 
@@ -148,12 +151,12 @@ def promotion_alert(
     reason: str,
     name: str,
     previous_champion_id: str | None,
-    model_dir: Path | None,
+    model_file: Path | None,
     symbols: Sequence[str] = (),
 ) -> Alert | None:
     """One alert for a retrain's promotion decision: ``promoted`` or ``refused`` (with the
-    rule's reason)."""
-    sender = alerter(settings, run_url=run_link(settings, model_dir))
+    rule's reason). Its link: the flow run's page, or without Prefect the model's file."""
+    sender = alerter(settings, run_url=run_link(settings, model_file))
     if sender is None:
         return None
     verdict = "promoted to champion" if promoted else "refused (stays a challenger)"

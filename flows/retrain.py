@@ -205,7 +205,7 @@ def retrain(
         reason=outcome.reason,
         name=name,
         previous_champion_id=outcome.previous_champion_id,
-        model_dir=Path(record.onnx_path).parent,
+        model_file=Path(record.onnx_path),
         symbols=request.symbols,
     )
     c = outcome.challenger
