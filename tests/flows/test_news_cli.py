@@ -11,8 +11,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from pipelines.simulated_exchange import DAY_MS, DEFAULT_ORIGIN_MS, SimulatedExchange
 from tests.support.feeds import Entry, atom, serve_feeds
