@@ -12,6 +12,10 @@ Shared semantics (both forms):
   mean of the first n inputs, then ``y = (1 - alpha) * y + alpha * x``; a null input restarts
   them (null until n new inputs).
 - Division-like operators return null when the denominator is (numerically) zero.
+- ``trend(ret, vol)`` (the regime label) is a state with hysteresis: 1 once ``ret`` rises above
+  ``param * vol``, -1 once it falls below minus that, 0 once ``|ret|`` is back within half of
+  it; in between it keeps the last state (null until the first of these). A null input gives
+  null and keeps the state; a segment restart (long gap) forgets it.
 - Online rolling sums are kept as running sums and recomputed exactly from the ring buffer
   once every ``window`` candles (amortised O(1), bounded rounding drift); rolling variance is
   kept as sums of deviations from a reference value that is reset to a recent input at each
@@ -117,6 +121,19 @@ def batch_expr(node: Node, args: list[pl.Expr], seg: pl.Expr) -> pl.Expr:
             .then(-1.0)
             .otherwise(0.0)
         )
+    if op == "trend":
+        ret, vol = args
+        band = _p(node) * vol
+        event = (
+            pl.when(ret > band)
+            .then(1.0)
+            .when(ret < -band)
+            .then(-1.0)
+            .when(ret.abs() <= band * 0.5)
+            .then(0.0)
+        )
+        state = event.forward_fill().over(seg)
+        return pl.when(ret.is_null() | vol.is_null()).then(None).otherwise(state)
     if op == "rsi_x":
         return (args[0] - 50.0) / 50.0 * args[1]
     if op in ("hour", "dow", "weekend", "hoursin", "hourcos", "dowsin", "dowcos"):
@@ -415,6 +432,25 @@ def _regime(node: Node) -> Step:
     return step
 
 
+def _trend(node: Node) -> Step:
+    k = _p(node)
+    state: list[float | None] = [None]
+
+    def step(ret: float | None, vol: float | None) -> float | None:
+        if ret is None or vol is None:
+            return None
+        band = k * vol
+        if ret > band:
+            state[0] = 1.0
+        elif ret < -band:
+            state[0] = -1.0
+        elif abs(ret) <= band * 0.5:
+            state[0] = 0.0
+        return state[0]
+
+    return step
+
+
 def _rsi_x(node: Node) -> Step:
     return lambda r, ob: None if r is None or ob is None else (r - 50.0) / 50.0 * ob
 
@@ -462,6 +498,7 @@ _ONLINE: dict[str, Callable[[Node], Step]] = {
     "lt": _lt,
     "gt": _gt,
     "regime": _regime,
+    "trend": _trend,
     "rsi_x": _rsi_x,
     **{t: _time for t in ("hour", "dow", "weekend", "hoursin", "hourcos", "dowsin", "dowcos")},
 }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 
 from pipelines.resample import TIMEFRAMES_MS
@@ -78,6 +79,48 @@ def _n(
     doc: str = "",
 ) -> Node:
     return Node(name, op, tuple(inputs), window, param, group, doc)
+
+
+# The regime labels (docs/regimes.md): stored in the features table beside the features and
+# computed by the same graph in both engines, but NOT model inputs (``feature_columns()``
+# leaves them out): reports break results down by them.
+REGIME_TREND_BARS = 60  # trend: the 60-bar log return ...
+# ... against +-0.5 sigma of a 60-bar random walk of the bars' 1-bar volatility. Half a sigma:
+# 1-bar returns mean-revert (bid-ask bounce), so on the real 5m/1m files a 60-bar move's spread
+# is 0.47-0.83 of that sigma, and +-1 sigma left 86-96 % of bars "sideways" (docs/regimes.md).
+REGIME_TREND_BAND_SIGMAS = 0.5
+REGIME_VOL_BASELINE_BARS = 720  # volatility: rvol_60 against its mean over 720 bars
+REGIME_COLUMNS: tuple[str, ...] = ("regime_trend", "regime_vol")
+
+
+def _regime_label_nodes() -> list[Node]:
+    g = "regime label"
+    w, base = REGIME_TREND_BARS, REGIME_VOL_BASELINE_BARS
+    return [
+        _n(
+            "regime_trend",
+            "trend",
+            f"logret_{w}",
+            f"rvol_{w}",
+            param=REGIME_TREND_BAND_SIGMAS * math.sqrt(w),
+            group=g,
+            doc=f"1 bull once logret_{w} rises above {REGIME_TREND_BAND_SIGMAS:g} x rvol_{w} x "
+            f"sqrt({w}) (that many standard deviations of a {w}-bar random walk), -1 bear once "
+            "it falls below minus that, 0 sideways once it is back within half of it (kept in "
+            "between); not a model input",
+        ),
+        _n(f"_rvolbase{base}", "sma", f"rvol_{w}", window=base),
+        _n(f"_rvolrel{base}", "div", f"rvol_{w}", f"_rvolbase{base}", param=1e-12),
+        _n(
+            "regime_vol",
+            "gt",
+            f"_rvolrel{base}",
+            param=1.0,
+            group=g,
+            doc=f"1 high volatility (rvol_{w} above its mean over the last {base} bars), 0 low; "
+            "not a model input",
+        ),
+    ]
 
 
 def _price_nodes() -> list[Node]:
@@ -297,6 +340,7 @@ def _price_nodes() -> list[Node]:
             "sideways",
         )
     )
+    nodes += _regime_label_nodes()
     g = "volume"
     for w in (5, 20, 60):
         nodes.append(_n(f"_vsma{w}", "sma", "volume", window=w))
@@ -506,10 +550,16 @@ def base_graph() -> Graph:
 
 def feature_columns() -> list[str]:
     """Ordered model input columns: base features, then each higher timeframe's."""
-    cols = base_graph().outputs()
+    cols = [c for c in base_graph().outputs() if c not in REGIME_COLUMNS]
     for tf in HIGHER_TIMEFRAMES:
         cols += [f"{name}_{tf}" for name in HIGHER_TIMEFRAME_FEATURES]
     return cols
+
+
+def stored_columns() -> list[str]:
+    """Every column of the features table after the keys and ``gap_bars``: the model inputs
+    (``feature_columns()``), then the regime labels (``REGIME_COLUMNS``)."""
+    return feature_columns() + list(REGIME_COLUMNS)
 
 
 def spec_document() -> dict[str, object]:
@@ -519,6 +569,7 @@ def spec_document() -> dict[str, object]:
         "higher": [asdict(n) for n in higher_graph().nodes],
         "higher_timeframes": list(HIGHER_TIMEFRAMES),
         "higher_features": list(HIGHER_TIMEFRAME_FEATURES),
+        "regime_columns": list(REGIME_COLUMNS),
         "max_carried_gap_bars": MAX_CARRIED_GAP_BARS,
         "order_book_levels": ORDER_BOOK_LEVELS,
         "ops_revision": 1,
@@ -535,9 +586,13 @@ def feature_table_markdown() -> str:
     base = {n.name: n for n in base_graph().nodes}
     rows = ["| column | group | definition |", "| --- | --- | --- |"]
     for name in base_graph().outputs():
+        if name in REGIME_COLUMNS:
+            continue
         n = base[name]
         rows.append(f"| `{name}` | {n.group} | {n.doc} |")
     for tf in HIGHER_TIMEFRAMES:
         for name in HIGHER_TIMEFRAME_FEATURES:
             rows.append(f"| `{name}_{tf}` | {tf} | {base[name].doc}, on closed {tf} candles |")
+    for name in REGIME_COLUMNS:
+        rows.append(f"| `{name}` | {base[name].group} | {base[name].doc} |")
     return "\n".join(rows)
