@@ -7,33 +7,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
 from pipelines.simulated_exchange import DAY_MS, DEFAULT_ORIGIN_MS, SimulatedExchange
+from tests.support.cli import run_tradeloop
 from tests.support.feeds import Entry, atom, serve_feeds
 from warehouse import Settings, connect, upsert
 
 ORIGIN = dt.datetime.fromtimestamp(DEFAULT_ORIGIN_MS / 1000, dt.UTC)
 
 
-def _cli(args: list[str]) -> Result:
-    """``tradeloop ARGS`` in-process; the root log handler the command sets up (on this
-    invocation's captured stderr, closed after it) is removed again."""
-    from flows.cli import app
-
-    root = logging.getLogger()
-    saved = root.handlers[:]
-    root.handlers = []
-    try:
-        return CliRunner().invoke(app, args)
-    finally:
-        root.handlers = saved
-
-
+@pytest.mark.slow  # 55-64 s wall at load 40-48 on 2 cores (15 s CPU for the whole process)
 def test_news_commands(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRADELOOP_HOME", str(settings.home))
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
@@ -50,16 +36,16 @@ def test_news_commands(settings: Settings, tmp_path: Path, monkeypatch: pytest.M
         )
         good, missing = server.url("/a.atom"), server.url("/missing.atom")
 
-        out = _cli(["news", "fetch", "--feed", good, "--feed", missing])
+        out = run_tradeloop(["news", "fetch", "--feed", good, "--feed", missing])
         assert out.exit_code == 1, out.output
         assert f"{good}: 2 headlines, 2 new, 0 changed, 0 unchanged, 2 scored" in out.output
         assert f"error: feed {missing}: HTTP 404" in out.output
 
-        out = _cli(["news", "fetch", "--feed", good])
+        out = run_tradeloop(["news", "fetch", "--feed", good])
         assert out.exit_code == 0, out.output
         assert f"{good}: 2 headlines, 0 new, 0 changed, 2 unchanged, 0 scored" in out.output
 
-    out = _cli(["news", "list", "-s", "BTC/USDT", "-f", "json"])
+    out = run_tradeloop(["news", "list", "-s", "BTC/USDT", "-f", "json"])
     assert out.exit_code == 0, out.output
     listed = json.loads(out.output)
     assert [(r["id"], r["symbols"]) for r in listed] == [("a-1", ["BTC"])]
@@ -67,14 +53,15 @@ def test_news_commands(settings: Settings, tmp_path: Path, monkeypatch: pytest.M
 
     bad = tmp_path / "bad.csv"
     bad.write_text("ts,title\n2024-01-02,fine\nyesterday,Bitcoin up\n")
-    out = _cli(["news", "import", str(bad)])
+    out = run_tradeloop(["news", "import", str(bad)])
     assert out.exit_code == 1
     assert f"error: {bad}:3: ts 'yesterday' is not an ISO time" in out.output
 
-    out = _cli(["news", "terms", "add", "pepe", "pepe", "PEPE"])
+    out = run_tradeloop(["news", "terms", "add", "pepe", "pepe", "PEPE"])
     assert out.exit_code == 0 and "PEPE: 2 term(s) added" in out.output, out.output
 
-    out = _cli(["news", "simulate", "-s", "ETH/USDT", "--timerange", "2024-01-01:2024-01-03"])
+    simulate = ["news", "simulate", "-s", "ETH/USDT", "--timerange", "2024-01-01:2024-01-03"]
+    out = run_tradeloop(simulate)
     assert out.exit_code == 0, out.output
     assert "simulated: " in out.output and " 0 new" not in out.output
 
@@ -86,7 +73,7 @@ def test_news_commands(settings: Settings, tmp_path: Path, monkeypatch: pytest.M
         upsert(con, "candles", candles, settings=settings)
     finally:
         con.close()
-    out = _cli(["news", "features", "-s", "ETH/USDT", "-t", "1h", "-f", "json"])
+    out = run_tradeloop(["news", "features", "-s", "ETH/USDT", "-t", "1h", "-f", "json"])
     assert out.exit_code == 0, out.output
     rows = json.loads(out.output)
     assert len(rows) == 48

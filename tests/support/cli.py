@@ -35,6 +35,24 @@ def parse_tradeloop(args: list[str]) -> list[str]:
     return path
 
 
+def run_tradeloop(args: list[str]) -> Any:
+    """``tradeloop ARGS`` in-process (typer's ``Result``); the root log handler the command sets
+    up (on this invocation's captured stderr, closed after it) is removed again."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = []
+    try:
+        return CliRunner().invoke(app, args)
+    finally:
+        root.handlers = saved
+
+
 def parse_prefect(args: list[str]) -> tuple[str, dict[str, Any]]:
     """(command function name, bound arguments) of `prefect ARGS`."""
     from prefect.cli._app import _app, _normalize_command_names

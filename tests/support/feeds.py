@@ -1,5 +1,6 @@
 """A loopback feed server (stdlib http.server, one thread) serving RSS/Atom documents a test
-writes: ``serve_feeds()`` yields it; tests/pipelines/news and tests/flows use it."""
+writes: ``serve_feeds()`` yields it; tests/pipelines/news and tests/flows use it. And
+``ingest_counts``: a news source's items fetched, stored and scored, as counts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from xml.sax.saxutils import escape
 
 
@@ -91,3 +93,11 @@ def serve_feeds() -> Iterator[FeedServer]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def ingest_counts(con: Any, source: Any) -> tuple[int, int, int]:
+    """(inserted, unchanged, scored) of ingesting what ``source`` fetches, scored by VADER."""
+    from pipelines.news import VaderScorer, ingest
+
+    result = ingest(con, source.fetch(), scorer=VaderScorer(), source=source.name)
+    return result.inserted, result.unchanged, result.scored

@@ -20,7 +20,7 @@ from pipelines.news import (
     news_features,
     read_news,
 )
-from tests.support.feeds import Entry, FeedServer, atom, rss
+from tests.support.feeds import Entry, FeedServer, atom, ingest_counts, rss
 
 T0 = dt.datetime(2024, 3, 1, 10, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
@@ -40,12 +40,6 @@ def _features(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return news_features(_bars(), news)
 
 
-def _fetch(con: duckdb.DuckDBPyConnection, url: str) -> tuple[int, int, int]:
-    source = FeedSource(url)
-    result = ingest(con, source.fetch(), scorer=VaderScorer(), source=source.name)
-    return result.inserted, result.unchanged, result.scored
-
-
 def test_headlines_are_fetched_scored_stored_once_and_move_the_features(
     lake: duckdb.DuckDBPyConnection, feed_server: FeedServer
 ) -> None:
@@ -55,8 +49,9 @@ def test_headlines_are_fetched_scored_stored_once_and_move_the_features(
     ]
     feed_server.documents["/crypto.atom"] = atom(entries)
 
-    assert _fetch(lake, url) == (1, 0, 1)
-    assert _fetch(lake, url) == (0, 1, 0), "a re-run stores and scores nothing again"
+    assert ingest_counts(lake, FeedSource(url)) == (1, 0, 1)
+    again = ingest_counts(lake, FeedSource(url))
+    assert again == (0, 1, 0), "a re-run stores and scores nothing again"
     stored = read_news(lake).to_pylist()
     assert [(r["id"], r["symbols"], r["score"]) for r in stored] == [("urn:n:1", ["BTC"], 0.0)]
     assert stored[0]["source"] == url and stored[0]["ts"] == T0 + dt.timedelta(minutes=10)
@@ -69,7 +64,7 @@ def test_headlines_are_fetched_scored_stored_once_and_move_the_features(
         Entry("urn:n:2", "Bitcoin surges on strong inflows", T0 + dt.timedelta(minutes=20))
     )
     feed_server.documents["/crypto.atom"] = atom(entries)
-    assert _fetch(lake, url) == (1, 1, 1)
+    assert ingest_counts(lake, FeedSource(url)) == (1, 1, 1)
     positive = _features(lake)
     assert positive["news_count_1h"][1] == 2
     assert positive["news_mean_1h"][1] > neutral["news_mean_1h"][1]
@@ -86,7 +81,7 @@ def test_headlines_are_fetched_scored_stored_once_and_move_the_features(
         )
     )
     feed_server.documents["/crypto.atom"] = atom(entries)
-    assert _fetch(lake, url) == (1, 2, 1)
+    assert ingest_counts(lake, FeedSource(url)) == (1, 2, 1)
     negative = _features(lake)
     assert negative["news_count_1h"][1] == 3 and negative["news_count_24h"][3] == 3
     assert negative["news_mean_1h"][1] < positive["news_mean_1h"][1]
@@ -115,7 +110,7 @@ def test_an_rss_feed_and_a_changed_headline_is_rescored(
     feed_server.documents["/news.rss"] = rss(
         [Entry("g-1", "Ethereum gains as optimism grows", when)]
     )
-    assert _fetch(lake, url) == (1, 0, 1)
+    assert ingest_counts(lake, FeedSource(url)) == (1, 0, 1)
     row = read_news(lake).to_pylist()[0]
     assert (row["id"], row["ts"], row["symbols"]) == ("g-1", when, ["ETH"])
     assert row["score"] > 0.5

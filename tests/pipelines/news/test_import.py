@@ -10,19 +10,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipelines.news import NewsFileSource, NewsSourceError, VaderScorer, ingest, read_news
+from pipelines.news import NewsFileSource, NewsSourceError, read_news
+from tests.support.feeds import ingest_counts
 
 CSV = """ts,title,symbols,body
 2024-03-01T10:00:00Z,Great week for Solana as prices rise,SOL/USDT,
 2024-03-01 11:30,XRP falls; traders fear a crash,,"Ripple's token slid, losses deepen."
 1709290800000,Markets quiet ahead of the Fed,,
 """
-
-
-def _ingest(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, int, int]:
-    source = NewsFileSource(path)
-    result = ingest(con, source.fetch(), scorer=VaderScorer(), source=source.name)
-    return result.inserted, result.unchanged, result.scored
 
 
 def test_csv_and_jsonl_import_once_with_tags_and_scores(
@@ -43,9 +38,10 @@ def test_csv_and_jsonl_import_once_with_tags_and_scores(
         )
         + "\n\n"
     )
-    assert _ingest(lake, csv_file) == (3, 0, 3)
-    assert _ingest(lake, jsonl) == (1, 0, 1)
-    assert _ingest(lake, csv_file) == (0, 3, 0), "importing a file again stores nothing twice"
+    assert ingest_counts(lake, NewsFileSource(csv_file)) == (3, 0, 3)
+    assert ingest_counts(lake, NewsFileSource(jsonl)) == (1, 0, 1)
+    again = ingest_counts(lake, NewsFileSource(csv_file))
+    assert again == (0, 3, 0), "importing a file again stores nothing twice"
     rows = read_news(lake).to_pylist()
     got = [(r["ts"].strftime("%H:%M"), r["source"], r["symbols"]) for r in rows]
     assert got == [
