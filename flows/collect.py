@@ -1,10 +1,14 @@
 """Flow `collect`: market data from a source, through the quality gate, into the warehouse.
 
-One task per symbol (run concurrently by the task runner); each fetches its timeframes
-(resuming after the last stored candle), passes every batch through
-``expectations.gate.gate_and_merge`` and keeps each batch's ``GateResult``. The flow records
-the ingestion stats and publishes a markdown artifact (key ``collect-quality``) summarising
-the run's series and every gated batch.
+On the thread runner (the CLI, served flows, the default) one task collects every series in
+batched rounds (``pipelines.oneshot.collect_batched``, the warm collector's cycle: one
+concurrent fetch, ONE gate call and ONE upsert per round; quarantine, policy,
+``quality_results`` and ``ingestion_runs`` stay per series). On the Dask runner
+(``task_runner = "dask"``: more cores, many machines) one task per symbol fans out, each
+fetching its timeframes (resuming after the last stored candle) and passing every batch
+through ``expectations.gate.gate_and_merge``. Either way the flow records the ingestion stats
+and publishes a markdown artifact (key ``collect-quality``) summarising the run's series and
+every gated batch.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ from pipelines.collect import (
     stats_markdown,
     stored_range,
 )
+from pipelines.follow import FetchPool
 from pipelines.importers import merge_side_tables
+from pipelines.oneshot import collect_batched, collect_extras
 from pipelines.redaction import refuse_credentials
 from pipelines.resample import SUPPORTED_TIMEFRAMES, timeframe_ms
 from pipelines.sources import FileSource, wall_clock_ms
@@ -133,8 +139,64 @@ def collect_symbol(
     return SymbolRun(out, results)
 
 
+@task(name="collect-batch", cache_policy=NONE, retries=0)
+def collect_batch(
+    options: SourceOptions,
+    settings: Settings,
+    plan: dict[str, list[str]],
+    since_ms: int,
+    until_ms: int | None,
+    run_id: str,
+    resume: bool = True,
+    resample_from_1m: bool = False,
+    trades: Sequence[str] = (),
+    order_book: bool = False,
+    policy: GatePolicy | None = None,
+    probe: FileSource | None = None,
+    con: Any = None,
+) -> SymbolRun:
+    """Every symbol's timeframes (``plan``: symbol -> timeframes) in batched rounds, then the
+    resampled timeframes, trades and order books, each table in one gate call. ``con``: the
+    flow's connection (default: one of its own)."""
+    logger = get_run_logger()
+    direct = [
+        (symbol, tf)
+        for symbol, tfs in plan.items()
+        for tf in tfs
+        if not (resample_from_1m and tf != "1m")
+    ]
+    resampled = [
+        (symbol, tf) for symbol, tfs in plan.items() for tf in tfs if (symbol, tf) not in direct
+    ]
+    own = con is None
+    con = connect(settings) if own else con
+    pool = FetchPool(options, settings, sources=[probe] if probe is not None else ())
+    try:
+        stats, results = collect_batched(
+            con, settings, pool, direct, since_ms, until_ms, run_id=run_id,
+            source_kind=options.kind, resume=resume, policy=policy, logger=logger,
+        )  # fmt: skip
+        extra, extra_results = collect_extras(
+            con, settings, pool, run_id=run_id, source_kind=options.kind, since_ms=since_ms,
+            until_ms=until_ms, resampled=resampled, trades=trades,
+            order_book=list(plan) if order_book else (), policy=policy,
+        )  # fmt: skip
+    finally:
+        pool.close()
+        if own:
+            con.close()
+    for one in stats:
+        logger.info(one.summary())
+    for one in extra:
+        resampled_one = (one.symbol, one.timeframe) in resampled
+        logger.info(f"{'resampled from 1m: ' if resampled_one else ''}{one.summary()}")
+    return SymbolRun(stats + extra, results + extra_results)
+
+
 @task(name="record-ingestion-stats", cache_policy=NONE)
-def record_stats(settings: Settings, run_id: str, stats: list[SeriesStats]) -> int:
+def record_stats(settings: Settings, run_id: str, stats: list[SeriesStats], con: Any = None) -> int:
+    if con is not None:
+        return record_ingestion(con, run_id, stats, settings=settings)
     con = connect(settings)
     try:
         return record_ingestion(con, run_id, stats, settings=settings)
@@ -230,9 +292,6 @@ def collect(
     refuse_credentials(ccxt_config)
     settings = get_settings()
     run_id = uuid.uuid4().hex
-    con = connect(settings)
-    migrate(con)
-    con.close()
     options = SourceOptions(
         kind=source,  # type: ignore[arg-type]
         exchange=exchange,
@@ -244,6 +303,9 @@ def collect(
         file_timeframe=file_timeframe,
     )
     if follow_every_s > 0:
+        con = connect(settings)
+        migrate(con)
+        con.close()
         return _follow(
             options,
             settings,
@@ -255,6 +317,38 @@ def collect(
             policy=policy,
             logger=logger,
         )
+    con = connect(settings)  # the run's one connection (Dask workers open their own)
+    try:
+        migrate(con)
+        return _one_shot(
+            con, settings, options, run_id, logger, symbols=symbols, timeframes=timeframes,
+            since=since, until=until, resume=resume, resample_from_1m=resample_from_1m,
+            trades=trades, order_book=order_book, lookback_days=lookback_days, policy=policy,
+        )  # fmt: skip
+    finally:
+        con.close()
+
+
+def _one_shot(
+    con: Any,
+    settings: Settings,
+    options: SourceOptions,
+    run_id: str,
+    logger: Any,
+    *,
+    symbols: list[str] | None,
+    timeframes: list[str] | None,
+    since: str | None,
+    until: str | None,
+    resume: bool,
+    resample_from_1m: bool,
+    trades: bool,
+    order_book: bool,
+    lookback_days: float,
+    policy: GatePolicy | None,
+) -> dict[str, Any]:
+    """The one-shot collect (or file import) of the flow, on the flow's connection."""
+    source = options.kind
     until_ms = parse_time_ms(until)
     probe: FileSource | None = None
     side_stats: list[SeriesStats] = []  # a file import's mark candles and funding rates
@@ -270,11 +364,7 @@ def collect(
         for failure in probe.failures:
             logger.error(f"not imported: {failure}")
         if probe.side_tables:  # their own tables, never `candles` (pipelines.importers)
-            con = connect(settings)
-            try:
-                side_stats = merge_side_tables(con, probe.side_tables, settings=settings)
-            finally:
-                con.close()
+            side_stats = merge_side_tables(con, probe.side_tables, settings=settings)
             for side in side_stats:
                 logger.info(f"{side.summary()}: {side.message}")
         symbols = symbols or sorted({s for s, _ in probe.series} | set(probe.trade_symbols))
@@ -298,27 +388,53 @@ def collect(
         # fetch 1m from the start of the first whole bucket of the largest timeframe
         widest = max(timeframe_ms(tf) for tf in tfs)
         since_ms -= since_ms % widest
-    futures = [
-        collect_symbol.submit(
-            options,
-            settings,
-            symbol,
-            [tf for tf in tfs if probe is None or (symbol, tf) in set(probe.series)],
-            since_ms,
-            until_ms,
-            run_id,
-            resume=resume,
-            resample_from_1m=resample_from_1m,
-            trades=trades and (probe is None or symbol in probe.trade_symbols),
-            order_book=order_book,
-            policy=policy,
-        )
-        for symbol in symbols
-    ]
-    runs: list[SymbolRun] = [f.result() for f in futures]
+
+    def timeframes_of(symbol: str) -> list[str]:
+        return [tf for tf in tfs if probe is None or (symbol, tf) in set(probe.series)]
+
+    def trades_of(symbol: str) -> bool:
+        return trades and (probe is None or symbol in probe.trade_symbols)
+
+    if settings.task_runner == "dask":  # fan out: one task per symbol, on many cores/machines
+        futures = [
+            collect_symbol.submit(
+                options,
+                settings,
+                symbol,
+                timeframes_of(symbol),
+                since_ms,
+                until_ms,
+                run_id,
+                resume=resume,
+                resample_from_1m=resample_from_1m,
+                trades=trades_of(symbol),
+                order_book=order_book,
+                policy=policy,
+            )
+            for symbol in symbols
+        ]
+        runs: list[SymbolRun] = [f.result() for f in futures]
+    else:  # every series in batched rounds: one gate call and one upsert per round
+        runs = [
+            collect_batch(
+                options,
+                settings,
+                {symbol: timeframes_of(symbol) for symbol in symbols},
+                since_ms,
+                until_ms,
+                run_id,
+                resume=resume,
+                resample_from_1m=resample_from_1m,
+                trades=[symbol for symbol in symbols if trades_of(symbol)],
+                order_book=order_book,
+                policy=policy,
+                probe=probe,
+                con=con,
+            )
+        ]
     stats = side_stats + [s for r in runs for s in r.stats]
     gate_results = [g for r in runs for g in r.gate_results]
-    record_stats(settings, run_id, stats)
+    record_stats(settings, run_id, stats, con=con)
     # published before a failure is raised: a failed run is the one most worth reading
     summary = publish_summary(run_id, stats, gate_results)
     quality_alerts(settings, gate_results, run_id)  # one notification per failed batch

@@ -29,16 +29,14 @@ import pyarrow as pa
 from pipelines.importers import gap_stats
 from pipelines.progress import Progress, current
 from pipelines.resample import resample_arrow, timeframe_ms
-from pipelines.simulated_exchange import SimulatedExchange, SimulationConfig
-from pipelines.sources import (
-    CcxtSource,
+from pipelines.sources.base import (
+    CANDLE_SCHEMA,
     FetchStats,
-    FileSource,
     RetryPolicy,
-    SimulatedSource,
     Source,
+    SourceError,
+    wall_clock_ms,
 )
-from pipelines.sources.base import CANDLE_SCHEMA, SourceError, wall_clock_ms
 from warehouse import Settings, upsert
 
 SourceKind = Literal["simulated", "ccxt", "file"]
@@ -103,7 +101,11 @@ class SourceOptions:
 def make_source(
     options: SourceOptions, settings: Settings, *, clock: Callable[[], int] = wall_clock_ms
 ) -> Source:
+    # each source's module is imported when it is used (ccxt and scipy cost about a second)
     if options.kind == "simulated":
+        from pipelines.simulated_exchange import SimulatedExchange, SimulationConfig
+        from pipelines.sources.simulated import SimulatedSource
+
         config = SimulationConfig(seed=options.seed)
         if options.origin:
             origin = dt.datetime.fromisoformat(options.origin)
@@ -115,6 +117,8 @@ def make_source(
         exchange_id = options.exchange or settings.exchange
         if exchange_id == "simulated":
             raise SourceError("--source ccxt needs --exchange, a ccxt exchange id such as binance")
+        from pipelines.sources.ccxt_source import CcxtSource
+
         key = settings.exchange_api_key.get_secret_value() if settings.exchange_api_key else None
         secret = (
             settings.exchange_api_secret.get_secret_value()
@@ -134,6 +138,8 @@ def make_source(
     if options.kind == "file":
         if not options.path:
             raise SourceError("the file source needs a path (--path)")
+        from pipelines.sources.file import FileSource
+
         return FileSource(
             Path(options.path),
             name=options.exchange or "file",
@@ -248,11 +254,14 @@ def collect_series(
     batch_rows: int = 20_000,
     source_kind: str = "",
     progress: Progress | None = None,
+    previous_ms: int | None = None,
 ) -> SeriesStats:
     """Fetch one series (resuming after ``stored``), merging every batch as it comes.
 
     Batches of at most about ``batch_rows`` rows are merged in time order, so a run that
-    stops half-way has stored a prefix and the next run resumes after it.
+    stops half-way has stored a prefix and the next run resumes after it. ``previous_ms``
+    is the open time of the candle before this window when the caller knows it (a window
+    fetched in pieces): gaps are counted from it (default: the last stored candle).
     """
     started = time.perf_counter()
     stats = SeriesStats(
@@ -261,6 +270,8 @@ def collect_series(
     step = timeframe_ms(timeframe)
     windows = plan_windows(since_ms, until_ms, step, stored if resume else None)
     last_seen: int | None = stored[1] if (resume and stored) else None
+    if previous_ms is not None:
+        last_seen = previous_ms
     pending: list[pa.Table] = []
     pending_rows = 0
 

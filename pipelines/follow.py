@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from queue import Queue
 from typing import Any, Protocol
@@ -38,6 +38,7 @@ import pyarrow as pa
 
 from expectations.feature_gate import gate_features
 from expectations.gate import GatePolicy, GateResult, gate_series
+from expectations.specs import spec_for
 from pipelines.collect import (
     SeriesStats,
     SourceOptions,
@@ -59,11 +60,24 @@ class Logger(Protocol):
     def error(self, msg: str, /) -> Any: ...
 
 
+@dataclass(frozen=True)
+class FetchJob:
+    """One series' window: fetched by :meth:`FetchPool.fetch`, not yet merged."""
+
+    symbol: str
+    timeframe: str
+    since_ms: int
+    until_ms: int | None = None
+    stored: tuple[int, int] | None = None  # plan around what is stored (resume)
+    previous_ms: int | None = None  # the candle before the window, for gap counts
+
+
 class FetchPool:
     """``workers`` sources used by as many threads. A ccxt client waits ``rateLimit`` ms
     between its own requests; each of the pool's clients waits ``workers`` times that, so the
     pool as a whole sends no faster than one client would, while the requests' round trips
-    overlap. The simulated and file sources compute locally: one worker."""
+    overlap. The simulated and file sources compute locally: one worker. ``sources`` gives
+    the pool sources already built (a file source that was read to plan the run)."""
 
     def __init__(
         self,
@@ -72,27 +86,28 @@ class FetchPool:
         *,
         workers: int = 8,
         clock: Callable[[], int] = wall_clock_ms,
+        sources: Sequence[Source] = (),
     ) -> None:
-        self.workers = max(1, workers if options.kind == "ccxt" else 1)
+        self.workers = len(sources) or max(1, workers if options.kind == "ccxt" else 1)
         self.sources: Queue[Source] = Queue()
         self.name = ""
-        for _ in range(self.workers):
-            source = make_source(options, settings, clock=clock)
+        self.clock = clock
+        for source in sources or (
+            make_source(options, settings, clock=clock) for _ in range(self.workers)
+        ):
             exchange = getattr(source, "exchange", None)
-            if options.kind == "ccxt" and exchange is not None:
+            if options.kind == "ccxt" and exchange is not None and not sources:
                 exchange.rateLimit = float(exchange.rateLimit) * self.workers
             self.name = source.name
             self.sources.put(source)
         self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="collect-fetch")
 
     def fetch(
-        self, jobs: Sequence[tuple[str, str, int, tuple[int, int] | None]], source_kind: str
+        self, jobs: Sequence[FetchJob], source_kind: str
     ) -> list[tuple[SeriesStats, list[pa.Table]]]:
-        """Per job (symbol, timeframe, since_ms, stored range): the series' stats and its
-        new closed candles (fetched, not yet merged)."""
+        """Per job: the series' stats and its new closed candles (fetched, not yet merged)."""
 
-        def one(job: tuple[str, str, int, tuple[int, int] | None]) -> Any:
-            symbol, timeframe, since_ms, stored = job
+        def one(job: FetchJob) -> Any:
             tables: list[pa.Table] = []
 
             def keep(_table: str, batch: pa.Table) -> UpsertOutcome:
@@ -104,19 +119,32 @@ class FetchPool:
                 stats = collect_series(
                     source,
                     keep,
-                    symbol,
-                    timeframe,
-                    since_ms,
-                    None,
-                    stored=stored,
-                    batch_rows=1 << 62,  # one merge per series: the cycle gates all at once
+                    job.symbol,
+                    job.timeframe,
+                    job.since_ms,
+                    job.until_ms,
+                    stored=job.stored,
+                    batch_rows=1 << 62,  # one merge per series: the caller gates all at once
                     source_kind=source_kind,
+                    previous_ms=job.previous_ms,
                 )
             finally:
                 self.sources.put(source)
             return stats, tables
 
         return list(self._threads.map(one, jobs))
+
+    def map(self, fn: Callable[[Source, Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``fn(source, item)`` for each item on the pool's threads, each holding a source."""
+
+        def one(item: Any) -> Any:
+            source = self.sources.get()
+            try:
+                return fn(source, item)
+            finally:
+                self.sources.put(source)
+
+        return list(self._threads.map(one, items))
 
     def close(self) -> None:
         self._threads.shutdown(wait=True)
@@ -200,6 +228,52 @@ def _apply(stats: SeriesStats, result: GateResult) -> None:
         stats.status = "warning"
 
 
+def series_key(stats: SeriesStats, table: str) -> tuple[str, ...]:
+    """The stats' series as the gate keys it (the table spec's series columns)."""
+    width = len(spec_for(table).series)
+    return (stats.exchange, stats.symbol, stats.timeframe)[:width]
+
+
+def gate_fetched(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    fetched: Sequence[tuple[SeriesStats, list[pa.Table]]],
+    *,
+    settings: Settings,
+    run_id: str,
+    policy: GatePolicy | None = None,
+) -> list[GateResult]:
+    """The new rows of every series in ``fetched`` through ONE gate call (one quarantine
+    write, one upsert, one ``quality_results`` write), each series' result applied to its
+    stats (merged, quarantined, warnings, status) as one call per series would have."""
+    tables = [t for _, ts in fetched for t in ts if t.num_rows]
+    if not tables:
+        return []
+    results = gate_series(
+        con, table, pa.concat_tables(tables), settings=settings, run_id=run_id, policy=policy
+    )
+    by_key = {series_key(stats, table): stats for stats, ts in fetched if ts}
+    for result in results:
+        if result.series is not None:
+            stats = by_key.get(tuple(str(v) for v in result.series))
+            if stats is not None:
+                _apply(stats, result)
+            continue
+        # the call was judged as one batch (a schema refusal): each series shares its verdict
+        for stats in by_key.values():
+            rows = stats.fetch.rows
+            share = rows if len(by_key) > 1 else result.rows_quarantined
+            _apply(
+                stats,
+                replace(
+                    result,
+                    rows_merged=0 if len(by_key) > 1 else result.rows_merged,
+                    rows_quarantined=share,
+                ),
+            )
+    return results
+
+
 def run_cycle(
     con: duckdb.DuckDBPyConnection,
     settings: Settings,
@@ -220,33 +294,24 @@ def run_cycle(
     # a stored series resumes after its last candle (never refetching before its first: the
     # one-shot collect backfills); a new one starts at ``since_ms``
     jobs = [
-        (s, tf, since_ms, None)
+        FetchJob(s, tf, since_ms)
         if stored is None
-        else (s, tf, stored[1] + timeframe_ms(tf), (stored[1], stored[1]))
+        else FetchJob(s, tf, stored[1] + timeframe_ms(tf), stored=(stored[1], stored[1]))
         for (s, tf), stored in state.stored.items()
     ]
     fetched = pool.fetch(jobs, source_kind)
     out.fetch_s = time.perf_counter() - started
     out.stats = [stats for stats, _ in fetched]
-    tables = [t for _, ts in fetched for t in ts]
     by_key = {(s.symbol, s.timeframe): s for s in out.stats}
     out.rows_fetched = sum(s.fetch.rows for s in out.stats)
     out.requests = sum(s.fetch.requests for s in out.stats)
     out.retries = sum(s.fetch.retries for s in out.stats)
     written: list[Series] = []
     try:
-        if tables:
+        if out.rows_fetched:
             t0 = time.perf_counter()
-            results = gate_series(
-                con, "candles", pa.concat_tables(tables), settings=settings, run_id=cycle_id,
-                policy=policy,
-            )  # fmt: skip
+            gate_fetched(con, "candles", fetched, settings=settings, run_id=cycle_id, policy=policy)
             out.gate_s = time.perf_counter() - t0
-            for result in results:
-                symbol, timeframe = (result.series or ("", "", ""))[1:]
-                stats = by_key.get((str(symbol), str(timeframe)))
-                if stats is not None:
-                    _apply(stats, result)
             # the resume point moves only now that the rows are written
             for key, stats in by_key.items():
                 if stats.rows_merged:

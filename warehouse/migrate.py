@@ -71,8 +71,12 @@ def schema_version(con: duckdb.DuckDBPyConnection) -> int:
 def migrate(con: duckdb.DuckDBPyConnection, *, max_attempts: int = 50) -> list[int]:
     """Apply every pending migration; return the versions this call applied."""
     run_transaction(con, _ensure_version_table, what="schema_migrations", max_attempts=max_attempts)
+    migrations = available_migrations()
+    recorded_before = applied_versions(con)
+    if all(recorded_before.get(m.version) == m.checksum for m in migrations):
+        return []  # all applied, none edited: one query instead of a transaction each
     applied_now: list[int] = []
-    for migration in available_migrations():
+    for migration in migrations:
 
         def apply(c: duckdb.DuckDBPyConnection, m: Migration = migration) -> str | None:
             # Check and apply in one transaction: a check made before BEGIN can be outdated by

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -82,6 +83,25 @@ class FetchStats:
         self.out_of_order_pages += other.out_of_order_pages
         self.open_candles_dropped += other.open_candles_dropped
         self.errors.extend(other.errors)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a source retries a failed request (``CcxtSource``; kept here so that building a
+    source's options does not import ccxt)."""
+
+    max_attempts: int = 6
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_retry_after_s: float = 120.0
+
+    def delay_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
+        """Full-jitter exponential backoff, but never shorter than the server's Retry-After."""
+        backoff = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1))
+        delay = rng.uniform(backoff / 2, backoff)
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, self.max_retry_after_s))
+        return delay
 
 
 @runtime_checkable

@@ -20,7 +20,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -37,6 +36,7 @@ from pipelines.sources.base import (
     TRADE_SCHEMA,
     TS,
     FetchStats,
+    RetryPolicy,
     SourceError,
     candles_from_rows,
     wall_clock_ms,
@@ -64,22 +64,6 @@ FAIL_FAST = (
 
 class MalformedResponse(ccxt.BadResponse):
     """The exchange answered 200 with a body that is not the JSON the call expects."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 6
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    max_retry_after_s: float = 120.0
-
-    def delay_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
-        """Full-jitter exponential backoff, but never shorter than the server's Retry-After."""
-        backoff = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1))
-        delay = rng.uniform(backoff / 2, backoff)
-        if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, self.max_retry_after_s))
-        return delay
 
 
 def rewrite_api_urls(urls: Any, api_base: str) -> Any:
