@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,7 @@ from trading.feedback import FeedbackConfig
 from trading.protections import ProtectionConfig
 from trading.risk import RiskLimits
 from trading.thresholds import ThresholdPolicy
-from trading.volatility import VolatilityChoice, baseline_choice
+from trading.volatility import VolatilityChoice, baseline_choice, choose_for_series
 from warehouse.settings import (
     DEFAULT_HALF_SPREAD_FRACTION,
     DEFAULT_MAKER_FEE,
@@ -28,6 +30,7 @@ from warehouse.settings import (
 )
 
 WINDOW_CAPACITY = 256
+log = logging.getLogger("tradeloop.serve")
 
 
 def default_limits() -> RiskLimits:
@@ -107,6 +110,41 @@ class LoopConfig:
             self.limits,
             self.default_horizon_bars,
         )
+
+
+def with_volatility_choices(
+    config: LoopConfig,
+    con: Any,
+    symbols: Iterable[str],
+    *,
+    before_ms: int | None,
+    horizon: int | None = None,
+) -> LoopConfig:
+    """``config`` with each symbol's volatility forecaster chosen on its stored candles of
+    ``config.exchange``/``config.timeframe`` opened before ``before_ms`` (the first candle the
+    loop decides on, as ``backtest --model`` chooses); ``before_ms`` None: no stored history
+    is known to precede it, so realized sigma. ``horizon``: the forecast horizon (default: the
+    loop's ``default_horizon_bars``)."""
+    h = int(horizon or config.default_horizon_bars)
+    chosen = dict(config.volatility)
+    for symbol in symbols:
+        if before_ms is None:
+            choice = baseline_choice(
+                config.volatility_window, h, "fallback: no stored history before the first candle"
+            )
+        else:
+            choice = choose_for_series(
+                con,
+                symbol=symbol,
+                timeframe=config.timeframe,
+                exchange=config.exchange,
+                before_ms=before_ms,
+                horizon=h,
+                window=config.volatility_window,
+            )
+        log.info("sigma of stops, take-profit and sizing for %s: %s", symbol, choice.describe())
+        chosen[symbol] = choice
+    return dataclasses.replace(config, volatility=chosen)
 
 
 class SymbolState:

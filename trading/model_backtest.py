@@ -55,6 +55,7 @@ from trading.decision import RsiRule, rsi_rule_signals
 from trading.evaluation import majority_class_signals, summarize
 from trading.fallback import ModelManager
 from trading.loop import LoopConfig, ServingLoop
+from trading.loop_config import with_volatility_choices
 from trading.market import Tick
 from trading.model_metrics import (
     block_bootstrap_ic,
@@ -65,8 +66,8 @@ from trading.model_metrics import (
     spearman,
     tradeable_returns,
 )
+from trading.regimes import model_run_regimes
 from trading.risk import RiskLimits
-from trading.volatility import choose_for_series
 from trading.writer import WriteBatch
 
 WARM_UP_REASON = "warm-up: window not complete"
@@ -653,6 +654,8 @@ def backtest_candles(
     label_config = label_config_of(record.hyperparameters, run.horizon_bars)
     labels = realized_classes(candles, label_config)[start:]
     summary, base = evaluate_run(run, labels, config, n_trials=n_trials, label_config=label_config)
+    hold = np.asarray(base["buy_and_hold"].equity, dtype=np.float64)
+    summary["regimes"] = model_run_regimes(candles, start, run, hold, config.initial_cash)
     sigma = config.volatility_choice(candles.symbol)  # what stops, take-profit and sizing used
     summary["sigma"], summary["volatility"] = sigma.describe(), sigma.to_dict()
     summary["decision_seconds"] = decided_s
@@ -748,21 +751,13 @@ def model_backtest(
     stored candles of one series in ``[start_ms, end_ms)``; the JSON-ready summary."""
     record = resolve_model(con, model, model_name)
     candles, start = load_range(con, symbol, timeframe, exchange, start_ms=start_ms, end_ms=end_ms)
-    config = dataclasses.replace(config or LoopConfig(), exchange=exchange)
-    horizon = int(record.hyperparameters.get("horizon_bars") or config.default_horizon_bars)
-    sigma = choose_for_series(  # on the stored candles before the first decision only
-        con,
-        symbol=symbol,
-        timeframe=timeframe,
-        exchange=exchange,
-        before_ms=int(candles.ts_ms[start]),
-        horizon=horizon,
-        window=config.volatility_window,
-    )
+    config = dataclasses.replace(config or LoopConfig(), exchange=exchange, timeframe=timeframe)
+    # sigma: chosen on the stored candles before the first decision only, as serve chooses
+    config = with_volatility_choices(config, con, [symbol], before_ms=int(candles.ts_ms[start]))
     summary, _ = backtest_candles(
         candles,
         record,
-        dataclasses.replace(config, volatility={**config.volatility, symbol: sigma}),
+        config,
         start=start,
         n_trials=n_trials,
         output=output,

@@ -27,6 +27,7 @@ from trading.alerts import Alerter
 from trading.backtest import Candles
 from trading.fallback import ModelManager
 from trading.loop import LoopConfig, RunSummary, ServingLoop, run
+from trading.loop_config import with_volatility_choices
 from trading.market import (
     FollowMarket,
     PollingMarket,
@@ -228,6 +229,14 @@ def serve_replay(
             )
             market.max_polls = max_polls
         config = dataclasses.replace(config, timeframe=market.timeframe)
+        # on the stored candles before the first decision (as backtest --model chooses)
+        history_before = None if warm_until is None or Path(source).exists() else warm_until + 1
+        config = with_volatility_choices(
+            config,
+            con,
+            replay_series(source, config.exchange, market)["symbols"],
+            before_ms=history_before,
+        )
         manager = ModelManager(lookup, FEATURE_SET_VERSION)
         writer = BufferedWriter(settings, lambda: connect(settings))
         loop = ServingLoop(
@@ -417,16 +426,18 @@ def serve_live(
             )
     step = timeframe_ms(config.timeframe)
     now = wall_clock_ms()
+    since_ms = now - now % step - step
     market = PollingMarket(
         source,
         symbols,
         config.timeframe,
-        since_ms=now - now % step - step,  # from the last closed candle on: no old signals
+        since_ms=since_ms,  # from the last closed candle on: no old signals
         poll_interval_s=poll_interval_s,
         max_polls=max_polls,
     )
     con = connect(settings)
     migrate(con)
+    config = with_volatility_choices(config, con, symbols, before_ms=since_ms)
     lookup = ChampionLookup(settings, config.model_name)
     try:
         manager = ModelManager(lookup, FEATURE_SET_VERSION)

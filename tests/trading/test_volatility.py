@@ -10,24 +10,31 @@ serving loop (the path of ``serve`` and ``backtest --model``) places its stops a
 from __future__ import annotations
 
 import dataclasses
+import html
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.features import load_candles
 from tests.trading.serve_harness import build_loop
 from trading.backtest import Candles, load_candle_file
 from trading.broker import PaperBroker
 from trading.decide import PrecomputedBar
 from trading.decision import RsiRule, Thresholds, rolling_volatility
 from trading.loop import LoopConfig
+from trading.loop_config import with_volatility_choices
 from trading.market import Tick
+from trading.report import write_report
 from trading.state import broker_to_dict
 from trading.thresholds import ThresholdPolicy
 from trading.volatility import (
+    HISTORY_BARS,
     EwmaVol,
     Garch11,
     RealizedVol,
@@ -35,6 +42,7 @@ from trading.volatility import (
     VolatilityForecaster,
     choose_forecaster,
 )
+from warehouse import Settings, upsert
 
 FORECASTERS: tuple[VolatilityForecaster, ...] = (
     RealizedVol(5),
@@ -186,3 +194,44 @@ def test_stops_fall_back_to_realized_sigma(eth_btc: Candles, tmp_path: Path) -> 
     assert dataclasses.replace(config, volatility={"X": fallback}).volatility_choice("X") == (
         fallback
     )
+
+
+# ---------------------------------------------------------------- serve and backtest --model
+
+
+def test_the_choice_reads_only_stored_candles_before_the_first_decision(
+    settings: Settings, lake: Any, candles_dir: Path, eth_btc: Candles
+) -> None:
+    """``with_volatility_choices`` (what ``serve`` and ``backtest --model`` call) chooses on
+    the stored candles before the first decided bar, whatever is stored after it."""
+    frame = load_candles(candles_dir / "ETH_BTC-5m.feather", "ETH/BTC", "5m")
+    upsert(lake, "candles", frame.to_arrow(), settings=settings)
+    config = LoopConfig(exchange="binance", timeframe="5m")
+    first = 4500  # more than HISTORY_BARS stored before it: the latest 4,000 are read
+    chosen = with_volatility_choices(
+        config, lake, ["ETH/BTC"], before_ms=int(eth_btc.ts_ms[first])
+    ).volatility_choice("ETH/BTC")
+    want = choose_forecaster(eth_btc.close[first - HISTORY_BARS : first], horizon=5)
+    assert chosen == want and chosen.name != "realized"
+    assert chosen.horizon == config.default_horizon_bars
+    none = with_volatility_choices(config, lake, ["ETH/BTC"], before_ms=None)
+    assert none.volatility_choice("ETH/BTC").forecaster == RealizedVol(config.volatility_window)
+
+
+def test_the_report_says_which_sigma_was_used(tmp_path: Path, eth_btc: Candles) -> None:
+    choice = choose_forecaster(eth_btc.close[:HISTORY], horizon=5)
+    summary = {
+        "symbol": "ETH/BTC",
+        "timeframe": "5m",
+        "strategy": "model m1",
+        "bars": 10,
+        "baselines": {},
+        "sigma": choice.describe(),
+        "volatility": choice.to_dict(),
+    }
+    html_path, json_path = write_report("vol", summary, {}, tmp_path)
+    page = html_path.read_text()
+    assert "Stops, take-profit and confidence sizing used" in page
+    assert html.escape(choice.describe(), quote=False) in page
+    assert "Volatility forecasters, out of sample" in page
+    assert json.loads(json_path.read_text())["summary"]["volatility"]["forecaster"] == (choice.name)
