@@ -85,9 +85,14 @@ def _block_decay(
             anchor = sorted_close[start]
             end = int(np.searchsorted(sorted_close, anchor + 32 * h, side="left"))
             end = max(end, start + 1)
-            weighted = np.r_[0.0, np.cumsum(scores * np.exp2((item_ts - anchor) / h))]
             block = slice(start, end)
-            out[order[block]] = np.exp2(-(sorted_close[block] - anchor) / h) * weighted[hi[block]]
+            # items older than 1080 half-lives weigh exactly 0.0 (below the smallest double)
+            first = int(np.searchsorted(item_ts, anchor - 1080 * h, side="left"))
+            last = int(hi[end - 1])  # the block's last close sees the most items
+            part = slice(first, max(first, last))
+            weighted = np.r_[0.0, np.cumsum(scores[part] * np.exp2((item_ts[part] - anchor) / h))]
+            seen = np.maximum(hi[block] - first, 0)
+            out[order[block]] = np.exp2(-(sorted_close[block] - anchor) / h) * weighted[seen]
             start = end
     return out
 
@@ -146,7 +151,8 @@ def news_features(
         name: pl.Series(name, [None] * candles.height, dtype)
         for name, dtype in ((c, _dtype(c)) for c in spec.names(SYMBOL_PREFIX))
     }
-    assets = candles["symbol"].map_elements(asset_of, return_dtype=pl.String).to_numpy()
+    bases = {s: asset_of(s) for s in candles["symbol"].unique().to_list()}
+    assets = candles["symbol"].replace_strict(bases, return_dtype=pl.String).to_numpy()
     for asset in np.unique(assets):
         rows = np.flatnonzero(assets == asset)
         item_ts, scores = _sorted_items(news, str(asset))

@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -208,3 +209,23 @@ def test_items_after_t_never_change_the_features_at_t_and_online_equals_batch(
             if close <= cut:  # no look-ahead: exactly unchanged
                 assert _same(b, b2), ("batch", k, column, close, cut, b, b2)
                 assert _same(o, o2), ("online", k, column, close, cut, o, o2)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow in exp2 fails it
+def test_decay_over_thousands_of_half_lives_stays_finite_and_matches_online() -> None:
+    """Blocks of closes far apart (a year of 1-minute half-lives): no overflow, old items weigh
+    nothing, and batch equals online."""
+    spec = NewsFeatureSpec(windows=(("1h", HOUR),), half_life_ms=MIN)
+    opens = [T0 + k * 7 * 24 * HOUR for k in range(52)]  # weekly bars over a year
+    items = [Item(T0 + k * 24 * HOUR + 7, (-1) ** k * 0.5, ("BTC",)) for k in range(365)]
+    frame = candles({"BTC/USDT": opens})
+    batch = news_features(frame, news(items), spec=spec)
+    engine = OnlineNewsFeatures("BTC/USDT", spec=spec)
+    for item in items:
+        engine.on_news(item.ts, item.score, item.symbols)
+    for k, opened in enumerate(opens):
+        values = engine.at_close(opened + 5 * MIN)
+        assert all(_near(values[c], batch[c][k]) for c in spec.columns), k
+    assert batch["news_decayed"].is_finite().all()
+    # bar 1 sees item 7 (5 minutes old); item 6, a day older, weighs 2 ** -1440: nothing
+    assert abs(batch["news_decayed"][1] - -0.5 * 2 ** (-(5 * MIN - 7) / MIN)) <= 1e-15
