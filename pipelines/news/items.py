@@ -24,6 +24,9 @@ class NewsItem:
     body: str | None = None
     url: str | None = None
     symbols: tuple[str, ...] = field(default_factory=tuple)  # assets the source names
+    # False when the source gave no time and ``ts`` is when it was fetched: a later fetch
+    # keeps the time stored first (``pipelines.news.store.ingest``)
+    dated: bool = True
 
     def __post_init__(self) -> None:
         if self.ts.tzinfo is None:

@@ -88,11 +88,23 @@ class FeedSource:
             title = (entry.get("title") or "").strip()
             if not title:
                 raise NewsSourceError(f"feed {self.url}: entry {n} has no title")
-            ts = _entry_time(entry) or fetched_at
+            published = _entry_time(entry)
             link = entry.get("link")
             body = entry.get("summary") or None
-            item_id = entry.get("id") or link or content_id(title, ts.isoformat())
-            items.append(NewsItem(self.url, str(item_id), ts, title, body, link))
+            # an undated entry's id must not depend on the time it happened to be fetched
+            stamp = published.isoformat() if published else None
+            item_id = entry.get("id") or link or content_id(title, stamp)
+            items.append(
+                NewsItem(
+                    self.url,
+                    str(item_id),
+                    published or fetched_at,
+                    title,
+                    body,
+                    link,
+                    dated=published is not None,
+                )
+            )
         return items
 
 

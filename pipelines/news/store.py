@@ -46,6 +46,27 @@ def _unique(items: Sequence[NewsItem]) -> list[NewsItem]:
     return list(seen.values())
 
 
+def _first_seen(con: duckdb.DuckDBPyConnection, items: Sequence[NewsItem]) -> list[NewsItem]:
+    """Undated items (``ts`` = when fetched) already stored keep the time stored first, so a
+    re-fetch neither moves them nor counts as a change."""
+    undated = [i for i in items if not i.dated]
+    if not undated:
+        return list(items)
+    keys = pa.table({"source": [i.source for i in undated], "id": [i.id for i in undated]})
+    con.register("_tl_news_undated", keys)
+    try:
+        rows = con.execute(
+            "SELECT n.source, n.id, n.ts FROM _tl_news_undated k "
+            "JOIN news n ON n.source = k.source AND n.id = k.id"
+        ).fetchall()
+    finally:
+        con.unregister("_tl_news_undated")
+    stored = {(source, id_): ts for source, id_, ts in rows}
+    return [
+        replace(i, ts=stored[(i.source, i.id)]) if (i.source, i.id) in stored else i for i in items
+    ]
+
+
 def _needing_scores(
     con: duckdb.DuckDBPyConnection, items: Sequence[NewsItem], scorer: str
 ) -> list[NewsItem]:
@@ -75,7 +96,7 @@ def ingest(
     settings: Settings | None = None,
 ) -> IngestResult:
     """Tag, store and score ``items`` (what ``source`` yielded); see the module docs."""
-    batch = tag(_unique(items), terms or matcher(con))
+    batch = _first_seen(con, tag(_unique(items), terms or matcher(con)))
     to_score = _needing_scores(con, batch, scorer.name) if batch else []
     write = upsert(con, "news", news_table(batch), settings=settings)
     if to_score:

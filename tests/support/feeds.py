@@ -18,37 +18,43 @@ from xml.sax.saxutils import escape
 class Entry:
     id: str
     title: str
-    published: dt.datetime
+    published: dt.datetime | None  # None: an RSS item without a pubDate
     summary: str = ""
 
 
-def atom(entries: list[Entry]) -> str:
-    items = "".join(
+def _atom_entry(e: Entry) -> str:
+    when = e.published.isoformat() if e.published else "2024-03-01T00:00:00Z"
+    return (
         f"<entry><id>{escape(e.id)}</id><title>{escape(e.title)}</title>"
         f"<link href='https://news.example/{escape(e.id)}'/>"
-        f"<published>{e.published.isoformat()}</published>"
-        f"<updated>{e.published.isoformat()}</updated>"
+        f"<published>{when}</published><updated>{when}</updated>"
         f"<summary>{escape(e.summary)}</summary></entry>"
-        for e in entries
     )
+
+
+def atom(entries: list[Entry]) -> str:
     return (
         "<?xml version='1.0' encoding='utf-8'?>"
         "<feed xmlns='http://www.w3.org/2005/Atom'><title>Loopback crypto news</title>"
         "<id>urn:tradeloop:loopback</id><updated>2024-03-01T00:00:00Z</updated>"
-        f"{items}</feed>"
+        f"{''.join(_atom_entry(e) for e in entries)}</feed>"
+    )
+
+
+def _rss_item(e: Entry) -> str:
+    date = e.published.strftime("%a, %d %b %Y %H:%M:%S +0000") if e.published else None
+    return (
+        f"<item><guid>{escape(e.id)}</guid><title>{escape(e.title)}</title>"
+        + (f"<pubDate>{date}</pubDate>" if date else "")
+        + f"<description>{escape(e.summary)}</description></item>"
     )
 
 
 def rss(entries: list[Entry]) -> str:
-    items = "".join(
-        f"<item><guid>{escape(e.id)}</guid><title>{escape(e.title)}</title>"
-        f"<pubDate>{e.published.strftime('%a, %d %b %Y %H:%M:%S +0000')}</pubDate>"
-        f"<description>{escape(e.summary)}</description></item>"
-        for e in entries
-    )
     return (
         "<?xml version='1.0'?><rss version='2.0'><channel><title>Loopback RSS</title>"
-        f"<link>http://127.0.0.1/</link><description>test</description>{items}</channel></rss>"
+        "<link>http://127.0.0.1/</link><description>test</description>"
+        f"{''.join(_rss_item(e) for e in entries)}</channel></rss>"
     )
 
 

@@ -102,7 +102,7 @@ def test_headlines_are_fetched_scored_stored_once_and_move_the_features(
             assert value is None or abs(value - expected) <= 1e-9, (k, name, value, expected)
 
 
-def test_an_rss_feed_and_a_changed_headline_is_rescored(
+def test_an_rss_feed_a_corrected_headline_and_an_undated_entry(
     lake: duckdb.DuckDBPyConnection, feed_server: FeedServer
 ) -> None:
     url = feed_server.url("/news.rss")
@@ -122,6 +122,18 @@ def test_an_rss_feed_and_a_changed_headline_is_rescored(
     result = ingest(lake, source.fetch(), scorer=VaderScorer(), source=url)
     assert (result.inserted, result.replaced, result.scored) == (0, 1, 1)
     assert read_news(lake).to_pylist()[0]["score"] < -0.5
+
+    # an entry without a date: stamped when first fetched, and kept so
+    url = feed_server.url("/undated.rss")
+    feed_server.documents["/undated.rss"] = rss(
+        [Entry("u-1", "Solana gains as optimism grows", None)]
+    )
+    before = dt.datetime.now(dt.UTC)
+    assert ingest_counts(lake, FeedSource(url)) == (1, 0, 1)
+    first = read_news(lake, assets=["SOL"]).to_pylist()[0]["ts"]
+    assert before <= first <= dt.datetime.now(dt.UTC), "stamped when fetched, never earlier"
+    assert ingest_counts(lake, FeedSource(url)) == (0, 1, 0), "a re-fetch neither moves nor adds it"
+    assert read_news(lake, assets=["SOL"]).to_pylist()[0]["ts"] == first
 
 
 def test_a_missing_or_broken_feed_is_named(feed_server: FeedServer) -> None:
