@@ -25,6 +25,10 @@ Ranking measures (the model's score against what a trade could have earned):
 * ``window_scores``: what the promotion rule compares on one out-of-sample window (IC of
   ``p_buy - p_sell`` with its CI, log-loss beside the training-frequency baseline, Brier, ECE).
 
+Feature selection (``grouped_permutation_importance``, ``select_families``): the increase of the
+validation log-loss when one feature family is shuffled, with a block-bootstrap CI, and the
+documented rule that keeps families by it (docs/models.md, "Feature selection").
+
 numpy and scipy's rank function only: no torch, so it runs on a serving host (``trading`` re-exports
 the ranking measures from here).
 """
@@ -34,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -160,6 +164,14 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(_pearson_rows(_rankdata(x[ok]), _rankdata(y[ok])))
 
 
+def block_resamples(n: int, block: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n) indices of moving-block resamples: blocks of ``block`` consecutive
+    positions with uniformly drawn starts, concatenated to length ``n``."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n - block + 1, size=(n_boot, math.ceil(n / block)))
+    return (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(n_boot, -1)[:, :n]
+
+
 def block_bootstrap_ic(
     score: np.ndarray,
     realized: np.ndarray,
@@ -183,10 +195,7 @@ def block_bootstrap_ic(
     b = int(block or max(10 * int(horizon_bars), 1))
     if n < 2 * b:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    n_blocks = math.ceil(n / b)
-    starts = rng.integers(0, n - b + 1, size=(n_boot, n_blocks))
-    idx = (starts[:, :, None] + np.arange(b)[None, None, :]).reshape(n_boot, -1)[:, :n]
+    idx = block_resamples(n, b, n_boot, seed)
     ics = _pearson_rows(_rankdata(x[idx], axis=1), _rankdata(y[idx], axis=1))
     ics = ics[np.isfinite(ics)]
     if ics.size == 0:
@@ -435,39 +444,116 @@ def classification_report(
     )
 
 
-def permutation_importance(
+def block_bootstrap_mean(
+    values: np.ndarray,
+    *,
+    block: int,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Moving-block bootstrap CI of the mean of ``values`` (in time order; non-finite dropped),
+    blocks of ``block`` values as in ``block_bootstrap_ic``; NaN when under two blocks."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n, b = v.size, max(int(block), 1)
+    if n < 2 * b:
+        return math.nan, math.nan
+    means = v[block_resamples(n, b, n_boot, seed)].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class FamilyImportance:
+    """How much a model relies on one feature family, measured on the validation part.
+
+    ``importance``: the mean increase of the per-bar log-loss when the family's columns are
+    shuffled together across bars (every step of the window, ``repeats`` permutations);
+    ``ci_low``/``ci_high``: its moving-block bootstrap CI over the validation bars."""
+
+    family: str
+    columns: tuple[str, ...]
+    importance: float
+    ci_low: float
+    ci_high: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _bar_log_loss(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    p = np.asarray(probabilities, dtype=np.float64)
+    return -np.log(np.clip(p[np.arange(labels.size), labels], LOG_EPS, 1.0))
+
+
+def grouped_permutation_importance(
     predict_proba: Callable[[np.ndarray], np.ndarray],
     windows: np.ndarray,
     labels: np.ndarray,
-    feature_columns: tuple[str, ...] | list[str],
+    families: dict[str, tuple[str, ...]],
+    columns: tuple[str, ...] | list[str],
     *,
-    repeats: int = 2,
+    horizon_bars: int,
+    repeats: int = 3,
     seed: int = 0,
-) -> dict[str, float]:
-    """Drop in macro F1 when one feature is shuffled across samples (whole window column).
+    n_boot: int = 1000,
+) -> list[FamilyImportance]:
+    """Permutation importance per feature family (``FamilyImportance``), best first.
 
-    Positive = the model relies on the feature; ~0 or negative = it does not.
-    """
+    ``windows`` (n, window_len, len(columns)) are validation windows in time order and
+    ``families`` maps each family to its columns (``pipelines.features.prune.feature_families``);
+    families without a column in ``columns`` are skipped. The bootstrap blocks are
+    ``10 * horizon_bars`` bars long (EVALUATION.md)."""
+    y = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
-    base = classification_report(labels, predict_proba(windows)).f1_macro
-    importance: dict[str, float] = {}
-    for j, name in enumerate(feature_columns):
-        drops = []
-        for _ in range(repeats):
+    base = _bar_log_loss(y, predict_proba(windows))
+    out: list[FamilyImportance] = []
+    for family, members in families.items():
+        index = [columns.index(c) for c in members if c in columns]
+        if not index:
+            continue
+        increase = np.zeros(y.size)
+        for _ in range(max(1, repeats)):
             shuffled = windows.copy()
-            shuffled[:, :, j] = windows[rng.permutation(windows.shape[0]), :, j]
-            drops.append(base - classification_report(labels, predict_proba(shuffled)).f1_macro)
-        importance[name] = float(np.mean(drops))
-    return importance
+            order = rng.permutation(windows.shape[0])
+            shuffled[:, :, index] = windows[order][:, :, index]
+            increase += _bar_log_loss(y, predict_proba(shuffled)) - base
+        increase /= max(1, repeats)
+        lo, hi = block_bootstrap_mean(
+            increase, block=10 * int(horizon_bars), n_boot=n_boot, seed=seed
+        )
+        out.append(
+            FamilyImportance(
+                family, tuple(columns[i] for i in index), float(increase.mean()), lo, hi
+            )
+        )
+    return sorted(out, key=lambda f: f.importance, reverse=True)
 
 
-def select_features(
-    importance: dict[str, float], *, min_importance: float = 0.0, keep_at_least: int = 4
+# The selection rule (docs/models.md, "Feature selection"). "ci" (the default): drop a family
+# only when the whole 95 % CI of its importance is at or below zero (shuffling it does not
+# hurt the validation log-loss, with confidence); a family whose CI cannot be computed (too
+# few validation bars) is kept. "mean": keep a family only when its mean importance is above
+# zero. Either way at least MIN_FAMILIES families (the most important ones) are kept.
+MIN_FAMILIES = 3
+SelectionRule = Literal["ci", "mean"]
+
+
+def select_families(
+    importance: list[FamilyImportance],
+    *,
+    rule: SelectionRule = "ci",
+    keep_at_least: int = MIN_FAMILIES,
 ) -> list[str]:
-    """Features whose permutation importance exceeds ``min_importance`` (best first), at least
-    ``keep_at_least`` of them."""
-    ranked = sorted(importance, key=lambda name: importance[name], reverse=True)
-    chosen = [name for name in ranked if importance[name] > min_importance]
-    if len(chosen) < keep_at_least:
-        chosen = ranked[:keep_at_least]
-    return chosen
+    """The families kept by the selection rule (above), most important first."""
+    ranked = sorted(importance, key=lambda f: f.importance, reverse=True)
+    if rule == "ci":
+        kept = [f.family for f in ranked if not f.ci_high <= 0.0]  # NaN CI: kept
+    elif rule == "mean":
+        kept = [f.family for f in ranked if f.importance > 0.0]
+    else:
+        raise ValueError(f"unknown selection rule {rule!r}; known: 'ci', 'mean'")
+    if len(kept) < keep_at_least:
+        kept = [f.family for f in ranked[:keep_at_least]]
+    return kept

@@ -154,8 +154,6 @@ RUN_ONLY_FIELDS = frozenset(
         "threads",
         "cv_folds",
         "cv_embargo_bars",
-        "importance_repeats",
-        "importance_max_samples",
         "max_train_seconds",
     }
 )
@@ -294,7 +292,16 @@ def register(
             list(ensemble.class_forward_returns) if ensemble.class_forward_returns else None
         ),
         "members_test": {k: v.flat() for k, v in ensemble.member_test.items()},
+        # permutation importance per feature family on the validation part, with CIs, and
+        # what the selection rule kept (the model's inputs: also in its ONNX metadata)
         "permutation_importance": ensemble.importance,
+        "feature_selection": {
+            "on": ensemble.config.feature_selection,
+            "families": [f.to_dict() for f in ensemble.family_importance],
+            "selected_families": list(ensemble.selected_families),
+            "selected_features": list(ensemble.selected_features),
+            "input_features": len(ensemble.input_columns),
+        },
         "cv": cv.to_dict() if cv is not None else None,
         "train_samples": ensemble.train_samples,
         "train_seconds": ensemble.train_seconds,
@@ -370,9 +377,7 @@ def champion_cv(
     theirs = config_from_hyperparameters(current.hyperparameters)
     if theirs is None or same_configuration(theirs, config):
         return None
-    theirs = theirs.with_updates(
-        cv_folds=len(cv.folds), progress=False, threads=config.threads, importance_repeats=0
-    )
+    theirs = theirs.with_updates(cv_folds=len(cv.folds), progress=False, threads=config.threads)
     same_samples = theirs.window_len == config.window_len and label_config(theirs) == label_config(
         config
     )

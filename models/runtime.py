@@ -4,6 +4,9 @@
     prediction = predictor.predict(windows)  # (batch, window_len, n_features) float32, raw features
     prediction.probabilities  # (batch, 3): [buy, hold, sell], calibrated inside the graph
     prediction.confidence     # (batch,) in [0, 1]: calibrated probability of the argmax class
+    predictor.required_features  # the model's selected feature columns (all it reads)
+    engine = predictor.feature_engine("5m")  # computes only those (and their dependencies)
+    predictor.inputs([engine.step(candle), ...])  # graph input rows, NaN where not read
     predictor.info.class_forward_returns  # (r_buy, r_hold, r_sell) or None (older models)
     predictor.info.calibration            # {"method": "temperature", "temperature": ...} or {}
 
@@ -18,12 +21,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from pipelines.features.online import OnlineFeatureEngine
 
 CLASSES = ("buy", "hold", "sell")
 INPUT_NAME = "window"
@@ -173,6 +180,45 @@ class OnnxPredictor:
         self.used_index = np.array([info.feature_columns.index(c) for c in info.selected_features])
         # a graph exported with a fixed batch size cannot take the padded pair (see ``predict``)
         self._pad_single = not isinstance(session.get_inputs()[0].shape[0], int)
+
+    @property
+    def required_features(self) -> tuple[str, ...]:
+        """The feature columns this model reads (its selected set, ``tradeloop.selected_features``
+        in the graph's metadata): all that serving has to compute for it."""
+        return self.info.selected_features
+
+    def feature_engine(self, timeframe: str) -> OnlineFeatureEngine:
+        """An online feature engine computing only ``required_features`` and what they
+        depend on (``pipelines.features.prune``)."""
+        from pipelines.features.online import OnlineFeatureEngine
+
+        return OnlineFeatureEngine(timeframe, columns=self.required_features)
+
+    def inputs(self, rows: Sequence[Mapping[str, float | None]]) -> np.ndarray:
+        """(len(rows), n_features) float32 rows of the graph's input from feature dicts (e.g.
+        ``feature_engine(...).step`` outputs); the columns the model does not read are NaN
+        (the graph never reads them). A required column missing from a row is an error."""
+        out = np.full((len(rows), self.info.n_features), np.nan, dtype=np.float32)
+        for i, row in enumerate(rows):
+            for j in self.used_index:
+                name = self.info.feature_columns[j]
+                if name not in row:
+                    raise ValueError(f"inputs: row {i} lacks the model's feature {name!r}")
+                value = row[name]
+                if value is not None:
+                    out[i, j] = value
+        return out
+
+    def input_matrix(self, columns: Sequence[str], values: np.ndarray) -> np.ndarray:
+        """``values`` (n, len(columns)) of named feature columns (e.g. a batch frame of
+        ``build_features(..., columns=required_features)``) as graph input rows (NaN elsewhere)."""
+        index = {c: i for i, c in enumerate(columns)}
+        missing = [c for c in self.required_features if c not in index]
+        if missing:
+            raise ValueError(f"input_matrix: the model's features {missing} are not given")
+        out = np.full((values.shape[0], self.info.n_features), np.nan, dtype=np.float32)
+        out[:, self.used_index] = values[:, [index[c] for c in self.required_features]]
+        return out
 
     @classmethod
     def load(

@@ -8,7 +8,8 @@ Entry points:
   from validation macro F1; the calibration of the combined probabilities
   (``models.calibration``) and the per-class expected tradeable forward returns are fit on the
   validation part; the test part (the most recent data) gives the out-of-sample report, with the
-  probability metrics before and after calibration.
+  probability metrics before and after calibration. Feature selection (on by default,
+  ``select_features``) runs on the validation part before the calibration is fit.
 * ``fit_predict(train, test, config) -> np.ndarray``: for walk-forward backtests: train on
   ``train`` (its own last part is the validation window, which also fits the calibration) and
   return calibrated [buy, hold, sell] probabilities for every ``test`` sample.
@@ -52,11 +53,14 @@ from models.data import SampleSet, split_samples
 from models.metrics import (
     CalibrationReport,
     ClassificationReport,
+    FamilyImportance,
+    SelectionRule,
     calibration_report,
     classification_report,
-    permutation_importance,
-    select_features,
+    grouped_permutation_importance,
+    select_families,
 )
+from pipelines.features.prune import feature_families
 from pipelines.labels import LabelConfig, LabelMethod, class_weights
 from pipelines.progress import NoProgress, Progress, current
 
@@ -121,8 +125,16 @@ class TrainConfig(BaseModel):
         default=None, ge=0, description="bars dropped after each fold's purge (None: window_len)"
     )
 
-    feature_selection: bool = False
-    importance_repeats: int = 1
+    # Feature selection (docs/models.md, "Feature selection"): permutation importance per
+    # feature family on the validation part, then the members are refit on the families the
+    # rule keeps (``models.metrics.select_families``; "ci": drop a family whose importance CI
+    # is at or below zero), at least ``selection_min_families``. The selected columns are the
+    # exported model's inputs.
+    feature_selection: bool = True
+    selection_rule: SelectionRule = "ci"
+    selection_min_families: int = Field(default=3, ge=1)
+    # permutations per family (importance is computed when > 0 even with selection off)
+    importance_repeats: int = Field(default=2, ge=0)
     importance_max_samples: int = 2_000
 
     seed: int = 7
@@ -224,7 +236,9 @@ class TrainedEnsemble:
     validation: ClassificationReport | None = None
     test: ClassificationReport | None = None
     member_test: dict[str, ClassificationReport] = field(default_factory=dict)
-    importance: dict[str, float] = field(default_factory=dict)
+    importance: dict[str, float] = field(default_factory=dict)  # per feature family
+    family_importance: list[FamilyImportance] = field(default_factory=list)  # with CIs
+    selected_families: tuple[str, ...] = ()  # the families kept (all when selection is off)
     train_samples: int = 0
     test_window: tuple[np.datetime64, np.datetime64] | None = None
     train_seconds: float = 0.0
@@ -296,6 +310,7 @@ class TrainedEnsemble:
             "members": [m.name for m in self.members],
             "weights": [float(w) for w in self.weights],
             "selected_features": list(self.selected_features),
+            "selected_families": list(self.selected_families),
             "scaler_fit_start": str(self.scaler.fit_start),
             "scaler_fit_end": str(self.scaler.fit_end),
         }
@@ -557,22 +572,7 @@ def train_ensemble(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
         weights=member_weights(members),
         train_samples=len(train),
     )
-    if config.feature_selection or config.importance_repeats > 0:
-        sub = validation.last(config.importance_max_samples)
-        ensemble.importance = permutation_importance(
-            lambda w: ensemble.predict(w)[0],
-            sub.windows,
-            sub.labels,
-            samples.feature_columns,
-            repeats=max(1, config.importance_repeats),
-            seed=config.seed,
-        )
-    if config.feature_selection:
-        chosen = select_features(ensemble.importance)
-        columns = tuple(c for c in samples.feature_columns if c in chosen)
-        scaler, members = _fit_members(train, validation, columns, config)
-        ensemble.selected_features, ensemble.scaler, ensemble.members = columns, scaler, members
-        ensemble.weights = member_weights(members)
+    select_features(ensemble, train, validation, config)
     ensemble.calibrate(validation)
     ensemble.validation, ensemble.validation_calibration = _reports(
         ensemble, validation, train.labels
@@ -586,6 +586,50 @@ def train_ensemble(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
     ensemble.test_window = (test.ts.min(), test.ts.max())
     ensemble.train_seconds = time.perf_counter() - started
     return ensemble
+
+
+def select_features(
+    ensemble: TrainedEnsemble, train: SampleSet, validation: SampleSet, config: TrainConfig
+) -> None:
+    """Feature selection in the loop, on ``validation`` only (before the calibration is fit).
+
+    The permutation importance of each feature family (``pipelines.features.prune``) is
+    measured on the latest ``importance_max_samples`` validation windows; with
+    ``config.feature_selection`` the families the rule keeps (``select_families``) are the
+    model's inputs and the members are refit on them (on ``train``, early-stopped on
+    ``validation`` as before). Nothing is measured when selection is off and
+    ``importance_repeats`` is 0."""
+    columns = ensemble.selected_features
+    ensemble.selected_families = tuple(feature_families(columns))
+    if not (config.feature_selection or config.importance_repeats > 0):
+        return
+    sub = validation.last(config.importance_max_samples)
+    ensemble.family_importance = grouped_permutation_importance(
+        ensemble.predict_uncalibrated,
+        sub.windows,
+        sub.labels,
+        feature_families(columns),
+        ensemble.input_columns,
+        horizon_bars=config.horizon_bars,
+        repeats=max(1, config.importance_repeats),
+        seed=config.seed,
+    )
+    ensemble.importance = {f.family: f.importance for f in ensemble.family_importance}
+    if not config.feature_selection:
+        return
+    kept = select_families(
+        ensemble.family_importance,
+        rule=config.selection_rule,
+        keep_at_least=config.selection_min_families,
+    )
+    chosen = tuple(c for f in ensemble.family_importance if f.family in kept for c in f.columns)
+    selected = tuple(c for c in columns if c in chosen)
+    ensemble.selected_families = tuple(f for f in ensemble.selected_families if f in kept)
+    if selected == columns:
+        return
+    scaler, members = _fit_members(train, validation, selected, config)
+    ensemble.selected_features, ensemble.scaler, ensemble.members = selected, scaler, members
+    ensemble.weights = member_weights(members)
 
 
 def _reports(
@@ -630,6 +674,7 @@ def fit_ensemble(train: SampleSet, config: TrainConfig) -> TrainedEnsemble:
         weights=member_weights(members),
         train_samples=len(train_part),
     )
+    select_features(ensemble, train_part, val_part, config)
     ensemble.calibrate(val_part)
     ensemble.train_seconds = time.perf_counter() - started
     return ensemble

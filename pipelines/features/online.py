@@ -15,17 +15,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pipelines.features import ops
+from pipelines.features.prune import plan
 from pipelines.features.spec import (
     BASE_ONLY_INPUTS,
-    HIGHER_TIMEFRAME_FEATURES,
-    HIGHER_TIMEFRAMES,
     MAX_CARRIED_GAP_BARS,
     ORDER_BOOK_LEVELS,
+    REGIME_COLUMNS,
     TIMEFRAME_MS,
     Graph,
     base_graph,
-    feature_columns,
-    higher_graph,
 )
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -101,16 +99,16 @@ class _Timeframe:
 class _Resampler:
     """Builds higher-timeframe candles; emits one when it has closed."""
 
-    def __init__(self, tf: str, base_ms: int) -> None:
+    def __init__(self, tf: str, base_ms: int, graph: Graph, features: Sequence[str]) -> None:
         self.tf = tf
         self.step_ms = TIMEFRAME_MS[tf]
         self.base_ms = base_ms
         self.bucket: int | None = None
         self.ohlcv: list[float] = [0.0] * 5
-        self.stream = _Timeframe(higher_graph(), self.step_ms)
+        self.stream = _Timeframe(graph, self.step_ms)
         out = self.stream.graph.index
-        self.out_index = [out[name] for name in HIGHER_TIMEFRAME_FEATURES]
-        self.names = [f"{name}_{tf}" for name in HIGHER_TIMEFRAME_FEATURES]
+        self.out_index = [out[name] for name in features]
+        self.names = [f"{name}_{tf}" for name in features]
         self.current: list[Any] = [None] * len(self.names)
 
     def _close(self) -> None:
@@ -143,33 +141,41 @@ class OnlineFeatureEngine:
 
     ``update(candle)`` takes a mapping or object with ts (tz-aware datetime or epoch ms,
     the candle OPEN time), open, high, low, close, volume; it returns the features (a dict
-    over :func:`feature_columns`, order-book / trade features may be None) once every candle
+    over ``columns``, order-book / trade features may be None) once every candle
     feature is warmed up, else None. ``last`` always holds the latest full dict and
     ``gap_bars`` the gap before the latest candle.
+
+    ``columns`` (default: every column of :func:`feature_columns`): compute only these and
+    what they depend on (``pipelines.features.prune.plan``), e.g. a model's selected
+    features (``OnnxPredictor.info.selected_features``); the dicts then hold only them.
+    By default the dicts also hold the regime labels (``REGIME_COLUMNS``; not model inputs,
+    never waited for by ``update``).
     """
 
-    def __init__(self, timeframe: str = "1m") -> None:
+    def __init__(self, timeframe: str = "1m", columns: Sequence[str] | None = None) -> None:
         if timeframe not in TIMEFRAME_MS:
             raise ValueError(f"unknown timeframe {timeframe!r}; known: {sorted(TIMEFRAME_MS)}")
         self.timeframe = timeframe
         self.step_ms = TIMEFRAME_MS[timeframe]
-        self.columns = feature_columns()
-        graph = base_graph()
+        self.plan = plan(columns)
+        self.columns = list(self.plan.columns)
+        labels = REGIME_COLUMNS if columns is None else ()  # in the dicts, never required
+        graph = base_graph() if labels else self.plan.base
         self.base = _Timeframe(graph, self.step_ms)
         idx = self.base.graph.index
-        base_outputs = graph.outputs()
+        base_outputs = [*self.plan.base_outputs, *labels]
         self._base_out = [idx[name] for name in base_outputs]
         self._base_names = base_outputs
         self._resamplers = [
-            _Resampler(tf, self.step_ms)
-            for tf in HIGHER_TIMEFRAMES
+            _Resampler(tf, self.step_ms, hgraph, names)
+            for tf, (hgraph, names) in self.plan.higher.items()
             if TIMEFRAME_MS[tf] >= self.step_ms
         ]
         self._null_htf = [
             f"{name}_{tf}"
-            for tf in HIGHER_TIMEFRAMES
+            for tf, (_, names) in self.plan.higher.items()
             if TIMEFRAME_MS[tf] < self.step_ms
-            for name in HIGHER_TIMEFRAME_FEATURES
+            for name in names
         ]
         optional = _depends_on(graph, set(BASE_ONLY_INPUTS))
         self._required = [c for c in self.columns if c not in optional and c not in self._null_htf]

@@ -61,15 +61,6 @@ def test_fit_predict_for_walk_forward(samples: SampleSet) -> None:
     assert_probabilities(probabilities)
 
 
-def test_permutation_importance_and_feature_selection(samples: SampleSet) -> None:
-    config = TINY.with_updates(members=("gbm",), feature_selection=True, importance_max_samples=80)
-    ensemble = train_ensemble(samples, config)
-    assert set(ensemble.importance) == set(samples.feature_columns)
-    assert 4 <= len(ensemble.selected_features) < len(samples.feature_columns)
-    best = max(ensemble.importance, key=ensemble.importance.__getitem__)
-    assert best in ensemble.selected_features
-
-
 def test_train_config_labels_know_costs_and_weigh_classes() -> None:
     """The default labels never call a move smaller than a 0.3 % round trip a buy or a sell;
     every member's loss is class-balanced unless turned off."""
