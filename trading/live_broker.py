@@ -226,7 +226,7 @@ class CcxtBroker:
         self._snapshot_entries = 0  # journal entries the restored snapshot accounts for
         self.recovered: list[Order] = []  # orders found in the journal only (reconcile_on_start)
         # called once per order left ``unknown`` after its first reconciliation (an alert)
-        self.on_unknown: Callable[[Order, str], None] | None = None
+        self.on_unknown: Callable[[Order, str], object] | None = None
         self._unknown_told: set[str] = set()
 
     # ------------------------------------------------------------------ safety

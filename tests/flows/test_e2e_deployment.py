@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from tests.support.prefect_stack import (
     stop_all,
     wait_for_runs,
 )
+from tests.support.webhook import WebhookReceiver
 from warehouse import Settings, connect
 
 # The module's stack (server, worker, deploy, one full pipeline run and the retrain it
@@ -165,7 +167,11 @@ def _shape_env(shape: str) -> Iterator[tuple[dict[str, str], str | None]]:
 
 
 @pytest.fixture(scope="module", params=SHAPES)
-def e2e(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
+def e2e(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    alert_hook: WebhookReceiver,
+) -> Iterator[E2E]:
     shape = str(request.param)
     root = tmp_path_factory.mktemp(f"e2e-{shape}")
     with _shape_env(shape) as (extra, catalog_url):
@@ -173,6 +179,7 @@ def e2e(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         try:
             stack = start_server(root, extra=extra, procs=procs)
             deploy_all(stack)
+            _setup_alerts(stack, alert_hook)  # alerts (issue 17): see test_alerts_... below
             retrain = stack.get("/deployments/name/retrain/daily")
             stack.patch(f"/deployments/{retrain['id']}", {"parameters": RETRAIN_PARAMETERS})
             worker = start_worker(stack, procs)
@@ -329,6 +336,68 @@ def test_degradation_starts_a_retrain_through_the_deployment_trigger(e2e: E2E) -
     # the pipeline's model, then the challenger the triggered retrain registered (promoted or
     # not, by the promotion rule)
     assert len(models) == 2 and models[1][1] in ("challenger", "champion"), models
+
+
+# ---------------------------------------------------------------- alerts (issue 17, item 6)
+# `tradeloop alerts setup` on the stack: the automation `tradeloop-alerts` posts every
+# `tradeloop.alert.*` event the worker's flows emit to a loopback webhook receiver.
+
+
+@pytest.fixture(scope="module")
+def alert_hook() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as hook:
+        yield hook
+
+
+def _setup_alerts(stack: Stack, hook: WebhookReceiver) -> None:
+    hook.received.clear()  # this shape's alerts only
+    env = stack.env | {"TRADELOOP_ALERT_WEBHOOK_URL": hook.url}
+    done = subprocess.run(
+        [TRADELOOP, "alerts", "setup"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alerts_reach_the_webhook_once_per_event(e2e: E2E, alert_hook: WebhookReceiver) -> None:
+    """Each kill switch firing and degradation the serve/paper loop stored, and each retrain's
+    promotion decision (the pipeline's, then the triggered one), is exactly one alert, with the
+    account, model and its flow run's page in the Prefect UI."""
+    con = connect(e2e.settings, read_only=True)
+    try:
+        [(kills, degradations)] = con.execute(
+            "SELECT count(*) FILTER (message LIKE 'kill switch fired%'), "
+            "count(*) FILTER (kind = 'retrain') FROM loop_events WHERE account = 'paper'"
+        ).fetchall()
+        rows = con.execute("SELECT model_id FROM models ORDER BY version").fetchall()
+        models = [str(m) for (m,) in rows]
+    finally:
+        con.close()
+    expected = {"kill_fired": kills, "degraded": degradations, "promotion": len(models)}
+    assert degradations == 1 and len(models) == 2, (degradations, models)
+
+    def kinds(got: list[dict[str, Any]]) -> dict[str, int]:
+        counts = {k: 0 for k in expected}
+        for p in got:
+            kind = "promotion" if p["kind"] in ("promoted", "refused") else p["kind"]
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    alert_hook.wait_for(lambda got: kinds(got) == expected, timeout_s=120)
+    time.sleep(3.0)  # a second delivery of any of them would have arrived by now
+    got = alert_hook.payloads()
+    assert kinds(got) == expected, got
+
+    serve_page = f"{e2e.stack.ui}/runs/flow-run/{e2e.serve_run['id']}"
+    for p in got:
+        if p["kind"] in ("kill_fired", "degraded"):
+            assert (p["account"], p["model"], p["run_url"]) == ("paper", models[0], serve_page)
+            assert p["symbol"] in (None, SYMBOL)  # the accuracy kill is the account's
+    by_model = {p["model"]: p for p in got if p["kind"] in ("promoted", "refused")}
+    assert sorted(by_model) == sorted(models)
+    triggered = by_model[models[1]]
+    assert triggered["run_url"] == f"{e2e.stack.ui}/runs/flow-run/{e2e.retrain_run['id']}"
+    for p in by_model.values():
+        assert p["symbol"] == SYMBOL and p["message"].startswith("retrain of signal: model")
 
 
 def test_parameters_survive_the_round_trip(e2e: E2E) -> None:

@@ -107,3 +107,53 @@ def test_every_kind_has_a_title_and_unknown_kinds_are_refused() -> None:
     assert set(TITLES) == set(ALERT_KINDS)
     with pytest.raises(ValueError, match="unknown alert kind"):
         Alerter(WebhookSink("http://127.0.0.1:9/x")).alert("nope", "x", key="k")  # type: ignore[arg-type]
+
+
+def test_a_live_order_left_unknown_gives_one_alert() -> None:
+    """The real ccxt.binance client against the loopback exchange: the order request fails
+    without effect (-1001), the lookup by client id says "not yet" (recvWindow): the order is
+    ``unknown``; ``serve_live`` wires ``on_unknown`` to a loop event with an alert, here to an
+    ``Alerter`` directly. Reconciled again at the next candles, it is not told twice."""
+    import time as _time
+
+    from pipelines.loopback.server import Fault, FaultPlan, LoopbackExchange, LoopbackServer
+    from pipelines.simulated_exchange import SimulatedExchange
+    from trading.domain import Bar, Order
+    from trading.live_broker import CcxtBroker
+
+    exchange = LoopbackExchange(
+        symbols=["BTC/USDT"], simulated=SimulatedExchange(), api_key="loopback-key-1"
+    )
+    price = exchange.last_price("BTC/USDT")
+    exchange.faults = FaultPlan((Fault.UNAPPLIED_ERROR,), ("order",), repeat=False)
+    now = [_time.time()]
+    with LoopbackServer(exchange) as server, WebhookReceiver() as hook:
+        broker = CcxtBroker(
+            "binance",
+            api_key="loopback-key-1",
+            api_secret="loopback-secret-2",
+            api_base=server.url,
+            timeout_ms=2_000,
+            reconcile_wait_s=0.05,
+            clock=lambda: now[0],
+        )
+        alerts = Alerter(WebhookSink(hook.url))
+        broker.on_unknown = lambda order, why: alerts.alert(
+            "order_unknown",
+            f"order {order.client_order_id}: outcome unknown ({why})",
+            key=f"live:{order.client_order_id}",
+            account="live",
+            symbol=order.symbol,
+        )
+        broker.submit(Order("live-BTCUSDT-1-1", "BTC/USDT", "buy", 0.01, created_ts_ms=1))
+        assert broker.order_status("live-BTCUSDT-1-1") == "unknown"
+        bar = Bar("BTC/USDT", 0, price, price, price, price, 1.0)
+        broker.process_bar(bar, 0.0)  # still inside the recvWindow: still unknown
+        now[0] += 10.0
+        broker.process_bar(bar, 0.0)  # the exchange confirms it never got it: sent again
+        alerts.close()
+        payloads = hook.payloads()
+    assert broker.order_status("live-BTCUSDT-1-1") == "filled"
+    assert [p["kind"] for p in payloads] == ["order_unknown"]
+    assert payloads[0]["symbol"] == "BTC/USDT" and "live-BTCUSDT-1-1" in payloads[0]["message"]
+    assert "loopback-secret-2" not in str(payloads) and "loopback-key-1" not in str(payloads)
