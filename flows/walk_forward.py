@@ -52,7 +52,38 @@ def pooled_markdown(report: dict[str, Any]) -> str:
                 f"{s['sharpe']:.3f} | {s['sharpe_ci_low']:.3f} .. {s['sharpe_ci_high']:.3f} | "
                 f"{s['sharpe_units']} | {s['max_drawdown']:.4f} |"
             )
+    lines += regime_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def regime_markdown(report: dict[str, Any]) -> list[str]:
+    """The per-regime rows and the regime rules of the report, as markdown lines."""
+    lines: list[str] = []
+    if report.get("regimes"):
+        lines += [
+            "",
+            "| regime | bars | share | trades | hit rate | return | buy and hold | IC |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in report["regimes"]:
+            lines.append(
+                f"| {r['regime']} | {r['bars']} | {r['share']:.3f} | {r['trades']} | "
+                f"{r['hit_rate']:.3f} | {r['return']:.4f} | {r['buy_and_hold_return']:.4f} | "
+                f"{r['ic']:.3f} |"
+            )
+    if report.get("regime_rules"):
+        lines += [
+            "",
+            "| regime rule | total return | Sharpe | vs none, bps/bar (CI) | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for r in report["regime_rules"]:
+            lines.append(
+                f"| {r['rule']} | {r['total_return']:.4f} | {r['sharpe']:.3f} | "
+                f"{r['vs_none_bps_per_bar']:.3f} ({r['vs_none_ci_low']:.3f} .. "
+                f"{r['vs_none_ci_high']:.3f}) | {r['verdict']} |"
+            )
+    return lines
 
 
 @flow(name="walk-forward-model", log_prints=True)

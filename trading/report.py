@@ -30,7 +30,7 @@ from trading.report_plots import (
     write_plotly_js,
 )
 
-__all__ = ["METRIC_ROWS", "line_chart", "table", "write_report"]
+__all__ = ["METRIC_ROWS", "REGIME_NOTE", "line_chart", "table", "write_report"]
 
 METRIC_ROWS = (
     "total_return",
@@ -71,6 +71,14 @@ MODEL_ROWS = (
     "model_trades",
     "fallback_trades",
     "in_sample_bars",
+)
+# what the per-regime rows of a backtest or walk-forward report mean (trading.regimes)
+REGIME_NOTE = (
+    "Regimes from the features' <code>regime_trend</code> (bull / sideways / bear) and "
+    "<code>regime_vol</code> (high / low volatility), known at each bar's close "
+    "(docs/regimes.md). A decision counts in the regime of the bar that made it: the next "
+    "bar's after-fee return, the trades it opened, its IC pair. Return: compounded over "
+    "those bars per symbol, averaged over symbols; buy and hold's on the same bars beside it."
 )
 BASELINE_NAMES = {
     "buy_and_hold": "buy and hold",
@@ -219,6 +227,12 @@ def render(name: str, summary: dict[str, Any], figs: dict[str, Any], plotly_src:
     if summary.get("volatility", {}).get("scores"):
         parts += ["<h2>Volatility forecasters, out of sample</h2>"]
         parts += [table(summary["volatility"]["scores"])]
+    if summary.get("regimes"):
+        parts += [
+            "<h2>Results by market regime</h2>",
+            f"<p class='note'>{REGIME_NOTE}</p>",
+            table(summary["regimes"]),
+        ]
     if "folds" in figs:
         parts += ["<h2>Walk-forward folds</h2>", table(figs["folds"])]
     if "stress" in figs:

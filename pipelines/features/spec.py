@@ -87,7 +87,7 @@ def _n(
 REGIME_TREND_BARS = 60  # trend: the 60-bar log return ...
 # ... against +-0.5 sigma of a 60-bar random walk of the bars' 1-bar volatility. Half a sigma:
 # 1-bar returns mean-revert (bid-ask bounce), so on the real 5m/1m files a 60-bar move's spread
-# is 0.47-0.83 of that sigma, and +-1 sigma left 86-96 % of bars "sideways" (docs/regimes.md).
+# is 0.47-0.83 of that sigma, and +-1 sigma left 82-96 % of bars "sideways" (docs/regimes.md).
 REGIME_TREND_BAND_SIGMAS = 0.5
 REGIME_VOL_BASELINE_BARS = 720  # volatility: rvol_60 against its mean over 720 bars
 REGIME_COLUMNS: tuple[str, ...] = ("regime_trend", "regime_vol")
