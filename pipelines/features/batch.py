@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import polars as pl
 
 from pipelines.features import ops
+from pipelines.features.prune import plan
 from pipelines.features.spec import (
     FEATURE_SET_VERSION,
     HIGHER_TIMEFRAME_FEATURES,
     HIGHER_TIMEFRAMES,
     MAX_CARRIED_GAP_BARS,
     ORDER_BOOK_LEVELS,
+    REGIME_COLUMNS,
     TIMEFRAME_MS,
     Graph,
     base_graph,
@@ -198,14 +202,20 @@ def resample(candles: pl.LazyFrame, step_ms: int) -> pl.LazyFrame:
     )
 
 
-def higher_timeframe_features(base: pl.LazyFrame, tf: str) -> pl.LazyFrame:
-    """``HIGHER_TIMEFRAME_FEATURES`` of ``tf`` with ``_avail_ms``: the time its candle closed."""
+def higher_timeframe_features(
+    base: pl.LazyFrame,
+    tf: str,
+    graph: Graph | None = None,
+    features: Sequence[str] = HIGHER_TIMEFRAME_FEATURES,
+) -> pl.LazyFrame:
+    """``features`` (default ``HIGHER_TIMEFRAME_FEATURES``) of ``tf`` with ``_avail_ms``: the
+    time its candle closed. ``graph``: the higher graph (pruned to ``features``) to evaluate."""
     step = timeframe_ms(tf)
     frame = _with_gaps(resample(base, step), step)
-    frame = evaluate_graph(frame, higher_graph())
+    frame = evaluate_graph(frame, higher_graph() if graph is None else graph)
     return frame.select(
         (pl.col("_ts_ms") + step).alias("_avail_ms"),
-        *[pl.col(name).alias(f"{name}_{tf}") for name in HIGHER_TIMEFRAME_FEATURES],
+        *[pl.col(name).alias(f"{name}_{tf}") for name in features],
     )
 
 
@@ -214,6 +224,7 @@ def build_features(
     *,
     order_book: pl.DataFrame | None = None,
     trades: pl.DataFrame | None = None,
+    columns: Sequence[str] | None = None,
 ) -> pl.DataFrame:
     """All features of one symbol/timeframe's candles (sorted by ``ts``, no duplicates).
 
@@ -221,28 +232,28 @@ def build_features(
     :func:`feature_columns`, then the regime labels (``REGIME_COLUMNS``: every column of
     :func:`stored_columns`); rows still warming up hold nulls. ``order_book`` (ts, bid_prices,
     bid_sizes, ask_prices, ask_sizes) and ``trades`` (ts, side, amount) are optional; without
-    them the order-book / trade-flow features are null.
+    them the order-book / trade-flow features are null. ``columns``: compute only these (in
+    ``feature_columns()`` order) and what they depend on (``pipelines.features.prune.plan``),
+    e.g. a model's selected features.
     """
     tf, step_ms = _check_candles(candles)
-    columns = stored_columns()
+    todo = plan(columns)
+    labels = REGIME_COLUMNS if columns is None else ()  # every column: the regime labels too
     if candles.height == 0:
-        return _empty(candles)
+        return _empty(candles, (*todo.columns, *labels))
     base_frame = _with_gaps(_candidate_frame(candles, step_ms, order_book, trades), step_ms)
-    frame = evaluate_graph(base_frame, base_graph())
+    frame = evaluate_graph(base_frame, base_graph() if labels else todo.base)
     frame = frame.with_columns((pl.col("_ts_ms") + step_ms).alias("_close_ms"))
     raw = base_frame.select("_ts_ms", "open", "high", "low", "close", "volume")
-    for htf in HIGHER_TIMEFRAMES:
+    for htf, (hgraph, names) in todo.higher.items():
         hstep = timeframe_ms(htf)
         if hstep < step_ms:
             frame = frame.with_columns(
-                *[
-                    pl.lit(None, pl.Float64).alias(f"{name}_{htf}")
-                    for name in HIGHER_TIMEFRAME_FEATURES
-                ]
+                *[pl.lit(None, pl.Float64).alias(f"{name}_{htf}") for name in names]
             )
             continue
         frame = frame.join_asof(
-            higher_timeframe_features(raw, htf),
+            higher_timeframe_features(raw, htf, hgraph, names),
             left_on="_close_ms",
             right_on="_avail_ms",
             strategy="backward",
@@ -251,15 +262,15 @@ def build_features(
         *KEY_COLUMNS,
         pl.lit(FEATURE_SET_VERSION).alias("feature_set_version"),
         "gap_bars",
-        *[pl.col(c).cast(pl.Float64) for c in columns],
+        *[pl.col(c).cast(pl.Float64) for c in (*todo.columns, *labels)],
     ).collect()
 
 
-def _empty(candles: pl.DataFrame) -> pl.DataFrame:
+def _empty(candles: pl.DataFrame, columns: Sequence[str] | None = None) -> pl.DataFrame:
     schema: dict[str, pl.DataType | type[pl.DataType]] = {c: candles.schema[c] for c in KEY_COLUMNS}
     schema["feature_set_version"] = pl.String
     schema["gap_bars"] = pl.Int64
-    schema.update({c: pl.Float64 for c in stored_columns()})
+    schema.update({c: pl.Float64 for c in (stored_columns() if columns is None else columns)})
     return pl.DataFrame(schema=schema)
 
 
