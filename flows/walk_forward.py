@@ -74,12 +74,12 @@ def regime_markdown(report: dict[str, Any]) -> list[str]:
     if report.get("regime_rules"):
         lines += [
             "",
-            "| regime rule | total return | Sharpe | vs none, bps/bar (CI) | verdict |",
-            "|---|---|---|---|---|",
+            "| signals | regime rule | total return | Sharpe | vs none, bps/bar (CI) | verdict |",
+            "|---|---|---|---|---|---|",
         ]
         for r in report["regime_rules"]:
             lines.append(
-                f"| {r['rule']} | {r['total_return']:.4f} | {r['sharpe']:.3f} | "
+                f"| {r['signals']} | {r['rule']} | {r['total_return']:.4f} | {r['sharpe']:.3f} | "
                 f"{r['vs_none_bps_per_bar']:.3f} ({r['vs_none_ci_low']:.3f} .. "
                 f"{r['vs_none_ci_high']:.3f}) | {r['verdict']} |"
             )

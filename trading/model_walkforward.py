@@ -19,9 +19,10 @@ bars, never average per-fold figures.
   ratios stands in for the trials' spread);
 * the pooled results broken down by market regime (bull / bear / sideways, high / low
   volatility: ``trading.regimes``, docs/regimes.md), and the regime-dependent rules
-  (``trading.regimes.REGIME_RULES``) measured against no rule: the loop's target signals
-  replayed by the vectorized engine with and without each rule, on the same bars and costs,
-  with a block-bootstrap CI of the difference and a deflated Sharpe counting every rule.
+  (``trading.regimes.REGIME_RULES``) measured against no rule: the loop's target signals, and
+  the sign of the model's score, replayed by the vectorized engine with and without each rule,
+  on the same bars and costs, with a block-bootstrap CI of the difference and a deflated Sharpe
+  counting every rule.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ from trading.risk import RiskLimits
 from trading.volatility import block_bootstrap_mean
 
 DAY_MS = 86_400_000
+# the signals the regime rules are applied to: the serving loop's targets, and the model's
+# expected direction alone (sign of p_buy - p_sell, flat where it did not decide), a strategy
+# the loop does not run: its cost gate can hold every bar, and a rule then changes nothing
+LOOP_SIGNALS = "loop"
+SCORE_SIGNALS = "score sign"
 BASELINES = ("buy_and_hold", "rsi_rule", "flat", "majority_class")
 MIN_ANNUALIZED_DAYS = 30.0
 
@@ -145,8 +151,8 @@ class _Pieces:
     )
     turnover: list[float] = dataclasses.field(default_factory=list)
     regimes: RegimeBook = dataclasses.field(default_factory=RegimeBook)
-    # per regime rule: ts -> bar returns of every symbol's replay at that bar
-    rules: dict[str, dict[int, list[float]]] = dataclasses.field(
+    # per (signals, regime rule): ts -> bar returns of every symbol's replay at that bar
+    rules: dict[tuple[str, str], dict[int, list[float]]] = dataclasses.field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list))
     )
 
@@ -304,10 +310,16 @@ def _add_regimes(
     """One symbol's test window into the regime book and the regime rules' replays."""
     hold = np.asarray(base_results["buy_and_hold"].equity, dtype=np.float64)
     trend, vol = add_model_run(pieces.regimes, candles, start, run, hold, config.initial_cash)
-    replays = rule_bar_returns(run.candles, run.signal, trend, vol, base_config(config))
-    for rule, returns in replays.items():
-        for t, r in zip(run.candles.ts_ms, returns, strict=True):
-            pieces.rules[rule][int(t)].append(float(r))
+    probs = run.inference.probabilities
+    score = np.nan_to_num(probs[:, 0] - probs[:, 2], nan=0.0)
+    for signals, signal in (
+        (LOOP_SIGNALS, run.signal),
+        (SCORE_SIGNALS, np.sign(score).astype(np.int8)),
+    ):
+        replays = rule_bar_returns(run.candles, signal, trend, vol, base_config(config))
+        for rule, returns in replays.items():
+            for t, r in zip(run.candles.ts_ms, returns, strict=True):
+                pieces.rules[signals, rule][int(t)].append(float(r))
 
 
 def base_config(config: LoopConfig) -> BacktestConfig:
@@ -321,18 +333,17 @@ def base_config(config: LoopConfig) -> BacktestConfig:
 
 
 def _rule_rows(pieces: _Pieces, timeframe: str, horizon: int) -> list[dict[str, Any]]:
-    """Each regime rule's pooled book (replayed signals) against no rule's on the same bars:
-    figures, the mean per-bar difference in bps with its block-bootstrap CI, a verdict."""
-    if "none" not in pieces.rules:
-        return []
-    books = {rule: _book(pieces.rules[rule]) for rule in REGIME_RULES if rule in pieces.rules}
-    _, base = books["none"]
+    """Per signal source, each regime rule's pooled book (replayed signals) against no rule's
+    on the same bars: figures, the mean per-bar difference in bps with its block-bootstrap
+    CI, a verdict. The deflated Sharpe counts every (signals, rule) pair as a trial."""
+    keys = [(s, r) for s in (LOOP_SIGNALS, SCORE_SIGNALS) for r in REGIME_RULES]
+    books = {k: _book(pieces.rules[k]) for k in keys if k in pieces.rules}
     per_bar = [sharpe(r, 1.0) for _, r in books.values()]
     block = max(10 * horizon, 1)
     rows = []
-    for rule, (_, returns) in books.items():
+    for (signals, rule), (_, returns) in books.items():
         figures = _strategy_figures(returns, timeframe, horizon, len(books), per_bar)
-        diff = (returns - base) * 1e4
+        diff = (returns - books[signals, "none"][1]) * 1e4
         lo, hi = block_bootstrap_mean(diff, block=block, n_boot=1000)
         if rule == "none":
             verdict = "the reference"
@@ -344,6 +355,7 @@ def _rule_rows(pieces: _Pieces, timeframe: str, horizon: int) -> list[dict[str, 
             verdict = "no measurable difference"
         rows.append(
             {
+                "signals": signals,
                 "rule": rule,
                 "total_return": figures["total_return"],
                 "sharpe": figures["sharpe"],
@@ -523,10 +535,11 @@ def _regime_sections(report: dict[str, Any]) -> list[str]:
     if report.get("regime_rules"):
         parts += [
             "<h2>Regime-dependent rules, measured</h2>",
-            "<p>The loop's target signals replayed by the vectorized engine (full size, same "
-            "costs) with each rule and without (<code>none</code>); the difference per bar of "
-            "the pooled book in bps with its moving-block bootstrap CI. A rule helps only when "
-            "that CI excludes zero; the deflated Sharpe counts every rule as a trial.</p>",
+            "<p>The loop's target signals, and the sign of the model's score (a strategy the "
+            "loop does not run), replayed by the vectorized engine (full size, same costs) with "
+            "each rule and without (<code>none</code>); the difference per bar of the pooled "
+            "book in bps with its moving-block bootstrap CI. A rule helps only when that CI "
+            "excludes zero; the deflated Sharpe counts every rule as a trial.</p>",
             table(report["regime_rules"]),
         ]
     return parts

@@ -158,10 +158,11 @@ def test_walk_forward_report_has_per_regime_rows(
             assert r["ic_ci_low"] <= r["ic"] <= r["ic_ci_high"], r
         lo, hi = r["mean_return_bps_ci_low"], r["mean_return_bps_ci_high"]
         assert not math.isfinite(lo) or lo <= r["mean_return_bps"] <= hi, r
-    rules = {r["rule"]: r for r in report["regime_rules"]}
-    assert list(rules) == list(REGIME_RULES)
-    assert rules["none"]["vs_none_bps_per_bar"] == 0.0
-    assert rules["none"]["verdict"] == "the reference"
+    rules = {(r["signals"], r["rule"]): r for r in report["regime_rules"]}
+    assert list(rules) == [(s, r) for s in ("loop", "score sign") for r in REGIME_RULES]
+    for signals in ("loop", "score sign"):
+        assert rules[signals, "none"]["vs_none_bps_per_bar"] == 0.0
+        assert rules[signals, "none"]["verdict"] == "the reference"
     for r in rules.values():
         assert math.isfinite(r["total_return"]) and r["max_drawdown"] <= 0.0
         assert r["verdict"] in (
