@@ -163,6 +163,13 @@ def test_labels_are_stored_but_are_not_model_inputs() -> None:
     assert stored_columns() == [*feature_columns(), *REGIME_COLUMNS]
     table = feature_table_markdown()
     assert all(f"`{c}`" in table and "not a model input" in table for c in REGIME_COLUMNS)
+    # a caller asking for some model inputs (a model's selected features) gets no labels
+    candles = regime_candles(1, [])
+    assert set(build_features(candles).columns) >= set(REGIME_COLUMNS)
+    only = build_features(candles, columns=["logret_1"])
+    assert not set(REGIME_COLUMNS) & set(only.columns)
+    engine = OnlineFeatureEngine("5m", columns=["logret_1"])
+    assert not set(REGIME_COLUMNS) & set(engine.step(candles.row(0, named=True)))
 
 
 def test_regime_migration_adds_the_columns_to_the_features_table(
