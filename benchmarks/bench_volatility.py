@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.results import record
+from models.metrics import block_bootstrap_mean
 from pipelines.features import FEATURE_SET_VERSION
 from trading.backtest import Candles, load_candle_file
 from trading.decide import PrecomputedBar
@@ -34,7 +35,6 @@ from trading.volatility import (
     VolatilityChoice,
     VolatilityForecaster,
     baseline_choice,
-    block_bootstrap_mean,
     choose_forecaster,
 )
 

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from models.metrics import block_bootstrap_mean
 from trading.decision import OnlineVolatility, rolling_volatility
 
 WARMUP = 20  # returns before an EWMA/GARCH forecast (their seed: the mean of their squares)
@@ -299,26 +300,6 @@ def mse_log_variance(sigma: np.ndarray, rv: np.ndarray, horizon: int) -> np.ndar
     with np.errstate(divide="ignore", invalid="ignore"):
         out = (np.log(rv) - np.log(f)) ** 2
     return np.where(np.isfinite(out), out, np.nan)
-
-
-def block_bootstrap_mean(
-    x: np.ndarray, *, block: int, n_boot: int = 1000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Moving-block bootstrap percentile CI of ``mean(x)`` (the finite values, in time order);
-    NaN when there are fewer than two blocks."""
-    v = np.asarray(x, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    n, b = v.size, max(int(block), 1)
-    if n < 2 * b:
-        return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    n_blocks = math.ceil(n / b)
-    csum = np.concatenate(([0.0], np.cumsum(v)))
-    starts = rng.integers(0, n - b + 1, size=(n_boot, n_blocks))
-    sums = (csum[starts + b] - csum[starts]).sum(axis=1)  # n_blocks x b values a resample
-    means = sums / (n_blocks * b)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
 
 
 @dataclass(frozen=True, slots=True)
