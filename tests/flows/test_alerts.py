@@ -105,6 +105,8 @@ def _stale_data(settings: Settings, tmp_path: Path, account: str = "stale") -> N
     )
 
 
+# about 10 s of CPU (two serving runs on a warehouse); 26 s wall at a load of 35 on 2 cores
+@pytest.mark.slow
 def test_one_alert_per_event_without_prefect(tmp_path: Path) -> None:
     with WebhookReceiver() as hook:
         settings = Settings(home=tmp_path / "home", alert_webhook_url=SecretStr(hook.url))
@@ -180,6 +182,8 @@ def _mine(
     return [p for p in payloads if p.get("account") in accounts or p.get("model") in models]
 
 
+# the same, through the flow tests' Prefect server (33 s wall at a load of 35 on 2 cores)
+@pytest.mark.slow
 def test_one_alert_per_event_with_prefect(prefect_server: None, tmp_path: Path) -> None:
     from prefect.automations import Automation
     from prefect.client.orchestration import get_client
