@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +158,43 @@ def test_a_live_order_left_unknown_gives_one_alert() -> None:
     assert [p["kind"] for p in payloads] == ["order_unknown"]
     assert payloads[0]["symbol"] == "BTC/USDT" and "live-BTCUSDT-1-1" in payloads[0]["message"]
     assert "loopback-secret-2" not in str(payloads) and "loopback-key-1" not in str(payloads)
+
+
+def test_a_manual_kill_and_its_lifting_each_give_one_alert(tmp_path: Path) -> None:
+    """The serving loop on real candles: `tradeloop kill` (its file) fires the kill switch,
+    removing it lifts it; one alert each, however many candles pass in between."""
+    from tests.trading.serve_harness import TICKS, MemoryRegistry, build_loop
+    from tests.trading.serve_support import constant_model
+    from trading.loop import LoopConfig
+    from trading.protections import kill_file
+
+    registry = MemoryRegistry()
+    registry.promote(constant_model(tmp_path / "hold.onnx", (0.2, 0.6, 0.2), 0.8), "hold")
+    with WebhookReceiver() as hook:
+        alerts = Alerter(WebhookSink(hook.url), run_url="file:///home/serve/paper.heartbeat")
+        loop = build_loop(LoopConfig(), tmp_path / "home", registry, alerts=alerts)
+        kill = kill_file(loop.home, loop.config.account)
+        for i, tick in enumerate(TICKS[:60]):
+            if i == 20:
+                kill.parent.mkdir(parents=True, exist_ok=True)
+                kill.touch()
+            if i == 40:
+                kill.unlink()
+            loop.on_tick(tick)  # type: ignore[arg-type]  # Tick is frozen; TickLike not
+        alerts.close()
+        got = hook.payloads()
+    assert [(p["kind"], p["message"]) for p in got] == [
+        ("kill_fired", "manual kill: no new orders"),
+        ("kill_reset", "manual kill lifted"),
+    ]
+    assert all(p["account"] == "paper" and p["model"] == "hold" for p in got)
+    assert [p["ts"] for p in got] == [
+        _iso_ms(TICKS[20].bars[0].ts_ms),
+        _iso_ms(TICKS[40].bars[0].ts_ms),
+    ]
+
+
+def _iso_ms(ts_ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC).isoformat()
