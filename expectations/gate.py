@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from expectations.coerce import coerce
 from expectations.derive import derive_candles, derive_order_books, derive_trades
+from expectations.derive_futures import FUTURES_TABLES, derive_futures
 from expectations.policy import GatePolicy
 from expectations.rowjson import row_json, show_value, shown
 from expectations.rules import mostly_success, unexpected_rows
@@ -472,6 +473,8 @@ def gate_series(
             frame, gaps, _ = derive_candles(frame, spec, policy, now_ms)
         elif table == "order_book_snapshots":
             frame = derive_order_books(frame, spec, policy, now_ms)
+        elif table in FUTURES_TABLES:
+            frame, gaps = derive_futures(table, frame, spec, policy, now_ms)
         else:
             frame = derive_trades(frame, spec, policy, now_ms)
         validation_id = stable_id(base_id, table, _fingerprint(batch))

@@ -128,7 +128,53 @@ TRADES = TableSpec(
     optional_extra=BOOKKEEPING,
 )
 
-SPECS: dict[str, TableSpec] = {s.name: s for s in (CANDLES, ORDER_BOOK_SNAPSHOTS, TRADES)}
+# Perpetual-futures inputs (issue 15): the contract's mark-price candles, its funding rates
+# and its open interest, each in its own table (migrations 0011, 0019).
+MARK_CANDLES = TableSpec(
+    name="mark_candles",
+    columns=(
+        *CANDLES.columns[:-1],
+        ColumnSpec("volume", "float", required=False),  # exchanges publish none
+    ),
+    key=CANDLES.key,
+    series=CANDLES.series,
+    optional_extra=BOOKKEEPING,
+)
+
+FUNDING_RATES = TableSpec(
+    name="funding_rates",
+    columns=(
+        # the period is the funding interval (8h); ts as the exchange stamped it (Binance's
+        # are a few ms past the hour, so not aligned)
+        *CANDLES.columns[:4],
+        ColumnSpec("funding_rate", "float"),
+    ),
+    key=CANDLES.key,
+    series=CANDLES.series,
+    optional_extra=BOOKKEEPING,
+)
+
+OPEN_INTEREST = TableSpec(
+    name="open_interest",
+    columns=(
+        *CANDLES.columns[:4],  # the period is the statistics period (5m, 1h, ...)
+        ColumnSpec("open_interest", "float"),
+        ColumnSpec("open_interest_value", "float", required=False),
+    ),
+    key=CANDLES.key,
+    series=CANDLES.series,
+    optional_extra=BOOKKEEPING,
+)
+
+# A funding rate is a fraction per interval; exchanges clamp it to a few percent (Binance's
+# USD-M caps are 0.3 % to 3 %). Beyond this bound a value is a unit or parsing error.
+MAX_ABS_FUNDING_RATE = 0.05
+
+SPECS: dict[str, TableSpec] = {
+    s.name: s
+    for s in (CANDLES, ORDER_BOOK_SNAPSHOTS, TRADES, MARK_CANDLES, FUNDING_RATES, OPEN_INTEREST)
+}
+FUTURES_TABLES = ("mark_candles", "funding_rates", "open_interest")
 
 
 def finite_flag(column: str) -> str:
@@ -355,7 +401,63 @@ def trade_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
     )
 
 
-SUITES = {"candles": candle_suite, "order_book_snapshots": order_book_suite, "trades": trade_suite}
+def mark_candle_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
+    """The candle suite without the volume requirement (mark prices have no volume)."""
+    return tuple(
+        d for d in candle_suite(policy) if not (d.rule == "not_null" and d.columns == ("volume",))
+    )
+
+
+def _timeframe_known() -> ExpectationDef:
+    return flag(
+        "timeframe_known",
+        "timeframe_known",
+        "timeframe is not a known duration like 5m, 1h, 8h, 1d",
+        columns=("timeframe",),
+    )
+
+
+def funding_rate_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
+    return (
+        *not_null(["exchange", "symbol", "timeframe", "ts", "funding_rate"]),
+        *_finite(FUNDING_RATES.finite_columns),
+        ExpectationDef(
+            "ExpectColumnValuesToBeBetween",
+            {
+                "column": "funding_rate",
+                "min_value": -MAX_ABS_FUNDING_RATE,
+                "max_value": MAX_ABS_FUNDING_RATE,
+            },
+            "funding_rate_bounded",
+            "critical",
+            ("funding_rate",),
+            f"|funding_rate| above {MAX_ABS_FUNDING_RATE:g} per interval (a unit error?)",
+        ),
+        _timeframe_known(),
+        *_common_time_rules(increasing_within="exchange, symbol, timeframe"),
+    )
+
+
+def open_interest_suite(policy: GatePolicy) -> tuple[ExpectationDef, ...]:
+    return (
+        *not_null(["exchange", "symbol", "timeframe", "ts", "open_interest"]),
+        _positive("open_interest", strict=False),
+        _positive("open_interest_value", strict=False),
+        *_finite(OPEN_INTEREST.finite_columns),
+        _timeframe_known(),
+        *_common_time_rules(increasing_within="exchange, symbol, timeframe"),
+        flag("ts_aligned", "ts_aligned", "ts is not aligned to the timeframe"),
+    )
+
+
+SUITES = {
+    "candles": candle_suite,
+    "order_book_snapshots": order_book_suite,
+    "trades": trade_suite,
+    "mark_candles": mark_candle_suite,
+    "funding_rates": funding_rate_suite,
+    "open_interest": open_interest_suite,
+}
 
 
 def suite_for(table: str, policy: GatePolicy) -> tuple[ExpectationDef, ...]:

@@ -7,6 +7,13 @@ here: ``/api/v3/exchangeInfo`` (load_markets), ``/api/v3/klines`` (fetch_ohlcv),
 endpoints ``POST/GET/DELETE /api/v3/order``, ``GET /api/v3/openOrders`` and
 ``GET /api/v3/account`` (a market order fills at once at the last price; a limit order rests).
 
+For perpetual contracts (``futures``, ccxt symbols like ``BTC/USDT:USDT``, whose underlying
+1m candles are those of ``BTC/USDT``) it serves Binance's USD-M futures shape, what the real
+``ccxt.binanceusdm`` client calls: ``/fapi/v1/exchangeInfo`` (load_markets),
+``/fapi/v1/markPriceKlines`` (fetch_mark_ohlcv), ``/fapi/v1/fundingRate``
+(fetch_funding_rate_history) and ``/futures/data/openInterestHist``
+(fetch_open_interest_history), with values from :mod:`pipelines.simulated_futures`.
+
 Data comes from a :class:`~pipelines.simulated_exchange.SimulatedExchange` or from fixed 1m
 candle tables (a data file). The server clock (``clock``, epoch ms) decides which candles
 exist: closed candles are served as they are, the candle holding "now" is served as a
@@ -37,6 +44,15 @@ import pyarrow as pa
 
 from pipelines.resample import timeframe_ms
 from pipelines.simulated_exchange import MINUTE_MS, SimulatedExchange
+from pipelines.simulated_futures import (
+    FUNDING_INTERVAL_MS,
+    funding_rate_at,
+    funding_times,
+    last_close_before,
+    mark_from_trade,
+    open_interest_at,
+    open_interest_times,
+)
 from pipelines.sources.base import wall_clock_ms
 
 Clock = Callable[[], int]
@@ -118,15 +134,22 @@ class LoopbackExchange:
     _fault_index: Counter[str] = field(default_factory=Counter)
     _orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     _balances: dict[str, float] = field(default_factory=lambda: {"USDT": 100_000.0})
+    futures: Sequence[str] = ()  # perpetual contracts, e.g. BTC/USDT:USDT (USD-M endpoints)
 
     def __post_init__(self) -> None:
         if self.simulated is None and self.tables is None:
             self.simulated = SimulatedExchange()
         self.by_id = {_market_id(s): s for s in self.symbols}
+        self.futures_by_id = {_market_id(s.split(":")[0]): s for s in self.futures}
 
     # ------------------------------------------------------------- data access
-    def series_1m(self, symbol: str, since_ms: int, until_ms: int) -> _Series:
-        """1m candles with open time in [since_ms, until_ms), gaps removed (no clock applied)."""
+    def series_1m(self, symbol: str, since_ms: int, until_ms: int, mark: bool = False) -> _Series:
+        """1m candles with open time in [since_ms, until_ms), gaps removed (no clock applied).
+        ``mark``: the mark-price candles of the contract ``symbol`` (no volume)."""
+        if mark:
+            s = self.series_1m(symbol.split(":")[0], since_ms, until_ms)
+            o, h, lo, c = mark_from_trade(s.ts, s.open, s.high, s.low, s.close)
+            return _Series(s.ts, o, h, lo, c, np.zeros(s.ts.size))
         if self.tables is not None:
             table = self.tables[symbol]
             ts = table["ts"].cast(pa.int64()).to_numpy()
@@ -149,7 +172,13 @@ class LoopbackExchange:
         return self.series_1m(symbol, since_ms, min(until_ms, now - now % MINUTE_MS))
 
     def klines(
-        self, symbol: str, interval: str, start: int | None, end: int | None, limit: int
+        self,
+        symbol: str,
+        interval: str,
+        start: int | None,
+        end: int | None,
+        limit: int,
+        mark: bool = False,
     ) -> list[list[Any]]:
         step = timeframe_ms(interval)
         now = self.clock()
@@ -166,7 +195,7 @@ class LoopbackExchange:
         cursor, found = lo, 0
         while cursor < hi and found <= limit:
             chunk_end = min(hi, cursor + step * (limit + 1))
-            part = self.series_1m(symbol, cursor, chunk_end)
+            part = self.series_1m(symbol, cursor, chunk_end, mark)
             parts.append(part)
             found += int(np.unique(part.ts - part.ts % step).size)
             cursor = chunk_end
@@ -280,6 +309,98 @@ class LoopbackExchange:
                 strict=True,
             )
         ]
+
+    # ------------------------------------------------------------- perpetual contracts
+    def funding_history(
+        self, contract: str, start: int | None, end: int | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Funding rates stamped in [start, end] up to now: the first ``limit`` from ``start``,
+        or without it the most recent ``limit``."""
+        hi = min(self.clock(), end if end is not None else self.clock()) + 1
+        lo = start if start is not None else hi - (limit + 1) * FUNDING_INTERVAL_MS
+        stamps = funding_times(lo, hi)
+        stamps = stamps[:limit] if start is not None else stamps[-limit:]
+        market_id = _market_id(contract.split(":")[0])
+        return [
+            {"symbol": market_id, "fundingTime": int(t), "fundingRate": f"{r:.8f}"}
+            for t, r in zip(stamps, funding_rate_at(stamps), strict=True)
+        ]
+
+    def open_interest_hist(
+        self, contract: str, period: str, start: int | None, end: int | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Open interest at each ``period`` boundary in [start, end] up to now (first ``limit``
+        from ``start``, or the most recent ``limit``)."""
+        step = timeframe_ms(period)
+        hi = min(self.clock(), end if end is not None else self.clock()) + 1
+        lo = start if start is not None else hi - (limit + 1) * step
+        times = open_interest_times(period, lo, hi)
+        times = times[:limit] if start is not None else times[-limit:]
+        if times.size == 0:
+            return []
+        s = self.series_1m(contract.split(":")[0], int(times[0]) - 60 * MINUTE_MS, int(times[-1]))
+        amount = open_interest_at(times)
+        value = amount * last_close_before(s.ts, s.close, times)
+        market_id = _market_id(contract.split(":")[0])
+        return [
+            {
+                "symbol": market_id,
+                "sumOpenInterest": f"{a:.8f}",
+                "sumOpenInterestValue": f"{v:.8f}",
+                "timestamp": int(t),
+            }
+            for t, a, v in zip(times, amount, value, strict=True)
+            if np.isfinite(v)
+        ]
+
+    def futures_exchange_info(self) -> dict[str, Any]:
+        """``/fapi/v1/exchangeInfo``: one USDT-margined perpetual per contract."""
+        symbols = []
+        for s in self.futures:
+            base, quote = s.split(":")[0].split("/")
+            symbols.append(
+                {
+                    "symbol": _market_id(s.split(":")[0]),
+                    "pair": _market_id(s.split(":")[0]),
+                    "contractType": "PERPETUAL",
+                    "deliveryDate": 4133404800000,
+                    "onboardDate": 1569398400000,
+                    "status": "TRADING",
+                    "baseAsset": base,
+                    "quoteAsset": quote,
+                    "marginAsset": quote,
+                    "pricePrecision": 6,
+                    "quantityPrecision": 3,
+                    "baseAssetPrecision": 8,
+                    "quotePrecision": 8,
+                    "underlyingType": "COIN",
+                    "triggerProtect": "0.0500",
+                    "orderTypes": ["LIMIT", "MARKET"],
+                    "timeInForce": ["GTC"],
+                    "filters": [
+                        {
+                            "filterType": "PRICE_FILTER",
+                            "minPrice": "0.000001",
+                            "maxPrice": "10000000",
+                            "tickSize": "0.000001",
+                        },
+                        {
+                            "filterType": "LOT_SIZE",
+                            "minQty": "0.001",
+                            "maxQty": "10000000",
+                            "stepSize": "0.001",
+                        },
+                    ],
+                }
+            )
+        return {
+            "timezone": "UTC",
+            "serverTime": self.clock(),
+            "rateLimits": [],
+            "exchangeFilters": [],
+            "assets": [],
+            "symbols": symbols,
+        }
 
     def exchange_info(self) -> dict[str, Any]:
         symbols = []
@@ -405,6 +526,11 @@ class LoopbackExchange:
         return self.faults.fault_for(endpoint, index)
 
 
+FUTURES_ENDPOINTS = ("markPriceKlines", "fundingRate", "openInterestHist")
+# list bodies that the DUPLICATES and SHUFFLED faults double or reverse
+PAGED_ENDPOINTS = ("klines", *FUTURES_ENDPOINTS)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -450,6 +576,8 @@ class _Handler(BaseHTTPRequestHandler):
         ex = self.server.exchange
         path = urlparse(self.path).path
         endpoint = path.rsplit("/", 1)[-1]
+        if path.startswith("/fapi/") and endpoint == "exchangeInfo":
+            endpoint = "fapiExchangeInfo"  # the USD-M futures markets, not the spot ones
         params = self._params()
         with ex._lock:
             ex.requests[endpoint] += 1
@@ -489,7 +617,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
         except ValueError as exc:  # e.g. an unknown interval or a non-numeric startTime
             return self._send(400, {"code": -1100, "msg": f"Illegal parameter: {exc}"})
-        if status == 200 and endpoint == "klines" and isinstance(body, list):
+        if status == 200 and endpoint in PAGED_ENDPOINTS and isinstance(body, list):
             if fault is Fault.DUPLICATES:
                 body = [row for row in body for _ in (0, 1)]
             elif fault is Fault.SHUFFLED:
@@ -515,6 +643,10 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, {"serverTime": ex.clock()}
         if endpoint == "exchangeInfo":
             return 200, ex.exchange_info()
+        if endpoint == "fapiExchangeInfo":
+            return 200, ex.futures_exchange_info()
+        if endpoint in FUTURES_ENDPOINTS:
+            return self._route_futures(endpoint, p)
         if (
             endpoint in ("klines", "depth", "aggTrades", "trades", "order", "openOrders")
             and "symbol" in p
@@ -593,6 +725,23 @@ class _Handler(BaseHTTPRequestHandler):
                 order["status"] = "CANCELED"
             return 200, order
         return 404, {"code": -1, "msg": f"unknown endpoint {endpoint}"}
+
+    def _route_futures(self, endpoint: str, p: dict[str, str]) -> tuple[int, Any]:
+        ex = self.server.exchange
+        if p.get("symbol") not in ex.futures_by_id:
+            return 400, {"code": -1121, "msg": "Invalid symbol."}
+        contract = ex.futures_by_id[p["symbol"]]
+        start = int(p["startTime"]) if "startTime" in p else None
+        end = int(p["endTime"]) if "endTime" in p else None
+        if endpoint == "markPriceKlines":
+            limit = min(int(p.get("limit", 500)), 1500)
+            return 200, ex.klines(contract, p["interval"], start, end, limit, mark=True)
+        if endpoint == "fundingRate":
+            return 200, ex.funding_history(
+                contract, start, end, min(int(p.get("limit", 100)), 1000)
+            )
+        limit = min(int(p.get("limit", 30)), 500)  # openInterestHist
+        return 200, ex.open_interest_hist(contract, p["period"], start, end, limit)
 
 
 class _Server(ThreadingHTTPServer):
