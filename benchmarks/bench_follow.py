@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +38,18 @@ from benchmarks.results import record
 from pipelines.collect import SourceOptions
 from pipelines.follow import CycleStats, FetchPool, FollowState, run_cycle
 from pipelines.loopback import LoopbackExchange, LoopbackServer
-from pipelines.simulated_exchange import DEFAULT_ORIGIN_MS, MINUTE_MS, SimulatedExchange
+from pipelines.simulated_exchange import (
+    DAY_MS,
+    DEFAULT_ORIGIN_MS,
+    MINUTE_MS,
+    SimulatedExchange,
+    SimulationConfig,
+)
 from pipelines.sources import RetryPolicy
 from warehouse import Settings, connect, migrate
 
 ROOT = Path(__file__).resolve().parents[1]
-TRADELOOP = str(Path(sys.executable).with_name("tradeloop"))
+ONE_SHOT_SECTION = "Data loop: one-shot collect and import as new processes (issue 16)"
 START_MS = DEFAULT_ORIGIN_MS + 40 * 86_400_000 + 37_000
 
 
@@ -103,13 +111,31 @@ def _row(label: str, cycles: list[CycleStats]) -> str:
     )
 
 
-def _timed_process(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+@dataclass
+class Timed:
+    """A command run as a new process: wall time, the child's CPU time (user + sys) and the
+    1-minute load average when it started (other sessions share the cores)."""
+
+    wall_s: float
+    cpu_s: float
+    load: float
+    output: str
+
+    def text(self) -> str:
+        return f"{self.wall_s:.1f} s wall ({self.cpu_s:.1f} s CPU, load {self.load:.1f})"
+
+
+def _timed_process(args: list[str], env: dict[str, str], cwd: Path = ROOT) -> Timed:
+    load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    done = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode:
         raise RuntimeError(f"{args}: exit {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return seconds, done.stdout + done.stderr
+    return Timed(seconds, cpu, load, done.stdout + done.stderr)
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -118,39 +144,82 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def _one_shot_collect(n_symbols: int = 100) -> tuple[float, float]:
-    """(backfill s, one-new-candle s) of ``tradeloop collect`` as new processes, wall clock."""
-    with tempfile.TemporaryDirectory() as tmp:
-        env = _env(Path(tmp) / "home")
-        symbols = ",".join(f"C{i}/USDT" for i in range(n_symbols))
-        args = [TRADELOOP, "collect", "-s", symbols, "-t", "1m"]
-        backfill, _ = _timed_process([*args, "--lookback-days", "0.1"], env)
-        time.sleep(60.5 - time.time() % 60)  # a new minute has closed: one new candle each
-        again, out = _timed_process([*args, "--lookback-days", "0.1"], env)
-        if f"{n_symbols} merged" not in out and "merged" not in out:
-            raise RuntimeError(out)
+def _cli(tree: Path | None = None) -> tuple[list[str], Path]:
+    """The command line of ``tradeloop`` from this tree (or from ``tree``, another checkout:
+    ``python -m flows.cli`` run there imports that tree's code)."""
+    return [sys.executable, "-m", "flows.cli"], tree or ROOT
+
+
+_SPLIT = re.compile(r"fetched in ([\d.]+) s, gated and written in ([\d.]+) s")
+
+
+def _split(output: str) -> str:
+    """The collect's own account of a run: fetch (the exchange) vs gate + write (ours)."""
+    m = _SPLIT.search(output)
+    return f"fetch {m[1]} s, gate+write {m[2]} s" if m else "no split logged (older code)"
+
+
+def _one_shot_collect(
+    n_symbols: int = 100, *, loopback: bool = False, tree: Path | None = None
+) -> tuple[Timed, Timed]:
+    """The backfill and, a minute later, the one-new-candle ``tradeloop collect`` of
+    ``n_symbols`` as new processes. ``loopback``: through ccxt against the loopback exchange
+    served from this process (a warm exchange, as a real one is), else the simulated source
+    in the command's process (which generates each symbol's history from 2024-01-01 in every
+    new process: about 0.6 s CPU a symbol at today's date, the exchange's cost, not ours)."""
+    cli, cwd = _cli(tree)
+    symbols = [f"C{i}/USDT" for i in range(n_symbols)]
+    server = None
+    extra: list[str] = []
+    if loopback:
+        # the exchange's history starts two days ago: generating it from 2024-01-01 in the
+        # server's threads took minutes and its day cache raced (KeyError answers)
+        today = int(time.time() * 1000) // DAY_MS * DAY_MS
+        simulated = SimulatedExchange(SimulationConfig(origin_ms=today - 2 * DAY_MS))
+        server = LoopbackServer(LoopbackExchange(symbols=symbols, simulated=simulated)).start()
+        extra = ["--source", "ccxt", "--exchange", "binance", "--api-base", server.url]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = _env(Path(tmp) / "home")
+            args = [*cli, "collect", "-s", ",".join(symbols), "-t", "1m", *extra]
+            backfill = _timed_process([*args, "--lookback-days", "0.1"], env, cwd)
+            time.sleep(60.5 - time.time() % 60)  # a new minute has closed: one new candle each
+            again = _timed_process([*args, "--lookback-days", "0.1"], env, cwd)
+            if "merged" not in again.output:
+                raise RuntimeError(again.output)
+    finally:
+        if server is not None:
+            server.stop()
     return backfill, again
 
 
-def _import_file(candles_dir: Path) -> tuple[float, list[tuple[str, float]]]:
-    """``tradeloop import`` of a 5,000-row freqtrade file as a new process, and the biggest
-    self-contained imports of that process (``-X importtime``, cumulative seconds)."""
+def _import_file(
+    candles_dir: Path, tree: Path | None = None
+) -> tuple[Timed, Timed, list[tuple[str, float]]]:
+    """``tradeloop import`` of a 5,000-row freqtrade file as a new process: into a new home
+    (its first gate builds the GX project) and into a home that has gated before; and the
+    biggest self-contained imports of that process (``-X importtime``, cumulative seconds)."""
+    cli, cwd = _cli(tree)
     with tempfile.TemporaryDirectory() as tmp:
-        source = feather.read_table(candles_dir / "UNITTEST_BTC-1m.feather").slice(0, 5_000)
-        path = Path(tmp) / "IMP_BTC-1m.feather"
-        feather.write_feather(source, path)
+        source = feather.read_table(candles_dir / "UNITTEST_BTC-1m.feather")
+        first, second = Path(tmp) / "IMP_BTC-1m.feather", Path(tmp) / "IMQ_BTC-1m.feather"
+        feather.write_feather(source.slice(0, 5_000), first)
+        feather.write_feather(source.slice(5_000, 5_000), second)
         env = _env(Path(tmp) / "home")
-        seconds, _ = _timed_process([TRADELOOP, "import", str(path)], env)
+        fresh = _timed_process([*cli, "import", str(first)], env, cwd)
+        warm = _timed_process([*cli, "import", str(second)], env, cwd)
         env2 = _env(Path(tmp) / "home2")
-        _, log = _timed_process(
-            [sys.executable, "-X", "importtime", "-m", "flows.cli", "import", str(path)], env2
-        )
+        log = _timed_process(
+            [sys.executable, "-X", "importtime", "-m", "flows.cli", "import", str(first)],
+            env2,
+            cwd,
+        ).output
     top: dict[str, float] = defaultdict(float)
     for line in log.splitlines():
         m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
         if m and len(m[2]) == 1:  # a top-level import of its importer
             top[m[3].split(".")[0]] += int(m[1]) / 1e6
-    return seconds, sorted(top.items(), key=lambda kv: -kv[1])[:8]
+    return fresh, warm, sorted(top.items(), key=lambda kv: -kv[1])[:8]
 
 
 def _worker_imports() -> list[tuple[str, float]]:
@@ -236,26 +305,61 @@ def main() -> None:
         _, later = _cycles(100, history, loopback=True)
         md.append(_row("ccxt -> loopback (HTTP), 100 symbols, 8 clients", later))
         print(md[-1], flush=True)
+    baseline = os.environ.get("BENCH_FOLLOW_BASELINE")  # a checkout of the code before
+    base_tree = Path(baseline) if baseline else None
+    # which parts also run the code before (a one-shot of it took minutes)
+    base_parts = os.environ.get("BENCH_FOLLOW_BASELINE_PARTS", "import")
+    one = [
+        f"Load average when it started: {os.getloadavg()[0]:.1f} (other sessions share the 2 "
+        "cores: each row gives its own load and the child's CPU time beside the wall time).",
+    ]
     if "oneshot" in parts:
-        backfill, again = _one_shot_collect()
-        md += [
+        one += [
             "",
-            f"One-shot `tradeloop collect` of 100 symbols (simulated, 1m) as a new process: "
-            f"backfill of 0.1 day {backfill:.1f} s; the same command a minute later "
-            f"(1 new candle each) **{again:.1f} s** wall (goal 10 s).",
+            "One-shot `tradeloop collect` of 100 symbols (1m) as a new process: the backfill "
+            "of 0.1 day, then the same command a minute later (1 new candle each; goal 10 s "
+            "wall). CPU = the child's user + sys; load = 1-minute load average at its start; "
+            "the split is the command's own log line (fetch = the exchange's side).",
+            "",
+            "| source | code | backfill | 1 new candle each | split of the second run |",
+            "| --- | --- | --- | --- | --- |",
         ]
-        print(md[-1], flush=True)
+        kinds = os.environ.get("BENCH_FOLLOW_ONESHOT", "simulated,loopback")
+        for loopback in [k == "loopback" for k in ("simulated", "loopback") if k in kinds]:
+            label = "ccxt -> loopback (warm server)" if loopback else "simulated (in process)"
+            trees: list[tuple[str, Path | None]] = [("this", None)]
+            trees += [("before", base_tree)] if base_tree and "oneshot" in base_parts else []
+            for name, tree in trees:
+                backfill, again = _one_shot_collect(loopback=loopback, tree=tree)
+                one.append(
+                    f"| {label} | {name} | {backfill.text()} | **{again.text()}** "
+                    f"| {_split(again.output)} |"
+                )
+                print(one[-1], flush=True)
     if "import" in parts:
-        seconds, top = _import_file(ROOT.parent / "shared" / "data" / "candles")
-        md += [
+        one += [
             "",
-            f"`tradeloop import` of a 5,000-row freqtrade file as a new process: "
-            f"**{seconds:.1f} s** wall (goal 5 s). Biggest top-level imports of that process "
-            "(`python -X importtime`, cumulative): "
+            "`tradeloop import` of a 5,000-row freqtrade file as a new process (goal 5 s "
+            "wall): into a new home (its first gate also builds the GX project: suites, "
+            "validation definition, checkpoint) and into a home that has gated before.",
+            "",
+            "| code | new home | home with its GX project |",
+            "| --- | --- | --- |",
+        ]
+        top: list[tuple[str, float]] = []
+        trees = [("this", None)]
+        trees += [("before", base_tree)] if base_tree and "import" in base_parts else []
+        for name, tree in trees:
+            fresh, warm, tops = _import_file(ROOT.parent / "shared" / "data" / "candles", tree)
+            top = top or tops
+            one.append(f"| {name} | {fresh.text()} | **{warm.text()}** |")
+            print(one[-1], flush=True)
+        one += [
+            "",
+            "Biggest top-level imports of that process (`python -X importtime`, cumulative): "
             + ", ".join(f"{name} {s:.2f} s" for name, s in top)
             + ".",
         ]
-        print(md[-1], flush=True)
     if "backfill" in parts:
         first, _ = _cycles(100, backfill_days, repeats=1)
         engines = _backfill_engines(100, backfill_days)
@@ -290,9 +394,14 @@ def main() -> None:
             *[f"| {label} | {s:.2f} |" for label, s in _worker_imports()],
         ]
         print("\n".join(md[-8:]), flush=True)
-    text = "\n".join(md)
-    print(text)
-    record("Data loop: warm collector, one-shot commands, backfill (issue 16)", text)
+    if any(p in parts for p in ("cycle", "ccxt", "backfill", "worker")):
+        text = "\n".join(md)
+        print(text)
+        record("Data loop: warm collector, one-shot commands, backfill (issue 16)", text)
+    if "oneshot" in parts or "import" in parts:
+        text = "\n".join(one)
+        print(text)
+        record(ONE_SHOT_SECTION, text)
 
 
 if __name__ == "__main__":
