@@ -112,6 +112,9 @@ def evaluate_signals(
         last_ts_ms=int(candles.ts_ms[-1]) if len(candles) else None,
     )
     summary["baselines"] = {k: summarize(v) for k, v in base.items()}
+    from trading.regimes import signal_run_regimes
+
+    summary["regimes"] = signal_run_regimes(candles, result, base["buy_and_hold"])
     return {"summary": summary, "result": result, "baseline_results": base, "candles": candles}
 
 

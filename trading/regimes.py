@@ -32,7 +32,13 @@ import numpy as np
 
 from pipelines.features import build_features
 from pipelines.features.spec import REGIME_COLUMNS
-from trading.backtest import BacktestConfig, Candles, SignalSeries, run_vectorized
+from trading.backtest import (
+    BacktestConfig,
+    BacktestResult,
+    Candles,
+    SignalSeries,
+    run_vectorized,
+)
 from trading.metrics import bar_returns
 from trading.model_metrics import block_bootstrap_ic, spearman, tradeable_returns
 from trading.volatility import block_bootstrap_mean
@@ -221,20 +227,58 @@ def add_model_run(
     returns the (trend, vol) labels of the decided bars."""
     trend, vol = (a[start:] for a in regime_labels(candles))
     probs = run.inference.probabilities
-    trades = run.result.trades
-    book.add(
-        symbol=run.candles.symbol,
-        trend=trend,
-        vol=vol,
-        score=probs[:, 0] - probs[:, 2],  # NaN where the model did not decide
-        realized=tradeable_returns(run.candles.open, run.horizon_bars),
-        strategy_returns=bar_returns(run.equity, initial_cash),
-        hold_returns=bar_returns(hold_equity, initial_cash),
-        units=run.units,
-        trade_bars=trade_decision_bars(run.candles.ts_ms, [t.entry_ts_ms for t in trades]),
-        trade_won=[t.pnl > 0 for t in trades],
+    _add_result(
+        book,
+        run.candles,
+        trend,
+        vol,
+        probs[:, 0] - probs[:, 2],  # NaN where the model did not decide
+        run.horizon_bars,
+        run.result,
+        hold_equity,
+        initial_cash,
     )
     return trend, vol
+
+
+def _add_result(
+    book: RegimeBook,
+    candles: Candles,
+    trend: np.ndarray,
+    vol: np.ndarray,
+    score: np.ndarray,
+    horizon_bars: int,
+    result: BacktestResult,
+    hold_equity: np.ndarray,
+    initial_cash: float,
+) -> None:
+    trades = result.trades
+    book.add(
+        symbol=candles.symbol,
+        trend=trend,
+        vol=vol,
+        score=score,
+        realized=tradeable_returns(candles.open, horizon_bars),
+        strategy_returns=bar_returns(result.equity, initial_cash),
+        hold_returns=bar_returns(hold_equity, initial_cash),
+        units=result.units,
+        trade_bars=trade_decision_bars(candles.ts_ms, [t.entry_ts_ms for t in trades]),
+        trade_won=[t.pnl > 0 for t in trades],
+    )
+
+
+def signal_run_regimes(
+    candles: Candles, result: BacktestResult, hold: BacktestResult, *, horizon_bars: int = 5
+) -> list[dict[str, Any]]:
+    """The per-regime rows of a ``backtest --signals`` run over all of ``candles`` (the
+    first bars are ``unknown`` while the labels warm up; a signal file has no score: no IC)."""
+    book = RegimeBook()
+    trend, vol = regime_labels(candles)
+    score = np.full(len(candles), math.nan)
+    _add_result(
+        book, candles, trend, vol, score, horizon_bars, result, hold.equity, result.initial_cash
+    )
+    return book.rows(horizon_bars=horizon_bars)
 
 
 def model_run_regimes(

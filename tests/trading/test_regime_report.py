@@ -214,3 +214,27 @@ def test_backtest_report_breaks_results_down_by_regime(tmp_path: Path) -> None:
     assert "Results by market regime" in html and "bull / high vol" in html
     saved = json.loads(Path(summary["report_json"]).read_text())
     assert [r["regime"] for r in saved["summary"]["regimes"]] == list(rows)
+
+
+def test_signal_backtest_report_breaks_results_down_by_regime(tmp_path: Path) -> None:
+    """``backtest --signals``: the same rows for a signal file's run over the whole candles
+    (the labels' warm-up is ``unknown``; a signal file has no score, so no IC)."""
+    from trading.backtest import BacktestConfig, SignalSeries
+    from trading.decision import RsiRule, rsi_rule_signals
+    from trading.evaluation import evaluate_signals, figures
+    from trading.report import write_report
+
+    bars = candles(2000)
+    signals = SignalSeries.of(rsi_rule_signals(bars.close, RsiRule()))
+    ev = evaluate_signals(bars, signals, BacktestConfig())
+    summary = ev["summary"]
+    rows = {r["regime"]: r for r in summary["regimes"]}
+    parts = [k for k in rows if k in PAIRS or k == "unknown"]
+    assert rows["unknown"]["bars"] >= 779  # the volatility label's warm-up
+    assert sum(rows[k]["bars"] for k in parts) == len(bars)
+    assert sum(rows[k]["trades"] for k in parts) == summary["trades"] > 0
+    product = math.prod(1.0 + rows[k]["return"] for k in parts if math.isfinite(rows[k]["return"]))
+    assert product == pytest.approx(1.0 + summary["total_return"], rel=1e-9)
+    assert all(math.isnan(r["ic"]) and r["ic_bars"] == 0 for r in rows.values())
+    html_path, _ = write_report("signals", summary, figures(ev), tmp_path)
+    assert "Results by market regime" in html_path.read_text()

@@ -29,7 +29,7 @@ from trading.backtest import Candles
 from trading.model_backtest import candle_frame
 from warehouse import Settings
 
-N = 1_000  # 5m candles: the volatility label warms up after 781 of them
+N = 1_000  # 5m candles: the volatility label is set from the 780th on
 STEP_MS = 300_000
 
 
