@@ -547,7 +547,7 @@ def iter_import(
         yield info, table, report
 
 
-SIDE_TABLES = ("mark_candles", "funding_rates")  # imported beside candles, not gated (see docs)
+SIDE_TABLES = ("mark_candles", "funding_rates")  # imported beside candles, gated (docs/futures.md)
 
 
 def merge_side_tables(
@@ -557,12 +557,14 @@ def merge_side_tables(
     settings: Settings,
     source_kind: str = "file",
 ) -> list[SeriesStats]:
-    """Upsert mark candles and funding rates into their own tables (idempotent: a re-import
-    writes nothing new) and return one ``ingestion_runs`` entry per file. Their timeframe in
+    """Gate and merge mark candles and funding rates into their own tables, each with its
+    quality suite and quarantine (``expectations.gate``; idempotent: a re-import writes
+    nothing new) and return one ``ingestion_runs`` entry per file. Their timeframe in
     ``ingestion_runs`` reads ``<interval> <table>`` (``8h funding_rates``), so it never shares a
     key with the contract's candles of the same interval."""
+    from expectations.gate import gate_and_merge
     from pipelines.collect import SeriesStats
-    from warehouse import upsert
+    from pipelines.futures_collect import written
 
     out: list[SeriesStats] = []
     for table_name, batch, report in batches:
@@ -581,9 +583,16 @@ def merge_side_tables(
             ts = batch["ts"].cast(pa.int64()).to_numpy()
             stats.first_ts_ms, stats.last_ts_ms = int(ts[0]), int(ts[-1])
             stats.window_start_ms, stats.window_end_ms = int(ts[0]), int(ts[-1]) + 1
-            result = upsert(con, table_name, batch, settings=settings)
-            stats.rows_merged = result.rows_in
-            stats.message = f"{table_name}: {result.written} written, {result.unchanged} unchanged"
+            result = gate_and_merge(con, table_name, batch, settings=settings)
+            stats.rows_merged = result.rows_merged
+            stats.rows_quarantined = result.rows_quarantined
+            stats.warnings = list(result.warnings)
+            stats.status = "ok" if result.success else "failed"
+            new = written(con, result)
+            stats.message = (
+                f"{table_name}: {new} written, {result.rows_merged - new} unchanged, "
+                f"{result.rows_quarantined} quarantined"
+            )
         stats.finished_at = dt.datetime.now(dt.UTC)
         stats.seconds = time.perf_counter() - started
         out.append(stats)
