@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from models.metrics import ece, log_loss, reliability_bins
+from models.metrics import block_bootstrap_mean, ece, log_loss, reliability_bins
 from models.registry import ModelRecord
 from pipelines.progress import Progress, each
 from pipelines.resample import timeframe_ms
@@ -70,7 +70,6 @@ from trading.regimes import (
 )
 from trading.report import REGIME_NOTE, line_chart, table
 from trading.risk import RiskLimits
-from trading.volatility import block_bootstrap_mean
 
 DAY_MS = 86_400_000
 # the signals the regime rules are applied to: the serving loop's targets, and the model's

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.metrics import block_bootstrap_mean
 from pipelines.features import build_features
 from pipelines.features.spec import REGIME_COLUMNS
 from trading.backtest import (
@@ -41,7 +42,6 @@ from trading.backtest import (
 )
 from trading.metrics import bar_returns
 from trading.model_metrics import block_bootstrap_ic, spearman, tradeable_returns
-from trading.volatility import block_bootstrap_mean
 
 if TYPE_CHECKING:
     from trading.model_backtest import ModelRun
