@@ -124,7 +124,7 @@ def _models_of(model_ids: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-# a maker-fee account's costs (docs/models.md): at the default costs no configuration trades
+# a maker-fee account's costs (docs/models.md): at the default costs the models do not trade
 LOW_FEE, LOW_SLIPPAGE = 0.0002, 0.0
 
 
@@ -363,8 +363,10 @@ def _costs_table(prefix: str) -> tuple[str, list[str], float]:
                 else "no measurable after-fee difference (the paired Sharpe CI includes zero)"
             )
         )
+        helps = (not overlap and pa["ic"] > pb["ic"]) or (trades and d[1] > 0)
         said.append(
-            f"- **{what}**: IC {pa['ic']:.4f} vs {pb['ic']:.4f} without it "
+            f"- **{what} {'helps' if helps else 'does not help'} here**: "
+            f"IC {pa['ic']:.4f} vs {pb['ic']:.4f} without it "
             f"({'CIs overlap: no measurable IC difference' if overlap else 'CIs do not overlap'}); "
             f"{sharpe_text}."
         )
@@ -397,8 +399,9 @@ walk-forward -s ETH/BTC,LTC/BTC -t 5m --folds {FOLDS} --train-days {TRAIN_DAYS:g
 10-day, 5-epoch example so that every configuration fits a loaded shared machine), each
 configuration run once by `python -m benchmarks.bench_selection`. Pooled over the 3 test
 windows (9 days, both symbols). IC: Spearman of `p_buy - p_sell` against the next-open
-tradeable return; CIs are moving-block bootstraps (EVALUATION.md). Sharpe in {units}; the
-deflated Sharpe counts the folds as trials. "Selected columns per fold": the exported
+tradeable return; CIs are moving-block bootstraps (EVALUATION.md). Sharpe {units}, not
+annualized (the test windows are under 30 days); the deflated Sharpe counts the folds as
+trials. "Selected columns per fold": the exported
 models' inputs, out of the 93 columns with data (107 in the feature set). The paired table
 compares per-bar Sharpe ratios of the equal-weight book on the same bars, with a block
 bootstrap CI of the difference.
@@ -408,8 +411,8 @@ side):
 
 {default_costs}
 
-**At a maker-fee account's costs** (`--fee {LOW_FEE} --slippage {LOW_SLIPPAGE:g}`), where the
-model trades:
+**At a maker-fee account's costs** (`--fee {LOW_FEE} --slippage {LOW_SLIPPAGE:g}`; labels and
+decisions know the lower round trip):
 
 {low_costs}
 
