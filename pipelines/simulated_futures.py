@@ -14,13 +14,22 @@ depends on a candle after t:
   ends there plus clamp(0.01 % - premium mean, ±0.05 %), clamped to ±0.75 %;
 * the **open interest** at each period boundary is a positive smooth function of time in
   contracts; its value is that times the underlying's last close before the boundary.
+
+:func:`simulated_futures` gives them as rows of the warehouse tables (``mark_candles``,
+``funding_rates``, ``open_interest``); the loopback exchange serves the same values in
+Binance's USD-M shape.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipelines.resample import timeframe_ms
+from pipelines.resample import resample_arrow, timeframe_ms
+from pipelines.simulated_exchange import SimulatedExchange, candles_table
+
+TS = pa.timestamp("ms", tz="UTC")
 
 HOUR_MS = 3_600_000
 FUNDING_INTERVAL = "8h"
@@ -88,3 +97,61 @@ def last_close_before(ts_1m: np.ndarray, closes: np.ndarray, at_ms: np.ndarray) 
     ok = idx >= 0
     out[ok] = closes[idx[ok]]
     return out
+
+
+def simulated_futures(
+    exchange: SimulatedExchange,
+    contract: str,
+    kind: str,
+    since_ms: int,
+    until_ms: int,
+    *,
+    timeframe: str | None = None,
+) -> pa.Table:
+    """What the simulated exchange has for the perpetual ``contract`` (e.g. ``BTC/USDT:USDT``,
+    on the underlying ``BTC/USDT``) in [since_ms, until_ms), as rows of the table ``kind``
+    (``mark_candles``, ``funding_rates`` or ``open_interest``). ``timeframe``: the candle or
+    open-interest period (default 1h); funding comes every 8 h."""
+    underlying = contract.split(":")[0]
+    name = exchange.name
+    if kind == "funding_rates":
+        stamps = funding_times(since_ms, until_ms)
+        return _rows(name, contract, FUNDING_INTERVAL, stamps, funding_rate=funding_rate_at(stamps))
+    tf = timeframe or "1h"
+    step = timeframe_ms(tf)
+    if kind == "open_interest":
+        times = open_interest_times(tf, since_ms, until_ms)
+        if times.size == 0:
+            return _rows(name, contract, tf, times, open_interest=times, open_interest_value=times)
+        a = exchange.candle_arrays(underlying, int(times[0]) - 60 * 60_000, int(times[-1]))
+        amount = open_interest_at(times)
+        value = amount * last_close_before(a["ts"], a["close"], times)
+        return _rows(name, contract, tf, times, open_interest=amount, open_interest_value=value)
+    if kind != "mark_candles":
+        raise ValueError(f"unknown futures data kind {kind!r}")
+    a = exchange.candle_arrays(underlying, since_ms - since_ms % step, until_ms - until_ms % step)
+    o, h, lo, c = mark_from_trade(a["ts"], a["open"], a["high"], a["low"], a["close"])
+    mark = {"ts": a["ts"], "open": o, "high": h, "low": lo, "close": c, "volume": 0 * c}
+    table = candles_table(name, contract, "1m", mark)
+    if tf != "1m":
+        table = resample_arrow(table, tf)
+    table = table.filter(pc.greater_equal(table["ts"], pa.scalar(since_ms, TS)))
+    return table.set_column(8, "volume", pa.nulls(table.num_rows, pa.float64()))
+
+
+def _rows(
+    exchange: str, contract: str, timeframe: str, ts: np.ndarray, **values: np.ndarray
+) -> pa.Table:
+    n = ts.size
+    return pa.table(
+        {
+            "exchange": [exchange] * n,
+            "symbol": [contract] * n,
+            "timeframe": [timeframe] * n,
+            "ts": pa.array(ts.astype(np.int64), TS),
+            **{
+                k: pa.array(np.asarray(v, dtype=np.float64), pa.float64())
+                for k, v in values.items()
+            },
+        }
+    )
