@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.futures_collect import collect_futures, futures_source
+from pipelines.futures_collect import Kind, collect_futures, futures_source
 from pipelines.loopback import Fault, FaultPlan
 from pipelines.simulated_exchange import DEFAULT_ORIGIN_MS
 from pipelines.sources import RetryPolicy, SourceError
@@ -35,7 +35,7 @@ FAULTS = FaultPlan(
 )
 RETRY = RetryPolicy(max_attempts=8, backoff_initial_s=0.005, backoff_max_s=0.02)
 SINCE = DEFAULT_ORIGIN_MS + DAY_MS + 12_345  # not aligned: the first rows start after it
-PAGES = {"mark_candles": 60, "funding_rates": 6, "open_interest": 60}
+PAGES: dict[Kind, int] = {"mark_candles": 60, "funding_rates": 6, "open_interest": 60}
 SQL = {
     "mark_candles": "SELECT epoch_ms(ts), open, high, low, close FROM mark_candles",
     "funding_rates": "SELECT epoch_ms(ts), funding_rate FROM funding_rates",
@@ -61,7 +61,7 @@ def _truth(exchange, kind: str, until_ms: int) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-@pytest.mark.slow  # ~26 s on the shared 2-core machine: GX start-up, 7 gate calls, 3 timeouts
+@pytest.mark.slow  # 10-26 s on the shared 2-core machine: GX start-up, 7 gate calls, 3 timeouts
 def test_two_runs_with_faults_store_every_row_once(loopback, lake, settings) -> None:
     clock = [NOW_MS - 3 * DAY_MS]
     server = loopback(faults=FAULTS, futures=(CONTRACT,), clock=lambda: clock[0])
