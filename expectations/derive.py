@@ -111,16 +111,61 @@ def _ts_increasing(frame: pl.DataFrame, series: list[str], eligible: pl.Series) 
     return pl.Series("ts_increasing", ok)
 
 
+def _tf_ms(frame: pl.DataFrame) -> pl.Expr:
+    """``_tf_ms`` of every row, parsed once per distinct timeframe (a batch has a few)."""
+    names = frame["timeframe"].drop_nulls().unique()
+    parsed = pl.DataFrame({"timeframe": names}).select(_tf_ms_expr()).to_series()
+    return (
+        pl.col("timeframe")
+        .replace_strict(names, parsed, default=None, return_dtype=pl.Int64)
+        .alias("_tf_ms")
+    )
+
+
+def _run_starts(frame: pl.DataFrame, columns: list[str]) -> pl.Series:
+    """True on the first row and on each row whose ``columns`` differ from the row before."""
+    return frame.select(
+        (
+            pl.any_horizontal(pl.col(c).ne_missing(pl.col(c).shift(1)) for c in columns)
+            | (pl.int_range(pl.len()) == 0)
+        ).alias("_start")
+    ).to_series()
+
+
+def _in_runs(frame: pl.DataFrame, series: list[str], starts: pl.Series) -> bool:
+    """Whether each series' rows are one run (consecutive rows) with ``_ts`` strictly
+    increasing: the shape of a batch that holds one fetch after another. Then the rows are
+    already in series and time order, up to the order of the series."""
+    if frame.height == 0:
+        return True
+    heads = frame.filter(starts).select(series)
+    if heads.is_duplicated().any():
+        return False
+    rising = frame.select(((pl.col("_ts") - pl.col("_ts").shift(1)) > 0).fill_null(False))
+    return bool((rising.to_series() | starts).all())
+
+
 def derive_candles(
     frame: pl.DataFrame, spec: TableSpec, policy: GatePolicy, now_ms: int
 ) -> tuple[pl.DataFrame, list[SeriesGaps], int]:
-    """Rule columns for candles; also gap statistics per series and the extreme-return count."""
+    """Rule columns for candles; also gap statistics per series and the extreme-return count.
+
+    A batch whose series come one after another, each in time order and with every key
+    present (what a fetch gives), has no repeated key and no row out of order: the key and
+    order rules pass every row without grouping, and the return and gap columns are computed
+    on the rows as they are (one sort by series and time otherwise)."""
     key, series = list(spec.key), list(spec.series)
     skew_ms = int(policy.max_future_skew_s * 1000)
     prices = ["open", "high", "low", "close"]
-    frame = frame.with_columns(_tf_ms_expr(), pl.col("ts").dt.epoch("ms").alias("_ts"))
+    frame = frame.with_columns(_tf_ms(frame), pl.col("ts").dt.epoch("ms").alias("_ts"))
+    starts = _run_starts(frame, series)
+    ordered_keys = all(frame[k].null_count() == 0 for k in key) and _in_runs(frame, series, starts)
     frame = frame.with_columns(
-        _key_unique(frame, key, [*prices, "volume"]),
+        (
+            pl.lit(True).alias("key_unique")
+            if ordered_keys
+            else _key_unique(frame, key, [*prices, "volume"])
+        ),
         (pl.col("_tf_ms").is_not_null() | pl.col("timeframe").is_null()).alias("timeframe_known"),
         (pl.col("_ts").is_null() | (pl.col("_ts") <= now_ms + skew_ms)).alias("ts_not_future"),
         ((pl.col("_ts") + pl.col("_tf_ms") <= now_ms + skew_ms).fill_null(True)).alias(
@@ -129,8 +174,13 @@ def derive_candles(
         ((pl.col("_ts") % pl.col("_tf_ms")) == 0).fill_null(True).alias("ts_aligned"),
         *_finite(spec.finite_columns),
     )
-    valid_key = frame.select(pl.all_horizontal(pl.col(k).is_not_null() for k in key)).to_series()
-    frame = frame.with_columns(_ts_increasing(frame, series, valid_key & frame["key_unique"]))
+    if ordered_keys:  # every key present and distinct, ts increasing in each series
+        frame = frame.with_columns(pl.lit(True).alias("ts_increasing"))
+    else:
+        valid_key = frame.select(
+            pl.all_horizontal(pl.col(k).is_not_null() for k in key)
+        ).to_series()
+        frame = frame.with_columns(_ts_increasing(frame, series, valid_key & frame["key_unique"]))
 
     clean = frame.select(
         pl.all_horizontal(
@@ -143,12 +193,26 @@ def derive_candles(
         ).fill_null(False)
     ).to_series()
     ordered = (
-        frame.filter(clean)
-        .select(["_row", *series, "_ts", "_tf_ms", "close"])
-        .sort([*series, "_ts"])
+        frame.with_row_index("_pos")
+        .filter(clean)
+        .select(["_pos", *series, "_ts", "_tf_ms", "close"])
+    )
+    sub_starts = _run_starts(ordered, series)
+    if not _in_runs(ordered, series, sub_starts):
+        ordered = ordered.sort([*series, "_ts"])
+        sub_starts = _run_starts(ordered, series)
+    # each series is one run of rows in time order now: the previous bar is the row before,
+    # except on a run's first row
+    first = pl.col("_start")
+
+    def previous(value: pl.Expr) -> pl.Expr:
+        return pl.when(~first).then(value.shift(1))
+
+    ordered = (
+        ordered.with_columns(sub_starts, sub_starts.cum_sum().alias("_run"))
         .with_columns(
-            (pl.col("close").log() - pl.col("close").log().shift(1).over(series)).alias("_ret"),
-            ((pl.col("_ts") - pl.col("_ts").shift(1).over(series)) // pl.col("_tf_ms") - 1)
+            (pl.col("close").log() - previous(pl.col("close").log())).alias("_ret"),
+            ((pl.col("_ts") - previous(pl.col("_ts"))) // pl.col("_tf_ms") - 1)
             .fill_null(0)
             .alias("missing_bars_before"),
         )
@@ -158,7 +222,7 @@ def derive_candles(
                 policy.extreme_return_window, min_samples=policy.extreme_return_min_periods
             )
             .shift(1)
-            .over(series)
+            .over("_run")
             .alias("_sigma")
         )
         .with_columns(
@@ -170,17 +234,13 @@ def derive_candles(
             .alias("return_within_sigma")
         )
     )
-    frame = (
-        frame.join(
-            ordered.select("_row", "missing_bars_before", "return_within_sigma"),
-            on="_row",
-            how="left",
-        )
-        .with_columns(
-            pl.col("missing_bars_before").fill_null(0),
-            pl.col("return_within_sigma").fill_null(True),
-        )
-        .sort("_row")
+    positions = ordered["_pos"].to_numpy()
+    missing = np.zeros(frame.height, dtype=np.int64)
+    missing[positions] = ordered["missing_bars_before"].to_numpy()
+    within = np.ones(frame.height, dtype=bool)
+    within[positions] = ordered["return_within_sigma"].to_numpy()
+    frame = frame.with_columns(
+        pl.Series("missing_bars_before", missing), pl.Series("return_within_sigma", within)
     )
     gaps = [
         SeriesGaps(
@@ -189,8 +249,9 @@ def derive_candles(
             gaps=row["gaps"],
             missing_bars=row["missing"],
         )
-        for row in ordered.group_by(series, maintain_order=True)
+        for row in ordered.group_by("_run", maintain_order=True)
         .agg(
+            *(pl.col(c).first() for c in series),
             pl.len().alias("present"),
             (pl.col("missing_bars_before") > 0).sum().alias("gaps"),
             pl.col("missing_bars_before").sum().alias("missing"),

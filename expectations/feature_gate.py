@@ -75,12 +75,12 @@ def _fails(definition: ExpectationDef, frame: pl.DataFrame) -> pl.Expr:
 def check_features(features: pl.DataFrame) -> FeatureCheck:
     """Split ``features`` into rows that pass the feature suite and rows that fail it."""
     derived, definitions = features_suite(features)
-    fails = derived.select(
-        [_fails(d, derived).alias(f"{_FAIL}{i}") for i, d in enumerate(definitions)]
-    )
-    bad_mask = fails.select(pl.any_horizontal(pl.all()).alias("bad"))["bad"]
+    rule_fails = [_fails(d, derived).alias(f"{_FAIL}{i}") for i, d in enumerate(definitions)]
+    # one pass for the mask; the flag of each rule only when some row failed
+    bad_mask = derived.lazy().select(pl.any_horizontal(rule_fails).alias("bad")).collect()["bad"]
     if not bad_mask.any():
         return FeatureCheck(features, features.head(0), ())
+    fails = derived.select(rule_fails)
     bad_rows = [int(i) for i in bad_mask.arg_true().to_list()]
     passing, failing = features.filter(~bad_mask), features.filter(bad_mask)
     floats = [c for c, t in features.schema.items() if c not in FEATURE_KEYS and t.is_float()]

@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import numpy as np
@@ -43,6 +43,9 @@ from expectations.specs import SUITE_VERSION, ExpectationDef, TableSpec, spec_fo
 from warehouse import upsert
 from warehouse.settings import Settings
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = [
     "GatePolicy",
     "GateResult",
@@ -50,6 +53,7 @@ __all__ = [
     "combine",
     "gate_and_merge",
     "gate_series",
+    "gx_input",
     "show_value",
 ]
 
@@ -151,7 +155,7 @@ def _fingerprint(batch: pa.Table) -> str:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, canonical.schema) as writer:
         writer.write_table(canonical)
-    digest.update(sink.getvalue().to_pybytes())
+    digest.update(memoryview(sink.getvalue()))
     return digest.hexdigest()[:32]
 
 
@@ -341,6 +345,16 @@ class _Series:
     key: tuple[Any, ...] | None
     rows: np.ndarray
 
+    def of(self, batch: pa.Table) -> pa.Table:
+        """This series' rows of ``batch``: a slice (no copy) when they are consecutive, as
+        when a batch holds one fetch after another."""
+        n = len(self.rows)
+        if n == batch.num_rows:
+            return batch
+        if n and int(self.rows[-1]) - int(self.rows[0]) == n - 1:
+            return batch.slice(int(self.rows[0]), n)
+        return batch.take(self.rows)
+
 
 def _series_groups(frame: pl.DataFrame, spec: TableSpec, whole: bool) -> list[_Series]:
     if whole or any(c not in frame.columns for c in spec.series):
@@ -351,8 +365,10 @@ def _series_groups(frame: pl.DataFrame, spec: TableSpec, whole: bool) -> list[_S
         .group_by(list(spec.series), maintain_order=True)
         .agg(pl.col("_pos"))
     )
+    positions = groups["_pos"]  # each group's positions as numpy, not as Python lists
     return [
-        _Series(tuple(row[:-1]), np.asarray(row[-1], dtype=np.int64)) for row in groups.iter_rows()
+        _Series(key, positions[i].to_numpy().astype(np.int64, copy=False))
+        for i, key in enumerate(groups.select(spec.series).iter_rows())
     ]
 
 
@@ -408,6 +424,37 @@ def _labels(
     return out
 
 
+def _derive(
+    table: str, frame: pl.DataFrame, spec: TableSpec, policy: GatePolicy, now_ms: int
+) -> tuple[pl.DataFrame, list[Any]]:
+    """The coerced frame with the table's rule columns (and, for candles, the gaps)."""
+    if table == "candles":
+        frame, gaps, _ = derive_candles(frame, spec, policy, now_ms)
+        return frame, gaps
+    if table == "order_book_snapshots":
+        return derive_order_books(frame, spec, policy, now_ms), []
+    if table in FUTURES_TABLES:
+        return derive_futures(table, frame, spec, policy, now_ms)
+    return derive_trades(frame, spec, policy, now_ms), []
+
+
+def gx_input(
+    table: str,
+    batch: pa.Table,
+    *,
+    policy: GatePolicy | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[str, tuple[ExpectationDef, ...], pd.DataFrame]:
+    """The suite name, the expectations and the pandas frame that ``gate_series`` hands Great
+    Expectations for ``batch``: what to time GX alone on (``benchmarks/bench_backfill.py``)."""
+    policy = policy or GatePolicy()
+    spec = spec_for(table)
+    definitions = suite_for(table, policy)
+    now_ms = int((now or dt.datetime.now(dt.UTC)).timestamp() * 1000)
+    frame, _ = _derive(table, coerce(spec, batch).frame, spec, policy, now_ms)
+    return f"{table}@v{SUITE_VERSION}", definitions, _gx_frame(frame, definitions).to_pandas()
+
+
 def _count_in(rows: np.ndarray, member: np.ndarray) -> int:
     """How many of ``rows`` are True in the boolean mask ``member``."""
     return int(member[rows].sum()) if len(rows) else 0
@@ -455,6 +502,8 @@ def gate_series(
             f"dropped column(s) the table does not have: {list(coerced.dropped_columns)}"
         )
     schema_failure = coerced.schema_problem
+    groups = _series_groups(frame, spec, whole=rows_in == 0 or bool(schema_failure))
+    fingerprints: list[str] = []
     found = _Found()
     gaps: list[Any] = []
     outcome_rows: list[np.ndarray] = []
@@ -469,15 +518,10 @@ def gate_series(
             found.add([p.row], p.rule, p.column, p.message, "critical")
             if p.rule == "type_coercion":
                 coercion_failed[p.column].add(p.row)
-        if table == "candles":
-            frame, gaps, _ = derive_candles(frame, spec, policy, now_ms)
-        elif table == "order_book_snapshots":
-            frame = derive_order_books(frame, spec, policy, now_ms)
-        elif table in FUTURES_TABLES:
-            frame, gaps = derive_futures(table, frame, spec, policy, now_ms)
-        else:
-            frame = derive_trades(frame, spec, policy, now_ms)
-        validation_id = stable_id(base_id, table, _fingerprint(batch))
+        frame, gaps = _derive(table, frame, spec, policy, now_ms)
+        fingerprints = [_fingerprint(series.of(batch)) for series in groups]
+        # the GX run's name: the series' own id when the call holds one series
+        validation_id = stable_id(base_id, table, *fingerprints)
         run, outcome_rows = _outcome_rows(
             settings, suite_name, definitions, _gx_frame(frame, definitions), validation_id
         )
@@ -491,7 +535,6 @@ def gate_series(
                 rows, d.rule, ",".join(d.columns), _outcome_messages(frame, d, rows), d.severity
             )
 
-    groups = _series_groups(frame, spec, whole=rows_in == 0 or bool(schema_failure))
     group_of = np.zeros(rows_in, dtype=np.int64)
     for g, series in enumerate(groups):
         group_of[series.rows] = g
@@ -576,7 +619,7 @@ def gate_series(
     for g, (series, success) in enumerate(zip(groups, successes, strict=True)):
         n = len(series.rows)
         labels = _labels(frame, spec, series.key)
-        fingerprint = _fingerprint(batch if single else batch.take(series.rows))
+        fingerprint = fingerprints[g] if fingerprints else _fingerprint(series.of(batch))
         validation_id = stable_id(base_id, table, fingerprint)
         mine = problems if single else by_group.get(g, problems.head(0))
         bad = _count_in(series.rows, critical)

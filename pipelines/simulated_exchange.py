@@ -32,8 +32,10 @@ The model, per 1-minute step t (documented so users know what a model can find i
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -87,6 +89,15 @@ class _Day:
     end: _DayState
 
 
+class _Path(NamedTuple):
+    rng: np.random.Generator  # positioned after the path's draws
+    regime: np.ndarray
+    sigma: np.ndarray
+    log_close: np.ndarray
+    end: _DayState
+
+
+@functools.lru_cache(maxsize=65_536)
 def symbol_id(symbol: str) -> int:
     return int.from_bytes(hashlib.sha256(symbol.encode()).digest()[:4], "little")
 
@@ -125,12 +136,17 @@ class SimulatedExchange:
 
     def _state_at(self, symbol: str, day: int) -> _DayState:
         """State at the start of ``day`` (days since origin), generating earlier days as needed."""
-        states = self._states.setdefault(symbol, {0: self._initial_state(symbol)})
+        states = self._states.get(symbol)
+        if states is None:
+            states = self._states[symbol] = {0: self._initial_state(symbol)}
         if day in states:
             return states[day]
         known = max(d for d in states if d <= day)
         for d in range(known, day):
-            self._day(symbol, d)
+            # a day before the one asked for: only its end state is needed (the same draws,
+            # up to the last one the state depends on; nothing is kept but the state)
+            if d + 1 not in states:
+                states[d + 1] = self._path(symbol, d, states[d]).end
         return states[day]
 
     def _day(self, symbol: str, day: int) -> _Day:
@@ -151,7 +167,9 @@ class SimulatedExchange:
         self._states[symbol][day + 1] = generated.end
         return generated
 
-    def _generate_day(self, symbol: str, day: int, s: _DayState) -> _Day:
+    def _path(self, symbol: str, day: int, s: _DayState) -> _Path:
+        """The day's regimes, volatility and closes: every draw the next day's state depends
+        on, in the order ``_generate_day`` makes them (it continues with ``rng``)."""
         c = self.config
         n = MINUTES_PER_DAY
         rng = np.random.Generator(
@@ -185,6 +203,18 @@ class SimulatedExchange:
             + np.where(trend, c.momentum * prev_eps, 0.0)
         )
         log_close = s.log_price + np.cumsum(ret)
+        end = _DayState(
+            log_price=float(log_close[-1]),
+            log_vol=float(log_vol[-1]),
+            regime=int(regime[-1]),
+            last_eps=float(eps[-1]),
+        )
+        return _Path(rng, regime, sigma, log_close, end)
+
+    def _generate_day(self, symbol: str, day: int, s: _DayState) -> _Day:
+        c = self.config
+        n = MINUTES_PER_DAY
+        rng, regime, sigma, log_close, end = self._path(symbol, day, s)
         close = np.exp(log_close)
         open_ = np.exp(np.concatenate(([s.log_price], log_close[:-1])))
         wick_hi = np.abs(rng.standard_normal(n)) * sigma * 0.6
@@ -194,12 +224,6 @@ class SimulatedExchange:
         noise = rng.lognormal(mean=-0.125, sigma=0.5, size=n)
         volume = c.base_volume * SEASONALITY * (sigma / c.base_vol) ** 0.8 * noise
         ts = self.config.origin_ms + day * DAY_MS + np.arange(n, dtype=np.int64) * MINUTE_MS
-        end = _DayState(
-            log_price=float(log_close[-1]),
-            log_vol=float(log_vol[-1]),
-            regime=int(regime[-1]),
-            last_eps=float(eps[-1]),
-        )
         return _Day(ts, open_, high, low, close, volume, sigma, regime, end)
 
     # ----------------------------------------------------------------- candles
