@@ -5,6 +5,7 @@ anything stamped after its close changes, in batch and online."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines.futures_features import FEATURES, OnlineFuturesFeatures, futures_features
+from pipelines.importers import read_candles, read_funding_rates, read_mark_candles
 from pipelines.loopback import LoopbackExchange
 from pipelines.simulated_exchange import DEFAULT_ORIGIN_MS
 from pipelines.simulated_futures import premium
@@ -179,3 +181,33 @@ def test_no_look_ahead_batch_and_online(market) -> None:
     on_b = _online("1h", candles2, funding2, marks2, oi2, seed=2)
     _assert_close(upto(on_a), upto(on_b))
     _assert_close(a.drop("ts"), on_a)  # and batch == online on every bar
+
+
+FUTURES = Path(__file__).resolve().parents[3] / "shared" / "data" / "futures"
+
+
+def test_real_xrp_perpetual_files() -> None:
+    """The real XRP/USDT:USDT files (read as the importer reads them): batch == online, the
+    basis is small where a mark candle exists and null where none does."""
+    ex = "binance"
+    candles = pl.DataFrame(
+        read_candles(FUTURES / "XRP_USDT_USDT-1h-futures.feather", exchange=ex)[0]
+    ).select(pl.col("ts").dt.epoch("ms"), "close")
+    marks = pl.DataFrame(
+        read_mark_candles(FUTURES / "XRP_USDT_USDT-1h-mark.feather", exchange=ex)[0]
+    ).select(pl.col("ts").dt.epoch("ms"), "close")
+    funding = pl.DataFrame(
+        read_funding_rates(FUTURES / "XRP_USDT_USDT-8h-funding_rate.feather", exchange=ex)[0]
+    ).select(pl.col("ts").dt.epoch("ms"), "funding_rate")
+    assert candles.height == 100
+    empty_oi = pl.DataFrame(schema={"ts": pl.Int64, "open_interest": pl.Float64})
+    batch = futures_features(candles, "1h", funding=funding, mark=marks)
+    _assert_close(batch.drop("ts"), _online("1h", candles, funding, marks, empty_oi))
+    basis = batch["basis"].drop_nulls()
+    # the mark file ends at 2021-11-19 09:00: the 57 bars from 11-17 01:00 have a basis
+    assert basis.len() == 57 and np.abs(basis.to_numpy()).max() < 0.01
+    # the first funding stamp is 2021-11-18 00:00:00.017: the bars closing before it have none
+    first = int(funding["ts"][0])
+    before = batch.filter(pl.col("ts").dt.epoch("ms") + H < first)
+    assert before.height > 0 and before["funding_rate_last"].null_count() == before.height
+    assert batch["oi_change"].null_count() == batch.height  # no open interest in the files
