@@ -130,40 +130,32 @@ TRADES = TableSpec(
 
 # Perpetual-futures inputs (issue 15): the contract's mark-price candles, its funding rates
 # and its open interest, each in its own table (migrations 0011, 0019).
-MARK_CANDLES = TableSpec(
-    name="mark_candles",
-    columns=(
-        *CANDLES.columns[:-1],
-        ColumnSpec("volume", "float", required=False),  # exchanges publish none
-    ),
-    key=CANDLES.key,
-    series=CANDLES.series,
-    optional_extra=BOOKKEEPING,
-)
 
-FUNDING_RATES = TableSpec(
-    name="funding_rates",
-    columns=(
-        # the period is the funding interval (8h); ts as the exchange stamped it (Binance's
-        # are a few ms past the hour, so not aligned)
-        *CANDLES.columns[:4],
-        ColumnSpec("funding_rate", "float"),
-    ),
-    key=CANDLES.key,
-    series=CANDLES.series,
-    optional_extra=BOOKKEEPING,
-)
 
-OPEN_INTEREST = TableSpec(
-    name="open_interest",
-    columns=(
-        *CANDLES.columns[:4],  # the period is the statistics period (5m, 1h, ...)
-        ColumnSpec("open_interest", "float"),
-        ColumnSpec("open_interest_value", "float", required=False),
-    ),
-    key=CANDLES.key,
-    series=CANDLES.series,
-    optional_extra=BOOKKEEPING,
+def _per_period(name: str, *values: ColumnSpec) -> TableSpec:
+    """A table of values per (exchange, symbol, timeframe, ts), keyed like candles."""
+    return TableSpec(
+        name=name,
+        columns=(*CANDLES.columns[:4], *values),
+        key=CANDLES.key,
+        series=CANDLES.series,
+        optional_extra=BOOKKEEPING,
+    )
+
+
+MARK_CANDLES = _per_period(
+    "mark_candles",
+    *CANDLES.columns[4:8],
+    ColumnSpec("volume", "float", required=False),  # exchanges publish none
+)
+# the period is the funding interval (8h); ts as the exchange stamped it (Binance's are a
+# few ms past the hour, so not aligned)
+FUNDING_RATES = _per_period("funding_rates", ColumnSpec("funding_rate", "float"))
+# the period is the statistics period (5m, 1h, ...)
+OPEN_INTEREST = _per_period(
+    "open_interest",
+    ColumnSpec("open_interest", "float"),
+    ColumnSpec("open_interest_value", "float", required=False),
 )
 
 # A funding rate is a fraction per interval; exchanges clamp it to a few percent (Binance's
