@@ -837,42 +837,41 @@ def write_quarantine_rows(
     rows = problems["row"].to_numpy()
     keys = ("exchange", "symbol", "timeframe", "ts")
     has_keys = "_row" in frame.columns
-    out = pl.DataFrame(
-        {
-            "row_json": pl.Series(row_json(batch.take(rows)), dtype=pl.String),
-            "rules": problems["rules"],
-        }
-    ).with_columns(
-        (pl.int_range(pl.len()).over(["row_json", "rules"]) + 1).alias("_occurrence"),
-        pl.lit(run_id, pl.String).alias("run_id"),
-        pl.lit(table, pl.String).alias("table_name"),
-        *[
-            (
-                frame[c][rows].alias(c)
-                if has_keys and c in frame.columns
-                else pl.lit(None, pl.Datetime("ms", "UTC") if c == "ts" else pl.String).alias(c)
-            )
-            for c in keys
-        ],
-        problems["column_name"].alias("column_name"),
-        problems["reason"].alias("reason"),
-    )
-    arrow = out.to_arrow()
-    ids = con.execute(
-        "SELECT left(sha256(concat_ws(chr(31), ?, row_json, rules, _occurrence::VARCHAR)), 32) "
-        "FROM arrow",
-        [table],
-    ).fetch_arrow_table()
+    texts = row_json(batch.take(rows))
+    rules = problems["rules"].to_list()
+    # the id of each row, as ``stable_id`` gives it: the n-th of identical (row, rules) pairs
+    # hashes its occurrence n (one pass in Python: cheaper than a window and a SQL hash)
+    sha256 = hashlib.sha256
+    if len(set(texts)) == len(texts):  # no identical rows: every occurrence is the first
+        ids = [
+            sha256(f"{table}\x1f{text}\x1f{rule}\x1f1".encode()).hexdigest()[:32]
+            for text, rule in zip(texts, rules, strict=True)
+        ]
+    else:
+        seen: dict[tuple[str, str], int] = {}
+        ids = []
+        for text, rule in zip(texts, rules, strict=True):
+            occurrence = seen[text, rule] = seen.get((text, rule), 0) + 1
+            joined = f"{table}\x1f{text}\x1f{rule}\x1f{occurrence}"
+            ids.append(sha256(joined.encode()).hexdigest()[:32])
+    n = len(rows)
     quarantine = pa.table(
         {
-            "quarantine_id": ids.column(0),
-            "run_id": arrow["run_id"],
-            "table_name": arrow["table_name"],
-            **{c: arrow[c] for c in keys},
-            "expectation": arrow["rules"],
-            "column_name": arrow["column_name"],
-            "reason": arrow["reason"],
-            "row_json": arrow["row_json"],
+            "quarantine_id": pa.array(ids, pa.string()),
+            "run_id": pa.nulls(n, pa.string()) if run_id is None else pa.array([run_id] * n),
+            "table_name": pa.array([table] * n, pa.string()),
+            **{
+                c: (
+                    frame[c][rows].to_arrow()
+                    if has_keys and c in frame.columns
+                    else pa.nulls(n, pa.timestamp("ms", "UTC") if c == "ts" else pa.string())
+                )
+                for c in keys
+            },
+            "expectation": problems["rules"].to_arrow(),
+            "column_name": problems["column_name"].to_arrow(),
+            "reason": problems["reason"].to_arrow(),
+            "row_json": pa.array(texts, pa.string()),
         }
     ).cast(QUARANTINE_SCHEMA)
     upsert(con, "quarantine", quarantine, settings=settings)

@@ -34,13 +34,9 @@ def _by_distinct(values: pa.ChunkedArray | pa.Array, render: Callable[[Any], str
     encoded = pc.dictionary_encode(values)
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks()
-    texts = np.array([render(v) for v in encoded.dictionary.to_pylist()] or [""], dtype=object)
-    indices = encoded.indices.to_numpy(zero_copy_only=False)
-    valid = pc.is_valid(encoded.indices).to_numpy(zero_copy_only=False)
-    picked = texts[np.where(valid, indices, 0).astype(np.int64)]
-    return pl.Series(
-        [t if ok else None for t, ok in zip(picked, valid, strict=True)], dtype=pl.String
-    )
+    texts = pa.array([render(v) for v in encoded.dictionary.to_pylist()], pa.string())
+    picked = pc.take(texts, encoded.indices)  # null where the value is null
+    return pl.Series(picked, dtype=pl.String)
 
 
 def _floats(values: pl.Series, *, as_json: bool) -> pl.Series:

@@ -5,7 +5,6 @@ Every error names the table, the column and the problem, and nothing is written.
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -96,39 +95,8 @@ def validate_batch(schema: TableSchema, data: pa.Table) -> pa.Table:
     return pa.table(columns)
 
 
-def _runs_without_repeats(keys: pa.Table) -> bool:
-    """True when the rows come in runs of one value of the leading key columns (a series),
-    no run's value comes twice, and the last key column strictly increases within each run:
-    then no key repeats. A few vectorised comparisons of each row with the next and a
-    grouping of the runs' first rows, far cheaper than grouping a big batch; batches usually
-    come that way (each series after another, in time order). False: not shown, check all."""
-    n = keys.num_rows
-    *lead, last = keys.column_names
-    before, after = keys.slice(0, n - 1), keys.slice(1)
-    same = pa.array(np.ones(n - 1, dtype=bool))
-    try:
-        for name in keys.column_names:
-            if keys.column(name).null_count or pa.types.is_dictionary(keys.column(name).type):
-                return False
-        for name in lead:
-            same = pc.and_(same, pc.equal(before.column(name), after.column(name)))
-        if not pc.all(
-            pc.or_(pc.invert(same), pc.less(before.column(last), after.column(last)))
-        ).as_py():
-            return False
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # a type without an order
-        return False
-    if not lead:
-        return True
-    firsts = np.flatnonzero(np.concatenate(([True], ~same.to_numpy(zero_copy_only=False))))
-    heads = keys.select(lead).take(pa.array(firsts))
-    return heads.group_by(lead).aggregate([]).num_rows == heads.num_rows
-
-
 def _reject_duplicate_keys(schema: TableSchema, data: pa.Table) -> None:
     if data.num_rows == 0:
-        return
-    if _runs_without_repeats(data.select(list(schema.key))):
         return
     keys = data.select(list(schema.key))
     counts = keys.group_by(list(schema.key)).aggregate([([], "count_all")])
