@@ -149,7 +149,10 @@ class ServingLoop:
     def _sym(self, symbol: str) -> SymbolState:
         s = self.symbols.get(symbol)
         if s is None:
-            s = self.symbols[symbol] = SymbolState(symbol, self.config, len(self.columns))
+            pred = self.manager.predictor
+            required = None if pred is None else pred.required_features
+            s = SymbolState(symbol, self.config, len(self.columns), required)
+            self.symbols[symbol] = s
         return s
 
     def event(
@@ -380,6 +383,8 @@ class ServingLoop:
                 for b in bars
             }
         length = pred.info.window_len
+        for b in bars:  # the online engine computes what this model reads, and only that
+            self.symbols[b.symbol].use_features(pred.required_features, self.columns)
         windows = {b.symbol: self.symbols[b.symbol].window(length) for b in bars}
         gaps = {b.symbol: self.symbols[b.symbol].engine.gap_bars for b in bars}
         return infer_online(pred, windows, gaps, self.config.min_feature_quality)

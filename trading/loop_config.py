@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from pipelines.features import OnlineFeatureEngine
+from pipelines.features.batch import timeframe_ms
+from pipelines.features.rebuild import history_start_ms
 from trading.confidence import ConfidencePolicy, VolatilityReference
 from trading.decide import Costs, DecisionRules, Targets
 from trading.decision import OnlineRSI, OnlineVolatility, RsiRule
@@ -147,13 +149,34 @@ def with_volatility_choices(
     return dataclasses.replace(config, volatility=chosen)
 
 
+def retained_bars(timeframe: str) -> int:
+    """Candles a symbol keeps for a new engine: the features' whole warm-up (the 1h features
+    of a 1m series need 433 hours) plus a full window."""
+    step = timeframe_ms(timeframe)
+    now = 1_000 * step * 10_000  # any aligned time: the warm-up's length does not depend on it
+    return (now - history_start_ms(now, timeframe)) // step + 2 * WINDOW_CAPACITY
+
+
 class SymbolState:
     """Candle-derived state of one symbol (rebuilt exactly by replaying its candles), plus the
     targets of its decision rules (kept in the snapshot)."""
 
-    def __init__(self, symbol: str, config: LoopConfig, n_features: int) -> None:
+    def __init__(
+        self,
+        symbol: str,
+        config: LoopConfig,
+        n_features: int,
+        feature_columns: Sequence[str] | None = None,
+    ) -> None:
         self.symbol = symbol
-        self.engine = OnlineFeatureEngine(config.timeframe)
+        self.timeframe = config.timeframe
+        # only what the serving model reads (``OnnxPredictor.required_features``); None: all
+        self.engine_columns = None if feature_columns is None else tuple(feature_columns)
+        self.engine = OnlineFeatureEngine(config.timeframe, columns=self.engine_columns)
+        # the latest candles (ts_ms, open, high, low, close, volume), as many as the features
+        # depend on: replayed into a new engine when a champion needs other features
+        self.recent = np.empty((retained_bars(config.timeframe), 6), dtype=np.float64)
+        self.recent_n = 0
         self.buf = np.full((2 * WINDOW_CAPACITY, n_features), np.nan, dtype=np.float32)
         self.pos = 0
         self.rows = 0
@@ -189,17 +212,38 @@ class SymbolState:
         self.rsi_value = self.rsi.update(bar.close)
         self.last_ts_ms = bar.ts_ms
 
-    def _features(self, bar: Bar, columns: list[str]) -> None:
-        feats = self.engine.step(
-            {
-                "ts": bar.ts_ms,
-                "open": bar.open,
-                "high": bar.high,
-                "low": bar.low,
-                "close": bar.close,
-                "volume": bar.volume,
-            }
+    def use_features(self, required: Sequence[str], columns: list[str]) -> bool:
+        """Compute exactly ``required`` from now on (a new champion's selected set): a new
+        engine replays the retained candles, so its window holds the new columns. Returns
+        whether the engine changed."""
+        wanted = tuple(required)
+        if wanted == self.engine_columns or not self.online_features:
+            return False
+        self.engine_columns = wanted
+        self.engine = OnlineFeatureEngine(self.timeframe, columns=wanted)
+        self.buf.fill(np.nan)
+        self.pos = 0
+        self.rows = 0
+        cap = self.recent.shape[0]
+        for i in range(max(0, self.recent_n - cap), self.recent_n):
+            ts_ms, o, h, lo, c, v = self.recent[i % cap]
+            self._window_row(self._step(int(ts_ms), o, h, lo, c, v), columns)
+        return True
+
+    def _step(
+        self, ts_ms: int, open_: float, high: float, low: float, close: float, volume: float
+    ) -> dict[str, Any]:
+        return self.engine.step(
+            {"ts": ts_ms, "open": open_, "high": high, "low": low, "close": close, "volume": volume}
         )
+
+    def _features(self, bar: Bar, columns: list[str]) -> None:
+        values = (bar.open, bar.high, bar.low, bar.close, bar.volume)
+        self.recent[self.recent_n % self.recent.shape[0]] = (bar.ts_ms, *values)
+        self.recent_n += 1
+        self._window_row(self._step(bar.ts_ms, *values), columns)
+
+    def _window_row(self, feats: Mapping[str, Any], columns: list[str]) -> None:
         if self.pos == self.buf.shape[0]:
             self.buf[:WINDOW_CAPACITY] = self.buf[WINDOW_CAPACITY:]
             self.pos = WINDOW_CAPACITY

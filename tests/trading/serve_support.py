@@ -147,8 +147,10 @@ def constant_model(
     feature_set_version: str = FEATURE_SET_VERSION,
     window_len: int = 12,
     forward_returns: tuple[float, float, float] | None = None,
+    selected: list[str] | None = None,
 ) -> Path:
-    """A tradeloop-shaped ONNX model that ignores its input and always says the same thing."""
+    """A tradeloop-shaped ONNX model that ignores its input and always says the same thing;
+    ``selected``: the feature columns it says it reads (default: the first five)."""
     inits = [
         helper.make_tensor("p", TensorProto.FLOAT, [1, 3], list(probabilities)),
         helper.make_tensor("c", TensorProto.FLOAT, [1], [confidence]),
@@ -169,7 +171,7 @@ def constant_model(
         inits,
         feature_set_version=feature_set_version,
         window_len=window_len,
-        selected=feature_columns()[:5],
+        selected=feature_columns()[:5] if selected is None else selected,
         forward_returns=forward_returns,
     )
 
