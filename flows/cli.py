@@ -173,8 +173,15 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-# what migrations and a failed run write, which alone do not make a warehouse worth keeping
-BOOKKEEPING_TABLES = ("schema_migrations", "table_keys", "write_tokens", "ingestion_runs")
+# what migrations (and their seeded defaults) and a failed run write, which alone do not make a
+# warehouse worth keeping
+BOOKKEEPING_TABLES = (
+    "schema_migrations",
+    "table_keys",
+    "write_tokens",
+    "ingestion_runs",
+    "news_terms",  # seeded by its migration: defaults a user may edit, not data
+)
 
 
 def _drop_empty_warehouse() -> None:

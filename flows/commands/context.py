@@ -28,7 +28,18 @@ def cli_options() -> CliOptions:
 # command (sql, data list, backtest, ...) never creates one, and one failing while another
 # process initializes the same fresh home must not delete that process's warehouse
 CREATING_COMMANDS = frozenset(
-    {"init", "collect", "import", "features", "retrain", "serve", "quality", "maintain", "models"}
+    {
+        "init",
+        "collect",
+        "import",
+        "features",
+        "retrain",
+        "serve",
+        "quality",
+        "maintain",
+        "models",
+        "news",
+    }
 )
 
 
