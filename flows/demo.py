@@ -111,11 +111,13 @@ def _paper_pnl(settings: Settings, account: str) -> float | None:
 
 def _decisions(settings: Settings, account: str) -> dict[str, int]:
     """How the serving run's bars were decided: signals per deciding rule (the reason up to its
-    figures), most frequent first, so a run without orders says why."""
+    figures, numbers left out: "rsi 45.44 inside the band" is "rsi inside the band"), most
+    frequent first, so a run without orders says why."""
     con = connect(settings, read_only=True)
     try:
         rows = con.execute(
-            "SELECT regexp_extract(reason, '^[^(;]*') AS rule, count(*) AS n FROM signals "
+            "SELECT regexp_replace(regexp_extract(reason, '^[^(;]*'), "
+            "'\\s*-?[0-9]+(\\.[0-9]+)?', '', 'g') AS rule, count(*) AS n FROM signals "
             "WHERE account = ? GROUP BY 1 ORDER BY n DESC, rule",
             [account],
         ).fetchall()
