@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 import subprocess
 import sys
 import textwrap
@@ -16,27 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
 
 from pipelines.loopback.server import LoopbackExchange, LoopbackServer
+from tests.support.cli import run_tradeloop
 
 KEY = "collector-key-4be1d07c"
 SECRET = "collector-secret-93aa6f10"
 PASSWORD = "pw-8c1e5d"
-
-
-def _cli(args: list[str]) -> Result:
-    """``tradeloop ARGS`` in-process; the root log handler the command sets up (on this
-    invocation's captured stderr, closed after it) is removed again."""
-    from flows.cli import app
-
-    root = logging.getLogger()
-    saved = root.handlers[:]
-    root.handlers = []
-    try:
-        return CliRunner().invoke(app, args)
-    finally:
-        root.handlers = saved
 
 
 def _flows() -> dict[str, Any]:
@@ -91,7 +76,7 @@ def test_settings_repr_and_config_show_mask_the_catalog_password_and_keys(
     for text in (repr(s), str(s), s.model_dump_json(), json.dumps(s.model_dump(), default=str)):
         assert PASSWORD not in text and KEY not in text and SECRET not in text
     assert s.catalog_kind == "postgres" and s.catalog_dsn is not None and PASSWORD in s.catalog_dsn
-    out = _cli(["config", "show", "-f", "json"])
+    out = run_tradeloop(["config", "show", "-f", "json"])
     assert out.exit_code == 0, out.output
     assert PASSWORD not in out.output and KEY not in out.output and SECRET not in out.output
     assert Settings(catalog_url="sqlite:////tmp/c.sqlite").sqlite_catalog_path == Path(
@@ -151,7 +136,7 @@ def test_ccxt_config_credentials_are_not_stored_with_the_flow_run(
     monkeypatch.setenv("TRADELOOP_EXCHANGE_API_SECRET", "placeholder")
     config = json.dumps({"apiKey": KEY, "secret": SECRET, "timeout": 5000})
     with LoopbackServer(LoopbackExchange(symbols=["BTC/USDT"])) as server:
-        out = _cli(
+        out = run_tradeloop(
             [
                 "--prefect",
                 "collect",
@@ -179,5 +164,7 @@ def test_ccxt_config_credentials_are_not_stored_with_the_flow_run(
     assert ours[0].parameters["ccxt_config"] == {"timeout": 5000}  # the rest is kept
     text = json.dumps([r.parameters for r in runs], default=str)
     assert KEY not in text and SECRET not in text
-    refused = _cli(["collect", "--source", "ccxt", "--ccxt-config", json.dumps({"password": "x"})])
+    refused = run_tradeloop(
+        ["collect", "--source", "ccxt", "--ccxt-config", json.dumps({"password": "x"})]
+    )
     assert refused.exit_code == 2 and "password would be stored with the run" in refused.output

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
 from flows.commands.serve import kill
+from tests.support.cli import run_tradeloop
 from tests.support.data import SHARED_CANDLES
 from tests.trading.serve_harness import TICKS, MemoryRegistry, build_loop, events
 from tests.trading.serve_support import SYMBOL, candle_table, constant_model, real_frame
@@ -46,37 +45,22 @@ def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 # ---------------------------------------------------------------- item 7: the snapshot's series
 
 
-def _cli(args: list[str]) -> Result:
-    """``tradeloop ARGS`` in-process. The root log handler the command sets up writes to this
-    invocation's captured stderr, which closes after it: it is removed again, so that a later
-    invocation does not report logging errors on that closed stream in its output."""
-    from flows.cli import app
-
-    root = logging.getLogger()
-    saved = root.handlers[:]
-    root.handlers = []
-    try:
-        return CliRunner().invoke(app, args)
-    finally:
-        root.handlers = saved
-
-
 def test_a_resume_on_another_series_is_refused_in_one_line(cli_home: Path) -> None:
     xrp = SHARED_CANDLES / "XRP_ETH-5m.feather"
     eth = SHARED_CANDLES / "ETH_BTC-5m.feather"
-    first = _cli(["serve", "--replay", str(xrp), "--max-candles", "40"])
+    first = run_tradeloop(["serve", "--replay", str(xrp), "--max-candles", "40"])
     assert first.exit_code == 0 and "served 40 candles" in first.output, first.output
     # the same account, another series: it printed "served 0 candles", exit 0
-    other = _cli(["serve", "--replay", str(eth), "--max-candles", "40"])
+    other = run_tradeloop(["serve", "--replay", str(eth), "--max-candles", "40"])
     assert other.exit_code == 1, other.output
     errors = [x for x in other.output.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in other.output, other.output  # one line
     assert errors[0].startswith("error: account 'paper' holds the state of")
     assert "XRP/ETH 5m" in errors[0] and "ETH/BTC 5m" in errors[0] and "--account" in errors[0]
     # under its own account it serves; the first series resumes where it stopped
-    own = _cli(["serve", "--replay", str(eth), "--max-candles", "40", "--account", "e"])
+    own = run_tradeloop(["serve", "--replay", str(eth), "--max-candles", "40", "--account", "e"])
     assert own.exit_code == 0 and "served 40 candles" in own.output, own.output
-    again = _cli(["serve", "--replay", str(xrp), "--max-candles", "10"])
+    again = run_tradeloop(["serve", "--replay", str(xrp), "--max-candles", "10"])
     assert again.exit_code == 0 and "served 10 candles" in again.output, again.output
 
 
@@ -200,6 +184,6 @@ def test_follow_alerts_stale_data_on_the_wall_clock_and_the_heartbeat_keeps_its_
     assert data["stale_symbols"] == [SYMBOL]
     assert len(set(seen[1:])) == 1  # the same file at every idle wait after the alert
     monkeypatch.setenv("TRADELOOP_HOME", str(settings.home))
-    shown = _cli(["dashboard", "--account", "follow"])
+    shown = run_tradeloop(["dashboard", "--account", "follow"])
     assert shown.exit_code == 0, shown.output
     assert f"last candle {data['last_candle_at']}; stale data: {SYMBOL}" in shown.output
