@@ -24,6 +24,7 @@ from pipelines.features.spec import (
     HIGHER_TIMEFRAMES,
     Graph,
     base_graph,
+    dependencies,
     feature_columns,
     higher_graph,
 )
@@ -33,15 +34,7 @@ def prune_graph(graph: Graph, outputs: Iterable[str]) -> Graph:
     """``graph`` with only the nodes ``outputs`` depend on (themselves included), in order.
 
     Inputs are kept as they are (the engines feed them positionally)."""
-    by_name = {n.name: n for n in graph.nodes}
-    needed: set[str] = set()
-    stack = list(outputs)
-    while stack:
-        name = stack.pop()
-        if name in needed or name not in by_name:
-            continue
-        needed.add(name)
-        stack.extend(by_name[name].inputs)
+    needed = dependencies(graph.nodes, outputs)
     return Graph(graph.inputs, tuple(n for n in graph.nodes if n.name in needed))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from pipelines.resample import TIMEFRAMES_MS
@@ -505,6 +506,20 @@ def _base_only_nodes() -> list[Node]:
     return nodes
 
 
+def dependencies(nodes: Iterable[Node], outputs: Iterable[str]) -> set[str]:
+    """The names of the nodes ``outputs`` depend on, themselves included (inputs left out)."""
+    by_name = {n.name: n for n in nodes}
+    needed: set[str] = set()
+    stack = list(outputs)
+    while stack:
+        name = stack.pop()
+        if name in needed or name not in by_name:
+            continue
+        needed.add(name)
+        stack.extend(by_name[name].inputs)
+    return needed
+
+
 def higher_graph() -> Graph:
     """The graph computed on a higher timeframe's candles (its outputs are then suffixed).
 
@@ -512,15 +527,7 @@ def higher_graph() -> Graph:
     only intermediate here are renamed with a leading ``_``.
     """
     nodes = _price_nodes()
-    by_name = {n.name: n for n in nodes}
-    needed: set[str] = set()
-    stack = list(HIGHER_TIMEFRAME_FEATURES)
-    while stack:
-        name = stack.pop()
-        if name in needed or name not in by_name:
-            continue
-        needed.add(name)
-        stack.extend(by_name[name].inputs)
+    needed = dependencies(nodes, HIGHER_TIMEFRAME_FEATURES)
     rename = {
         n.name: "_" + n.name
         for n in nodes
