@@ -275,6 +275,9 @@ class ServingLoop:
         if self.manager.generation == self.seen_generation:
             return
         self.seen_generation = self.manager.generation
+        if self.manager.predictor is not None:  # the engines compute what it reads, only that
+            for s in self.symbols.values():
+                s.use_features(self.manager.predictor.required_features, self.columns)
         if restored_id is not None and self.manager.model_id == restored_id:
             return
         self.feedback.reset_model()
@@ -383,8 +386,6 @@ class ServingLoop:
                 for b in bars
             }
         length = pred.info.window_len
-        for b in bars:  # the online engine computes what this model reads, and only that
-            self.symbols[b.symbol].use_features(pred.required_features, self.columns)
         windows = {b.symbol: self.symbols[b.symbol].window(length) for b in bars}
         gaps = {b.symbol: self.symbols[b.symbol].engine.gap_bars for b in bars}
         return infer_online(pred, windows, gaps, self.config.min_feature_quality)
