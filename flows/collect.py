@@ -41,6 +41,7 @@ from pipelines.collect import (
 )
 from pipelines.follow import FetchPool
 from pipelines.importers import merge_side_tables
+from pipelines.microstructure import enabled
 from pipelines.oneshot import collect_batched, collect_extras
 from pipelines.redaction import refuse_credentials
 from pipelines.resample import SUPPORTED_TIMEFRAMES, timeframe_ms
@@ -150,7 +151,7 @@ def collect_batch(
     resume: bool = True,
     resample_from_1m: bool = False,
     trades: Sequence[str] = (),
-    order_book: bool = False,
+    order_book: Sequence[str] = (),
     policy: GatePolicy | None = None,
     probe: FileSource | None = None,
     con: Any = None,
@@ -179,7 +180,7 @@ def collect_batch(
         extra, extra_results = collect_extras(
             con, settings, pool, run_id=run_id, source_kind=options.kind, since_ms=since_ms,
             until_ms=until_ms, resampled=resampled, trades=trades,
-            order_book=list(plan) if order_book else (), policy=policy,
+            order_book=order_book, policy=policy,
         )  # fmt: skip
     finally:
         pool.close()
@@ -227,8 +228,11 @@ def _follow(
     lookback_days: float,
     policy: GatePolicy | None,
     logger: Any,
+    trades: bool = False,
+    order_book: bool = False,
 ) -> dict[str, Any]:
-    """The warm collector in this flow run (one connection, one GX context, kept warm)."""
+    """The warm collector in this flow run (one connection, one GX context, kept warm).
+    ``trades`` / ``order_book``: every symbol's, each cycle (``pipelines.microstructure``)."""
     from pipelines.follow import follow
 
     if options.kind == "file":
@@ -240,6 +244,7 @@ def _follow(
         cycles = follow(
             con, settings, options, symbols, timeframes, every_s=every_s,
             max_cycles=max_cycles, lookback_days=lookback_days, policy=policy, logger=logger,
+            trades=symbols if trades else (), order_book=symbols if order_book else (),
         )  # fmt: skip
     finally:
         con.close()
@@ -316,6 +321,8 @@ def collect(
             lookback_days=lookback_days,
             policy=policy,
             logger=logger,
+            trades=trades,
+            order_book=order_book,
         )
     con = connect(settings)  # the run's one connection (Dask workers open their own)
     try:
@@ -392,8 +399,13 @@ def _one_shot(
     def timeframes_of(symbol: str) -> list[str]:
         return [tf for tf in tfs if probe is None or (symbol, tf) in set(probe.series)]
 
+    # the symbols whose trades and order book this run stores: all with --trades /
+    # --order-book, else those of Settings.microstructure_symbols (pipelines.microstructure)
+    micro = set(enabled(settings, symbols)) if probe is None else set()
+    books = enabled(settings, symbols, flag=order_book) if probe is None else []
+
     def trades_of(symbol: str) -> bool:
-        return trades and (probe is None or symbol in probe.trade_symbols)
+        return (trades or symbol in micro) and (probe is None or symbol in probe.trade_symbols)
 
     if settings.task_runner == "dask":  # fan out: one task per symbol, on many cores/machines
         futures = [
@@ -408,7 +420,7 @@ def _one_shot(
                 resume=resume,
                 resample_from_1m=resample_from_1m,
                 trades=trades_of(symbol),
-                order_book=order_book,
+                order_book=symbol in books,
                 policy=policy,
             )
             for symbol in symbols
@@ -426,7 +438,7 @@ def _one_shot(
                 resume=resume,
                 resample_from_1m=resample_from_1m,
                 trades=[symbol for symbol in symbols if trades_of(symbol)],
-                order_book=order_book,
+                order_book=books,
                 policy=policy,
                 probe=probe,
                 con=con,

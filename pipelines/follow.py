@@ -286,8 +286,12 @@ def run_cycle(
     source_kind: str,
     policy: GatePolicy | None = None,
     features: bool = True,
+    trades: Sequence[str] = (),
+    order_book: Sequence[str] = (),
 ) -> CycleStats:
-    """Fetch, gate and write, then featurize every series' new candles (module docs)."""
+    """Fetch, gate and write, then featurize every series' new candles (module docs).
+    ``trades`` / ``order_book``: symbols whose new public trades / one order-book snapshot the
+    cycle also stores, before the features (``pipelines.microstructure``)."""
     started = time.perf_counter()
     out = CycleStats(run_id, cycle, dt.datetime.now(dt.UTC), series=len(state.stored))
     cycle_id = f"{run_id}-c{cycle}"
@@ -322,6 +326,16 @@ def run_cycle(
                         state.stored[key] = (int(first or 0), stats.last_ts_ms)
             # a series whose tail was quarantined resumes from what is really stored
             state.refresh(con, pool.name, [k for k in written if by_key[k].rows_quarantined])
+        if trades or order_book:
+            from pipelines.microstructure import collect_microstructure
+
+            t0 = time.perf_counter()
+            side, _ = collect_microstructure(
+                con, settings, pool, run_id=cycle_id, source_kind=source_kind,
+                since_ms=since_ms, trades=trades, order_book=order_book, policy=policy,
+            )  # fmt: skip
+            out.gate_s += time.perf_counter() - t0
+            out.stats += side
         if features and written:
             t0 = time.perf_counter()
             many = rebuild_features_many(
@@ -415,13 +429,19 @@ def follow(
     sleep: Callable[[float], None] = time.sleep,
     workers: int = 8,
     on_cycle: Callable[[CycleStats], None] | None = None,
+    trades: Sequence[str] = (),
+    order_book: Sequence[str] = (),
 ) -> list[CycleStats]:
     """Run cycles every ``every_s`` seconds (``max_cycles`` of them; 0 = until stopped).
 
     A cycle that overruns the interval is followed at once by the next (no cycle is skipped
     silently: each one fetches everything since the last stored candle). Series with nothing
     stored start ``lookback_days`` before now. Returns the cycles' stats (only the last 100
-    are kept in memory by a collector that runs for good)."""
+    are kept in memory by a collector that runs for good). ``trades`` / ``order_book``:
+    symbols whose trades / order book each cycle stores, besides those the settings name
+    (``Settings.microstructure_symbols``, ``pipelines.microstructure``)."""
+    from pipelines.microstructure import enabled
+
     if every_s <= 0:
         raise ValueError(f"every_s must be > 0, got {every_s}")
     for tf in timeframes:
@@ -430,6 +450,9 @@ def follow(
     pool = FetchPool(options, settings, workers=workers, clock=clock)
     keys = [(s, tf) for s in dict.fromkeys(symbols) for tf in dict.fromkeys(timeframes)]
     state = FollowState.load(con, pool.name, keys)
+    micro = enabled(settings, symbols)
+    trades = list(dict.fromkeys([*trades, *micro]))
+    order_book = list(dict.fromkeys([*order_book, *micro]))
     done: list[CycleStats] = []
     next_at = time.monotonic()
     try:
@@ -437,7 +460,8 @@ def follow(
             since_ms = int(clock() - lookback_days * 86_400_000)
             out = run_cycle(
                 con, settings, pool, state, run_id=run_id, cycle=cycle, since_ms=since_ms,
-                source_kind=options.kind, policy=policy, features=features,
+                source_kind=options.kind, policy=policy, features=features, trades=trades,
+                order_book=order_book,
             )  # fmt: skip
             try:
                 record_cycle(con, out, pool.name, options.kind, settings=settings)

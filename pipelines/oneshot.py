@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -197,9 +197,11 @@ def collect_extras(
     trades: Sequence[str] = (),
     order_book: Sequence[str] = (),
     policy: GatePolicy | None = None,
+    trades_since: Mapping[str, int] | None = None,
 ) -> tuple[list[SeriesStats], list[GateResult]]:
     """Resampled candles (from the stored 1m), trades and order-book snapshots: each kind
-    fetched for every symbol, then gated in one call per table."""
+    fetched for every symbol, then gated in one call per table. ``trades_since``: per symbol,
+    where its trades start instead of ``since_ms`` (the warm collector resumes them)."""
     stats: list[SeriesStats] = []
     results: list[GateResult] = []
 
@@ -222,7 +224,8 @@ def collect_extras(
 
     def trades_one(source: Source, symbol: str) -> tuple[SeriesStats, list[pa.Table]]:
         tables, keep = kept()
-        one = collect_trades(source, keep, symbol, since_ms, until_ms, source_kind=source_kind)
+        start = (trades_since or {}).get(symbol, since_ms)
+        one = collect_trades(source, keep, symbol, start, until_ms, source_kind=source_kind)
         return one, tables
 
     def book_one(source: Source, symbol: str) -> tuple[SeriesStats, list[pa.Table]]:

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     exchange: str = "simulated"
     symbols: tuple[str, ...] = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
     base_timeframe: str = "1m"
+    microstructure_symbols: tuple[str, ...] = Field(
+        default=(),
+        description="symbols whose order-book snapshots and public trades every collect "
+        "stores (each cycle of --follow-every, and the one-shot collect); '*' = every "
+        "symbol collected (docs/features.md)",
+    )
     task_runner: Literal["thread", "dask"] = "thread"
     dask_address: str | None = Field(
         default=None, description="Dask scheduler (tcp://host:8786); None = a local cluster"

@@ -96,9 +96,16 @@ def collect(
             "--resample/--no-resample", help="build timeframes other than 1m from stored 1m candles"
         ),
     ] = False,
-    trades: Annotated[bool, typer.Option(help="also collect public trades")] = False,
+    trades: Annotated[
+        bool,
+        typer.Option(help="also collect public trades (with --follow-every: every cycle)"),
+    ] = False,
     order_book: Annotated[
-        bool, typer.Option(help="also store one order-book snapshot per symbol")
+        bool,
+        typer.Option(
+            help="also store one order-book snapshot per symbol (with --follow-every: one a "
+            "cycle); TRADELOOP_MICROSTRUCTURE_SYMBOLS turns both on per symbol"
+        ),
     ] = False,
     no_resume: Annotated[
         bool, typer.Option("--no-resume", help="refetch the whole window")
@@ -124,10 +131,9 @@ def collect(
         raise opt.usage_error(f"--follow-every must be > 0 seconds, got {follow_every:g}")
     if max_cycles is not None and (max_cycles < 1 or follow_every is None):
         raise opt.usage_error("--max-cycles N needs --follow-every and N >= 1")
-    if follow_every is not None and (source is SourceName.file or resample or trades or order_book):
+    if follow_every is not None and (source is SourceName.file or resample):
         raise opt.usage_error(
-            "--follow-every follows an exchange's candles: not with --source file, --resample, "
-            "--trades or --order-book"
+            "--follow-every follows an exchange's candles: not with --source file or --resample"
         )
     symbols = opt.symbols(symbol)
     timeframes = opt.timeframes(timeframe)
