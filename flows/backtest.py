@@ -12,9 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from prefect.cache_policies import NONE
-
 from flows.orchestration import (
+    NO_CACHE,
     create_link_artifact,
     create_markdown_artifact,
     create_table_artifact,
@@ -27,7 +26,7 @@ from trading.evaluation import load_warehouse_candles, signal_backtest
 from warehouse import Settings, connect, get_settings
 
 
-@task(name="load-candles", cache_policy=NONE)
+@task(name="load-candles", cache_policy=NO_CACHE)
 def load_candles_task(
     settings: Settings, symbol: str, timeframe: str, exchange: str | None
 ) -> Candles:
@@ -38,7 +37,7 @@ def load_candles_task(
         con.close()
 
 
-@task(name="run-backtest", cache_policy=NONE)
+@task(name="run-backtest", cache_policy=NO_CACHE)
 def backtest_task(
     candles: Candles,
     signals_path: str,
@@ -135,7 +134,7 @@ def report_series(summary: dict[str, Any]) -> str:
     return series_name(summary)
 
 
-@task(name="walk-forward", cache_policy=NONE)
+@task(name="walk-forward", cache_policy=NO_CACHE)
 def walk_forward_task(samples: Any, config: Any, n_folds: int) -> Any:
     """Retrains with the models package's real training code (``models.training``) per fold;
     torch is imported here, in orchestration, never in ``trading/``."""
@@ -174,7 +173,7 @@ def walk_forward(samples: Any, config: Any, n_folds: int = 3) -> Any:
     return result
 
 
-@task(name="run-model-backtest", cache_policy=NONE)
+@task(name="run-model-backtest", cache_policy=NO_CACHE)
 def model_backtest_task(
     settings: Settings,
     model: str,

@@ -18,13 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prefect.cache_policies import NONE
-
 from expectations.gate import GatePolicy, GateResult, gate_and_merge
 from expectations.report import summary_markdown
 from flows.alerts import quality_alerts
-from flows.orchestration import create_markdown_artifact, flow, get_run_logger, task
-from flows.runners import default_task_runner
+from flows.orchestration import (
+    DEFAULT_TASK_RUNNER,
+    NO_CACHE,
+    create_markdown_artifact,
+    flow,
+    get_run_logger,
+    task,
+)
 from pipelines.collect import (
     MergeFn,
     SeriesStats,
@@ -74,7 +78,7 @@ def _gate(
     return merge
 
 
-@task(name="collect-symbol", cache_policy=NONE, retries=0)
+@task(name="collect-symbol", cache_policy=NO_CACHE, retries=0)
 def collect_symbol(
     options: SourceOptions,
     settings: Settings,
@@ -140,7 +144,7 @@ def collect_symbol(
     return SymbolRun(out, results)
 
 
-@task(name="collect-batch", cache_policy=NONE, retries=0)
+@task(name="collect-batch", cache_policy=NO_CACHE, retries=0)
 def collect_batch(
     options: SourceOptions,
     settings: Settings,
@@ -194,7 +198,7 @@ def collect_batch(
     return SymbolRun(stats + extra, results + extra_results)
 
 
-@task(name="record-ingestion-stats", cache_policy=NONE)
+@task(name="record-ingestion-stats", cache_policy=NO_CACHE)
 def record_stats(settings: Settings, run_id: str, stats: list[SeriesStats], con: Any = None) -> int:
     if con is not None:
         return record_ingestion(con, run_id, stats, settings=settings)
@@ -205,7 +209,7 @@ def record_stats(settings: Settings, run_id: str, stats: list[SeriesStats], con:
         con.close()
 
 
-@task(name="collect-summary", cache_policy=NONE)
+@task(name="collect-summary", cache_policy=NO_CACHE)
 def publish_summary(run_id: str, stats: list[SeriesStats], results: list[GateResult]) -> str:
     """The run as markdown (series, then every gated batch), published as an artifact."""
     markdown = (
@@ -258,7 +262,7 @@ def _follow(
     }
 
 
-@flow(name="collect", task_runner=default_task_runner(), log_prints=True)
+@flow(name="collect", task_runner=DEFAULT_TASK_RUNNER, log_prints=True)
 def collect(
     source: str = "simulated",
     exchange: str | None = None,

@@ -12,17 +12,14 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from prefect.cache_policies import NONE
-
 from expectations.feature_gate import gate_features
-from flows.orchestration import flow, get_run_logger, task, unmapped
-from flows.runners import default_task_runner
+from flows.orchestration import DEFAULT_TASK_RUNNER, NO_CACHE, flow, get_run_logger, task, unmapped
 from pipelines.features import FEATURE_SET_VERSION
 from pipelines.features.rebuild import RebuildResult, list_series, rebuild_features
 from warehouse import Settings, connect, get_settings, migrate
 
 
-@task(name="features-series", cache_policy=NONE, retries=0)
+@task(name="features-series", cache_policy=NO_CACHE, retries=0)
 def featurize_series(
     settings: Settings, exchange: str, symbol: str, timeframe: str, full: bool, run_id: str
 ) -> RebuildResult:
@@ -47,7 +44,7 @@ def featurize_series(
     return result
 
 
-@task(name="features-list-series", cache_policy=NONE)
+@task(name="features-list-series", cache_policy=NO_CACHE)
 def select_series(
     settings: Settings, symbols: Sequence[str] | None, timeframes: Sequence[str] | None
 ) -> list[tuple[str, str, str]]:
@@ -64,7 +61,7 @@ def select_series(
     ]
 
 
-@flow(name="features", task_runner=default_task_runner(), log_prints=False)
+@flow(name="features", task_runner=DEFAULT_TASK_RUNNER, log_prints=False)
 def features(
     symbols: Sequence[str] | None = None,
     timeframes: Sequence[str] | None = None,

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from prefect.cache_policies import NONE
-
-from flows.orchestration import create_markdown_artifact, flow, get_run_logger, task
+from flows.orchestration import NO_CACHE, create_markdown_artifact, flow, get_run_logger, task
 from warehouse import Settings, connect, get_settings
 from warehouse import maintain as maintain_lake
 from warehouse.maintenance import MaintenanceReport
 
 
-@task(name="maintain-lake", cache_policy=NONE)
+@task(name="maintain-lake", cache_policy=NO_CACHE)
 def maintain_task(settings: Settings, keep_snapshots_days: float) -> MaintenanceReport:
     con = connect(settings)
     try:

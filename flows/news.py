@@ -12,9 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefect.cache_policies import NONE
-
-from flows.orchestration import flow, get_run_logger, task, unmapped
+from flows.orchestration import NO_CACHE, flow, get_run_logger, task, unmapped
 from pipelines.news import (
     FeedSource,
     IngestResult,
@@ -28,7 +26,7 @@ from pipelines.news import (
 from warehouse import Settings, WarehouseError, connect, get_settings, migrate
 
 
-@task(name="news-source", cache_policy=NONE, retries=0)
+@task(name="news-source", cache_policy=NO_CACHE, retries=0)
 def ingest_source(settings: Settings, source: NewsSource) -> IngestResult | str:
     """The source's items stored and scored, or the error that stopped it (one line)."""
     try:

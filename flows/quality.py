@@ -18,13 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
-from prefect.cache_policies import NONE
 
 from expectations.gate import GatePolicy, GateResult, QualityGateError, gate_and_merge
 from expectations.report import summary_markdown
 from expectations.revalidate import candle_series, revalidate_candles
 from flows.alerts import quality_alerts
 from flows.orchestration import (
+    DEFAULT_TASK_RUNNER,
+    NO_CACHE,
     create_link_artifact,
     create_markdown_artifact,
     create_table_artifact,
@@ -33,11 +34,10 @@ from flows.orchestration import (
     task,
     unmapped,
 )
-from flows.runners import default_task_runner
 from warehouse import Settings, connect, get_settings, migrate
 
 
-@task(name="quality-gate", cache_policy=NONE)
+@task(name="quality-gate", cache_policy=NO_CACHE)
 def gate_task(
     settings: Settings,
     table: str,
@@ -58,7 +58,7 @@ def gate_task(
     return result
 
 
-@task(name="quality-list-series", cache_policy=NONE)
+@task(name="quality-list-series", cache_policy=NO_CACHE)
 def list_series_task(
     settings: Settings,
     symbols: Sequence[str] | None,
@@ -73,7 +73,7 @@ def list_series_task(
         con.close()
 
 
-@task(name="quality-revalidate", cache_policy=NONE)
+@task(name="quality-revalidate", cache_policy=NO_CACHE)
 def revalidate_task(
     settings: Settings,
     series: tuple[str, str, str],
@@ -102,7 +102,7 @@ def revalidate_task(
     return result
 
 
-@task(name="quality-data-docs", cache_policy=NONE)
+@task(name="quality-data-docs", cache_policy=NO_CACHE)
 def build_docs_task(settings: Settings, keep_days: float) -> Path:
     from expectations.engine import build_data_docs, prune_stored_results
 
@@ -114,7 +114,7 @@ def build_docs_task(settings: Settings, keep_days: float) -> Path:
     return build_data_docs(settings)
 
 
-@task(name="quality-report", cache_policy=NONE)
+@task(name="quality-report", cache_policy=NO_CACHE)
 def quality_report_task(settings: Settings, run_id: str) -> Path:
     """The run's page and the index under ``<home>/reports/quality`` (read-only connection)."""
     from expectations.quality_page import write_quality_pages
@@ -145,7 +145,7 @@ def result_rows(
     ]
 
 
-@task(name="quality-summary", cache_policy=NONE)
+@task(name="quality-summary", cache_policy=NO_CACHE)
 def publish_summary(
     results: list[GateResult],
     data_docs: Path | None,
@@ -174,7 +174,7 @@ def publish_summary(
     return markdown
 
 
-@flow(name="quality", task_runner=default_task_runner(), log_prints=False)
+@flow(name="quality", task_runner=DEFAULT_TASK_RUNNER, log_prints=False)
 def quality(
     symbols: Sequence[str] | None = None,
     start: dt.datetime | None = None,

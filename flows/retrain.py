@@ -9,32 +9,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-from prefect.cache_policies import NONE
-
 from flows.alerts import promotion_alert
-from flows.orchestration import create_markdown_artifact, flow, task
-from flows.runners import default_task_runner
+from flows.orchestration import DEFAULT_TASK_RUNNER, NO_CACHE, create_markdown_artifact, flow, task
 from models import retraining
 from models.cv import CVResult
-from models.data import CandleBatch, FeaturizedSeries, SampleSet, featurize_series, split_series
+from models.data import CandleBatch, FeaturizedSeries, SampleSet, featurize_series
 from models.export import ExportResult
+from models.microstructure import SeriesInputs
 from models.registry import ModelRecord
 from models.training import TrainConfig, TrainedEnsemble
 from warehouse import Settings, get_settings
 
 
-@task(name="load-training-data", cache_policy=NONE)
+@task(name="load-training-data", cache_policy=NO_CACHE)
 def load_training_data(settings: Settings, request: retraining.RetrainRequest) -> CandleBatch:
     return retraining.load_training_data(settings, request)
 
 
-@task(name="featurize-symbol", cache_policy=NONE)
-def featurize_symbol(candles: pl.DataFrame) -> FeaturizedSeries:
-    return featurize_series(candles)
+@task(name="featurize-symbol", cache_policy=NO_CACHE)
+def featurize_symbol(series: SeriesInputs) -> FeaturizedSeries:
+    return featurize_series(series)
 
 
-@task(name="assemble-samples", cache_policy=NONE)
+@task(name="assemble-samples", cache_policy=NO_CACHE)
 def assemble_samples(featurized: list[FeaturizedSeries], config: TrainConfig) -> SampleSet:
     return retraining.assemble(featurized, config)
 
@@ -42,28 +39,28 @@ def assemble_samples(featurized: list[FeaturizedSeries], config: TrainConfig) ->
 def prepare_samples(batch: CandleBatch, config: TrainConfig) -> SampleSet:
     """Features per symbol as mapped tasks (threads or Dask, as the flow's runner says), then
     labels and windows over all of them."""
-    featurized = featurize_symbol.map(split_series(batch.frame)).result()
+    featurized = featurize_symbol.map(batch.series()).result()
     return assemble_samples(list(featurized), config)
 
 
-@task(name="train-ensemble", cache_policy=NONE)
+@task(name="train-ensemble", cache_policy=NO_CACHE)
 def train(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
     return retraining.train(samples, config)
 
 
-@task(name="cross-validate", cache_policy=NONE)
+@task(name="cross-validate", cache_policy=NO_CACHE)
 def cross_validate(samples: SampleSet, config: TrainConfig) -> CVResult | None:
     return retraining.cross_validate_config(samples, config)
 
 
-@task(name="export-onnx", cache_policy=NONE)
+@task(name="export-onnx", cache_policy=NO_CACHE)
 def export(
     ensemble: TrainedEnsemble, samples: SampleSet, staging: Path
 ) -> tuple[ExportResult, float]:
     return retraining.export(ensemble, samples, staging)
 
 
-@task(name="register-model", cache_policy=NONE)
+@task(name="register-model", cache_policy=NO_CACHE)
 def register(
     settings: Settings,
     request: retraining.RetrainRequest,
@@ -79,7 +76,7 @@ def register(
     )  # fmt: skip
 
 
-@task(name="validate-and-promote", cache_policy=NONE)
+@task(name="validate-and-promote", cache_policy=NO_CACHE)
 def validate_and_promote(
     settings: Settings,
     record: ModelRecord,
@@ -99,7 +96,7 @@ def validate_and_promote(
     )  # fmt: skip
 
 
-@task(name="publish-dashboard", cache_policy=NONE)
+@task(name="publish-dashboard", cache_policy=NO_CACHE)
 def publish_dashboard(settings: Settings, outcome: retraining.RetrainOutcome, name: str) -> str:
     markdown = retraining.dashboard_markdown(outcome, retraining.trend(settings, name))
     create_markdown_artifact(
@@ -155,7 +152,7 @@ def _request(
     )
 
 
-@flow(name="retrain", task_runner=default_task_runner(), log_prints=True)
+@flow(name="retrain", task_runner=DEFAULT_TASK_RUNNER, log_prints=True)
 def retrain(
     symbols: list[str] | None = None,
     days: float | None = 30,

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from prefect.task_runners import ThreadPoolTaskRunner
-
 from warehouse import Settings
 
 DEFAULT_THREADS = 8
@@ -43,12 +41,16 @@ def task_runner_for(settings: Settings) -> Any:
         return DaskTaskRunner(
             cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs
         )
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     return ThreadPoolTaskRunner(max_workers=settings.task_workers or DEFAULT_THREADS)
 
 
 def default_task_runner() -> Any:
     """The runner a flow uses when called directly: a bounded thread pool, so a flow over
     hundreds of series never starts them all at once (Prefect's own default is unbounded)."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     return ThreadPoolTaskRunner(max_workers=DEFAULT_THREADS)
 
 

@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, cast
-
-from prefect.concurrency.sync import concurrency
-from prefect.events import Event, emit_event
+from typing import TYPE_CHECKING, Any, cast
 
 from flows.alerts import alerter, run_link
 from flows.orchestration import flow, get_run_logger, in_direct_run
 from trading.loop import LoopConfig, RunSummary, ServingLoop
 from trading.service import heartbeat_file, require_live_opt_in, serve_live, serve_replay
 from warehouse import get_settings
+
+if TYPE_CHECKING:
+    from prefect.events import Event
 
 DEGRADED_EVENT = "tradeloop.model.degraded"
 
@@ -67,6 +67,8 @@ def _secret(block_name: str) -> str:
 
 def emit_degraded(model_name: str, account: str, reason: str) -> Event | None:
     """The event the ``retrain/daily`` deployment's trigger waits for (None: no Prefect API)."""
+    from prefect.events import emit_event
+
     return emit_event(
         DEGRADED_EVENT,
         resource={
@@ -152,11 +154,11 @@ def serve(
         )
 
     summary: RunSummary
-    lock = (
-        contextlib.nullcontext()
-        if direct
-        else concurrency(limit_name, occupy=1, strict=True, lease_duration=lease_duration_s)
-    )
+    lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if not direct:
+        from prefect.concurrency.sync import concurrency
+
+        lock = concurrency(limit_name, occupy=1, strict=True, lease_duration=lease_duration_s)
     with lock:
         if live:
             summary = serve_live(

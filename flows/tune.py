@@ -6,20 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect.cache_policies import NONE
-
-from flows.orchestration import create_markdown_artifact, flow, task
+from flows.orchestration import NO_CACHE, create_markdown_artifact, flow, task
 from models import retraining
-from models.data import FeaturizedSeries, featurize_series, split_series
+from models.data import FeaturizedSeries, featurize_series
 from warehouse import get_settings
 
 
-@task(name="featurize-symbol", cache_policy=NONE)
+@task(name="featurize-symbol", cache_policy=NO_CACHE)
 def featurize_symbol(candles: Any) -> FeaturizedSeries:
     return featurize_series(candles)
 
 
-@task(name="run-study", cache_policy=NONE)
+@task(name="run-study", cache_policy=NO_CACHE)
 def run_study(
     featurized: list[FeaturizedSeries],
     base: Any,
@@ -73,7 +71,7 @@ def tune(
         train_overrides, name=name, tuned=False,
     )  # fmt: skip
     batch = retraining.load_training_data(settings, request)
-    featurized = list(featurize_symbol.map(split_series(batch.frame)).result())
+    featurized = list(featurize_symbol.map(batch.series()).result())
     study_name = study or tuning.study_name_for(name, request.symbols, request.timeframe)
     result = run_study(
         featurized,

@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from prefect.cache_policies import NONE
 
-from flows.orchestration import create_markdown_artifact, flow, get_run_logger, task
+from flows.orchestration import NO_CACHE, create_markdown_artifact, flow, get_run_logger, task
 from trading.model_walkforward import FoldWindow, fold_windows, walk_forward_model
 from warehouse import connect, get_settings, read_candles
 from warehouse.inventory import inventory, resolve_series
 
 
-@task(name="train-fold", cache_policy=NONE)
+@task(name="train-fold", cache_policy=NO_CACHE)
 def train_fold(frame: pl.DataFrame, config: Any, directory: Path, model_id: str) -> Any:
     """torch is imported here, in orchestration, never in ``trading/``."""
     from models.walk_forward import train_window

@@ -39,9 +39,12 @@ def test_commands_without_an_api_run_directly_and_start_no_server(tmp_path: Path
     imported = _run(env, "import", str(ETH_BTC))
     assert imported.returncode == 0, imported.stderr
     assert "5760 merged" in imported.stdout
-    features = _run(env, "features")
+    # a direct run does not even import Prefect (about a second of CPU per command)
+    features = _run(env | {"PYTHONPROFILEIMPORTTIME": "1"}, "features")
     assert features.returncode == 0, features.stderr
     assert "5760 rows written" in features.stdout
+    modules = {line.rsplit("|", 1)[-1].strip() for line in features.stderr.splitlines()}
+    assert "polars" in modules and "prefect" not in modules, sorted(modules)[:20]
     count = _run(env, "sql", "SELECT count(*) AS n FROM features", "--format", "csv")
     assert count.stdout.split() == ["n", "5760"], count.stdout
     listed = _run(env, "data", "list", "-f", "csv")
