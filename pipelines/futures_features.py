@@ -1,13 +1,14 @@
 """Perpetual-futures features, as of each bar's close: the "+ funding/basis" group (issue 15).
 
 For a bar of the traded contract opening at ``t`` (timeframe ``tf``, so closing at
-``t + tf``), only what exists at ``t + tf`` is used:
+``t + tf``), only what was stamped before ``t + tf`` is used (strictly, the project's as-of
+rule, as for order-book snapshots and headlines):
 
-* ``funding_rate_last``: the last funding rate stamped at or before ``t + tf``;
+* ``funding_rate_last``: the last funding rate stamped before ``t + tf``;
 * ``funding_rate_mean_3``: the mean of the last three such rates (null before three);
 * ``basis``: the bar's close over the close of the mark-price candle of the same bar, minus 1
   (null when that mark candle is missing: no older mark price stands in for it);
-* ``oi_change``: the last open interest stamped at or before ``t + tf`` over the one before
+* ``oi_change``: the last open interest stamped before ``t + tf`` over the one before
   it, minus 1 (a relative change per open-interest period).
 
 :func:`futures_features` computes them in batch (polars); :class:`OnlineFuturesFeatures`
@@ -57,7 +58,8 @@ def futures_features(
     epoch ms. A missing input gives null features."""
     step = _period_ms(timeframe)
     bars = candles.select(_epoch(candles).alias("ts"), pl.col("close").cast(pl.Float64)).sort("ts")
-    bars = bars.with_columns((pl.col("ts") + step).alias("_close_ts"))
+    # the last instant before the close: a value stamped at the close itself is not used
+    bars = bars.with_columns((pl.col("ts") + step - 1).alias("_close_ts"))
     if funding is not None and funding.height:
         f = (
             funding.select(_epoch(funding).alias("_f_ts"), pl.col("funding_rate").cast(pl.Float64))
@@ -129,7 +131,7 @@ class OnlineFuturesFeatures:
 
     def on_candle(self, ts_ms: int, close: float) -> dict[str, float | None]:
         """The features of the bar opening at ``ts_ms`` (closed), with its ``close``."""
-        close_ts = ts_ms + self._step
+        close_ts = ts_ms + self._step - 1  # the last instant before the close
         n = bisect_right(self._funding, (close_ts, math.inf))
         rates = [r for _, r in self._funding[max(0, n - 3) : n]]
         k = bisect_right(self._oi, (close_ts, math.inf))

@@ -8,6 +8,7 @@ import polars as pl
 
 from pipelines.features import ops
 from pipelines.features.prune import plan
+from pipelines.features.side import SideInputs, sentiment_inputs_many, side_inputs
 from pipelines.features.spec import (
     FEATURE_SET_VERSION,
     HIGHER_TIMEFRAME_FEATURES,
@@ -153,11 +154,14 @@ def _candidate_frame(
     step_ms: int,
     order_book: pl.DataFrame | None,
     trades: pl.DataFrame | None,
+    side: SideInputs | None = None,
 ) -> pl.LazyFrame:
     frame = candles.lazy().with_columns(
         pl.col("ts").dt.epoch("ms").alias("_ts_ms"),
         *[pl.col(c).cast(pl.Float64) for c in ("open", "high", "low", "close", "volume")],
     )
+    # the side groups' inputs (funding, sentiment), one row per candle in candles' order
+    frame = pl.concat([frame, side_inputs(candles, side).drop("_ts_ms").lazy()], how="horizontal")
     if order_book is not None and order_book.height:
         obi = order_book_inputs(order_book)
         frame = (
@@ -225,6 +229,7 @@ def build_features(
     order_book: pl.DataFrame | None = None,
     trades: pl.DataFrame | None = None,
     columns: Sequence[str] | None = None,
+    side: SideInputs | None = None,
 ) -> pl.DataFrame:
     """All features of one symbol/timeframe's candles (sorted by ``ts``, no duplicates).
 
@@ -232,7 +237,9 @@ def build_features(
     :func:`feature_columns`, then the regime labels (``REGIME_COLUMNS``: every column of
     :func:`stored_columns`); rows still warming up hold nulls. ``order_book`` (ts, bid_prices,
     bid_sizes, ask_prices, ask_sizes) and ``trades`` (ts, side, amount) are optional; without
-    them the order-book / trade-flow features are null. ``columns``: compute only these (in
+    them the order-book / trade-flow features are null. ``side``: the series' funding and news
+    data (``pipelines.features.side``); without it the funding and sentiment groups are null.
+    ``columns``: compute only these (in
     ``feature_columns()`` order) and what they depend on (``pipelines.features.prune.plan``),
     e.g. a model's selected features.
     """
@@ -241,7 +248,7 @@ def build_features(
     labels = REGIME_COLUMNS if columns is None else ()  # every column: the regime labels too
     if candles.height == 0:
         return _empty(candles, (*todo.columns, *labels))
-    base_frame = _with_gaps(_candidate_frame(candles, step_ms, order_book, trades), step_ms)
+    base_frame = _with_gaps(_candidate_frame(candles, step_ms, order_book, trades, side), step_ms)
     frame = evaluate_graph(base_frame, base_graph() if labels else todo.base)
     frame = frame.with_columns((pl.col("_ts_ms") + step_ms).alias("_close_ms"))
     raw = base_frame.select("_ts_ms", "open", "high", "low", "close", "volume")
@@ -323,7 +330,10 @@ def resample_many(candles: pl.LazyFrame, step_ms: int) -> pl.LazyFrame:
 
 
 def build_features_many(
-    candles: pl.DataFrame, *, higher: dict[str, pl.DataFrame] | None = None
+    candles: pl.DataFrame,
+    *,
+    higher: dict[str, pl.DataFrame] | None = None,
+    news: SideInputs | None = None,
 ) -> pl.DataFrame:
     """The features of many series of ONE timeframe in one polars pass: what
     :func:`build_features` gives for each series alone (a test holds them equal), without
@@ -334,7 +344,9 @@ def build_features_many(
     candles already resampled (exchange, symbol, ``_ts_ms`` = bucket open, OHLCV), e.g. by
     the warehouse over a longer history than ``candles`` holds: the incremental rebuild reads
     the base timeframe's warm-up only and lets DuckDB aggregate the hours the 1h features
-    need (26,000 one-minute candles a series otherwise).
+    need (26,000 one-minute candles a series otherwise). ``news``: the headlines of the
+    sentiment group (its other fields are not read: a series with funding data goes through
+    :func:`build_features`).
     """
     if candles.height == 0:
         return _empty(candles)
@@ -359,6 +371,8 @@ def build_features_many(
         pl.lit(None, pl.Float64).alias("trade_buy"),
         pl.lit(None, pl.Float64).alias("trade_sell"),
     )
+    side = sentiment_inputs_many(candles, news)
+    base = pl.concat([base, side.lazy()], how="horizontal")
     base_frame = _with_gaps_many(base, step_ms)
     frame = evaluate_graph(base_frame, base_graph()).with_columns(
         (pl.col(_SID).cast(pl.Int64) * _KEY_SPAN + pl.col("_ts_ms") + step_ms).alias("_close_key")

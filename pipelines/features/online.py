@@ -4,7 +4,10 @@ It interprets the same graphs as the batch pipeline (:mod:`pipelines.features.sp
 the online operator forms of :mod:`pipelines.features.ops`. Higher timeframes are candles
 resampled on the fly; their features change only when such a candle has closed, exactly as
 the batch as-of join sees them. Order-book snapshots and trades are fed as they arrive
-(``on_order_book``, ``on_trade``), each in O(1); events must arrive in time order.
+(``on_order_book``, ``on_trade``), each in O(1); events must arrive in time order. The side
+groups' data (funding rates, mark candles, open interest, scored headlines: ``on_funding``,
+``on_mark``, ``on_open_interest``, ``on_news``) may come in any order, before the bars they
+count for (``pipelines.features.side``).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from typing import Any
 
 from pipelines.features import ops
 from pipelines.features.prune import plan
+from pipelines.features.side import NO_SIDE_INPUTS, OnlineSideInputs
 from pipelines.features.spec import (
     BASE_ONLY_INPUTS,
     MAX_CARRIED_GAP_BARS,
     ORDER_BOOK_LEVELS,
     REGIME_COLUMNS,
+    SIDE_GROUPS,
+    SIDE_INPUTS,
     TIMEFRAME_MS,
     Graph,
     base_graph,
@@ -150,9 +156,19 @@ class OnlineFeatureEngine:
     features (``OnnxPredictor.info.selected_features``); the dicts then hold only them.
     By default the dicts also hold the regime labels (``REGIME_COLUMNS``; not model inputs,
     never waited for by ``update``).
+
+    ``symbol``: the pair; with it the side groups among ``columns`` (funding, sentiment) are
+    computed from the data fed through ``on_funding``, ``on_mark``, ``on_open_interest`` and
+    ``on_news`` (ignored when no column reads it); without it they are null.
     """
 
-    def __init__(self, timeframe: str = "1m", columns: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        timeframe: str = "1m",
+        columns: Sequence[str] | None = None,
+        *,
+        symbol: str | None = None,
+    ) -> None:
         if timeframe not in TIMEFRAME_MS:
             raise ValueError(f"unknown timeframe {timeframe!r}; known: {sorted(TIMEFRAME_MS)}")
         self.timeframe = timeframe
@@ -177,7 +193,12 @@ class OnlineFeatureEngine:
             if TIMEFRAME_MS[tf] < self.step_ms
             for name in names
         ]
-        optional = _depends_on(graph, set(BASE_ONLY_INPUTS))
+        optional = _depends_on(graph, set(BASE_ONLY_INPUTS) | set(SIDE_INPUTS))
+        groups = [g for g, names in SIDE_GROUPS.items() if set(names) & set(base_outputs)]
+        self.side_groups = tuple(groups)
+        self.side: OnlineSideInputs | None = None
+        if groups and symbol is not None:  # without the symbol: null, as without their data
+            self.side = OnlineSideInputs(symbol, timeframe, groups)
         self._required = [c for c in self.columns if c not in optional and c not in self._null_htf]
         self._snapshots: deque[tuple[int, float | None, float | None]] = deque(maxlen=16)
         self._trades: dict[int, list[float]] = {}
@@ -226,6 +247,25 @@ class OnlineFeatureEngine:
             acc[1] += amount
         self._seen_trade = True
 
+    def on_funding(self, ts: Any, rate: float) -> None:
+        """A funding rate of the perpetual (``ts``: as the exchange stamped it)."""
+        if self.side is not None:
+            self.side.on_funding(ts, rate)
+
+    def on_mark(self, ts: Any, close: float) -> None:
+        """A closed mark-price candle of this timeframe (``ts``: its open time)."""
+        if self.side is not None:
+            self.side.on_mark(ts, close)
+
+    def on_open_interest(self, ts: Any, open_interest: float) -> None:
+        if self.side is not None:
+            self.side.on_open_interest(ts, open_interest)
+
+    def on_news(self, ts: Any, score: float, symbols: Sequence[str]) -> None:
+        """A scored headline (``symbols``: the assets it is tagged with)."""
+        if self.side is not None:
+            self.side.on_news(ts, score, symbols)
+
     def _order_book_at(self, close_ms: int) -> tuple[float | None, float | None]:
         for ts_ms, imb, spread in reversed(self._snapshots):
             if ts_ms < close_ms:
@@ -245,7 +285,8 @@ class OnlineFeatureEngine:
                 del self._trades[old]
         else:
             buy = sell = None  # type: ignore[assignment]
-        values = self.base.push(ts_ms, (o, h, lo, c, v, imb, spread, buy, sell, ts_ms))
+        side = NO_SIDE_INPUTS if self.side is None else self.side.at(ts_ms, c)
+        values = self.base.push(ts_ms, (o, h, lo, c, v, imb, spread, buy, sell, ts_ms, *side))
         for r in self._resamplers:
             r.push(ts_ms, o, h, lo, c, v)
         out: dict[str, float | None] = dict(

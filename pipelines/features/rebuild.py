@@ -24,6 +24,7 @@ import duckdb
 import polars as pl
 
 from pipelines.features.batch import build_features, build_features_many, timeframe_ms
+from pipelines.features.side import read_side_inputs
 from pipelines.features.spec import (
     FEATURE_SET_VERSION,
     HIGHER_TIMEFRAMES,
@@ -167,8 +168,14 @@ def rebuild_features(
         "BY ts",
         [exchange, symbol, lower],
     )
+    side = read_side_inputs(
+        con, exchange=exchange, symbol=symbol, timeframe=timeframe, after=since
+    )  # funding and news as of each close (pipelines.features.side)
     features = build_features(
-        candles, order_book=ob if ob.height else None, trades=trades if trades.height else None
+        candles,
+        order_book=ob if ob.height else None,
+        trades=trades if trades.height else None,
+        side=side if side.groups else None,
     )
     if last is not None:
         features = features.filter(pl.col("ts") > last)
@@ -255,15 +262,21 @@ def _plan(
 
 
 def _with_side_data(con: duckdb.DuckDBPyConnection, bounds: pl.DataFrame) -> set[tuple[str, str]]:
-    """(exchange, symbol) pairs with order-book snapshots or trades in their window: their
-    features need those inputs, which only the one-series build takes."""
+    """(exchange, symbol) pairs with order-book snapshots, trades or perpetual-futures data
+    (funding rates, mark candles, open interest) in their window: their features need those
+    inputs, which only the one-series build takes."""
     _register(con, "_tl_many_bounds", bounds)
     try:
         rows = con.execute(
             "SELECT DISTINCT b.exchange, b.symbol FROM _tl_many_bounds b JOIN "
             "order_book_snapshots o USING (exchange, symbol) WHERE o.ts >= b.lower "
             "UNION SELECT DISTINCT b.exchange, b.symbol FROM _tl_many_bounds b JOIN trades t "
-            "USING (exchange, symbol) WHERE t.ts >= b.lower"
+            "USING (exchange, symbol) WHERE t.ts >= b.lower "
+            + "".join(
+                "UNION SELECT DISTINCT b.exchange, b.symbol FROM _tl_many_bounds b JOIN "
+                f"{table} x USING (exchange, symbol) WHERE x.ts >= b.lower "
+                for table in ("funding_rates", "mark_candles", "open_interest")
+            )
         ).fetchall()
     finally:
         con.unregister("_tl_many_bounds")
@@ -370,7 +383,16 @@ def rebuild_features_many(
             continue
         candles, higher = _read_many(con, bounds, timeframe)
         read += candles.height
-        features = build_features_many(candles, higher=higher)
+        earliest = bounds.get_column("base_lower").min()
+        news = read_side_inputs(
+            con,
+            exchange="",
+            symbol="",
+            timeframe=timeframe,
+            after=earliest,  # type: ignore[arg-type]
+            groups=("sentiment",),
+        )  # the headlines are every series' (market-wide)
+        features = build_features_many(candles, higher=higher, news=news if news.groups else None)
         first_new = bounds.select("exchange", "symbol", pl.col("first_new").dt.cast_time_unit("ms"))
         computed.append(
             features.join(first_new, on=["exchange", "symbol"])

@@ -41,6 +41,51 @@ BASE_ONLY_INPUTS: tuple[str, ...] = ("ob_imbalance", "ob_spread_bps", "trade_buy
 ORDER_BOOK_LEVELS = 5
 LAGS: tuple[int, ...] = (1, 2, 3, 5, 10)
 
+# Side groups: features of other tables joined as of the bar's close (no look-ahead), computed
+# by their own modules and fed to the graph as inputs (``side_<name>``), copied to the column
+# ``<name>`` here. Model inputs when the warehouse has the data, null (so left out of a
+# model's inputs by ``models.data.assemble_samples``) when it has none. The batch and online
+# values come from ``pipelines.features.side`` (tests hold the names equal to the modules').
+#   funding: pipelines.futures_features (funding_rates, mark_candles, open_interest);
+#   sentiment: pipelines.news.features (news and news_scores, VADER by default).
+FUNDING_FEATURES: tuple[str, ...] = (
+    "funding_rate_last",
+    "funding_rate_mean_3",
+    "basis",
+    "oi_change",
+)
+_NEWS_WINDOWS = ("1h", "24h")
+SENTIMENT_FEATURES: tuple[str, ...] = tuple(
+    f"{prefix}{name}"
+    for prefix in ("news_", "market_news_")
+    for name in (*[f"{k}_{w}" for w in _NEWS_WINDOWS for k in ("mean", "count")], "decayed")
+)
+SIDE_GROUPS: dict[str, tuple[str, ...]] = {
+    "funding": FUNDING_FEATURES,
+    "sentiment": SENTIMENT_FEATURES,
+}
+SIDE_FEATURES: tuple[str, ...] = FUNDING_FEATURES + SENTIMENT_FEATURES
+SIDE_INPUTS: tuple[str, ...] = tuple(f"side_{name}" for name in SIDE_FEATURES)
+_SIDE_DOCS: dict[str, str] = {
+    "funding_rate_last": "the last funding rate of the perpetual stamped before the candle "
+    "closed (null without funding rates)",
+    "funding_rate_mean_3": "the mean of the last three such funding rates",
+    "basis": "close / close of the mark-price candle of the same bar - 1 (null without it)",
+    "oi_change": "the last open interest stamped before the close / the one before it - 1",
+}
+for _p, _who in (("news_", "headlines tagged with the pair's base asset"), ("market_news_",
+    "every scored headline")):  # fmt: skip
+    for _w in _NEWS_WINDOWS:
+        _SIDE_DOCS[f"{_p}mean_{_w}"] = (
+            f"mean sentiment score (VADER compound, -1..1) of the {_who} published in the "
+            f"{_w} before the close (null with none; the whole group is null before the first "
+            "headline)"
+        )
+        _SIDE_DOCS[f"{_p}count_{_w}"] = f"how many {_who} were published in that {_w}"
+    _SIDE_DOCS[f"{_p}decayed"] = (
+        f"sum of the scores of the {_who} before the close, each weighted 0.5 ** (age / 6 h)"
+    )
+
 
 @dataclass(frozen=True)
 class Node:
@@ -481,6 +526,10 @@ def _base_only_nodes() -> list[Node]:
             doc="trade imbalance over 10 bars",
         ),
     ]
+    for group, names in SIDE_GROUPS.items():
+        nodes += [
+            _n(name, "copy", f"side_{name}", group=group, doc=_SIDE_DOCS[name]) for name in names
+        ]
     nodes.append(
         _n(
             "rsixobimb_14",
@@ -551,22 +600,32 @@ def higher_graph() -> Graph:
 
 def base_graph() -> Graph:
     return Graph(
-        CANDLE_INPUTS + BASE_ONLY_INPUTS + ("ts",), tuple(_price_nodes() + _base_only_nodes())
+        CANDLE_INPUTS + BASE_ONLY_INPUTS + ("ts",) + SIDE_INPUTS,
+        tuple(_price_nodes() + _base_only_nodes()),
     )
 
 
-def feature_columns() -> list[str]:
-    """Ordered model input columns: base features, then each higher timeframe's."""
-    cols = [c for c in base_graph().outputs() if c not in REGIME_COLUMNS]
+def candle_feature_columns() -> list[str]:
+    """The model input columns of migration 0005: base features (side groups left out), then
+    each higher timeframe's."""
+    skip = set(REGIME_COLUMNS) | set(SIDE_FEATURES)
+    cols = [c for c in base_graph().outputs() if c not in skip]
     for tf in HIGHER_TIMEFRAMES:
         cols += [f"{name}_{tf}" for name in HIGHER_TIMEFRAME_FEATURES]
     return cols
 
 
+def feature_columns() -> list[str]:
+    """Ordered model input columns: base features, each higher timeframe's, then the side
+    groups' (``SIDE_FEATURES``: funding, sentiment)."""
+    return candle_feature_columns() + list(SIDE_FEATURES)
+
+
 def stored_columns() -> list[str]:
-    """Every column of the features table after the keys and ``gap_bars``: the model inputs
-    (``feature_columns()``), then the regime labels (``REGIME_COLUMNS``)."""
-    return feature_columns() + list(REGIME_COLUMNS)
+    """Every column of the features table after the keys and ``gap_bars``, in the table's
+    order: the candle model inputs (migration 0005), the regime labels (``REGIME_COLUMNS``,
+    0015), then the side groups (``SIDE_FEATURES``, 0021)."""
+    return candle_feature_columns() + list(REGIME_COLUMNS) + list(SIDE_FEATURES)
 
 
 def spec_document() -> dict[str, object]:
@@ -593,13 +652,15 @@ def feature_table_markdown() -> str:
     base = {n.name: n for n in base_graph().nodes}
     rows = ["| column | group | definition |", "| --- | --- | --- |"]
     for name in base_graph().outputs():
-        if name in REGIME_COLUMNS:
+        if name in REGIME_COLUMNS or name in SIDE_FEATURES:
             continue
         n = base[name]
         rows.append(f"| `{name}` | {n.group} | {n.doc} |")
     for tf in HIGHER_TIMEFRAMES:
         for name in HIGHER_TIMEFRAME_FEATURES:
             rows.append(f"| `{name}_{tf}` | {tf} | {base[name].doc}, on closed {tf} candles |")
+    for name in SIDE_FEATURES:
+        rows.append(f"| `{name}` | {base[name].group} | {base[name].doc} |")
     for name in REGIME_COLUMNS:
         rows.append(f"| `{name}` | {base[name].group} | {base[name].doc} |")
     return "\n".join(rows)

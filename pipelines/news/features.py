@@ -20,6 +20,7 @@ before the first item.
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import math
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -175,7 +176,9 @@ class _Stream:
 
     def __init__(self, spec: NewsFeatureSpec, prefix: str) -> None:
         self.spec, self.prefix = spec, prefix
-        self._pending: list[tuple[int, float]] = []  # items not yet at or before a close
+        # items not yet before a close: a heap by time, so a close takes only those due (items
+        # fed far ahead, as a replay does, cost nothing per close)
+        self._pending: list[tuple[int, float]] = []
         self._ts: list[int] = []  # folded items, by time
         self._scores: list[float] = []
         self._lo = [0] * len(spec.windows)
@@ -184,7 +187,7 @@ class _Stream:
         self._at: int | None = None  # the close the decayed score refers to
 
     def add(self, ts_ms: int, score: float) -> None:
-        self._pending.append((ts_ms, score))
+        heapq.heappush(self._pending, (ts_ms, score))
 
     def _fold(self, ts_ms: int, score: float, close: int) -> None:
         pos = bisect_right(self._ts, ts_ms)
@@ -201,11 +204,10 @@ class _Stream:
         if self._at is not None:
             self._decayed *= 2.0 ** (-(close - self._at) / self.spec.half_life_ms)
         self._at = close
-        due = sorted(p for p in self._pending if p[0] < close)
-        if due:
-            self._pending = [p for p in self._pending if p[0] >= close]
-            for ts_ms, score in due:
-                self._fold(ts_ms, score, close)
+        pending = self._pending
+        while pending and pending[0][0] < close:  # in (time, score) order, as before
+            ts_ms, score = heapq.heappop(pending)
+            self._fold(ts_ms, score, close)
         out: dict[str, float | int | None] = {}
         for k, (name, width) in enumerate(self.spec.windows):
             while self._lo[k] < len(self._ts) and self._ts[self._lo[k]] < close - width:

@@ -15,7 +15,7 @@ from pipelines.features import (
     feature_columns,
 )
 from pipelines.features.migration import migration_sql
-from pipelines.features.spec import feature_table_markdown
+from pipelines.features.spec import SIDE_FEATURES, candle_feature_columns, feature_table_markdown
 from tests.support.features import CANDLE_FILES
 
 
@@ -103,7 +103,9 @@ def test_feature_names_follow_the_pattern() -> None:
     cols = feature_columns()
     assert len(cols) == len(set(cols)) >= 100
     pattern = re.compile(r"^[a-z]+(_\d+)*(_lag\d+)?(_(5m|15m|1h))?$")
-    assert [c for c in cols if not pattern.match(c)] == []
+    # the side groups keep the names their modules give them (funding_rate_last, news_mean_1h)
+    assert [c for c in candle_feature_columns() if not pattern.match(c)] == []
+    assert cols == candle_feature_columns() + list(SIDE_FEATURES)
     for name in (
         "rsi_14",
         "ema_12",
@@ -131,7 +133,11 @@ def test_migration_columns_equal_feature_columns(lake) -> None:  # type: ignore[
     path = Path(mig.__file__).parents[2] / "warehouse" / "migrations" / mig.MIGRATION_FILE
     assert path.read_text() == migration_sql(), "regenerate: python -m pipelines.features.migration"
     names = [r[0] for r in lake.execute("SELECT * FROM features LIMIT 0").description]
-    assert names[names.index("gap_bars") + 1 :][: len(feature_columns())] == feature_columns()
+    # 0005 holds the candle features; the side groups (funding, sentiment: 0021) come after
+    # the regime labels (0015), at the end of feature_columns()
+    candle = candle_feature_columns()
+    assert names[names.index("gap_bars") + 1 :][: len(candle)] == candle
+    assert feature_columns()[: len(candle)] == candle
 
 
 def test_gap_policy(real_candles: dict[str, pl.DataFrame]) -> None:

@@ -1,4 +1,5 @@
-"""No look-ahead: changing any future candle, order-book snapshot or trade never changes the past.
+"""No look-ahead: changing any future candle, order-book snapshot, trade, funding rate, mark
+candle, open-interest value or headline never changes the past.
 
 Availability (ARCHITECTURE.md, conventions: "No look-ahead"): the features of the candle opened at
 ``t`` use data up to that candle's close ``t + step``, i.e. data timestamped strictly before
@@ -12,7 +13,11 @@ The property is checked on a 1m base timeframe, so the as-of joins of the 5m, 15
 features are exercised, with order-book snapshots and trades (some exactly on minute
 boundaries, where "before the close" matters), real gaps (some longer than the carried
 limit), for the batch pipeline and for the online engine fed every event in time order with
-each candle delivered up to a minute after its close.
+each candle delivered up to a minute after its close. The side groups' data (funding rates,
+mark candles, open interest, scored headlines; ``pipelines.features.side``) is in the same
+market: stamps on and off minute boundaries, mark candles missing now and then, headlines
+about the symbol and about others; a side event stamped exactly at a candle's close reaches
+the online engine before that candle and must not count for it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipelines.features import OnlineFeatureEngine, build_features, feature_columns
+from pipelines.features.side import SideInputs
 from tests.support.features import feature_differences
 
 N = 420  # 5m candles: 35 hours, enough to warm up the 1h features
@@ -114,6 +120,13 @@ class Market:
     trade_ts: np.ndarray  # int64 ms, non-decreasing
     trade_buy: np.ndarray  # bool
     trade_amount: np.ndarray  # float
+    # side data: (ts ms, value) pairs, ts strictly increasing; marks keyed by open time
+    funding: np.ndarray  # (f, 2)
+    mark: np.ndarray  # (k, 2)
+    oi: np.ndarray  # (o, 2)
+    news_ts: np.ndarray  # int64 ms, non-decreasing
+    news_score: np.ndarray  # float in [-1, 1]
+    news_about: np.ndarray  # str: the asset a headline is tagged with ("A": this symbol's)
 
     def candles(self) -> pl.DataFrame:
         o, h, lo, c, v = self.ohlcv.T
@@ -151,6 +164,24 @@ class Market:
                 "side": np.where(self.trade_buy, "buy", "sell"),
                 "amount": self.trade_amount,
             }
+        )
+
+    def side(self) -> SideInputs:
+        def pairs(rows: np.ndarray, name: str) -> pl.DataFrame:
+            return pl.DataFrame({"ts": _utc(rows[:, 0].astype(np.int64)), name: rows[:, 1]})
+
+        news = pl.DataFrame(
+            {
+                "ts": _utc(self.news_ts),
+                "score": self.news_score,
+                "symbols": [[a] for a in self.news_about],
+            }
+        )
+        return SideInputs(
+            funding=pairs(self.funding, "funding_rate"),
+            mark=pairs(self.mark, "close"),
+            open_interest=pairs(self.oi, "open_interest"),
+            news=news,
         )
 
 
@@ -198,6 +229,7 @@ def make_market(seed: int, gaps: list[tuple[int, int]], trade_start_minute: int)
     trade_ts = rng.integers(lo_ms, START_MS + M * MINUTE_MS, 2 * M)
     on_boundary = rng.random(len(trade_ts)) < 0.25
     trade_ts = np.sort(np.where(on_boundary, trade_ts // MINUTE_MS * MINUTE_MS, trade_ts))
+    side = _side_rows(rng, START_MS, START_MS + M * MINUTE_MS, close)
     return Market(
         candle_ts=START_MS + np.flatnonzero(present).astype(np.int64) * MINUTE_MS,
         ohlcv=ohlcv[present],
@@ -206,11 +238,76 @@ def make_market(seed: int, gaps: list[tuple[int, int]], trade_start_minute: int)
         trade_ts=trade_ts,
         trade_buy=rng.random(len(trade_ts)) < 0.5,
         trade_amount=rng.uniform(0.1, 10, len(trade_ts)),
+        **side,
+    )
+
+
+def _stamps(rng: np.random.Generator, lo: int, hi: int, every_ms: int) -> np.ndarray:
+    """About one stamp per ``every_ms`` in [lo, hi), half of them on a minute boundary."""
+    ts = rng.integers(lo, hi, max(1, (hi - lo) // every_ms))
+    ts = np.where(rng.random(len(ts)) < 0.5, ts // MINUTE_MS * MINUTE_MS, ts)
+    return np.unique(ts)
+
+
+def _side_rows(
+    rng: np.random.Generator, lo: int, hi: int, close: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Funding rates (about hourly), mark candles (most minutes), open interest (about every
+    5 minutes) and headlines (about every 10 minutes, a third about this symbol) in [lo, hi)."""
+    f_ts = _stamps(rng, lo - 4 * 3_600_000, hi, 3_600_000)
+    o_ts = _stamps(rng, lo, hi, 5 * MINUTE_MS)
+    m_open = np.arange(lo, hi, MINUTE_MS, dtype=np.int64)
+    m_idx = np.flatnonzero(rng.random(len(m_open)) < 0.9)
+    n_ts = np.sort(rng.integers(lo, hi, (hi - lo) // (10 * MINUTE_MS)))
+    n_ts = np.where(rng.random(len(n_ts)) < 0.3, n_ts // MINUTE_MS * MINUTE_MS, n_ts)
+    return {
+        "funding": np.column_stack([f_ts, rng.uniform(-1e-3, 1e-3, len(f_ts))]),
+        "mark": np.column_stack(
+            [m_open[m_idx], close[m_idx] * (1 + rng.normal(0, 5e-4, len(m_idx)))]
+        ),
+        "oi": np.column_stack([o_ts, rng.uniform(1e3, 2e3, len(o_ts))]),
+        "news_ts": np.sort(n_ts),
+        "news_score": rng.uniform(-1, 1, len(n_ts)),
+        "news_about": rng.choice(np.array(["A", "B", "C"]), len(n_ts)),
+    }
+
+
+def _mutate_side(market: Market, t_ms: int, rng: np.random.Generator) -> Market:
+    """Side rows stamped ``>= t_ms`` (mark candles opening ``>= t_ms``) rewritten, some dropped,
+    one added exactly at ``t_ms`` (funding, open interest, a headline about this symbol)."""
+
+    def pairs(rows: np.ndarray, add_at_t: bool, lo: float, hi: float) -> np.ndarray:
+        keep = rows[:, 0] < t_ms
+        later = rows[~keep]
+        later = later[(rng.random(len(later)) < 0.7) & (later[:, 0] != t_ms)]
+        later[:, 1] = rng.uniform(lo, hi, len(later))
+        added = np.array([[t_ms, rng.uniform(lo, hi)]]) if add_at_t else np.empty((0, 2))
+        return np.vstack([rows[keep], added, later])
+
+    keep = market.news_ts < t_ms
+    later = np.flatnonzero(~keep)
+    later = later[rng.random(len(later)) < 0.7]
+    scores = rng.uniform(-1, 1, len(later) + 1)
+    return replace(
+        market,
+        funding=pairs(market.funding, True, -1e-3, 1e-3),
+        mark=pairs(market.mark, False, 50.0, 200.0),
+        oi=pairs(market.oi, True, 1e3, 2e3),
+        news_ts=np.r_[market.news_ts[keep], [t_ms], market.news_ts[later]],
+        news_score=np.r_[market.news_score[keep], scores],
+        news_about=np.r_[market.news_about[keep], ["A"], market.news_about[later]],
     )
 
 
 def mutate_after(
-    market: Market, t_ms: int, seed: int, *, candles: bool, book: bool, trades: bool
+    market: Market,
+    t_ms: int,
+    seed: int,
+    *,
+    candles: bool,
+    book: bool,
+    trades: bool,
+    side: bool = False,
 ) -> Market:
     """Rewrite, drop and add data timestamped ``>= t_ms``; nothing earlier is touched.
 
@@ -268,12 +365,17 @@ def mutate_after(
             trade_buy=np.r_[market.trade_buy[keep], buy[order]],
             trade_amount=np.r_[market.trade_amount[keep], rng.uniform(0.1, 100, len(ts))],
         )
+    if side:
+        out = _mutate_side(out, t_ms, rng)
     return out
 
 
 def batch_features(market: Market) -> pl.DataFrame:
     return build_features(
-        market.candles(), order_book=market.order_book(), trades=market.trades()
+        market.candles(),
+        order_book=market.order_book(),
+        trades=market.trades(),
+        side=market.side(),
     ).select("ts", "gap_bars", *feature_columns())
 
 
@@ -288,8 +390,14 @@ def online_features(market: Market, delay_ms: int) -> list[tuple[Any, ...]]:
     events += [(int(t), 0, i) for i, t in enumerate(market.book_ts)]
     events += [(int(t), 1, i) for i, t in enumerate(market.trade_ts)]
     events += [(int(t) + MINUTE_MS + delay_ms, 2, i) for i, t in enumerate(market.candle_ts)]
+    # side data as it is published (a mark candle at its close), before a candle delivered
+    # at the same instant
+    events += [(int(t), -1, i) for i, t in enumerate(market.funding[:, 0])]
+    events += [(int(t) + MINUTE_MS, -2, i) for i, t in enumerate(market.mark[:, 0])]
+    events += [(int(t), -3, i) for i, t in enumerate(market.oi[:, 0])]
+    events += [(int(t), -4, i) for i, t in enumerate(market.news_ts)]
     events.sort()
-    engine = OnlineFeatureEngine("1m")
+    engine = OnlineFeatureEngine("1m", symbol="A/B")
     columns = feature_columns()
     b = market.book
     out: list[tuple[Any, ...]] = []
@@ -304,6 +412,14 @@ def online_features(market: Market, delay_ms: int) -> list[tuple[Any, ...]]:
             )
         elif kind == 1:
             engine.on_trade(at, "buy" if market.trade_buy[i] else "sell", market.trade_amount[i])
+        elif kind == -1:
+            engine.on_funding(at, float(market.funding[i, 1]))
+        elif kind == -2:
+            engine.on_mark(int(market.mark[i, 0]), float(market.mark[i, 1]))
+        elif kind == -3:
+            engine.on_open_interest(at, float(market.oi[i, 1]))
+        elif kind == -4:
+            engine.on_news(at, float(market.news_score[i]), [str(market.news_about[i])])
         else:
             o, h, lo, c, v = (float(x) for x in market.ohlcv[i])
             ts = int(market.candle_ts[i])
@@ -337,7 +453,7 @@ scenario = given(
     t_minute=st.integers(120, M - 2),  # a candle opens after every T: mutations show
     t_offset_ms=st.sampled_from([0, 1, 20_000, 59_999]),
     mutation_seed=st.integers(0, 2**16),
-    what=st.sampled_from(["candles", "book", "trades", "all"]),
+    what=st.sampled_from(["candles", "book", "trades", "side", "all"]),
 )
 
 
@@ -383,6 +499,7 @@ def _case(
         candles=what in ("candles", "all"),
         book=what in ("book", "all"),
         trades=what in ("trades", "all"),
+        side=what in ("side", "all"),
     )
     rows = checked_rows(market, t_ms)
     assert checked_rows(changed, t_ms) == rows

@@ -160,7 +160,8 @@ def test_labels_find_the_simulated_markets_regimes() -> None:
 
 def test_labels_are_stored_but_are_not_model_inputs() -> None:
     assert not set(REGIME_COLUMNS) & set(feature_columns())
-    assert stored_columns() == [*feature_columns(), *REGIME_COLUMNS]
+    # stored in the table's order: candle inputs (0005), labels (0015), side groups (0021)
+    assert sorted(stored_columns()) == sorted([*feature_columns(), *REGIME_COLUMNS])
     table = feature_table_markdown()
     assert all(f"`{c}`" in table and "not a model input" in table for c in REGIME_COLUMNS)
     # a caller asking for some model inputs (a model's selected features) gets no labels

@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.features import OnlineFeatureEngine, build_features, feature_columns
 from pipelines.features.prune import feature_families, plan
+from pipelines.features.spec import FUNDING_FEATURES, SENTIMENT_FEATURES
 from tests.pipelines.features.test_online_equals_batch import ATOL, RTOL
 from tests.support.features import CANDLE_FILES
 
@@ -41,7 +42,11 @@ def test_plan_keeps_only_what_the_columns_need() -> None:
 def test_every_column_has_one_family() -> None:
     families = feature_families(feature_columns())
     assert sorted(c for cols in families.values() for c in cols) == sorted(feature_columns())
-    assert families["1h"] == tuple(c for c in feature_columns() if c.endswith("_1h"))
+    # news_mean_1h and the like are a 1h window of the sentiment group, not the 1h timeframe
+    hourly = tuple(c for c in feature_columns() if c.endswith("_1h") and "news_" not in c)
+    assert families["1h"] == hourly
+    assert families["funding"] == FUNDING_FEATURES
+    assert families["sentiment"] == SENTIMENT_FEATURES
     assert "rsi_14" in families["rsi"] and "rsi_14_lag1" in families["lags"]
 
 
