@@ -8,9 +8,11 @@ whose input ``side_<name>`` comes from here, in batch and online alike:
   (one statistics period: the series' timeframe when stored, else the shortest stored);
 * ``sentiment`` (``SENTIMENT_FEATURES``): :mod:`pipelines.news.features` over the scored
   headlines (``news`` + ``news_scores``, one scorer): per symbol (tagged with the pair's base
-  asset) and market-wide. The whole group is null for a bar closing at or before the first
-  scored headline (no news collected yet is not "no news"), like trade flow before the
-  first trade.
+  asset) and market-wide. A window without a headline has a mean of 0.0 (neutral; its count
+  of 0 tells it apart), where ``pipelines.news.features`` leaves it null: a model input
+  null whenever an hour passes without news would keep a model off most bars. The whole
+  group is null for a bar closing at or before the first scored headline (no news collected
+  yet is not "no news"), like trade flow before the first trade.
 
 Every value for the bar opening at ``t`` uses only what was stamped before its close
 ``t + timeframe``. Without the data the inputs are null, so are the features, and
@@ -153,11 +155,19 @@ def _sentiment(candles: pl.DataFrame, side: SideInputs) -> list[pl.Series]:
     )
     after_first = feats.select(close > first).to_series()
     return [
-        feats.select(pl.when(after_first).then(pl.col(c).cast(pl.Float64)))
+        feats.select(pl.when(after_first).then(_neutral(pl.col(c).cast(pl.Float64), c)))
         .to_series()
         .alias(f"side_{c}")
         for c in SENTIMENT_FEATURES
     ]
+
+
+_MEANS = frozenset(c for c in SENTIMENT_FEATURES if "_mean_" in c)
+
+
+def _neutral(value: pl.Expr, column: str) -> pl.Expr:
+    """A window mean without a headline is 0.0 (its count is 0)."""
+    return value.fill_null(0.0) if column in _MEANS else value
 
 
 def sentiment_inputs_many(candles: pl.DataFrame, side: SideInputs | None) -> pl.DataFrame:
@@ -227,6 +237,9 @@ class OnlineSideInputs:
             news = self._news.at_close(close_ms)
             if self._first_news is not None and self._first_news < close_ms:
                 out.update(news)
+                for c in _MEANS:
+                    if out[c] is None:
+                        out[c] = 0.0  # no headline in the window (count 0)
         return tuple(out[name] for name in SIDE_FEATURES)
 
 
@@ -302,7 +315,8 @@ def read_side_inputs(
             )
     if "sentiment" in groups:
         news_sql = (
-            f"FROM {_at('news', snapshot_id)} n JOIN {_at('news_scores', snapshot_id)} s "
+            f"FROM (SELECT * FROM {_at('news', snapshot_id)}) n "
+            f"JOIN (SELECT * FROM {_at('news_scores', snapshot_id)}) s "
             "ON s.source = n.source AND s.id = n.id AND s.scorer = ?"
         )
         row = con.execute(f"SELECT min(n.ts) {news_sql}", [NEWS_SCORER]).fetchone()

@@ -78,7 +78,7 @@ for _p, _who in (("news_", "headlines tagged with the pair's base asset"), ("mar
     for _w in _NEWS_WINDOWS:
         _SIDE_DOCS[f"{_p}mean_{_w}"] = (
             f"mean sentiment score (VADER compound, -1..1) of the {_who} published in the "
-            f"{_w} before the close (null with none; the whole group is null before the first "
+            f"{_w} before the close (0 with none; the whole group is null before the first "
             "headline)"
         )
         _SIDE_DOCS[f"{_p}count_{_w}"] = f"how many {_who} were published in that {_w}"
