@@ -17,6 +17,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from models.microstructure import SeriesInputs, read_microstructure, series_inputs
 from pipelines.labels import LabelConfig, make_labels, make_windows, time_splits
 from warehouse.readers import current_snapshot_id, newest_candle_ts, read_candles
 
@@ -29,6 +30,14 @@ class CandleBatch:
     snapshot_id: int
     start: dt.datetime | None
     end: dt.datetime | None
+    # order-book snapshots / public trades (exchange, symbol, ...) of the series whose window
+    # they cover, at the same snapshot (``models.microstructure``); None: none
+    order_book: pl.DataFrame | None = None
+    trades: pl.DataFrame | None = None
+
+    def series(self) -> list[SeriesInputs]:
+        """Each series' candles with its own order book and trades."""
+        return series_inputs(split_series(self.frame), self.order_book, self.trades)
 
 
 def load_candles(
@@ -68,7 +77,8 @@ def load_candles(
     )
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
-    return CandleBatch(frame=frame, snapshot_id=snapshot, start=start, end=end)
+    order_book, trades = read_microstructure(con, frame, snapshot)
+    return CandleBatch(frame, snapshot, start, end, order_book, trades)
 
 
 @dataclass(frozen=True)
@@ -147,14 +157,21 @@ def split_series(candles: pl.DataFrame) -> list[pl.DataFrame]:
 
 
 def featurize_series(
-    candles: pl.DataFrame, feature_builder: FeatureBuilder | None = None
+    candles: pl.DataFrame | SeriesInputs, feature_builder: FeatureBuilder | None = None
 ) -> FeaturizedSeries:
-    """Features of one series (the project feature set unless ``feature_builder`` is given).
+    """Features of one series (the project feature set unless ``feature_builder`` is given);
+    ``SeriesInputs``: with its order book and trades, joined as of each close.
 
     Series are independent here, so callers may run this per symbol in parallel (the retrain
     flow maps it on its task runner) and then call ``assemble_samples``."""
+    inputs = candles if isinstance(candles, SeriesInputs) else SeriesInputs(candles)
+    group = inputs.candles.sort("ts")
+    if feature_builder is None and (inputs.order_book is not None or inputs.trades is not None):
+        from pipelines import features
+
+        built = features.build_features(group, order_book=inputs.order_book, trades=inputs.trades)
+        return FeaturizedSeries(group, built.sort("ts"))
     builder = feature_builder or default_feature_spec()[0]
-    group = candles.sort("ts")
     return FeaturizedSeries(group, builder(group).sort("ts"))
 
 
@@ -166,17 +183,23 @@ def build_samples(
     feature_builder: FeatureBuilder | None = None,
     feature_columns: Sequence[str] | None = None,
     feature_set_version: str | None = None,
+    order_book: pl.DataFrame | None = None,
+    trades: pl.DataFrame | None = None,
 ) -> SampleSet:
     """Features, labels and windows for every symbol/timeframe in ``candles``.
 
     A sample is kept when its whole window has finite feature values (warm-up rows are null)
-    and its label exists. Without an explicit builder the project feature set is used.
+    and its label exists. Without an explicit builder the project feature set is used, with
+    ``order_book`` / ``trades`` (exchange, symbol, ...: ``CandleBatch``'s) when given.
     """
     if feature_builder is not None and (not feature_columns or feature_set_version is None):
         raise ValueError("build_samples: feature_columns and feature_set_version are required")
-    if feature_builder is None:  # resolved once here, not once per series
-        feature_builder = default_feature_spec()[0]
-    built = [featurize_series(group, feature_builder) for group in split_series(candles)]
+    if feature_builder is None and order_book is None and trades is None:
+        feature_builder = default_feature_spec()[0]  # resolved once here, not once per series
+    built = [
+        featurize_series(one, feature_builder)
+        for one in series_inputs(split_series(candles), order_book, trades)
+    ]
     return assemble_samples(
         built,
         window_len=window_len,

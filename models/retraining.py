@@ -115,7 +115,11 @@ def load_training_data(settings: Settings, request: RetrainRequest) -> CandleBat
 
 def prepare_samples(batch: CandleBatch, config: TrainConfig) -> SampleSet:
     return build_samples(
-        batch.frame, window_len=config.window_len, label_config=label_config(config)
+        batch.frame,
+        window_len=config.window_len,
+        label_config=label_config(config),
+        order_book=batch.order_book,
+        trades=batch.trades,
     )
 
 

@@ -172,16 +172,20 @@ class OrderBookSlippage:
     """Slippage = how far the order's VWAP through the latest snapshot lies from the mid.
 
     Uses the last snapshot at or before the execution time (never a later one). Orders larger
-    than the book's depth fill partially; the rest is cancelled.
+    than the book's depth fill partially; the rest is cancelled. Without such a snapshot:
+    ``fallback``'s slippage (the serving loop: its fixed slippage), or LookupError.
     """
 
     snapshots: Mapping[str, Sequence[BookSnapshot]]  # per symbol, sorted by ts_ms
+    fallback: SlippageModel | None = None
 
     def fraction(self, symbol: str, side: Side, amount: float, ts_ms: int) -> tuple[float, float]:
         books = self.snapshots.get(symbol)
+        i = -1 if not books else bisect.bisect_right([b.ts_ms for b in books], ts_ms) - 1
+        if i < 0 and self.fallback is not None:
+            return self.fallback.fraction(symbol, side, amount, ts_ms)
         if not books:
             raise LookupError(f"no order-book snapshot for {symbol}")
-        i = bisect.bisect_right([b.ts_ms for b in books], ts_ms) - 1
         if i < 0:
             raise LookupError(f"no order-book snapshot for {symbol} at or before ts_ms={ts_ms}")
         book = books[i]

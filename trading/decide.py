@@ -183,10 +183,12 @@ def decide_bar(
     thresholds: Thresholds,
     model: ModelContext | None,
     rules: DecisionRules,
+    costs: Costs | None = None,
 ) -> BarDecision:
     """The rule part of the path (confidence, gate, classes, thresholds, edge; or the RSI
     fallback). Updates ``targets``; the RSI target follows its rule on every bar, so the
-    fallback takes over with a current opinion."""
+    fallback takes over with a current opinion. ``costs``: this bar's (the half spread of
+    the symbol's order book), else ``rules.costs``."""
     gate = thresholds.min_confidence
     rsi_target, rsi_conf, rsi_reason = rsi_event(rsi, rules.rsi, gate)
     if rsi_target is not None:
@@ -212,7 +214,7 @@ def decide_bar(
             parts.value,
             thresholds,
             expected_return=edge,
-            round_trip_cost=rules.costs.round_trip,
+            round_trip_cost=(costs or rules.costs).round_trip,
             allow_short=rules.limits.allow_short,
             target=targets.model,
         )
@@ -321,6 +323,7 @@ class BarDecider:
         model: ModelContext | None,
         candle_index: int,
         stale: bool,
+        costs: Costs | None = None,
     ) -> BarStep:
         chosen = decide_bar(
             pre,
@@ -333,6 +336,7 @@ class BarDecider:
             thresholds=thresholds,
             model=model,
             rules=self.rules,
+            costs=costs,
         )
         messages: list[str] = []
 

@@ -34,10 +34,11 @@ from expectations.candle_check import check_candle
 from pipelines.features import FEATURE_SET_VERSION, feature_columns
 from pipelines.resample import timeframe_ms
 from trading.alerts import Alerter, AlertKind
-from trading.broker import Broker, FixedSlippage, PaperBroker
+from trading.broker import BookSnapshot, Broker, FixedSlippage, OrderBookSlippage, PaperBroker
 from trading.decide import (
     BarDecider,
     BarStep,
+    Costs,
     ModelContext,
     PrecomputedBar,
     infer_online,
@@ -49,6 +50,7 @@ from trading.feedback import Feedback, Pending, Resolved
 from trading.latency import LatencyRecorder
 from trading.loop_config import LoopConfig, SymbolState, default_limits
 from trading.loop_rows import LoopRows
+from trading.microstructure import half_spread_fraction
 from trading.portfolio import Portfolio
 from trading.protections import Protections, kill_file, reset_file
 from trading.risk import RiskState, reset_accuracy_kill, reset_kill_switch
@@ -69,6 +71,7 @@ from trading.thresholds import AdaptiveThresholds
 from trading.writer import BufferedWriter, WriteBatch, WriterBacklogFull, now_ms
 
 log = logging.getLogger("tradeloop.serve")
+FRESH_BOOK_BARS = 5  # an older order-book snapshot no longer prices a bar's costs
 
 
 class TickLike(Protocol):
@@ -105,8 +108,12 @@ class ServingLoop:
         self.home = home
         self.columns = feature_columns()
         self.step_ms = timeframe_ms(config.timeframe)
+        # paper fills walk the symbol's latest order book when it has one (trading.microstructure)
+        self.books: dict[str, list[BookSnapshot]] = {}
         self.broker: Broker = broker or PaperBroker(
-            config.fees, FixedSlippage(config.slippage_fraction), allow_margin=False
+            config.fees,
+            OrderBookSlippage(self.books, FixedSlippage(config.slippage_fraction)),
+            allow_margin=False,
         )
         self.state = TradingState(Portfolio(cash=config.initial_cash), RiskState(), config.account)
         self.thresholds = AdaptiveThresholds(config.thresholds)
@@ -153,6 +160,7 @@ class ServingLoop:
             required = None if pred is None else pred.required_features
             s = SymbolState(symbol, self.config, len(self.columns), required)
             self.symbols[symbol] = s
+            self.books[symbol] = s.books
         return s
 
     def event(
@@ -185,6 +193,7 @@ class ServingLoop:
     # ------------------------------------------------------------------ warm-up (restart)
     def warm(self, tick: TickLike) -> None:
         """Feed candles through the candle-derived state only (no decisions, no writes)."""
+        self._feed_side(tick)
         for bar in self._checked(tick.bars, record=False):
             self._sym(bar.symbol).push(bar, self.columns)
 
@@ -225,6 +234,7 @@ class ServingLoop:
         if self.steps % cfg.model_check_every_steps == 0:
             self._check_model(ts_ms)
         self._stale_alerts(tick.now_ms, {b.symbol for b in bars}, ts_ms)
+        self._feed_side(tick)
         if not bars:
             return
         given = precomputed or {}
@@ -266,6 +276,25 @@ class ServingLoop:
         self.latency.record_ns("total", time.perf_counter_ns() - t_start)
         if self.steps % cfg.flush_every_steps == 0:
             self.flush()
+
+    def _feed_side(self, tick: TickLike) -> None:
+        """The order books and trades the market received before the tick's candles
+        (``Tick.side``), to each symbol's online engine and order book, in time order."""
+        for side in getattr(tick, "side", ()):
+            if side:
+                self._sym(side.symbol).feed(side)
+
+    def _costs(self, s: SymbolState, bar: Bar) -> Costs | None:
+        """The bar's costs with its order book's half spread (a snapshot taken at most
+        ``FRESH_BOOK_BARS`` bars before the bar closed); None: the configured estimate."""
+        book = s.book
+        if book is None or book.ts_ms < bar.ts_ms - FRESH_BOOK_BARS * self.step_ms:
+            return None
+        half = half_spread_fraction(book)
+        if half is None:
+            return None
+        c = self.config.costs
+        return Costs(c.taker_fee, c.slippage_fraction, half)
 
     def _check_model(self, ts_ms: int, *, restored_id: str | None = None) -> None:
         """Look up the champion (hot swap). A NEW champion resets the rolling metrics and the kill
@@ -421,6 +450,7 @@ class ServingLoop:
             model=model,
             candle_index=self.candle_index,
             stale=stale,
+            costs=self._costs(s, bar),
         )
         for msg in out.messages:
             self.event(bar.ts_ms, "protection", msg, bar.symbol)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,11 +15,13 @@ import numpy as np
 from pipelines.features import OnlineFeatureEngine
 from pipelines.features.batch import timeframe_ms
 from pipelines.features.rebuild import history_start_ms
+from trading.broker import BookSnapshot
 from trading.confidence import ConfidencePolicy, VolatilityReference
 from trading.decide import Costs, DecisionRules, Targets
 from trading.decision import OnlineRSI, OnlineVolatility, RsiRule
 from trading.domain import Bar, FeeModel
 from trading.feedback import FeedbackConfig
+from trading.microstructure import SideEvents
 from trading.protections import ProtectionConfig
 from trading.risk import RiskLimits
 from trading.thresholds import ThresholdPolicy
@@ -32,6 +35,10 @@ from warehouse.settings import (
 )
 
 WINDOW_CAPACITY = 256
+BOOKS_KEPT = 32  # order-book snapshots a symbol keeps for its costs and paper fills
+# candles whose order book and trades a symbol keeps for a new engine: its window and the
+# longest book / trade-flow dependency (20-bar mean, 10-bar lags) with room to spare
+SIDE_KEPT_BARS = 2 * WINDOW_CAPACITY
 log = logging.getLogger("tradeloop.serve")
 
 
@@ -193,6 +200,26 @@ class SymbolState:
         self.rsi_value = math.nan
         self.source = "fallback"
         self.stale_alerted = False
+        # order book and trades (trading.microstructure): the latest snapshots, for the cost
+        # estimate and the paper fills, and what each kept candle's engine step was fed
+        self.books: list[BookSnapshot] = []
+        self._side: list[SideEvents] = []
+        self._side_of: dict[int, tuple[SideEvents, ...]] = {}
+        self._side_keys: deque[int] = deque()
+
+    def feed(self, side: SideEvents) -> None:
+        """Order-book snapshots and trades received before the next candle (time order)."""
+        if side.books:
+            self.books.extend(side.books)
+            if len(self.books) > 2 * BOOKS_KEPT:
+                del self.books[:-BOOKS_KEPT]
+        if self.online_features:
+            _feed_engine(self.engine, side)
+            self._side.append(side)
+
+    @property
+    def book(self) -> BookSnapshot | None:
+        return self.books[-1] if self.books else None
 
     def push(self, bar: Bar, columns: list[str], *, features: bool = True) -> None:
         """One closed candle; ``features=False`` skips the feature engine (its outputs for the
@@ -227,7 +254,11 @@ class SymbolState:
         cap = self.recent.shape[0]
         for i in range(max(0, self.recent_n - cap), self.recent_n):
             ts_ms, o, h, lo, c, v = self.recent[i % cap]
+            for side in self._side_of.get(int(ts_ms), ()):  # the book and trades it saw
+                _feed_engine(self.engine, side)
             self._window_row(self._step(int(ts_ms), o, h, lo, c, v), columns)
+        for side in self._side:  # received after the last candle
+            _feed_engine(self.engine, side)
         return True
 
     def _step(
@@ -241,6 +272,12 @@ class SymbolState:
         values = (bar.open, bar.high, bar.low, bar.close, bar.volume)
         self.recent[self.recent_n % self.recent.shape[0]] = (bar.ts_ms, *values)
         self.recent_n += 1
+        if self._side:  # kept for the last SIDE_KEPT_BARS candles (a new engine's replay)
+            self._side_of[bar.ts_ms] = tuple(self._side)
+            self._side_keys.append(bar.ts_ms)
+            self._side = []
+            while len(self._side_keys) > SIDE_KEPT_BARS:
+                self._side_of.pop(self._side_keys.popleft(), None)
         self._window_row(self._step(bar.ts_ms, *values), columns)
 
     def _window_row(self, feats: Mapping[str, Any], columns: list[str]) -> None:
@@ -258,3 +295,10 @@ class SymbolState:
         if self.rows < length:
             return None
         return self.buf[self.pos - length : self.pos]
+
+
+def _feed_engine(engine: OnlineFeatureEngine, side: SideEvents) -> None:
+    for b in side.books:
+        engine.on_order_book(b.ts_ms, b.bid_prices, b.bid_sizes, b.ask_prices, b.ask_sizes)
+    for ts_ms, way, amount in side.trades:
+        engine.on_trade(ts_ms, way, amount)

@@ -37,6 +37,7 @@ from pipelines.resample import timeframe_ms
 from pipelines.sources.base import Source, SourceError, wall_clock_ms
 from trading.backtest import Candles
 from trading.domain import Bar
+from trading.microstructure import SideEvents, Timeline, poll_side
 from warehouse.errors import WarehouseError
 from warehouse.readers import read_candles
 
@@ -49,6 +50,9 @@ class Tick:
     now_ms: int
     bars: tuple[Bar, ...]
     alerts: tuple[str, ...] = ()
+    # order books and trades received since the previous tick, per symbol
+    # (``trading.microstructure``): fed to the features before ``bars``
+    side: tuple[SideEvents, ...] = ()
 
 
 def _bar(c: Candles, i: int) -> Bar:
@@ -161,6 +165,8 @@ class ReplayMarket:
     speed: float | None = None  # None: as fast as possible; x: x times real time
     sleep: Callable[[float], None] = time.sleep
     max_ticks: int | None = None
+    # per symbol: its stored order books and trades, handed out with its candles
+    side: dict[str, Timeline] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.candles:
@@ -179,6 +185,10 @@ class ReplayMarket:
         if after_ts_ms is not None:
             idx = [int(np.searchsorted(c.ts_ms, after_ts_ms, side="right")) for c in self.candles]
         times = self.times if after_ts_ms is None else self.times[self.times > after_ts_ms]
+        for timeline in self.side.values():
+            timeline.reset()
+            if after_ts_ms is not None:  # served before: fed to the features by history()
+                timeline.until(after_ts_ms + self.step_ms)
         count = 0
         for ts in times:
             if self.max_ticks is not None and count >= self.max_ticks:
@@ -192,11 +202,13 @@ class ReplayMarket:
             if self.speed is not None and count > 0:
                 self.sleep(self.step_ms / 1000.0 / self.speed)
             count += 1  # noqa: SIM113
-            yield Tick(int(ts) + self.step_ms, tuple(bars))
+            close = int(ts) + self.step_ms
+            side = tuple(t.until(close) for t in self.side.values())
+            yield Tick(close, tuple(bars), side=side)
 
     def history(self, up_to_ts_ms: int) -> Iterator[Tick]:
         """The ticks up to and including ``up_to_ts_ms`` (to re-warm state after a restart)."""
-        for t in ReplayMarket(self.candles).ticks():
+        for t in ReplayMarket(self.candles, side=self.side).ticks():
             if t.bars[0].ts_ms > up_to_ts_ms:
                 return
             yield t
@@ -289,6 +301,9 @@ class PollingMarket:
     max_polls: int | None = None
     cursor: dict[str, int] = field(default_factory=dict)
     outages: int = 0
+    # symbols whose order book (one snapshot a poll) and new trades each poll also fetches
+    side_symbols: Sequence[str] = ()
+    trade_cursor: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.step_ms = timeframe_ms(self.timeframe)
@@ -299,6 +314,7 @@ class PollingMarket:
         now = self.clock()
         alerts: list[str] = []
         bars: list[Bar] = []
+        side: list[SideEvents] = []
         for s in self.symbols:
             try:
                 for page in self.source.iter_candles(s, self.timeframe, self.cursor[s], None):
@@ -314,8 +330,15 @@ class PollingMarket:
                 alerts.append(
                     f"exchange outage for {s}: {exc}; will retry from cursor {self.cursor[s]}"
                 )
+            if s in self.side_symbols:
+                start = self.trade_cursor.get(s, self.since_ms)
+                try:
+                    events, self.trade_cursor[s] = poll_side(self.source, s, start)
+                    side.append(events)
+                except SourceError as exc:
+                    alerts.append(f"order book / trades of {s} not fetched: {exc}")
         bars.sort(key=lambda b: (b.ts_ms, b.symbol))
-        return Tick(now, tuple(bars), tuple(alerts))
+        return Tick(now, tuple(bars), tuple(alerts), tuple(side))
 
     def ticks(self, *, after_ts_ms: int | None = None) -> Iterator[Tick]:
         if after_ts_ms is not None:
@@ -330,7 +353,13 @@ class PollingMarket:
             for b in tick.bars:
                 by_ts.setdefault(b.ts_ms, []).append(b)
             if not by_ts:
-                yield Tick(tick.now_ms, (), tick.alerts)
+                yield Tick(tick.now_ms, (), tick.alerts, tick.side)
             for k, ts in enumerate(sorted(by_ts)):
-                yield Tick(tick.now_ms, tuple(by_ts[ts]), tick.alerts if k == 0 else ())
+                first = k == 0
+                yield Tick(
+                    tick.now_ms,
+                    tuple(by_ts[ts]),
+                    tick.alerts if first else (),
+                    tick.side if first else (),
+                )
             self.sleep(self.poll_interval_s)

@@ -41,6 +41,7 @@ from models.runtime import OnnxPredictor
 from pipelines.features import FEATURE_SET_VERSION, build_features, feature_columns
 from pipelines.labels import LabelConfig, make_labels
 from pipelines.progress import each
+from pipelines.resample import timeframe_ms
 from trading.backtest import (
     BacktestConfig,
     BacktestResult,
@@ -57,6 +58,7 @@ from trading.fallback import ModelManager
 from trading.loop import LoopConfig, ServingLoop
 from trading.loop_config import with_volatility_choices
 from trading.market import Tick
+from trading.microstructure import Timeline, read_timeline
 from trading.model_metrics import (
     block_bootstrap_ic,
     brier_score,
@@ -132,11 +134,13 @@ def candle_frame(candles: Candles, exchange: str = "backtest") -> pl.DataFrame:
     )
 
 
-def feature_matrix(candles: Candles) -> tuple[np.ndarray, np.ndarray]:
+def feature_matrix(candles: Candles, side: Timeline | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(features (n, n_features) float32 in ``feature_columns()`` order, gap_bars (n,)).
 
-    float32 with NaN for a missing value, as the loop's window buffer holds them."""
-    frame = build_features(candle_frame(candles))
+    float32 with NaN for a missing value, as the loop's window buffer holds them. ``side``:
+    the stored order books and trades, joined as of each close."""
+    order_book, trades = side.frames() if side is not None else (None, None)
+    frame = build_features(candle_frame(candles), order_book=order_book, trades=trades)
     values = frame.select(feature_columns()).to_numpy().astype(np.float32)
     return values, frame["gap_bars"].to_numpy().astype(np.int64)
 
@@ -147,6 +151,7 @@ def batch_inference(
     *,
     min_feature_quality: float,
     chunk: int = INFERENCE_CHUNK,
+    side: Timeline | None = None,
 ) -> BatchInference:
     """Features for every bar in one batch, then the model on every window it would serve."""
     info = predictor.info
@@ -156,7 +161,7 @@ def batch_inference(
             "set version, other order?)"
         )
     n, length = len(candles), info.window_len
-    features, gap_bars = feature_matrix(candles)
+    features, gap_bars = feature_matrix(candles, side)
     used = features[:, predictor.used_index]
     finite = np.isfinite(used)
     present = finite.mean(axis=1) if used.shape[1] else np.ones(n)
@@ -254,6 +259,7 @@ def run_model(
     start: int = 0,
     home: Path | None = None,
     slippage: SlippageModel | None = None,
+    side: Timeline | None = None,
 ) -> ModelRun:
     """Run ``record``'s model over ``candles`` through a ``ServingLoop`` without a writer.
 
@@ -262,7 +268,9 @@ def run_model(
     ``home``: where the loop looks for its manual kill file (default: a fresh empty folder, so a
     kill file of a running ``serve`` does not stop a backtest). ``slippage``: the paper
     broker's slippage model (default: ``config.slippage_fraction`` on every fill; the stress
-    scenarios pass a per-bar schedule)."""
+    scenarios pass a per-bar schedule). ``side``: the stored order books and trades of the
+    symbol (``trading.microstructure``): in the features, and each bar's latest book in its
+    cost estimate and paper fills, as ``serve`` has them."""
     if len(candles) == 0 or start >= len(candles):
         raise ModelBacktestError(f"no candles of {candles.symbol} to backtest")
     manager = ModelManager(_fixed_lookup(record), FEATURE_SET_VERSION)
@@ -278,7 +286,9 @@ def run_model(
         model_check_every_steps=10**9,  # one fixed model
     )
     t0, c0 = time.perf_counter(), time.process_time()
-    inference = batch_inference(candles, predictor, min_feature_quality=config.min_feature_quality)
+    inference = batch_inference(
+        candles, predictor, min_feature_quality=config.min_feature_quality, side=side
+    )
     t1, c1 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix="tradeloop-backtest-") as tmp:
         broker = (
@@ -293,7 +303,7 @@ def run_model(
             control_files=home is not None,  # nothing can write a kill file into a fresh folder
             log_events=False,
         )
-        collected, equity, units = _drive(loop, candles, inference, start)
+        collected, equity, units = _drive(loop, candles, inference, start, side)
     t2, c2 = time.perf_counter(), time.process_time()
     decided = candles.slice(start, len(candles))
     ts = decided.ts_ms
@@ -348,7 +358,11 @@ def _slice_inference(inf: BatchInference, start: int) -> BatchInference:
 
 
 def _drive(
-    loop: ServingLoop, candles: Candles, inference: BatchInference, start: int
+    loop: ServingLoop,
+    candles: Candles,
+    inference: BatchInference,
+    start: int,
+    side: Timeline | None = None,
 ) -> tuple[_Collector, np.ndarray, np.ndarray]:
     """Feed every bar to the loop: warm-up bars through ``warm``, the rest through ``on_tick``
     with the bar's precomputed model output. Returns the rows and per-bar equity and units."""
@@ -365,10 +379,14 @@ def _drive(
         inference.fallback_reason,
     )
     portfolio = loop.state
+    if side is not None:
+        side.reset()
     for i in each(range(len(candles)), "backtest (bars)"):
         bar = candles.bar(i)
+        close = bar.ts_ms + step_ms
+        events = (side.until(close),) if side is not None else ()
         # Any: the loop's TickLike protocol declares settable fields; Tick is frozen
-        tick: Any = Tick(bar.ts_ms + step_ms, (bar,))
+        tick: Any = Tick(close, (bar,), side=events)
         if i < start:
             loop.warm(tick)
             continue
@@ -645,11 +663,12 @@ def backtest_candles(
     n_trials: int = 1,
     output: Path | None = None,
     reports_dir: Path | None = None,
+    side: Timeline | None = None,
 ) -> tuple[dict[str, Any], ModelRun]:
     """Run and measure ``record`` on ``candles`` (decisions from index ``start``); write the
     per-bar ``output`` file and the HTML/JSON report when asked."""
     started = time.perf_counter()
-    run = run_model(candles, record, config, start=start)
+    run = run_model(candles, record, config, start=start, side=side)
     decided_s = time.perf_counter() - started
     label_config = label_config_of(record.hyperparameters, run.horizon_bars)
     labels = realized_classes(candles, label_config)[start:]
@@ -754,6 +773,8 @@ def model_backtest(
     config = dataclasses.replace(config or LoopConfig(), exchange=exchange, timeframe=timeframe)
     # sigma: chosen on the stored candles before the first decision only, as serve chooses
     config = with_volatility_choices(config, con, [symbol], before_ms=int(candles.ts_ms[start]))
+    step = timeframe_ms(timeframe)
+    lo, hi = int(candles.ts_ms[0]) - step, int(candles.ts_ms[-1]) + step
     summary, _ = backtest_candles(
         candles,
         record,
@@ -762,6 +783,7 @@ def model_backtest(
         n_trials=n_trials,
         output=output,
         reports_dir=reports_dir,
+        side=read_timeline(con, exchange, symbol, lo, hi),
     )
     summary["exchange"] = exchange
     summary["in_sample_bars"] = in_sample_bars(con, record.model_id, candles.ts_ms[start:])

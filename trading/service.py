@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from trading.market import (
     read_replay_candles,
     require_candles,
 )
+from trading.microstructure import Timeline, read_timeline, reads_microstructure
 from trading.writer import BufferedWriter, now_ms
 from warehouse import Settings, Warehouse, connect, migrate
 
@@ -222,7 +223,8 @@ def serve_replay(
                 timeframe=timeframe,
                 after_ts_ms=read_after,
             )
-            market = ReplayMarket([require_candles(stored, source, config.exchange)], speed=speed)
+            stored = require_candles(stored, source, config.exchange)
+            market = ReplayMarket([stored], speed=speed, side=stored_side(con, config, stored))
         else:
             market = _follow_market(
                 settings, source, config.exchange, follow_every_s, sleep, read_after, timeframe
@@ -284,6 +286,40 @@ def serve_replay(
         con.close()
         if alerts is not None:
             alerts.close()
+
+
+def stored_side(con: Any, config: LoopConfig, candles: Candles) -> dict[str, Timeline]:
+    """The stored order books and trades of a replayed warehouse symbol over its candles
+    (``trading.microstructure``); none for a file or a symbol without them."""
+    if len(candles) == 0:
+        return {}
+    step = timeframe_ms(candles.timeframe)
+    lo, hi = int(candles.ts_ms[0]) - step, int(candles.ts_ms[-1]) + step
+    timeline = read_timeline(con, config.exchange, candles.symbol, lo, hi)
+    return {} if timeline is None else {candles.symbol: timeline}
+
+
+def side_symbols(settings: Settings, symbols: Sequence[str]) -> list[str]:
+    """The symbols whose order book and trades a live loop polls: those the settings collect
+    (``Settings.microstructure_symbols``); every symbol when the champion reads order-book or
+    trade-flow features."""
+    from pipelines.microstructure import enabled
+
+    lookup = ChampionLookup(settings, LoopConfig.from_settings(settings).model_name)
+    try:
+        record = lookup()
+    finally:
+        lookup.close()
+    reads = False
+    if record is not None:
+        from models.runtime import OnnxPredictor
+
+        try:
+            needed = OnnxPredictor.load(record.onnx_path, FEATURE_SET_VERSION).required_features
+        except Exception:  # noqa: BLE001 - the loop reports an unloadable champion itself
+            needed = ()
+        reads = reads_microstructure(needed)
+    return enabled(settings, symbols, flag=reads)
 
 
 def replay_series(
@@ -434,6 +470,7 @@ def serve_live(
         since_ms=since_ms,  # from the last closed candle on: no old signals
         poll_interval_s=poll_interval_s,
         max_polls=max_polls,
+        side_symbols=side_symbols(settings, symbols),
     )
     con = connect(settings)
     migrate(con)
