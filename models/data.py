@@ -10,14 +10,16 @@ the same id returns the same rows, whatever was written since (DuckLake time tra
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
 import polars as pl
 
 from models.microstructure import SeriesInputs, read_microstructure, series_inputs
+from models.side_data import read_side_data
+from pipelines.features.side import SideInputs
 from pipelines.labels import LabelConfig, make_labels, make_windows, time_splits
 from warehouse.readers import current_snapshot_id, newest_candle_ts, read_candles
 
@@ -34,10 +36,13 @@ class CandleBatch:
     # they cover, at the same snapshot (``models.microstructure``); None: none
     order_book: pl.DataFrame | None = None
     trades: pl.DataFrame | None = None
+    # per series with any that covers its window: its funding and news data at the same
+    # snapshot (``models.side_data``: the funding and sentiment feature groups)
+    side: dict[tuple[str, str, str], SideInputs] = field(default_factory=dict)
 
     def series(self) -> list[SeriesInputs]:
-        """Each series' candles with its own order book and trades."""
-        return series_inputs(split_series(self.frame), self.order_book, self.trades)
+        """Each series' candles with its own order book, trades, funding and news data."""
+        return series_inputs(split_series(self.frame), self.order_book, self.trades, self.side)
 
 
 def load_candles(
@@ -78,7 +83,8 @@ def load_candles(
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     order_book, trades = read_microstructure(con, frame, snapshot)
-    return CandleBatch(frame, snapshot, start, end, order_book, trades)
+    side = read_side_data(con, frame, snapshot, start)
+    return CandleBatch(frame, snapshot, start, end, order_book, trades, side)
 
 
 @dataclass(frozen=True)
@@ -166,10 +172,14 @@ def featurize_series(
     flow maps it on its task runner) and then call ``assemble_samples``."""
     inputs = candles if isinstance(candles, SeriesInputs) else SeriesInputs(candles)
     group = inputs.candles.sort("ts")
-    if feature_builder is None and (inputs.order_book is not None or inputs.trades is not None):
+    if feature_builder is None and (
+        inputs.order_book is not None or inputs.trades is not None or inputs.side is not None
+    ):
         from pipelines import features
 
-        built = features.build_features(group, order_book=inputs.order_book, trades=inputs.trades)
+        built = features.build_features(
+            group, order_book=inputs.order_book, trades=inputs.trades, side=inputs.side
+        )
         return FeaturizedSeries(group, built.sort("ts"))
     builder = feature_builder or default_feature_spec()[0]
     return FeaturizedSeries(group, builder(group).sort("ts"))
@@ -185,20 +195,22 @@ def build_samples(
     feature_set_version: str | None = None,
     order_book: pl.DataFrame | None = None,
     trades: pl.DataFrame | None = None,
+    side: Mapping[tuple[str, str, str], SideInputs] | None = None,
 ) -> SampleSet:
     """Features, labels and windows for every symbol/timeframe in ``candles``.
 
     A sample is kept when its whole window has finite feature values (warm-up rows are null)
     and its label exists. Without an explicit builder the project feature set is used, with
-    ``order_book`` / ``trades`` (exchange, symbol, ...: ``CandleBatch``'s) when given.
+    ``order_book`` / ``trades`` (exchange, symbol, ...: ``CandleBatch``'s) and the series'
+    funding and news data ``side`` (``CandleBatch.side``) when given.
     """
     if feature_builder is not None and (not feature_columns or feature_set_version is None):
         raise ValueError("build_samples: feature_columns and feature_set_version are required")
-    if feature_builder is None and order_book is None and trades is None:
+    if feature_builder is None and order_book is None and trades is None and not side:
         feature_builder = default_feature_spec()[0]  # resolved once here, not once per series
     built = [
         featurize_series(one, feature_builder)
-        for one in series_inputs(split_series(candles), order_book, trades)
+        for one in series_inputs(split_series(candles), order_book, trades, side)
     ]
     return assemble_samples(
         built,

@@ -14,11 +14,13 @@ close, the trades with ts inside the candle).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import duckdb
 import polars as pl
 
+from pipelines.features.side import SideInputs
 from pipelines.resample import timeframe_ms
 
 log = logging.getLogger(__name__)
@@ -32,11 +34,12 @@ _KEYS = ("exchange", "symbol")
 @dataclass(frozen=True)
 class SeriesInputs:
     """One exchange/symbol/timeframe's candles and its order book and trades (None: none
-    that cover its window)."""
+    that cover its window), and its funding and news data (``models.side_data``)."""
 
     candles: pl.DataFrame
     order_book: pl.DataFrame | None = None
     trades: pl.DataFrame | None = None
+    side: SideInputs | None = None
 
 
 def _bounds(candles: pl.DataFrame) -> pl.DataFrame:
@@ -122,14 +125,17 @@ def series_inputs(
     series: list[pl.DataFrame],
     order_book: pl.DataFrame | None,
     trades: pl.DataFrame | None,
+    side: Mapping[tuple[str, str, str], SideInputs] | None = None,
 ) -> list[SeriesInputs]:
     """Each series of ``series`` (one exchange/symbol/timeframe each) with its own order book
-    and trades."""
+    and trades, and its funding and news data from ``side`` (by exchange, symbol, timeframe)."""
     out = []
     for candles in series:
         if candles.height == 0 or not {"exchange", "symbol"} <= set(candles.columns):
             out.append(SeriesInputs(candles))
             continue
         e, s = str(candles["exchange"][0]), str(candles["symbol"][0])
-        out.append(SeriesInputs(candles, _of(order_book, e, s), _of(trades, e, s)))
+        t = str(candles["timeframe"][0]) if "timeframe" in candles.columns else ""
+        data = side.get((e, s, t)) if side else None
+        out.append(SeriesInputs(candles, _of(order_book, e, s), _of(trades, e, s), data))
     return out

@@ -120,6 +120,7 @@ def prepare_samples(batch: CandleBatch, config: TrainConfig) -> SampleSet:
         label_config=label_config(config),
         order_book=batch.order_book,
         trades=batch.trades,
+        side=batch.side,
     )
 
 

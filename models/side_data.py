@@ -68,7 +68,13 @@ def covering(side: SideInputs, lo_ms: int, hi_ms: int, step_ms: int, what: str) 
                 what, name, _span(frame), lo_ms, hi_ms, 100 * MIN_COVERAGE,
             )  # fmt: skip
         kept[name] = frame if ok else None
-    return dataclasses.replace(side, **kept)
+    return dataclasses.replace(
+        side,
+        funding=kept["funding"],
+        mark=kept["mark"],
+        open_interest=kept["open_interest"],
+        news=kept["news"],
+    )
 
 
 def _period(frame: pl.DataFrame | None, default: int) -> int:

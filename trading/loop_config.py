@@ -24,6 +24,8 @@ from trading.feedback import FeedbackConfig
 from trading.microstructure import SideEvents
 from trading.protections import ProtectionConfig
 from trading.risk import RiskLimits
+from trading.side_data import SideMemory
+from trading.side_data import feed as feed_side_data
 from trading.thresholds import ThresholdPolicy
 from trading.volatility import VolatilityChoice, baseline_choice, choose_for_series
 from warehouse.settings import (
@@ -179,7 +181,9 @@ class SymbolState:
         self.timeframe = config.timeframe
         # only what the serving model reads (``OnnxPredictor.required_features``); None: all
         self.engine_columns = None if feature_columns is None else tuple(feature_columns)
-        self.engine = OnlineFeatureEngine(config.timeframe, columns=self.engine_columns)
+        self.engine = OnlineFeatureEngine(
+            config.timeframe, columns=self.engine_columns, symbol=symbol
+        )
         # the latest candles (ts_ms, open, high, low, close, volume), as many as the features
         # depend on: replayed into a new engine when a champion needs other features
         self.recent = np.empty((retained_bars(config.timeframe), 6), dtype=np.float64)
@@ -206,9 +210,18 @@ class SymbolState:
         self._side: list[SideEvents] = []
         self._side_of: dict[int, tuple[SideEvents, ...]] = {}
         self._side_keys: deque[int] = deque()
+        # funding rates, mark candles, open interest, headlines (trading.side_data): kept
+        # while the last SIDE_KEPT_BARS candles' features can use them, for a new engine
+        self.side_memory = SideMemory(timeframe_ms(config.timeframe), SIDE_KEPT_BARS)
 
     def feed(self, side: SideEvents) -> None:
-        """Order-book snapshots and trades received before the next candle (time order)."""
+        """Order-book snapshots and trades received before the next candle (time order), and
+        funding and news data (any order)."""
+        if side.data:
+            if self.online_features:
+                feed_side_data(self.engine, side.data)
+            self.side_memory.add(side.data)
+            side = dataclasses.replace(side, data=())
         if side.books:
             self.books.extend(side.books)
             if len(self.books) > 2 * BOOKS_KEPT:
@@ -247,7 +260,8 @@ class SymbolState:
         if wanted == self.engine_columns or not self.online_features:
             return False
         self.engine_columns = wanted
-        self.engine = OnlineFeatureEngine(self.timeframe, columns=wanted)
+        self.engine = OnlineFeatureEngine(self.timeframe, columns=wanted, symbol=self.symbol)
+        feed_side_data(self.engine, self.side_memory.events)  # before the candles they are for
         self.buf.fill(np.nan)
         self.pos = 0
         self.rows = 0
@@ -272,6 +286,7 @@ class SymbolState:
         values = (bar.open, bar.high, bar.low, bar.close, bar.volume)
         self.recent[self.recent_n % self.recent.shape[0]] = (bar.ts_ms, *values)
         self.recent_n += 1
+        self.side_memory.prune(bar.ts_ms)
         if self._side:  # kept for the last SIDE_KEPT_BARS candles (a new engine's replay)
             self._side_of[bar.ts_ms] = tuple(self._side)
             self._side_keys.append(bar.ts_ms)

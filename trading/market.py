@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -304,6 +305,9 @@ class PollingMarket:
     # symbols whose order book (one snapshot a poll) and new trades each poll also fetches
     side_symbols: Sequence[str] = ()
     trade_cursor: dict[str, int] = field(default_factory=dict)
+    # funding and news data the warehouse received since the last poll, per symbol
+    # (trading.side_data.WarehouseSideFeed.poll); None: not read
+    side_data: Callable[[], dict[str, tuple[Any, ...]]] | None = None
 
     def __post_init__(self) -> None:
         self.step_ms = timeframe_ms(self.timeframe)
@@ -337,6 +341,11 @@ class PollingMarket:
                     side.append(events)
                 except SourceError as exc:
                     alerts.append(f"order book / trades of {s} not fetched: {exc}")
+        if self.side_data is not None:
+            try:
+                side += [SideEvents(s, data=events) for s, events in self.side_data().items()]
+            except (duckdb.Error, WarehouseError) as exc:
+                alerts.append(f"funding / news data not read from the warehouse: {exc}")
         bars.sort(key=lambda b: (b.ts_ms, b.symbol))
         return Tick(now, tuple(bars), tuple(alerts), tuple(side))
 

@@ -23,22 +23,26 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipelines.features.side import SideInputs
 from pipelines.features.spec import BASE_ONLY_INPUTS, base_graph
 from trading.broker import BookSnapshot
+from trading.side_data import SideEvent, SideTimeline
 
 TradePrint = tuple[int, str, float]  # ts_ms, side ('buy' | 'sell'), base amount
 
 
 @dataclass(frozen=True, slots=True)
 class SideEvents:
-    """One symbol's snapshots and trades received for a tick, each in time order."""
+    """One symbol's snapshots and trades received for a tick, each in time order, and its
+    funding and news data (``trading.side_data``)."""
 
     symbol: str
     books: tuple[BookSnapshot, ...] = ()
     trades: tuple[TradePrint, ...] = ()
+    data: tuple[SideEvent, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.books or self.trades)
+        return bool(self.books or self.trades or self.data)
 
 
 def book_from_row(ts_ms: int, row: dict[str, Any]) -> BookSnapshot:
@@ -69,6 +73,7 @@ class Timeline:
     symbol: str
     order_book: pl.DataFrame  # ts (datetime), bid_prices, bid_sizes, ask_prices, ask_sizes
     trades: pl.DataFrame  # ts (datetime), side, amount
+    data: SideTimeline | None = None  # funding and news data (trading.side_data)
     _book_ms: np.ndarray = field(init=False)
     _trade_ms: np.ndarray = field(init=False)
     _next_book: int = 0
@@ -80,8 +85,29 @@ class Timeline:
         self._book_ms = _epoch_ms(self.order_book)
         self._trade_ms = _epoch_ms(self.trades)
 
+    @classmethod
+    def empty(cls, symbol: str) -> Timeline:
+        """No snapshots and no trades (a symbol with only funding or news data)."""
+        ts = pl.Datetime("ms", "UTC")
+        prices = pl.List(pl.Float64)
+        return cls(
+            symbol,
+            pl.DataFrame(
+                schema={
+                    "ts": ts,
+                    "bid_prices": prices,
+                    "bid_sizes": prices,
+                    "ask_prices": prices,
+                    "ask_sizes": prices,
+                }
+            ),
+            pl.DataFrame(schema={"ts": ts, "side": pl.String, "amount": pl.Float64}),
+        )
+
     def reset(self) -> None:
         self._next_book = self._next_trade = 0
+        if self.data is not None:
+            self.data.reset()
 
     def until(self, close_ms: int) -> SideEvents:
         b = int(np.searchsorted(self._book_ms, close_ms, side="left"))
@@ -97,7 +123,8 @@ class Timeline:
         part = self.trades.slice(self._next_trade, t - self._next_trade)
         trades = _prints(self._trade_ms[self._next_trade : t], part)
         self._next_book, self._next_trade = max(b, self._next_book), max(t, self._next_trade)
-        return SideEvents(self.symbol, books, trades)
+        data = self.data.until(close_ms) if self.data is not None else ()
+        return SideEvents(self.symbol, books, trades, data)
 
     def frames(self) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
         """(order_book, trades) as ``build_features`` takes them (None: none)."""
@@ -105,6 +132,10 @@ class Timeline:
             self.order_book if self.order_book.height else None,
             self.trades if self.trades.height else None,
         )
+
+    def side_inputs(self) -> SideInputs | None:
+        """The funding and news data as ``build_features(side=...)`` takes them (None: none)."""
+        return None if self.data is None else self.data.inputs
 
 
 def _prints(ts_ms: np.ndarray, frame: pl.DataFrame) -> tuple[TradePrint, ...]:

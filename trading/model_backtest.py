@@ -140,7 +140,12 @@ def feature_matrix(candles: Candles, side: Timeline | None = None) -> tuple[np.n
     float32 with NaN for a missing value, as the loop's window buffer holds them. ``side``:
     the stored order books and trades, joined as of each close."""
     order_book, trades = side.frames() if side is not None else (None, None)
-    frame = build_features(candle_frame(candles), order_book=order_book, trades=trades)
+    frame = build_features(
+        candle_frame(candles),
+        order_book=order_book,
+        trades=trades,
+        side=side.side_inputs() if side is not None else None,
+    )
     values = frame.select(feature_columns()).to_numpy().astype(np.float32)
     return values, frame["gap_bars"].to_numpy().astype(np.int64)
 

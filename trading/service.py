@@ -36,6 +36,7 @@ from trading.market import (
     require_candles,
 )
 from trading.microstructure import Timeline, read_timeline, reads_microstructure
+from trading.side_data import WarehouseSideFeed, read_side_timeline, reads_side_groups
 from trading.writer import BufferedWriter, now_ms
 from warehouse import Settings, Warehouse, connect, migrate
 
@@ -296,6 +297,11 @@ def stored_side(con: Any, config: LoopConfig, candles: Candles) -> dict[str, Tim
     step = timeframe_ms(candles.timeframe)
     lo, hi = int(candles.ts_ms[0]) - step, int(candles.ts_ms[-1]) + step
     timeline = read_timeline(con, config.exchange, candles.symbol, lo, hi)
+    # its funding rates, mark candles, open interest and scored headlines (trading.side_data)
+    data = read_side_timeline(con, config.exchange, candles.symbol, candles.timeframe, lo)
+    if data is not None:
+        timeline = timeline or Timeline.empty(candles.symbol)
+        timeline.data = data
     return {} if timeline is None else {candles.symbol: timeline}
 
 
@@ -305,21 +311,24 @@ def side_symbols(settings: Settings, symbols: Sequence[str]) -> list[str]:
     trade-flow features."""
     from pipelines.microstructure import enabled
 
+    return enabled(settings, symbols, flag=reads_microstructure(champion_features(settings)))
+
+
+def champion_features(settings: Settings) -> tuple[str, ...]:
+    """The feature columns the current champion reads (none without a loadable champion)."""
     lookup = ChampionLookup(settings, LoopConfig.from_settings(settings).model_name)
     try:
         record = lookup()
     finally:
         lookup.close()
-    reads = False
-    if record is not None:
-        from models.runtime import OnnxPredictor
+    if record is None:
+        return ()
+    from models.runtime import OnnxPredictor
 
-        try:
-            needed = OnnxPredictor.load(record.onnx_path, FEATURE_SET_VERSION).required_features
-        except Exception:  # noqa: BLE001 - the loop reports an unloadable champion itself
-            needed = ()
-        reads = reads_microstructure(needed)
-    return enabled(settings, symbols, flag=reads)
+    try:
+        return tuple(OnnxPredictor.load(record.onnx_path, FEATURE_SET_VERSION).required_features)
+    except Exception:  # noqa: BLE001 - the loop reports an unloadable champion itself
+        return ()
 
 
 def replay_series(
@@ -474,6 +483,10 @@ def serve_live(
     )
     con = connect(settings)
     migrate(con)
+    if reads_side_groups(champion_features(settings)):  # funding / news from the warehouse
+        market.side_data = WarehouseSideFeed(
+            con, config.exchange, config.timeframe, symbols, clock=time.time
+        ).poll
     config = with_volatility_choices(config, con, symbols, before_ms=since_ms)
     lookup = ChampionLookup(settings, config.model_name)
     try:

@@ -29,7 +29,9 @@ import numpy as np
 from pipelines.features.side import (
     FUNDING_LOOKBACK,
     NEWS_LOOKBACK,
+    NEWS_SCORER,
     SideInputs,
+    open_interest_period,
     read_side_inputs,
     side_events,
 )
@@ -138,3 +140,110 @@ class SideMemory:
         }
         self.events = [e for e in self.events if e[0] >= limits[e[1]]]
         self._prune_at = max(1024, 2 * len(self.events))
+
+
+@dataclass
+class WarehouseSideFeed:
+    """Live serving: each ``poll()`` reads the funding and news data the warehouse received
+    since the previous poll (the futures collector's and ``tradeloop news fetch``'s writes,
+    by ``ingested_at``, re-reading ``overlap_s`` back for writes that committed late) and
+    returns it per symbol. Funding rates, mark candles and open interest read twice replace
+    themselves in the engine; a headline is returned once (by source and id). The first poll
+    returns what the coming bars' features can use (``read_side_inputs``' look-back)."""
+
+    con: Any
+    exchange: str
+    timeframe: str
+    symbols: Sequence[str]
+    clock: Any  # () -> epoch seconds
+    overlap_s: float = 120.0
+    _cursor: float | None = None
+    _seen: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def poll(self) -> dict[str, tuple[SideEvent, ...]]:
+        import datetime as dt
+
+        now = float(self.clock())
+        first = self._cursor is None
+        since = dt.datetime.fromtimestamp(
+            now - NEWS_LOOKBACK.total_seconds() if first else self._cursor - self.overlap_s,  # type: ignore[operator]
+            tz=dt.UTC,
+        )
+        news = self._news(since, by_publication=first, now=now)
+        out: dict[str, tuple[SideEvent, ...]] = {}
+        for s in self.symbols:
+            if first:
+                funding = read_side_inputs(
+                    self.con,
+                    exchange=self.exchange,
+                    symbol=s,
+                    timeframe=self.timeframe,
+                    after=dt.datetime.fromtimestamp(now, tz=dt.UTC),
+                    groups=("funding",),
+                )
+            else:
+                funding = _futures_ingested_since(self.con, self.exchange, s, self.timeframe, since)
+            events = [*side_events(funding), *news]
+            if events:
+                out[s] = tuple(events)
+        self._cursor = now
+        forget = now - max(2 * self.overlap_s, 86_400.0)  # headlines seen in the last day
+        for key in [k for k, t in self._seen.items() if t < forget]:
+            del self._seen[key]
+        return out
+
+    def _news(self, since: Any, *, by_publication: bool, now: float) -> list[SideEvent]:
+        """Scored headlines published (first poll) or scored since ``since``, each once."""
+        column = "n.ts" if by_publication else "s.ingested_at"
+        rows = self.con.execute(
+            "SELECT n.source, n.id, n.ts, s.score, n.symbols FROM news n JOIN news_scores s "
+            "ON s.source = n.source AND s.id = n.id AND s.scorer = ? "
+            f"WHERE {column} >= ? ORDER BY n.ts, n.source, n.id",
+            [NEWS_SCORER, since],
+        ).fetchall()
+        out: list[SideEvent] = []
+        for source, id_, ts, score, symbols in rows:
+            if (source, id_) in self._seen:
+                continue
+            self._seen[(source, id_)] = now
+            out.append((_epoch_ms(ts), "on_news", (float(score), list(symbols))))
+        return out
+
+
+def _epoch_ms(ts: Any) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+def _futures_ingested_since(
+    con: Any, exchange: str, symbol: str, timeframe: str, since: Any
+) -> SideInputs:
+    """The funding rates, mark candles (``timeframe``) and open interest (the period
+    ``read_side_inputs`` uses) of ``symbol`` written at or after ``since``."""
+    import polars as pl
+
+    def frame(sql: str, params: list[object]) -> pl.DataFrame | None:
+        out = pl.from_arrow(con.execute(sql, params).fetch_arrow_table())
+        assert isinstance(out, pl.DataFrame)
+        return out if out.height else None
+
+    key: list[object] = [exchange, symbol, since]
+    period = open_interest_period(con, exchange, symbol, timeframe)
+    return SideInputs(
+        funding=frame(
+            "SELECT ts, funding_rate FROM funding_rates WHERE exchange = ? AND symbol = ? "
+            "AND ingested_at >= ? ORDER BY ts",
+            key,
+        ),
+        mark=frame(
+            "SELECT ts, close FROM mark_candles WHERE exchange = ? AND symbol = ? AND "
+            "ingested_at >= ? AND timeframe = ? ORDER BY ts",
+            [*key, timeframe],
+        ),
+        open_interest=None
+        if period is None
+        else frame(
+            "SELECT ts, open_interest FROM open_interest WHERE exchange = ? AND symbol = ? AND "
+            "ingested_at >= ? AND timeframe = ? ORDER BY ts",
+            [*key, period],
+        ),
+    )

@@ -268,6 +268,28 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> pl
     return out
 
 
+def open_interest_period(
+    con: duckdb.DuckDBPyConnection,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    snapshot_id: int | None = None,
+) -> str | None:
+    """The open-interest period a series' features use: its own timeframe when stored, else
+    the shortest stored (None: no open interest)."""
+    periods = [
+        str(p)
+        for (p,) in con.execute(
+            f"SELECT DISTINCT timeframe FROM {_at('open_interest', snapshot_id)} "
+            "WHERE exchange = ? AND symbol = ?",
+            [exchange, symbol],
+        ).fetchall()
+    ]
+    if not periods:
+        return None
+    return timeframe if timeframe in periods else min(periods, key=timeframe_ms)
+
+
 def read_side_inputs(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -297,16 +319,8 @@ def read_side_inputs(
             "symbol = ? AND ts >= ? AND timeframe = ? ORDER BY ts",
             [*key, timeframe],
         )
-        periods = [
-            str(p)
-            for (p,) in con.execute(
-                f"SELECT DISTINCT timeframe FROM {_at('open_interest', snapshot_id)} "
-                "WHERE exchange = ? AND symbol = ?",
-                [exchange, symbol],
-            ).fetchall()
-        ]
-        if periods:
-            period = timeframe if timeframe in periods else min(periods, key=timeframe_ms)
+        period = open_interest_period(con, exchange, symbol, timeframe, snapshot_id)
+        if period is not None:
             oi = _frame(
                 con,
                 f"SELECT ts, open_interest FROM {_at('open_interest', snapshot_id)} WHERE "
