@@ -312,6 +312,18 @@ def run_cycle(
     out.retries = sum(s.fetch.retries for s in out.stats)
     written: list[Series] = []
     try:
+        if trades or order_book:
+            # before the candles: a reader that sees a candle sees its trades (serve
+            # --follow-every reads them together), and the features below see both
+            from pipelines.microstructure import collect_microstructure
+
+            t0 = time.perf_counter()
+            side, _ = collect_microstructure(
+                con, settings, pool, run_id=cycle_id, source_kind=source_kind,
+                since_ms=since_ms, trades=trades, order_book=order_book, policy=policy,
+            )  # fmt: skip
+            out.gate_s += time.perf_counter() - t0
+            out.stats += side
         if out.rows_fetched:
             t0 = time.perf_counter()
             gate_fetched(con, "candles", fetched, settings=settings, run_id=cycle_id, policy=policy)
@@ -326,16 +338,6 @@ def run_cycle(
                         state.stored[key] = (int(first or 0), stats.last_ts_ms)
             # a series whose tail was quarantined resumes from what is really stored
             state.refresh(con, pool.name, [k for k in written if by_key[k].rows_quarantined])
-        if trades or order_book:
-            from pipelines.microstructure import collect_microstructure
-
-            t0 = time.perf_counter()
-            side, _ = collect_microstructure(
-                con, settings, pool, run_id=cycle_id, source_kind=source_kind,
-                since_ms=since_ms, trades=trades, order_book=order_book, policy=policy,
-            )  # fmt: skip
-            out.gate_s += time.perf_counter() - t0
-            out.stats += side
         if features and written:
             t0 = time.perf_counter()
             many = rebuild_features_many(

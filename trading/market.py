@@ -233,7 +233,12 @@ class FollowMarket:
     ``clock`` (ms): the market's time of each tick, and a poll that brought no candle yields
     an empty tick at that time, so the loop's stale-data alert sees a source that stopped
     growing (``serve --follow-every`` passes the wall clock). None: a tick is stamped with its
-    candle's close time and an empty poll yields nothing (a replay of history)."""
+    candle's close time and an empty poll yields nothing (a replay of history).
+
+    ``side_read(lo_ms, hi_ms)``: the source's order books and trades stamped in that window
+    (``trading.microstructure.Timeline``; None: none). Each poll reads those from the end of
+    the previous poll's window to its last new candle's close and hands them out with the
+    candles, each with the first one that closes after it (as ``ReplayMarket``)."""
 
     read: ReadCandles
     timeframe: str
@@ -245,6 +250,8 @@ class FollowMarket:
     clock: Callable[[], int] | None = None
     rows_read: int = 0
     read_failures: int = 0
+    side_read: Callable[[int, int], Timeline | None] | None = None
+    side_until_ms: int | None = None  # where the next side read starts
 
     def __post_init__(self) -> None:
         if self.poll_interval_s <= 0:
@@ -264,6 +271,7 @@ class FollowMarket:
             polls += 1
             try:
                 candles = self.read(cursor, None)
+                side = self._side(candles)
             except (OSError, ValueError, WarehouseError, duckdb.Error) as exc:
                 self.read_failures += 1
                 logger.error(
@@ -279,13 +287,28 @@ class FollowMarket:
             for i in range(len(candles)):
                 cursor = int(candles.ts_ms[i])
                 now = self.clock() if self.clock is not None else cursor + self.step_ms
-                yield Tick(now, (_bar(candles, i),))
+                events = (side.until(cursor + self.step_ms),) if side is not None else ()
+                yield Tick(now, (_bar(candles, i),), side=events)
             if len(candles) == 0 and self.clock is not None:
                 yield Tick(self.clock(), ())  # time passes without a candle
 
+    def _side(self, candles: Candles) -> Timeline | None:
+        """The order books and trades that come with ``candles`` (``side_read``)."""
+        if self.side_read is None or len(candles) == 0:
+            return None
+        lo = self.side_until_ms
+        if lo is None:
+            lo = int(candles.ts_ms[0]) - self.step_ms
+        hi = int(candles.ts_ms[-1]) + self.step_ms
+        side = self.side_read(lo, hi)
+        self.side_until_ms = hi  # read: the next poll's window starts here
+        return side
+
     def history(self, up_to_ts_ms: int) -> Iterator[Tick]:
         """The ticks up to and including ``up_to_ts_ms`` (to re-warm state after a restart)."""
-        yield from ReplayMarket([self.read(None, up_to_ts_ms)]).ticks()
+        candles = self.read(None, up_to_ts_ms)
+        side = self._side(candles)
+        yield from ReplayMarket([candles], side={} if side is None else {side.symbol: side}).ticks()
 
 
 @dataclass

@@ -402,6 +402,12 @@ def _follow_market(
                 up_to_ts_ms=up_to_ts_ms,
             )
 
+    def side_read(lo_ms: int, hi_ms: int) -> Timeline | None:
+        """The symbol's stored order books and trades (``trading.microstructure``)."""
+        assert warehouse is not None
+        with warehouse.session(read_only=True) as con:
+            return read_timeline(con, exchange, source, lo_ms, hi_ms)
+
     if warehouse is None:
         timeframe = read(None, None).timeframe
     return FollowMarket(
@@ -411,6 +417,7 @@ def _follow_market(
         sleep=sleep,
         name=f"replay {source}",
         clock=wall_clock_ms,  # stale data is judged on the wall clock, not the candle's time
+        side_read=None if warehouse is None else side_read,
     )
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from pipelines.features import OnlineFeatureEngine, build_features
 from trading.backtest import Candles
-from trading.market import ReplayMarket
+from trading.market import FollowMarket, ReplayMarket
 from trading.microstructure import Timeline
 
 MINUTE = 60_000
@@ -147,3 +147,39 @@ def test_the_loop_is_fed_only_what_came_before_each_close(
     closed = candles.ts_ms + MINUTE <= t
     np.testing.assert_array_equal(changed[closed], online[closed])
     assert not np.array_equal(changed[~closed], online[~closed], equal_nan=True)
+
+
+def test_a_followed_source_hands_out_each_snapshot_and_trade_once_as_it_grows() -> None:
+    """``FollowMarket`` (``serve --follow-every`` on a warehouse symbol): each poll reads the
+    order books and trades from where the previous poll's window ended to its last new
+    candle's close, so over polls that each bring some candles every snapshot and trade is
+    handed out once, with the candle a one-pass replay hands it with."""
+    candles, book, trades = _data(7, [10, 11, 40])
+    shown = [20, 45, len(candles)]  # candles the source holds at each poll
+
+    def read(after: int | None, up_to: int | None) -> Candles:
+        held = candles.slice(0, shown[min(polls[0], len(shown) - 1)])
+        keep = held.ts_ms > (after if after is not None else -1)
+        idx = np.flatnonzero(keep)
+        return held.slice(int(idx[0]), int(idx[-1]) + 1) if idx.size else held.slice(0, 0)
+
+    def side_read(lo: int, hi: int) -> Timeline:
+        def within(frame: pl.DataFrame) -> pl.DataFrame:
+            ms = pl.col("ts").dt.epoch("ms")
+            return frame.filter((ms >= lo) & (ms < hi))
+
+        return Timeline("A/B", within(book), within(trades))
+
+    polls = [0]
+
+    def sleep(_seconds: float) -> None:
+        polls[0] += 1
+
+    market = FollowMarket(read, "1m", 1.0, sleep=sleep, max_polls=3, side_read=side_read)
+    followed = [(t.bars[0].ts_ms, t.side) for t in market.ticks()]
+    replayed = [
+        (t.bars[0].ts_ms, t.side)
+        for t in ReplayMarket([candles], side={"A/B": Timeline("A/B", book, trades)}).ticks()
+    ]
+    assert followed == replayed
+    assert sum(len(s.trades) for _, (s,) in followed) > 100
