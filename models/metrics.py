@@ -204,6 +204,39 @@ def block_bootstrap_ic(
     return float(lo), float(hi)
 
 
+def block_bootstrap_ic_difference(
+    score: np.ndarray,
+    other: np.ndarray,
+    realized: np.ndarray,
+    *,
+    horizon_bars: int,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Moving-block bootstrap CI of ``spearman(score, realized) - spearman(other, realized)``:
+    two scores of the SAME bars (in time order), each resample drawing the same blocks for
+    both (a paired difference; blocks as in ``block_bootstrap_ic``). NaN when fewer than two
+    blocks of bars where all three are finite."""
+    x, z = np.asarray(score, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    y = np.asarray(realized, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(z) & np.isfinite(y)
+    x, z, y = x[ok], z[ok], y[ok]
+    b = max(10 * int(horizon_bars), 1)
+    if x.size < 2 * b:
+        return math.nan, math.nan
+    idx = block_resamples(x.size, b, n_boot, seed)
+    ranked_y = _rankdata(y[idx], axis=1)
+    diffs = _pearson_rows(_rankdata(x[idx], axis=1), ranked_y) - _pearson_rows(
+        _rankdata(z[idx], axis=1), ranked_y
+    )
+    diffs = diffs[np.isfinite(diffs)]
+    if diffs.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
 # The figures the promotion rule reads from a window (``window_scores``), stored per model.
 WINDOW_SCORES = (
     "ic",
@@ -487,6 +520,31 @@ def _bar_log_loss(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(p[np.arange(labels.size), labels], LOG_EPS, 1.0))
 
 
+def permutation_increase(
+    predict_proba: Callable[[np.ndarray], np.ndarray],
+    windows: np.ndarray,
+    labels: np.ndarray,
+    index: list[int],
+    *,
+    repeats: int,
+    rng: np.random.Generator,
+    base: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per bar, the mean increase of the log-loss when the columns ``index`` of ``windows``
+    are shuffled together across bars (every step of the window), over ``repeats``
+    permutations. ``base``: the per-bar log-loss of the unshuffled windows, when known."""
+    y = np.asarray(labels, dtype=np.int64)
+    if base is None:
+        base = _bar_log_loss(y, predict_proba(windows))
+    increase = np.zeros(y.size)
+    for _ in range(max(1, repeats)):
+        shuffled = windows.copy()
+        order = rng.permutation(windows.shape[0])
+        shuffled[:, :, index] = windows[order][:, :, index]
+        increase += _bar_log_loss(y, predict_proba(shuffled)) - base
+    return increase / max(1, repeats)
+
+
 def grouped_permutation_importance(
     predict_proba: Callable[[np.ndarray], np.ndarray],
     windows: np.ndarray,
@@ -513,13 +571,9 @@ def grouped_permutation_importance(
         index = [columns.index(c) for c in members if c in columns]
         if not index:
             continue
-        increase = np.zeros(y.size)
-        for _ in range(max(1, repeats)):
-            shuffled = windows.copy()
-            order = rng.permutation(windows.shape[0])
-            shuffled[:, :, index] = windows[order][:, :, index]
-            increase += _bar_log_loss(y, predict_proba(shuffled)) - base
-        increase /= max(1, repeats)
+        increase = permutation_increase(
+            predict_proba, windows, y, index, repeats=repeats, rng=rng, base=base
+        )
         lo, hi = block_bootstrap_mean(
             increase, block=10 * int(horizon_bars), n_boot=n_boot, seed=seed
         )
