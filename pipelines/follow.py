@@ -315,12 +315,15 @@ def run_cycle(
         if trades or order_book:
             # before the candles: a reader that sees a candle sees its trades (serve
             # --follow-every reads them together), and the features below see both
-            from pipelines.microstructure import collect_microstructure
+            from pipelines.microstructure import last_trade_ms
+            from pipelines.oneshot import collect_extras  # it imports this module
 
             t0 = time.perf_counter()
-            side, _ = collect_microstructure(
+            # each symbol's trades from its last stored one on (inclusive: upserts keep it once)
+            side, _ = collect_extras(
                 con, settings, pool, run_id=cycle_id, source_kind=source_kind,
-                since_ms=since_ms, trades=trades, order_book=order_book, policy=policy,
+                since_ms=since_ms, until_ms=None, trades=trades, order_book=order_book,
+                policy=policy, trades_since=last_trade_ms(con, pool.name) if trades else None,
             )  # fmt: skip
             out.gate_s += time.perf_counter() - t0
             out.stats += side

@@ -9,8 +9,10 @@ collector (``pipelines.follow.run_cycle``) stores, for each such symbol,
 * the public trades since the last one stored (resume per symbol; the first cycle starts
   ``lookback`` before now),
 
-through the quality gate in one call per table, BEFORE the cycle's features are updated, so
-the features of the candles that just closed see their trades. Writes are upserts on the
+through the quality gate in one call per table (``pipelines.oneshot.collect_extras``, trades
+from ``last_trade_ms`` on), BEFORE the cycle's candles are written and its features updated:
+a reader that sees a candle sees its trades, and the features of the candles that just
+closed use them. Writes are upserts on the
 tables' keys (snapshot: exchange, symbol, ts; trade: exchange, symbol, trade_id): a cycle run
 again, or a trade page fetched twice, stores nothing twice.
 
@@ -20,14 +22,10 @@ The one-shot collect takes the same symbols (``flows.collect``), through
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import duckdb
 
-from expectations.gate import GatePolicy, GateResult
-from pipelines.collect import SeriesStats
-from pipelines.follow import FetchPool
-from pipelines.oneshot import collect_extras
 from warehouse import Settings
 
 ALL = "*"
@@ -47,25 +45,3 @@ def last_trade_ms(con: duckdb.DuckDBPyConnection, exchange: str) -> dict[str, in
         [exchange],
     ).fetchall()
     return {str(s): int(ms) for s, ms in rows if ms is not None}
-
-
-def collect_microstructure(
-    con: duckdb.DuckDBPyConnection,
-    settings: Settings,
-    pool: FetchPool,
-    *,
-    run_id: str,
-    source_kind: str,
-    since_ms: int,
-    trades: Sequence[str] = (),
-    order_book: Sequence[str] = (),
-    policy: GatePolicy | None = None,
-) -> tuple[list[SeriesStats], list[GateResult]]:
-    """One snapshot per symbol of ``order_book`` and the new trades of each symbol of
-    ``trades`` (from its last stored trade, inclusive: the upsert keeps what is stored; else
-    from ``since_ms``), each table through ONE gate call. Returns the stats and gate results."""
-    return collect_extras(
-        con, settings, pool, run_id=run_id, source_kind=source_kind, since_ms=since_ms,
-        until_ms=None, trades=trades, order_book=order_book, policy=policy,
-        trades_since=last_trade_ms(con, pool.name) if trades else None,
-    )  # fmt: skip
