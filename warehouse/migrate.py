@@ -17,6 +17,7 @@ import duckdb
 
 from warehouse.errors import WarehouseError
 from warehouse.retry import run_transaction
+from warehouse.schema import forget_schemas
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -70,6 +71,7 @@ def schema_version(con: duckdb.DuckDBPyConnection) -> int:
 
 def migrate(con: duckdb.DuckDBPyConnection, *, max_attempts: int = 50) -> list[int]:
     """Apply every pending migration; return the versions this call applied."""
+    forget_schemas(con)
     run_transaction(con, _ensure_version_table, what="schema_migrations", max_attempts=max_attempts)
     migrations = available_migrations()
     recorded_before = applied_versions(con)

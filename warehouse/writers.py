@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from warehouse.retry import run_transaction
-from warehouse.schema import TableSchema, table_schema
+from warehouse.schema import TableSchema, forget_schemas, table_schema
 from warehouse.settings import Settings, get_settings
 from warehouse.validation import validate_batch
 
@@ -147,6 +147,9 @@ def upsert(
             backoff_initial_s=settings.write_backoff_initial_s,
             backoff_max_s=settings.write_backoff_max_s,
         )
+    except duckdb.Error:
+        forget_schemas(con)  # another process may have migrated the table: read it again
+        raise
     finally:
         con.unregister(batch_name)
     return WriteResult(
