@@ -258,6 +258,7 @@ def build_onnx(ensemble: TrainedEnsemble) -> onnx.ModelProto:
         "tradeloop.feature_set_version": ensemble.feature_set_version,
         "tradeloop.feature_columns": json.dumps(list(ensemble.feature_columns)),
         "tradeloop.selected_features": json.dumps(list(ensemble.selected_features)),
+        "tradeloop.feature_groups": json.dumps(ensemble.feature_groups),
         "tradeloop.window_len": str(cfg.window_len),
         "tradeloop.n_features": str(len(ensemble.feature_columns)),
         "tradeloop.horizon_bars": str(cfg.horizon_bars),

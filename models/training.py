@@ -256,6 +256,15 @@ class TrainedEnsemble:
         )
 
     @property
+    def feature_groups(self) -> list[str]:
+        """The feature groups the model reads (``pipelines.features.groups``: candles,
+        multi-timeframe, order book/trades, funding/basis, sentiment; in that order): in its
+        registry hyperparameters and its ONNX metadata (``tradeloop.feature_groups``)."""
+        from pipelines.features.groups import group_columns
+
+        return [g for g, cols in group_columns(self.selected_features).items() if cols]
+
+    @property
     def input_index(self) -> np.ndarray:
         """Positions of the selected features in the training windows' columns."""
         return np.array(
@@ -311,6 +320,7 @@ class TrainedEnsemble:
             "weights": [float(w) for w in self.weights],
             "selected_features": list(self.selected_features),
             "selected_families": list(self.selected_families),
+            "feature_groups": self.feature_groups,
             "scaler_fit_start": str(self.scaler.fit_start),
             "scaler_fit_end": str(self.scaler.fit_end),
         }

@@ -111,6 +111,8 @@ def list_models(
                 "created_at": r.created_at.isoformat(timespec="seconds"),
                 "promoted_at": r.promoted_at.isoformat(timespec="seconds") if r.promoted_at else "",
                 "feature_set": r.feature_set_version[:12],
+                # what the model reads: candles, multi-timeframe, order book/trades, ...
+                "groups": ", ".join(r.hyperparameters.get("feature_groups") or []),
                 "snapshot": r.training_snapshot_id,
                 **{k: figure(stored.get(k)) for k in LIST_FIGURES},
                 "test_accuracy": figure(test.get("accuracy")),

@@ -12,6 +12,7 @@ path computes from the same stored data, and the bar's costs use the book's spre
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -75,6 +76,9 @@ def test_a_model_trained_with_book_and_trades_serves_with_them(
         assert column in samples.feature_columns, column
     ensemble = train_ensemble(samples, config)
     assert set(BOOK_COLUMNS + TRADE_COLUMNS) <= set(ensemble.selected_features)
+    # the groups it reads, in the registry's hyperparameters and the ONNX metadata
+    groups = ["candles", "multi-timeframe", "order book/trades"]
+    assert ensemble.hyperparameters()["feature_groups"] == groups
     # ONNX Runtime vs the trained ensemble on the test window (raises over 1e-5)
     exported, parity = retraining.export(ensemble, samples, tmp_path)
     assert parity <= retraining.PARITY_MAX_ABS
@@ -112,6 +116,7 @@ def test_a_model_trained_with_book_and_trades_serves_with_them(
     # Runtime on every window) gives the probabilities the loop served bar by bar
     predictor = loop.manager.predictor
     assert predictor is not None
+    assert json.loads(predictor.info.metadata["tradeloop.feature_groups"]) == groups
     inference = batch_inference(candles, predictor, min_feature_quality=0.0, side=side[SYMBOL])
     index = {int(t): i for i, t in enumerate(inference.ts_ms)}
     batch_p = np.array([inference.probabilities[index[t], 0] for t in served])
