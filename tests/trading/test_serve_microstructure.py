@@ -7,7 +7,8 @@ equals the trained ensemble; the serving loop, replaying the stored candles WITH
 snapshots and trades (``trading.service.stored_side``), feeds them to its online engine
 (``on_order_book``, ``on_trade``): every feature the model reads equals the batch value to
 1e-9, the model (not the fallback) decides with the probabilities ``backtest --model``'s batch
-path computes from the same stored data, and the bar's costs use the book's spread.
+path computes from the same stored data, and the bar's costs use the book's spread. The live
+loop's market polls a snapshot and the new trades through the real ccxt client.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from models import retraining
 from models.data import load_candles
 from models.training import train_ensemble
 from pipelines.features import build_features
-from pipelines.simulated_exchange import DEFAULT_ORIGIN_MS, MINUTE_MS
+from pipelines.loopback import LoopbackExchange, LoopbackServer
+from pipelines.simulated_exchange import DEFAULT_ORIGIN_MS, MINUTE_MS, SimulatedExchange
 from pipelines.sources.simulated import SimulatedSource
+from tests.support.loopback import NOW_MS, ccxt_source
 from tests.support.models import TINY
 from tests.trading.serve_harness import MemoryRegistry, build_loop
 from trading.backtest import Candles
 from trading.broker import OrderBookSlippage
 from trading.loop import LoopConfig
-from trading.market import ReplayMarket, read_replay_candles
+from trading.market import PollingMarket, ReplayMarket, read_replay_candles
 from trading.microstructure import half_spread_fraction
 from trading.model_backtest import batch_inference
 from trading.service import stored_side
@@ -130,3 +133,35 @@ def test_a_model_trained_with_book_and_trades_serves_with_them(
     slippage = loop.broker.slippage  # type: ignore[attr-defined]
     assert isinstance(slippage, OrderBookSlippage)
     assert slippage.snapshots[SYMBOL][-1] is state.book
+
+
+def test_the_live_market_polls_a_book_and_the_new_trades_through_ccxt() -> None:
+    """``PollingMarket`` (the live loop's market) with ``side_symbols``: each poll fetches one
+    order-book snapshot and the trades since the previous poll through the real ccxt client
+    against the loopback exchange, every trade once over two polls, in time order."""
+    now = [NOW_MS]
+    server = LoopbackServer(LoopbackExchange(symbols=[SYMBOL], clock=lambda: now[0])).start()
+    since = NOW_MS - NOW_MS % MINUTE_MS - 3 * MINUTE_MS
+
+    def next_minute(_seconds: float) -> None:
+        now[0] += MINUTE_MS
+
+    try:
+        market = PollingMarket(
+            ccxt_source(server), [SYMBOL], "1m", since_ms=since, clock=lambda: now[0],
+            sleep=next_minute, max_polls=2, side_symbols=[SYMBOL],
+        )  # fmt: skip
+        ticks = list(market.ticks())
+    finally:
+        server.stop()
+    events = [side for tick in ticks for side in tick.side]
+    books = [b for e in events for b in e.books]
+    assert [b.ts_ms for b in books] == [NOW_MS, NOW_MS + MINUTE_MS]
+    want = SimulatedExchange().order_book(SYMBOL, NOW_MS, depth=20)
+    assert list(books[0].bid_prices) == want["bid_prices"]
+    trades = [t for e in events for t in e.trades]
+    expected = SimulatedExchange().trade_arrays(SYMBOL, since, NOW_MS + MINUTE_MS)
+    assert len(trades) > 40
+    assert [t[0] for t in trades] == expected["ts"].tolist()  # each once, in time order
+    assert [t[2] for t in trades] == expected["amount"].tolist()
+    assert [t[1] == "buy" for t in trades] == expected["is_buy"].tolist()
