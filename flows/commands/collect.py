@@ -133,7 +133,7 @@ def collect(
         raise opt.usage_error("--max-cycles N needs --follow-every and N >= 1")
     if follow_every is not None and (source is SourceName.file or resample):
         raise opt.usage_error(
-            "--follow-every follows an exchange's candles: not with --source file or --resample"
+            "--follow-every follows an exchange's candles: not with --source file, --resample"
         )
     symbols = opt.symbols(symbol)
     timeframes = opt.timeframes(timeframe)
