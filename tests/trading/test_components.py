@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trading.backtest import BacktestConfig, SignalSeries, run_event_driven
-from trading.broker import BookSnapshot, OrderBookSlippage, PaperBroker
+from trading.broker import BookSnapshot, FixedSlippage, OrderBookSlippage, PaperBroker
 from trading.decision import (
     OnlineRSI,
     OnlineVolatility,
@@ -44,6 +44,16 @@ def test_order_book_walk_and_client_ids() -> None:
     broker.submit(Order("a-2", "X/Y", "sell", 10.0))  # more than the 6 units of bids
     (part,) = broker.process_bar(Bar("X/Y", 3000, 200.0, 210.0, 190.0, 205.0), 0.0)
     assert part.amount == 6.0
+
+
+def test_order_book_slippage_falls_back_without_a_book() -> None:
+    """The serving loop's paper fills: the book when there is one at or before the fill, else
+    the fixed slippage (``ServingLoop``'s default broker)."""
+    book = BookSnapshot(1000, (99.0,), (5.0,), (101.0,), (5.0,))
+    slippage = OrderBookSlippage({"X/Y": [book]}, FixedSlippage(0.002))
+    assert slippage.fraction("X/Y", "buy", 1.0, 500) == (0.002, 1.0)  # before the snapshot
+    assert slippage.fraction("Z/Y", "sell", 1.0, 2000) == (0.002, 1.0)  # a symbol without one
+    assert slippage.fraction("X/Y", "buy", 1.0, 2000) == pytest.approx((0.01, 1.0))  # half spread
 
 
 def test_no_fill_before_the_next_bar() -> None:
