@@ -1,8 +1,10 @@
 """Buffered warehouse writes off the hot path of the serving loop.
 
 The loop appends rows (plain dicts) to a ``WriteBatch`` and hands a finished batch to the
-``BufferedWriter``; a background thread writes it with ``warehouse.upsert`` (idempotent by key),
-table by table, the ``loop_state`` snapshot LAST.
+``BufferedWriter``; a background thread writes it with ``warehouse.upsert_many`` (idempotent by
+key): every table of the batch and its ``loop_state`` snapshot in one transaction. When that
+fails, the batch is written again table by table, the snapshot LAST, so that one bad table
+sets aside only its own rows (below).
 
 * The queue is bounded (``max_queue`` batches): a full queue makes ``submit`` wait for the
   writer (back-pressure on a replay, nothing dropped). With ``refuse_over`` (live mode) a
@@ -36,7 +38,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from warehouse import SchemaError, Settings, upsert
+from warehouse import SchemaError, Settings, upsert, upsert_many
 
 log = logging.getLogger("tradeloop.serve.writer")
 
@@ -214,13 +216,22 @@ class BufferedWriter:
         result = upsert(self._con, name, table, settings=self.settings)
         self.rows_written += result.rows_in
 
+    def _write_tables(self, tables: list[tuple[str, pa.Table]]) -> None:
+        if self._con is None:
+            self._con = self._connect()
+        results = upsert_many(self._con, tables, settings=self.settings)
+        self.rows_written += sum(r.rows_in for r in results)
+
     def _write_with_retry(self, name: str, table: pa.Table) -> BaseException | None:
         """None when written; else the error that set it aside (permanent, or transient after
         ``max_attempts``)."""
+        return self._retrying(name, lambda: self._write_table(name, table))
+
+    def _retrying(self, name: str, write: Callable[[], None]) -> BaseException | None:
         backoff = self.initial_backoff_s
         for attempt in range(1, self.max_attempts + 1):
             try:
-                self._write_table(name, table)
+                write()
                 return None
             except Exception as exc:
                 self.failures += 1
@@ -246,6 +257,23 @@ class BufferedWriter:
         return None  # pragma: no cover - the loop returns on its last attempt
 
     def _write(self, batch: WriteBatch) -> None:
+        try:
+            tables = batch.arrow()
+        except Exception:  # rows that cannot become a table: found and set aside table by table
+            tables = []
+        if tables:
+            batch_error = self._retrying("its batch", lambda: self._write_tables(tables))
+            if batch_error is None:
+                return
+            if not is_permanent(batch_error):  # transient to the end: all of it is set aside
+                why = f"{type(batch_error).__name__}: {batch_error}"
+                for name, table_rows in batch.tables.items():
+                    self._set_aside(name, list(table_rows.values()), why, batch_error)
+                return
+        self._write_table_by_table(batch)
+
+    def _write_table_by_table(self, batch: WriteBatch) -> None:
+        """After a permanent error: only the bad table's rows (and the snapshot) are set aside."""
         failed = False
         for name in TABLE_ORDER:
             rows = batch.tables.get(name)

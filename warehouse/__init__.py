@@ -20,7 +20,7 @@ from warehouse.maintenance import maintain
 from warehouse.migrate import migrate
 from warehouse.readers import current_snapshot_id, read_candles
 from warehouse.settings import Settings, get_settings, use_settings
-from warehouse.writers import WriteResult, upsert
+from warehouse.writers import WriteResult, upsert, upsert_many
 
 __all__ = [
     "WarehouseNotFound",
@@ -39,4 +39,5 @@ __all__ = [
     "migrate",
     "read_candles",
     "upsert",
+    "upsert_many",
 ]

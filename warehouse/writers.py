@@ -8,6 +8,7 @@ write token and retry with backoff.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import count
 
@@ -89,60 +90,29 @@ def upsert(
     settings: Settings | None = None,
 ) -> WriteResult:
     """Validate ``data`` against ``table`` and merge it by the table's key in one transaction."""
+    return upsert_many(con, [(table, data)], settings=settings)[0]
+
+
+def upsert_many(
+    con: duckdb.DuckDBPyConnection,
+    writes: Sequence[tuple[str, pa.Table]],
+    *,
+    settings: Settings | None = None,
+) -> list[WriteResult]:
+    """``upsert`` of several tables in ONE transaction: all are merged, or none (one commit
+    instead of one per table: the serving loop writes up to eight tables a flush)."""
     settings = settings or get_settings()
-    schema = table_schema(con, table)
-    batch = validate_batch(schema, data)
-    if batch.num_rows == 0:
-        return WriteResult(table, 0, 0, 0, 0)
-
-    batch_name = f"_tl_batch_{next(_batch_names)}"
-    # the batch with each row's position: the query that finds new or changed rows returns
-    # positions, not rows (taking the rows back out of DuckDB copied every column)
-    con.register(batch_name, batch.append_column(_POS, pa.array(np.arange(batch.num_rows))))
+    merges = [_Merge.of(con, table, data) for table, data in writes]
+    todo = [m for m in merges if m.batch.num_rows]
+    if not todo:
+        return [m.result(0, 0) for m in merges]
+    for m in todo:
+        con.register(m.batch_name, m.batch.append_column(_POS, pa.array(np.arange(m.rows_in))))
     try:
-        insert_columns = ", ".join(_quote(c) for c in schema.column_names)
-        insert_values = ", ".join(
-            "now()" if c.name == "ingested_at" else f"CAST(c.{_quote(c.name)} AS {c.sql_type})"
-            for c in schema.columns
-        )
-
-        def body(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
-            stored = con.execute(_stored_sql(schema, batch, batch_name, same=False))
-            existed = stored.fetchnumpy()[_POS]
-            positions = np.arange(batch.num_rows)
-            if len(existed):  # some keys are stored: leave out the rows stored unchanged
-                unchanged = con.execute(_stored_sql(schema, batch, batch_name, same=True))
-                positions = np.setdiff1d(positions, unchanged.fetchnumpy()[_POS])
-                existed = np.intersect1d(existed, positions)
-            if len(positions) == 0:
-                return 0, 0
-            changed = batch if len(positions) == batch.num_rows else batch.take(pa.array(positions))
-            changed_name = batch_name + "_changed"
-            con.register(changed_name, changed)
-            try:
-                con.execute(
-                    "UPDATE write_tokens SET writes = writes + 1 WHERE table_name = ?", [table]
-                )
-                deleted = (
-                    con.execute(
-                        f"DELETE FROM {_quote(table)} t USING {changed_name} c "
-                        f"WHERE {_key_match(schema, 't', 'c')}"
-                    ).fetchone()
-                    if len(existed)  # nothing stored under these keys: nothing to delete
-                    else (0,)
-                )
-                con.execute(
-                    f"INSERT INTO {_quote(table)} ({insert_columns}) "
-                    f"SELECT {insert_values} FROM {changed_name} c"
-                )
-            finally:
-                con.unregister(changed_name)
-            return changed.num_rows, int(deleted[0]) if deleted else 0
-
-        changed_rows, replaced = run_transaction(
+        counts = run_transaction(
             con,
-            body,
-            what=f"upsert into {table}",
+            lambda c: {id(m): m.merge(c) for m in todo},
+            what=f"upsert into {', '.join(m.schema.name for m in todo)}",
             max_attempts=settings.write_max_attempts,
             backoff_initial_s=settings.write_backoff_initial_s,
             backoff_max_s=settings.write_backoff_max_s,
@@ -151,11 +121,75 @@ def upsert(
         forget_schemas(con)  # another process may have migrated the table: read it again
         raise
     finally:
-        con.unregister(batch_name)
-    return WriteResult(
-        table=table,
-        rows_in=batch.num_rows,
-        inserted=changed_rows - replaced,
-        replaced=replaced,
-        unchanged=batch.num_rows - changed_rows,
-    )
+        for m in todo:
+            con.unregister(m.batch_name)
+    return [m.result(*counts.get(id(m), (0, 0))) for m in merges]
+
+
+@dataclass(frozen=True)
+class _Merge:
+    """One table's part of an upsert: its validated batch, merged inside a transaction."""
+
+    schema: TableSchema
+    batch: pa.Table
+    batch_name: str
+
+    @classmethod
+    def of(cls, con: duckdb.DuckDBPyConnection, table: str, data: pa.Table) -> _Merge:
+        schema = table_schema(con, table)
+        return cls(schema, validate_batch(schema, data), f"_tl_batch_{next(_batch_names)}")
+
+    @property
+    def rows_in(self) -> int:
+        return int(self.batch.num_rows)
+
+    def result(self, changed_rows: int, replaced: int) -> WriteResult:
+        return WriteResult(
+            table=self.schema.name,
+            rows_in=self.rows_in,
+            inserted=changed_rows - replaced,
+            replaced=replaced,
+            unchanged=self.rows_in - changed_rows,
+        )
+
+    def merge(self, con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+        """(rows written, of which replaced); the batch is registered as ``batch_name`` (its
+        rows with their positions: the query that finds new or changed rows returns positions,
+        not rows; taking the rows back out of DuckDB copied every column)."""
+        schema, batch, batch_name = self.schema, self.batch, self.batch_name
+        stored = con.execute(_stored_sql(schema, batch, batch_name, same=False))
+        existed = stored.fetchnumpy()[_POS]
+        positions = np.arange(batch.num_rows)
+        if len(existed):  # some keys are stored: leave out the rows stored unchanged
+            unchanged = con.execute(_stored_sql(schema, batch, batch_name, same=True))
+            positions = np.setdiff1d(positions, unchanged.fetchnumpy()[_POS])
+            existed = np.intersect1d(existed, positions)
+        if len(positions) == 0:
+            return 0, 0
+        changed = batch if len(positions) == batch.num_rows else batch.take(pa.array(positions))
+        changed_name = batch_name + "_changed"
+        insert_columns = ", ".join(_quote(c) for c in schema.column_names)
+        insert_values = ", ".join(
+            "now()" if c.name == "ingested_at" else f"CAST(c.{_quote(c.name)} AS {c.sql_type})"
+            for c in schema.columns
+        )
+        con.register(changed_name, changed)
+        try:
+            con.execute(
+                "UPDATE write_tokens SET writes = writes + 1 WHERE table_name = ?", [schema.name]
+            )
+            deleted = (
+                con.execute(
+                    f"DELETE FROM {_quote(schema.name)} t USING {changed_name} c "
+                    f"WHERE {_key_match(schema, 't', 'c')}"
+                ).fetchone()
+                if len(existed)  # nothing stored under these keys: nothing to delete
+                else (0,)
+            )
+            con.execute(
+                f"INSERT INTO {_quote(schema.name)} ({insert_columns}) "
+                f"SELECT {insert_values} FROM {changed_name} c"
+            )
+        finally:
+            con.unregister(changed_name)
+        return changed.num_rows, int(deleted[0]) if deleted else 0
