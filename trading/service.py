@@ -476,6 +476,8 @@ def serve_live(
             source.exchange.urls["api"] = rewrite_api_urls(
                 source.exchange.urls["api"], settings.exchange_api_base
             )
+    con = connect(settings)  # first: the champion's features are read from the warehouse
+    migrate(con)
     step = timeframe_ms(config.timeframe)
     now = wall_clock_ms()
     since_ms = now - now % step - step
@@ -488,8 +490,6 @@ def serve_live(
         max_polls=max_polls,
         side_symbols=side_symbols(settings, symbols),
     )
-    con = connect(settings)
-    migrate(con)
     if reads_side_groups(champion_features(settings)):  # funding / news from the warehouse
         market.side_data = WarehouseSideFeed(
             con, config.exchange, config.timeframe, symbols, clock=time.time
