@@ -78,31 +78,53 @@ def migrate(con: duckdb.DuckDBPyConnection, *, max_attempts: int = 50) -> list[i
     if all(recorded_before.get(m.version) == m.checksum for m in migrations):
         return []  # all applied, none edited: one query instead of a transaction each
     applied_now: list[int] = []
-    for migration in migrations:
+    for chunk in _transactions(migrations):
+        applied_now += _apply(con, chunk, max_attempts)
+    return applied_now
 
-        def apply(c: duckdb.DuckDBPyConnection, m: Migration = migration) -> str | None:
-            # Check and apply in one transaction: a check made before BEGIN can be outdated by
-            # another process's commit, and the migration then fails ("already exists").
-            recorded = applied_versions(c).get(m.version)
-            if recorded is None:
+
+_CREATES_VIEW = re.compile(r"\bCREATE\s+(OR\s+REPLACE\s+)?VIEW\b", re.IGNORECASE)
+
+
+def _transactions(migrations: list[Migration]) -> list[list[Migration]]:
+    """Consecutive migrations applied in one transaction each (a fresh warehouse took one
+    commit per migration: a second on DuckLake). A migration that creates a view starts a new
+    one: DuckLake binds a view only to tables that are committed."""
+    chunks: list[list[Migration]] = []
+    for m in migrations:
+        if not chunks or _CREATES_VIEW.search(m.sql):
+            chunks.append([])
+        chunks[-1].append(m)
+    return chunks
+
+
+def _apply(con: duckdb.DuckDBPyConnection, chunk: list[Migration], max_attempts: int) -> list[int]:
+    """Apply the pending ones of ``chunk`` in one transaction; return their versions. Checked
+    and applied together: a check made before BEGIN can be outdated by another process's
+    commit ("already exists")."""
+    current = [f"migration {chunk[0].version:04d}_{chunk[0].name}"]
+
+    def apply_pending(c: duckdb.DuckDBPyConnection) -> list[int]:
+        recorded = applied_versions(c)
+        applied: list[int] = []
+        for m in chunk:
+            current[0] = f"migration {m.version:04d}_{m.name}"
+            if m.version not in recorded:
                 c.execute(m.sql)
                 c.execute(
                     "INSERT INTO schema_migrations VALUES (?, ?, ?, now())",
                     [m.version, m.name, m.checksum],
                 )
-            return recorded
+                applied.append(m.version)
+            elif recorded[m.version] != m.checksum:
+                raise WarehouseError(
+                    f"{current[0]} was edited after it was applied; add a new migration instead"
+                )
+        return applied
 
-        label = f"migration {migration.version:04d}_{migration.name}"
-        try:
-            recorded = run_transaction(
-                con, apply, what=label, max_attempts=max_attempts, backoff_initial_s=0.05
-            )
-        except duckdb.Error as exc:
-            raise WarehouseError(f"{label} failed: {exc}") from exc
-        if recorded is None:
-            applied_now.append(migration.version)
-        elif recorded != migration.checksum:
-            raise WarehouseError(
-                f"{label} was edited after it was applied; add a new migration instead"
-            )
-    return applied_now
+    try:
+        return run_transaction(
+            con, apply_pending, what="migrations", max_attempts=max_attempts, backoff_initial_s=0.05
+        )
+    except duckdb.Error as exc:
+        raise WarehouseError(f"{current[0]} failed: {exc}") from exc
