@@ -18,10 +18,7 @@ Datasets (one step each, so each can run in its own process):
 
 The feature columns are the feature set's (``feature_columns()``), built by
 ``build_features`` with the order book, the trades and the side inputs
-(``pipelines.features.side.SideInputs``: funding, mark, open interest, scored headlines). A
-news mean over a window without a headline (null in the feature set) is set to 0, neutral,
-here: else almost no bar would have a complete window (the share of such windows is
-recorded).
+(``pipelines.features.side.SideInputs``: funding, mark, open interest, scored headlines).
 
 Run: ``python -m benchmarks.bench_feature_groups [STEP ...]`` with STEP among real_pairs,
 real_trades, real_futures, simulated, record (none: all, what ``make bench`` runs). Steps
@@ -74,19 +71,6 @@ def _candle_file(path: Path, symbol: str, timeframe: str) -> pl.DataFrame:
     ).select(CANDLE_COLUMNS)
 
 
-def _neutral_news(features: pl.DataFrame) -> pl.DataFrame:
-    """The news means of windows without a headline (null) set to 0, neutral, after the first
-    headline (before it the whole group stays null, as the feature set has it)."""
-    from pipelines.features.spec import SENTIMENT_FEATURES
-
-    out = []
-    for c in SENTIMENT_FEATURES:
-        if "_mean_" in c:
-            count = c.replace("_mean_", "_count_")
-            out.append(pl.when(pl.col(count).is_not_null()).then(pl.col(c).fill_null(0.0)).alias(c))
-    return features.with_columns(out)
-
-
 def _samples(
     series: list[tuple[pl.DataFrame, pl.DataFrame]], columns: Sequence[str], config: Any
 ) -> Any:
@@ -106,7 +90,6 @@ def _samples(
 def _simulated() -> tuple[list[tuple[pl.DataFrame, pl.DataFrame]], dict[str, Any]]:
     from pipelines.features import build_features
     from pipelines.features.side import SideInputs
-    from pipelines.features.spec import SENTIMENT_FEATURES
     from pipelines.news import SimulatedNewsSource, VaderScorer
     from pipelines.simulated_exchange import SimulatedExchange
     from pipelines.simulated_futures import simulated_futures
@@ -126,7 +109,6 @@ def _simulated() -> tuple[list[tuple[pl.DataFrame, pl.DataFrame]], dict[str, Any
         schema={"ts": pl.Datetime("us", "UTC"), "score": pl.Float64, "symbols": pl.List(pl.String)},
     )
     out = []
-    empty_windows = []
     for symbol in SIM_SYMBOLS:
         candles = pl.from_arrow(exchange.candles(symbol, since, until, timeframe=TIMEFRAME))
         assert isinstance(candles, pl.DataFrame)
@@ -157,17 +139,12 @@ def _simulated() -> tuple[list[tuple[pl.DataFrame, pl.DataFrame]], dict[str, Any
             open_interest=perp("open_interest", timeframe="1h"),
             news=news,
         )
-        features = build_features(candles, order_book=books, trades=trades, side=side)
-        first_1h = next(c for c in SENTIMENT_FEATURES if c.endswith("_mean_1h"))
-        after = features.filter(pl.col(first_1h.replace("_mean_", "_count_")).is_not_null())
-        empty_windows.append(after[first_1h].null_count() / max(after.height, 1))
-        out.append((candles, _neutral_news(features)))
+        out.append((candles, build_features(candles, order_book=books, trades=trades, side=side)))
     meta = {
         "data": f"simulated exchange, {', '.join(SIM_SYMBOLS)} {TIMEFRAME}, {days:g} days; "
         "order book snapshots, trades, the perpetual's funding/mark/open interest, "
         f"{len(items)} simulated headlines (VADER)",
         "headlines": len(items),
-        "empty_news_windows": float(np.mean(empty_windows)),
     }
     return out, meta
 
@@ -499,12 +476,6 @@ def record() -> None:
             else ""
         )
         + (f"; skipped folds: {r['skipped_folds']}" if r.get("skipped_folds") else "")
-        + (
-            f"; {r['empty_news_windows']:.0%} of the bars after the first headline had none in "
-            "the hour before (1h means set to 0)"
-            if "empty_news_windows" in r
-            else ""
-        )
         + f"; {r['cpu_s']:.0f} CPU s ({r['wall_s']:.0f} s wall)."
         for r in results
     )
