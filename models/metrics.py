@@ -172,6 +172,38 @@ def block_resamples(n: int, block: int, n_boot: int, seed: int) -> np.ndarray:
     return (starts[:, :, None] + np.arange(block)[None, None, :]).reshape(n_boot, -1)[:, :n]
 
 
+def _block_ics(
+    scores: tuple[np.ndarray, ...],
+    realized: np.ndarray,
+    *,
+    block: int,
+    n_boot: int,
+    seed: int,
+) -> list[np.ndarray] | None:
+    """Per score, the Spearman ICs against ``realized`` of the same ``n_boot`` moving-block
+    resamples of the bars where every array is finite (in time order); None when fewer than
+    two blocks of such bars."""
+    y = np.asarray(realized, dtype=np.float64)
+    xs = [np.asarray(x, dtype=np.float64) for x in scores]
+    ok = np.isfinite(y)
+    for x in xs:
+        ok &= np.isfinite(x)
+    n = int(ok.sum())
+    if n < 2 * block:
+        return None
+    idx = block_resamples(n, block, n_boot, seed)
+    ranked_y = _rankdata(y[ok][idx], axis=1)
+    return [_pearson_rows(_rankdata(x[ok][idx], axis=1), ranked_y) for x in xs]
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
 def block_bootstrap_ic(
     score: np.ndarray,
     realized: np.ndarray,
@@ -188,20 +220,9 @@ def block_bootstrap_ic(
     ``max(10 * horizon_bars, 1)`` bars (``block``) whose starts are drawn uniformly; each resample
     concatenates blocks to the original length and is re-ranked. Percentiles ``(1 - level) / 2``
     and ``1 - (1 - level) / 2`` of the resampled ICs; NaN when fewer than two blocks of pairs."""
-    x, y = np.asarray(score, dtype=np.float64), np.asarray(realized, dtype=np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    n = x.size
     b = int(block or max(10 * int(horizon_bars), 1))
-    if n < 2 * b:
-        return math.nan, math.nan
-    idx = block_resamples(n, b, n_boot, seed)
-    ics = _pearson_rows(_rankdata(x[idx], axis=1), _rankdata(y[idx], axis=1))
-    ics = ics[np.isfinite(ics)]
-    if ics.size == 0:
-        return math.nan, math.nan
-    lo, hi = np.quantile(ics, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+    ics = _block_ics((score,), realized, block=b, n_boot=n_boot, seed=seed)
+    return (math.nan, math.nan) if ics is None else _percentiles(ics[0], level)
 
 
 def block_bootstrap_ic_difference(
@@ -218,23 +239,9 @@ def block_bootstrap_ic_difference(
     two scores of the SAME bars (in time order), each resample drawing the same blocks for
     both (a paired difference; blocks as in ``block_bootstrap_ic``). NaN when fewer than two
     blocks of bars where all three are finite."""
-    x, z = np.asarray(score, dtype=np.float64), np.asarray(other, dtype=np.float64)
-    y = np.asarray(realized, dtype=np.float64)
-    ok = np.isfinite(x) & np.isfinite(z) & np.isfinite(y)
-    x, z, y = x[ok], z[ok], y[ok]
     b = max(10 * int(horizon_bars), 1)
-    if x.size < 2 * b:
-        return math.nan, math.nan
-    idx = block_resamples(x.size, b, n_boot, seed)
-    ranked_y = _rankdata(y[idx], axis=1)
-    diffs = _pearson_rows(_rankdata(x[idx], axis=1), ranked_y) - _pearson_rows(
-        _rankdata(z[idx], axis=1), ranked_y
-    )
-    diffs = diffs[np.isfinite(diffs)]
-    if diffs.size == 0:
-        return math.nan, math.nan
-    lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+    ics = _block_ics((score, other), realized, block=b, n_boot=n_boot, seed=seed)
+    return (math.nan, math.nan) if ics is None else _percentiles(ics[0] - ics[1], level)
 
 
 # The figures the promotion rule reads from a window (``window_scores``), stored per model.
