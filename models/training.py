@@ -60,6 +60,7 @@ from models.metrics import (
     grouped_permutation_importance,
     select_families,
 )
+from pipelines.features.groups import GROUPS, columns_of
 from pipelines.features.prune import feature_families
 from pipelines.labels import LabelConfig, LabelMethod, class_weights
 from pipelines.progress import NoProgress, Progress, current
@@ -136,6 +137,10 @@ class TrainConfig(BaseModel):
     # permutations per family (importance is computed when > 0 even with selection off)
     importance_repeats: int = Field(default=2, ge=0)
     importance_max_samples: int = 2_000
+    # The feature groups (pipelines.features.groups: candles, multi-timeframe, order
+    # book/trades, funding/basis, sentiment) the model may read; None: every group with data.
+    # ``tradeloop walk-forward --feature-groups`` sets it.
+    input_groups: tuple[str, ...] | None = None
 
     seed: int = 7
     threads: int | None = None
@@ -145,6 +150,16 @@ class TrainConfig(BaseModel):
     def _folds(self) -> TrainConfig:
         if self.cv_folds == 1:
             raise ValueError("cv_folds must be 0 (no cross-validation) or at least 2")
+        return self
+
+    @model_validator(mode="after")
+    def _groups(self) -> TrainConfig:
+        unknown = sorted(set(self.input_groups or ()) - set(GROUPS))
+        if unknown or self.input_groups == ():
+            raise ValueError(
+                f"input_groups {list(self.input_groups or ())}: unknown or none; known: "
+                f"{list(GROUPS)}"
+            )
         return self
 
     @property
@@ -165,6 +180,20 @@ def split_options(config: TrainConfig) -> dict[str, Any]:
         "test_fraction": config.test_fraction,
         "max_samples": config.max_samples,
     }
+
+
+def model_columns(columns: Sequence[str], config: TrainConfig) -> tuple[str, ...]:
+    """The columns (of those with data) the members may read: all of them, or those of
+    ``config.input_groups``. Raises ValueError naming the groups when none has data."""
+    if config.input_groups is None:
+        return tuple(columns)
+    chosen = columns_of(config.input_groups, columns)
+    if not chosen:
+        raise ValueError(
+            f"no column of the feature groups {list(config.input_groups)} has data in the "
+            "training window"
+        )
+    return chosen
 
 
 def label_config(config: TrainConfig) -> LabelConfig:
@@ -569,7 +598,7 @@ def train_ensemble(samples: SampleSet, config: TrainConfig) -> TrainedEnsemble:
     started = time.perf_counter()
     train, validation, test = split_samples(samples, **split_options(config))
     _check_classes(train.labels, "training window")
-    columns = samples.feature_columns
+    columns = model_columns(samples.feature_columns, config)
     scaler, members = _fit_members(train, validation, columns, config)
     ensemble = TrainedEnsemble(
         config=config,
@@ -672,12 +701,13 @@ def fit_ensemble(train: SampleSet, config: TrainConfig) -> TrainedEnsemble:
         torch.set_num_threads(config.threads)
     _seed_everything(config.seed)
     started = time.perf_counter()
-    scaler, members = _fit_members(train_part, val_part, train.feature_columns, config)
+    columns = model_columns(train.feature_columns, config)
+    scaler, members = _fit_members(train_part, val_part, columns, config)
     ensemble = TrainedEnsemble(
         config=config,
         feature_columns=train.serving_columns,
         input_columns=train.feature_columns,
-        selected_features=train.feature_columns,
+        selected_features=columns,
         feature_set_version=train.feature_set_version,
         scaler=scaler,
         members=members,

@@ -41,6 +41,16 @@ def walk_forward(
     slippage: Annotated[
         float | None, typer.Option(help="slippage per side, fraction (default: settings)")
     ] = None,
+    feature_groups: Annotated[
+        str | None,
+        typer.Option(
+            "--feature-groups",
+            help="train each fold on only these feature groups, comma-separated: candles, "
+            "multi-timeframe, order book/trades, funding/basis, sentiment (default: every group "
+            "with data)",
+            show_default=False,
+        ),
+    ] = None,
     output: opt.FormatOption = opt.OutputFormat.table,
 ) -> None:
     """Walk-forward the real ensemble as a strategy: IC with its CI, calibration, after-fee
@@ -49,6 +59,7 @@ def walk_forward(
     tf = opt.timeframe(timeframe)
     if folds < 1 or train_days <= 0 or test_days <= 0 or epochs < 1:
         raise opt.usage_error("--folds, --train-days, --test-days and --epochs must be positive")
+    groups = _groups(feature_groups)
     from flows.commands.series import resolve
 
     series = resolve(symbols, tf, exchange)
@@ -69,6 +80,7 @@ def walk_forward(
             horizon=horizon,
             fee=fee,
             slippage=slippage,
+            train_overrides=None if groups is None else {"input_groups": groups},
         )
     if output is opt.OutputFormat.json:
         from flows.commands.output import json_ready
@@ -79,3 +91,18 @@ def walk_forward(
 
     typer.echo(pooled_markdown(report))
     typer.echo(f"report: {report['report_html']}")
+
+
+def _groups(value: str | None) -> list[str] | None:
+    """``--feature-groups`` as a list of known groups (a usage error names unknown ones)."""
+    if value is None:
+        return None
+    from pipelines.features.groups import GROUPS
+
+    groups = [g.strip() for g in value.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
+        raise opt.usage_error(
+            f"--feature-groups {value!r}: unknown {unknown or 'empty'}; known: {', '.join(GROUPS)}"
+        )
+    return groups
