@@ -60,7 +60,7 @@ from models.metrics import (
     grouped_permutation_importance,
     select_families,
 )
-from pipelines.features.groups import GROUPS, columns_of
+from pipelines.features.groups import DEFAULT_INPUT_GROUPS, GROUPS, columns_of
 from pipelines.features.prune import feature_families
 from pipelines.labels import LabelConfig, LabelMethod, class_weights
 from pipelines.progress import NoProgress, Progress, current
@@ -139,8 +139,9 @@ class TrainConfig(BaseModel):
     importance_max_samples: int = 2_000
     # The feature groups (pipelines.features.groups: candles, multi-timeframe, order
     # book/trades, funding/basis, sentiment) the model may read; None: every group with data.
-    # ``tradeloop walk-forward --feature-groups`` sets it.
-    input_groups: tuple[str, ...] | None = None
+    # By default those that earned their place (groups.DEFAULT_INPUT_GROUPS); ``tradeloop
+    # retrain|walk-forward --feature-groups`` sets it.
+    input_groups: tuple[str, ...] | None = DEFAULT_INPUT_GROUPS
 
     seed: int = 7
     threads: int | None = None

@@ -40,12 +40,14 @@ def retrain(
     symbols_alias: Annotated[
         str | None, typer.Option("--symbols", hidden=True, help="old spelling of --symbol")
     ] = None,
+    feature_groups: opt.FeatureGroupsOption = None,
 ) -> None:
     """Retrain the ensemble, export ONNX, register it, and promote it if it beats the champion.
 
     Without --symbol / --timeframe / --exchange it trains what the warehouse holds."""
     from flows.commands.series import resolve
 
+    overrides = opt.feature_groups(feature_groups)
     series = resolve(opt.symbols(symbol, symbols_alias), opt.timeframe(timeframe), exchange)
     from flows.commands.progress import command_progress
     from flows.commands.runflow import run_flow
@@ -61,6 +63,7 @@ def retrain(
             timeframe=series.timeframe,
             exchange=series.exchange,
             snapshot_id=snapshot,
+            train_overrides=overrides,
         )
     typer.echo(
         f"model {outcome.model_id}: "

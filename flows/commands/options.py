@@ -59,6 +59,18 @@ FormatOption = Annotated[
 ]
 
 
+FeatureGroupsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--feature-groups",
+        help="the feature groups the model reads, comma-separated: candles, multi-timeframe, "
+        "order book/trades, funding/basis, sentiment, or all (every group with data); default: "
+        "candles,multi-timeframe (what the others added was not measurable: docs/models.md)",
+        show_default=False,
+    ),
+]
+
+
 def usage_error(message: str) -> typer.Exit:
     """Print one line and return the exit (status 2) for the caller to raise."""
     typer.echo(f"error: {message}", err=True)
@@ -136,3 +148,22 @@ def when(value: str | None, option: str) -> dt.datetime | None:
 
 def iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def feature_groups(value: str | None) -> dict[str, object] | None:
+    """``--feature-groups`` as training overrides (None: the defaults); a usage error names
+    unknown groups."""
+    if value is None:
+        return None
+    if value.strip() == "all":
+        return {"input_groups": None}
+    from pipelines.features.groups import GROUPS
+
+    groups = [g.strip() for g in value.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
+        raise usage_error(
+            f"--feature-groups {value!r}: unknown {unknown or 'empty'}; known: "
+            f"{', '.join(GROUPS)}, or all"
+        )
+    return {"input_groups": groups}

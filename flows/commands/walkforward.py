@@ -41,16 +41,7 @@ def walk_forward(
     slippage: Annotated[
         float | None, typer.Option(help="slippage per side, fraction (default: settings)")
     ] = None,
-    feature_groups: Annotated[
-        str | None,
-        typer.Option(
-            "--feature-groups",
-            help="train each fold on only these feature groups, comma-separated: candles, "
-            "multi-timeframe, order book/trades, funding/basis, sentiment (default: every group "
-            "with data)",
-            show_default=False,
-        ),
-    ] = None,
+    feature_groups: opt.FeatureGroupsOption = None,
     output: opt.FormatOption = opt.OutputFormat.table,
 ) -> None:
     """Walk-forward the real ensemble as a strategy: IC with its CI, calibration, after-fee
@@ -59,7 +50,7 @@ def walk_forward(
     tf = opt.timeframe(timeframe)
     if folds < 1 or train_days <= 0 or test_days <= 0 or epochs < 1:
         raise opt.usage_error("--folds, --train-days, --test-days and --epochs must be positive")
-    groups = _groups(feature_groups)
+    overrides = opt.feature_groups(feature_groups)
     from flows.commands.series import resolve
 
     series = resolve(symbols, tf, exchange)
@@ -80,7 +71,7 @@ def walk_forward(
             horizon=horizon,
             fee=fee,
             slippage=slippage,
-            train_overrides=None if groups is None else {"input_groups": groups},
+            train_overrides=overrides,
         )
     if output is opt.OutputFormat.json:
         from flows.commands.output import json_ready
@@ -91,18 +82,3 @@ def walk_forward(
 
     typer.echo(pooled_markdown(report))
     typer.echo(f"report: {report['report_html']}")
-
-
-def _groups(value: str | None) -> list[str] | None:
-    """``--feature-groups`` as a list of known groups (a usage error names unknown ones)."""
-    if value is None:
-        return None
-    from pipelines.features.groups import GROUPS
-
-    groups = [g.strip() for g in value.split(",") if g.strip()]
-    unknown = [g for g in groups if g not in GROUPS]
-    if unknown or not groups:
-        raise opt.usage_error(
-            f"--feature-groups {value!r}: unknown {unknown or 'empty'}; known: {', '.join(GROUPS)}"
-        )
-    return groups

@@ -37,6 +37,13 @@ FUNDING = "funding/basis"
 SENTIMENT = "sentiment"
 # in the order the ablation adds them ("candles only", "+ multi-timeframe", ...)
 GROUPS: tuple[str, ...] = (CANDLES, MULTI_TIMEFRAME, BOOK_AND_TRADES, FUNDING, SENTIMENT)
+# What a model reads unless told otherwise: the groups that earned their place in
+# benchmarks/RESULTS.md, "Feature groups: what each adds (issue 15)". The candles carry the
+# IC; multi-timeframe adds no IC but a positive after-fee difference for the always-in-market
+# strategy (CI above zero). Order book/trades, funding/basis and sentiment added nothing
+# measurable, so they are stored and computed but read only when asked for
+# (``--feature-groups``, ``TrainConfig.input_groups``; "all" = every group with data).
+DEFAULT_INPUT_GROUPS: tuple[str, ...] = (CANDLES, MULTI_TIMEFRAME)
 
 # The base graph's inputs that only some data has, by the group that reads them.
 INPUT_GROUPS: dict[str, str] = {

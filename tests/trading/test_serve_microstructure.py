@@ -73,7 +73,7 @@ def test_a_model_trained_with_book_and_trades_serves_with_them(
     batch = load_candles(lake, symbols=[SYMBOL], timeframe="1m", days=None, exchange="simulated")
     assert batch.order_book is not None and batch.order_book.height == BARS
     assert batch.trades is not None and batch.trades.height > 10 * BARS
-    config = TINY.model_copy(update={"feature_selection": False})
+    config = TINY.model_copy(update={"feature_selection": False, "input_groups": None})
     samples = retraining.prepare_samples(batch, config)
     for column in (*BOOK_COLUMNS, *TRADE_COLUMNS):
         assert column in samples.feature_columns, column

@@ -84,7 +84,7 @@ def test_a_model_trained_with_funding_and_news_serves_with_them(
     # training: the side data comes with the candles, and its columns are model inputs
     batch = load_candles(lake, symbols=[CONTRACT], timeframe="1m", days=None, exchange="simulated")
     assert set(batch.side) == {("simulated", CONTRACT, "1m")}
-    config = TINY.model_copy(update={"feature_selection": False})
+    config = TINY.model_copy(update={"feature_selection": False, "input_groups": None})
     samples = retraining.prepare_samples(batch, config)
     assert set(SIDE_FEATURES) <= set(samples.feature_columns)
     ensemble = train_ensemble(samples, config)
