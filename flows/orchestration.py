@@ -89,8 +89,8 @@ def api_configured() -> bool:
     none mentions it, the answer is known without importing Prefect."""
     if os.environ.get("PREFECT_API_URL"):
         return True
-    if not any(_mentions_api_url(path) for path in _api_config_files()):
-        return False
+    if not _prefect_imported() and not any(_mentions_api_url(p) for p in _api_config_files()):
+        return False  # (once Prefect is imported, its settings may also be set in code)
     from prefect.settings import get_current_settings
 
     return bool(get_current_settings().api.url)

@@ -25,19 +25,21 @@ PASSWORD = "pw-8c1e5d"
 
 
 def _flows() -> dict[str, Any]:
-    """Every Prefect flow of the flows package."""
+    """Every Prefect flow of the flows package (a ``LazyFlow`` when the module was imported
+    before Prefect: it becomes a Prefect flow on first use)."""
     import importlib
     import pkgutil
 
     from prefect import Flow
 
     import flows
+    from flows.orchestration import LazyFlow
 
     found: dict[str, Any] = {}
     for info in pkgutil.iter_modules(flows.__path__):
         module = importlib.import_module(f"flows.{info.name}")
         for name, obj in vars(module).items():
-            if isinstance(obj, Flow) and obj.fn.__module__ == module.__name__:
+            if isinstance(obj, Flow | LazyFlow) and obj.fn.__module__ == module.__name__:
                 found[f"{module.__name__}.{name}"] = obj
     return found
 
