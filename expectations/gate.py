@@ -37,7 +37,7 @@ from expectations.coerce import coerce
 from expectations.derive import derive_candles, derive_order_books, derive_trades
 from expectations.derive_futures import FUTURES_TABLES, derive_futures
 from expectations.policy import GatePolicy
-from expectations.rowjson import row_json, show_value, shown
+from expectations.rowjson import row_json_series, show_value, shown
 from expectations.rules import mostly_success, unexpected_rows
 from expectations.specs import SUITE_VERSION, ExpectationDef, TableSpec, spec_for, suite_for
 from warehouse import upsert
@@ -837,12 +837,13 @@ def write_quarantine_rows(
     rows = problems["row"].to_numpy()
     keys = ("exchange", "symbol", "timeframe", "ts")
     has_keys = "_row" in frame.columns
-    texts = row_json(batch.take(rows))
+    text_series = row_json_series(batch.take(rows))
+    texts = text_series.to_list()
     rules = problems["rules"].to_list()
     # the id of each row, as ``stable_id`` gives it: the n-th of identical (row, rules) pairs
     # hashes its occurrence n (one pass in Python: cheaper than a window and a SQL hash)
     sha256 = hashlib.sha256
-    if len(set(texts)) == len(texts):  # no identical rows: every occurrence is the first
+    if text_series.n_unique() == len(texts):  # no identical rows: each is the first occurrence
         ids = [
             sha256(f"{table}\x1f{text}\x1f{rule}\x1f1".encode()).hexdigest()[:32]
             for text, rule in zip(texts, rules, strict=True)
@@ -871,7 +872,7 @@ def write_quarantine_rows(
             "expectation": problems["rules"].to_arrow(),
             "column_name": problems["column_name"].to_arrow(),
             "reason": problems["reason"].to_arrow(),
-            "row_json": pa.array(texts, pa.string()),
+            "row_json": text_series.to_arrow().cast(pa.string()),
         }
     ).cast(QUARANTINE_SCHEMA)
     upsert(con, "quarantine", quarantine, settings=settings)

@@ -108,19 +108,27 @@ def json_fragments(values: pa.ChunkedArray | pa.Array) -> pl.Series:
 
 def row_json(batch: pa.Table) -> list[str]:
     """Every row of ``batch`` as ``json.dumps(row, default=str, sort_keys=True)``."""
+    return row_json_series(batch).to_list()
+
+
+def row_json_series(batch: pa.Table) -> pl.Series:
+    """``row_json`` as a polars string Series (no round trip through Python strings)."""
     names = batch.column_names
     if len(set(names)) != len(names):  # a dict keeps the last copy of a name: do as it does
-        return [json.dumps(r, default=str, sort_keys=True) for r in batch.to_pylist()]
+        return pl.Series(
+            [json.dumps(r, default=str, sort_keys=True) for r in batch.to_pylist()],
+            dtype=pl.String,
+        )
     if batch.num_rows == 0:
-        return []
+        return pl.Series([], dtype=pl.String)
     parts: list[pl.Series | pl.Expr] = []
     for i, name in enumerate(sorted(names)):
         parts.append(pl.lit(("{" if i == 0 else ", ") + json.dumps(name) + ": "))
         parts.append(json_fragments(batch.column(name)))
     parts.append(pl.lit("}"))
     if not names:
-        return ["{}"] * batch.num_rows
-    return pl.select(pl.concat_str(parts)).to_series().to_list()
+        return pl.Series(["{}"] * batch.num_rows, dtype=pl.String)
+    return pl.select(pl.concat_str(parts)).to_series()
 
 
 def show_value(value: Any) -> str:
