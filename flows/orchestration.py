@@ -174,6 +174,23 @@ def _mapped_calls(args: Sequence[Any], kwargs: dict[str, Any]) -> Iterator[tuple
         yield [item(a, i) for a in args], {k: item(v, i) for k, v in kwargs.items()}
 
 
+def _call_directly(
+    fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any], flow: str | None = None
+) -> Any:
+    """A task's (or, with ``flow`` its name, a flow's) call inside ``direct_run()``: the
+    function itself, without the options only Prefect understands."""
+    kwargs.pop("wait_for", None)
+    if flow is not None:
+        kwargs.pop("return_state", None)
+        log.info("flow %s (direct, no Prefect API)", flow)
+    return fn(*args, **kwargs)
+
+
+def _submit_directly(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    kwargs.pop("wait_for", None)
+    return _submit(fn, *args, **kwargs)
+
+
 def _direct_map(fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     kwargs.pop("wait_for", None)
     return _DirectFutures(_submit(fn, *a, **k) for a, k in _mapped_calls(args, kwargs))
@@ -213,14 +230,12 @@ def _prefect_classes() -> tuple[type, type]:
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             if in_direct_run():
-                kwargs.pop("wait_for", None)
-                return self.fn(*args, **kwargs)
+                return _call_directly(self.fn, args, kwargs)
             return super().__call__(*args, **kwargs)
 
         def submit(self, *args: Any, **kwargs: Any) -> Any:
             if in_direct_run():
-                kwargs.pop("wait_for", None)
-                return _submit(self.fn, *args, **kwargs)
+                return _submit_directly(self.fn, args, kwargs)
             return super().submit(*args, **kwargs)
 
         def map(self, *args: Any, **kwargs: Any) -> Any:
@@ -239,10 +254,7 @@ def _prefect_classes() -> tuple[type, type]:
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             if in_direct_run():
-                kwargs.pop("return_state", None)
-                kwargs.pop("wait_for", None)
-                log.info("flow %s (direct, no Prefect API)", self.name)
-                return self.fn(*args, **kwargs)
+                return _call_directly(self.fn, args, kwargs, flow=self.name)
             return super().__call__(*args, **kwargs)
 
         def with_options(self, **options: Any) -> Any:
@@ -290,14 +302,12 @@ class LazyTask(_Lazy):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if in_direct_run():
-            kwargs.pop("wait_for", None)
-            return self.fn(*args, **kwargs)
+            return _call_directly(self.fn, args, kwargs)
         return self.prefect_object()(*args, **kwargs)
 
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         if in_direct_run():
-            kwargs.pop("wait_for", None)
-            return _submit(self.fn, *args, **kwargs)
+            return _submit_directly(self.fn, args, kwargs)
         return self.prefect_object().submit(*args, **kwargs)
 
     def map(self, *args: Any, **kwargs: Any) -> Any:
@@ -313,10 +323,7 @@ class LazyFlow(_Lazy):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if in_direct_run():
-            kwargs.pop("return_state", None)
-            kwargs.pop("wait_for", None)
-            log.info("flow %s (direct, no Prefect API)", self.name)
-            return self.fn(*args, **kwargs)
+            return _call_directly(self.fn, args, kwargs, flow=self.name)
         return self.prefect_object()(*args, **kwargs)
 
 
