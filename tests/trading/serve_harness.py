@@ -122,3 +122,38 @@ def static_batch_model(path: Path, source: Path) -> Path:
     dim.dim_value = 1
     onnx.save(model, path)
     return path
+
+
+def replay_stored(
+    con: Any, model: Path, account: str, symbol: str, folder: Path
+) -> tuple[ServingLoop, Any, Any, list[dict[str, float | None]]]:
+    """Serve ``model`` (the only champion) over ``symbol``'s stored simulated 1m candles with the
+    side data stored beside them (order books, trades, funding, headlines), as a serve replay
+    does: (the loop, the candles, the side data it was fed, the symbol's online feature values
+    per bar)."""
+    from trading.market import ReplayMarket, read_replay_candles
+    from trading.service import stored_side
+
+    registry = MemoryRegistry()
+    registry.promote(model, account)
+    loop = build_loop(LoopConfig(account=account, model_check_every_steps=1), folder, registry)
+    candles = read_replay_candles(symbol, con=con, exchange="simulated")
+    side = stored_side(con, loop.config, candles)
+    assert set(side) == {symbol}
+    online: list[dict[str, float | None]] = []
+    for tick in ReplayMarket([candles], side=side).ticks():
+        loop.on_tick(tick)
+        online.append(dict(loop.symbols[symbol].engine.last))
+    return loop, candles, side, online
+
+
+def assert_online_equals_batch(
+    online: list[dict[str, float | None]], columns: Iterable[str], batch: Any
+) -> None:
+    """Each bar's online value of ``columns`` equals the batch frame's, to 1e-9."""
+    import numpy as np
+
+    for column in columns:
+        got = np.array([np.nan if r[column] is None else r[column] for r in online], dtype=float)
+        expected = batch[column].cast(float).fill_null(np.nan).to_numpy()
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9, err_msg=column)

@@ -30,14 +30,11 @@ from pipelines.simulated_exchange import DEFAULT_ORIGIN_MS, MINUTE_MS, Simulated
 from pipelines.sources.simulated import SimulatedSource
 from tests.support.loopback import NOW_MS, ccxt_source
 from tests.support.models import TINY
-from tests.trading.serve_harness import MemoryRegistry, build_loop
-from trading.backtest import Candles
+from tests.trading.serve_harness import assert_online_equals_batch, replay_stored
 from trading.broker import OrderBookSlippage
-from trading.loop import LoopConfig
-from trading.market import PollingMarket, ReplayMarket, read_replay_candles
+from trading.market import PollingMarket
 from trading.microstructure import half_spread_fraction
 from trading.model_backtest import batch_inference
-from trading.service import stored_side
 from warehouse import Settings, upsert
 
 SYMBOL = "BTC/USDT"
@@ -87,16 +84,7 @@ def test_a_model_trained_with_book_and_trades_serves_with_them(
     assert parity <= retraining.PARITY_MAX_ABS
 
     # serving: the stored candles replayed with the stored snapshots and trades
-    registry = MemoryRegistry()
-    registry.promote(exported.path, "micro")
-    loop = build_loop(LoopConfig(account="micro", model_check_every_steps=1), tmp_path, registry)
-    candles: Candles = read_replay_candles(SYMBOL, con=lake, exchange="simulated")
-    side = stored_side(lake, loop.config, candles)
-    assert set(side) == {SYMBOL}
-    online: list[dict[str, float | None]] = []
-    for tick in ReplayMarket([candles], side=side).ticks():
-        loop.on_tick(tick)
-        online.append(dict(loop.symbols[SYMBOL].engine.last))
+    loop, candles, side, online = replay_stored(lake, exported.path, "micro", SYMBOL, tmp_path)
     assert len(online) == BARS
     state = loop.symbols[SYMBOL]
     read = state.engine.columns
@@ -104,10 +92,7 @@ def test_a_model_trained_with_book_and_trades_serves_with_them(
     # online == batch (the same snapshots and trades as of each close), to 1e-9
     order_book, trades = side[SYMBOL].frames()
     want = build_features(batch.frame, order_book=order_book, trades=trades)
-    for column in read:
-        got = np.array([np.nan if r[column] is None else r[column] for r in online], dtype=float)
-        expected = want[column].cast(float).fill_null(np.nan).to_numpy()
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9, err_msg=column)
+    assert_online_equals_batch(online, read, want)
     # the model decided (after its window filled), and its inputs had book and trade values
     served = {
         int(r["ts"]): r["p_buy"]

@@ -28,12 +28,8 @@ from pipelines.features import build_features
 from pipelines.features.spec import SIDE_FEATURES
 from tests.support.models import TINY
 from tests.support.side import CONTRACT, SimulatedPerpetual, simulated_perpetual, store_futures
-from tests.trading.serve_harness import MemoryRegistry, build_loop
-from trading.backtest import Candles
-from trading.loop import LoopConfig
-from trading.market import ReplayMarket, read_replay_candles
+from tests.trading.serve_harness import assert_online_equals_batch, replay_stored
 from trading.model_backtest import batch_inference
-from trading.service import stored_side
 from warehouse import Settings, upsert
 
 BARS = 1_800  # 30 hours of 1m: the 1h features warm up after ~16
@@ -93,26 +89,14 @@ def test_a_model_trained_with_funding_and_news_serves_with_them(
     assert parity <= retraining.PARITY_MAX_ABS
 
     # serving: the stored candles replayed with the stored side data
-    registry = MemoryRegistry()
-    registry.promote(exported.path, "side")
-    loop = build_loop(LoopConfig(account="side", model_check_every_steps=1), tmp_path, registry)
-    candles: Candles = read_replay_candles(CONTRACT, con=lake, exchange="simulated")
-    side = stored_side(lake, loop.config, candles)
-    assert set(side) == {CONTRACT}
-    online: list[dict[str, float | None]] = []
-    for tick in ReplayMarket([candles], side=side).ticks():
-        loop.on_tick(tick)
-        online.append(dict(loop.symbols[CONTRACT].engine.last))
+    loop, candles, side, online = replay_stored(lake, exported.path, "side", CONTRACT, tmp_path)
     assert len(online) == BARS
     state = loop.symbols[CONTRACT]
     read = state.engine.columns
     assert set(SIDE_FEATURES) <= set(read)
     # online == batch (the same side data as of each close), to 1e-9
     want = build_features(batch.frame, side=batch.side[("simulated", CONTRACT, "1m")])
-    for column in read:
-        got = np.array([np.nan if r[column] is None else r[column] for r in online], dtype=float)
-        expected = want[column].cast(float).fill_null(np.nan).to_numpy()
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9, err_msg=column)
+    assert_online_equals_batch(online, read, want)
     assert all(np.isfinite(online[-1][c]) for c in READ)  # type: ignore[arg-type]
     served = {
         int(r["ts"]): r["p_buy"]
