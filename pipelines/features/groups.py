@@ -26,9 +26,13 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 
 from pipelines.features.prune import feature_family
-from pipelines.features.spec import CANDLE_INPUTS, HIGHER_TIMEFRAMES, base_graph, dependencies
-from pipelines.futures_features import FEATURES as FUNDING_COLUMNS
-from pipelines.news.features import NEWS_FEATURE_COLUMNS
+from pipelines.features.spec import (
+    CANDLE_INPUTS,
+    HIGHER_TIMEFRAMES,
+    SIDE_GROUPS,
+    base_graph,
+    dependencies,
+)
 
 CANDLES = "candles"
 MULTI_TIMEFRAME = "multi-timeframe"
@@ -52,10 +56,10 @@ INPUT_GROUPS: dict[str, str] = {
     "trade_buy": BOOK_AND_TRADES,
     "trade_sell": BOOK_AND_TRADES,
 }
-# Columns of data joined as of the close beside the candles (their own modules compute them).
+# Columns of data joined as of the close beside the candles: the spec's side groups.
 SIDE_COLUMNS: dict[str, tuple[str, ...]] = {
-    FUNDING: tuple(FUNDING_COLUMNS),
-    SENTIMENT: tuple(NEWS_FEATURE_COLUMNS),
+    FUNDING: SIDE_GROUPS["funding"],
+    SENTIMENT: SIDE_GROUPS["sentiment"],
 }
 _CANDLE_ONLY = frozenset((*CANDLE_INPUTS, "ts"))
 
