@@ -89,7 +89,7 @@ def _samples(
 
 def _simulated() -> tuple[list[tuple[pl.DataFrame, pl.DataFrame]], dict[str, Any]]:
     from pipelines.features import build_features
-    from pipelines.features.side import SideInputs
+    from pipelines.features.side import SideInputs, scored_news
     from pipelines.news import SimulatedNewsSource, VaderScorer
     from pipelines.simulated_exchange import SimulatedExchange
     from pipelines.simulated_futures import simulated_futures
@@ -99,15 +99,7 @@ def _simulated() -> tuple[list[tuple[pl.DataFrame, pl.DataFrame]], dict[str, Any
     since = exchange.config.origin_ms + DAY_MS  # a day in: the perpetual's history before it
     until = since + int(days * DAY_MS)
     items = SimulatedNewsSource(exchange, SIM_SYMBOLS, since - DAY_MS, until).fetch()
-    scores = VaderScorer().score([i.text for i in items])
-    news = pl.DataFrame(
-        {
-            "ts": [i.ts for i in items],
-            "score": scores,
-            "symbols": [list(i.symbols) for i in items],
-        },
-        schema={"ts": pl.Datetime("us", "UTC"), "score": pl.Float64, "symbols": pl.List(pl.String)},
-    )
+    news = scored_news(items, VaderScorer())
     out = []
     for symbol in SIM_SYMBOLS:
         candles = pl.from_arrow(exchange.candles(symbol, since, until, timeframe=TIMEFRAME))
