@@ -430,11 +430,11 @@ def _dump_dom(
 ) -> str:
     """The page's DOM after the single-page app rendered it. The UI fills parts of a page from
     later API calls, which a loaded machine may answer after the virtual-time budget: while a
-    fragment in ``expect`` is missing, the page is loaded again (at most 5 times); the caller's
-    asserts then judge the last page."""
+    fragment in ``expect`` is missing, the page is loaded again with a longer budget (at most 5
+    times); the caller's asserts then judge the last page."""
     page = ""
-    for _ in range(5):
-        page = _dump_once(url, profile, budget_ms)
+    for attempt in range(1, 6):
+        page = _dump_once(url, profile, budget_ms * attempt)
         if all(fragment in page for fragment in expect):
             break
     return page
@@ -463,7 +463,7 @@ def _dump_once(url: str, profile: Path, budget_ms: int) -> str:
         ],
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=180,
         start_new_session=True,
     )
     assert done.returncode == 0, f"chromium failed on {url}:\n{done.stderr[-3000:]}"

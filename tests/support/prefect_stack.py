@@ -62,21 +62,35 @@ class Stack:
     logs: Path
 
     def get(self, path: str) -> Any:
-        r = httpx.get(f"{self.api}{path}", timeout=30)
-        r.raise_for_status()
+        r = _request("GET", f"{self.api}{path}")
         return r.json()
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        r = httpx.post(f"{self.api}{path}", json=body, timeout=30)
-        r.raise_for_status()
+        r = _request("POST", f"{self.api}{path}", body)
         return r.json() if r.content else None
 
     def patch(self, path: str, body: dict[str, Any]) -> None:
-        httpx.patch(f"{self.api}{path}", json=body, timeout=30).raise_for_status()
+        _request("PATCH", f"{self.api}{path}", body)
 
     def log(self, name: str, chars: int = 6000) -> str:
         path = self.logs / name
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+RETRYABLE_STATUS = (502, 503)  # what Prefect's own client retries; 503: the database was busy
+
+
+def _request(method: str, url: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    """One API call, retried as Prefect's client retries: the server answers 503 when its
+    database is briefly unavailable (a locked SQLite file on a loaded machine), and that
+    request changed nothing."""
+    for attempt in range(6):
+        r = httpx.request(method, url, json=body, timeout=30)
+        if r.status_code not in RETRYABLE_STATUS or attempt == 5:
+            break
+        time.sleep(0.5 * 2**attempt)
+    r.raise_for_status()
+    return r
 
 
 def stack_env(root: Path, port: int, extra: Mapping[str, str] = {}) -> dict[str, str]:
