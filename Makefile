@@ -25,6 +25,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tradeloop demo
 
+# xdist runs PYTEST_WORKERS processes on 2 cores: torch's OpenMP pool (a thread per core in
+# each process and in each CLI the tests start) oversubscribed the cores and spun; one thread
+# per process lets the workers share them.
+test test-fast: export OMP_NUM_THREADS := 1
+
 # ruff and mypy are part of the test: a lint or type error fails it like a failing test.
 test: lint typecheck
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
