@@ -137,6 +137,23 @@ def _checkpoint(
         return checkpoint
 
 
+def prepare_in_background(
+    settings: Settings, suite_name: str, definitions: tuple[ExpectationDef, ...]
+) -> threading.Thread:
+    """Import Great Expectations and load (or save) the suite's checkpoint in a background
+    thread: seconds in a new process, which a command spends while it fetches or reads its
+    data instead of after. The first ``validate`` waits for it (``_lock``); a failure here is
+    left for that call to raise, with its own context."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            _checkpoint(settings, suite_name, definitions)
+
+    thread = threading.Thread(target=load, name=f"gx-prepare-{suite_name}", daemon=True)
+    thread.start()
+    return thread
+
+
 def _forget_checkpoint(
     settings: Settings, suite_name: str, definitions: tuple[ExpectationDef, ...]
 ) -> None:
