@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 
@@ -58,5 +59,25 @@ def real_candle_batch(path: Path) -> pa.Table:
             "timeframe": pa.array([timeframe] * n),
             "ts": table["date"].cast(TS_TYPE),
             **{c: table[c].cast(pa.float64()) for c in ("open", "high", "low", "close", "volume")},
+        }
+    )
+
+
+def grid_batch(n: int, symbol: str, *, off_grid: bool) -> pa.Table:
+    """``n`` 1m candles of a random walk from 2024-01-01, 1.234 s off the grid if asked."""
+    start = 1_704_067_200_000
+    ts = start + np.arange(n, dtype=np.int64) * 60_000 + (1_234 if off_grid else 0)
+    close = 100.0 + np.cumsum(np.random.default_rng(1).normal(0.0, 0.05, n))
+    return pa.table(
+        {
+            "exchange": pa.array(["binance"] * n),
+            "symbol": pa.array([symbol] * n),
+            "timeframe": pa.array(["1m"] * n),
+            "ts": pa.array(ts, pa.timestamp("ms", tz="UTC")),
+            "open": close,
+            "high": close + 0.5,
+            "low": close - 0.5,
+            "close": close,
+            "volume": np.ones(n),
         }
     )
