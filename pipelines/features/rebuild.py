@@ -317,6 +317,20 @@ def _read_many(
     return candles, higher
 
 
+def _from_first_new(features: pl.DataFrame, first_new: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``features`` at or after their series' ``first_new`` (series absent from
+    ``first_new`` keep none). The thresholds are joined to the key columns only: joined to the
+    whole frame (120+ columns) the join copied all of them, 8.5 s of a 30-day, 100-symbol
+    backfill whose rows are all new."""
+    keep = (
+        features.select("exchange", "symbol", "ts")
+        .join(first_new, on=["exchange", "symbol"], how="left", maintain_order="left")
+        .select((pl.col("ts") >= pl.col("first_new")).fill_null(False))
+        .to_series()
+    )
+    return features if keep.all() else features.filter(keep)
+
+
 def rebuild_features_many(
     con: duckdb.DuckDBPyConnection,
     series: list[Series],
@@ -394,11 +408,7 @@ def rebuild_features_many(
         )  # the headlines are every series' (market-wide)
         features = build_features_many(candles, higher=higher, news=news if news.groups else None)
         first_new = bounds.select("exchange", "symbol", pl.col("first_new").dt.cast_time_unit("ms"))
-        computed.append(
-            features.join(first_new, on=["exchange", "symbol"])
-            .filter(pl.col("ts") >= pl.col("first_new"))
-            .drop("first_new")
-        )
+        computed.append(_from_first_new(features, first_new))
         modes.update({(e, s, t): "full" if (e, s, t) in full else "incremental" for e, s, t in
             bounds.select("exchange", "symbol", "timeframe").iter_rows()})  # fmt: skip
     rows = pl.concat(computed) if computed else None
