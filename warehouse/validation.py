@@ -5,7 +5,6 @@ Every error names the table, the column and the problem, and nothing is written.
 
 from __future__ import annotations
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -101,6 +100,8 @@ def _reject_duplicate_keys(schema: TableSchema, data: pa.Table) -> None:
     0.3 s of each write, polars' n_unique 0.05 s."""
     if data.num_rows == 0:
         return
+    import polars as pl  # here: `tradeloop sql` and the readers import warehouse, not polars
+
     keys = pl.from_arrow(data.select(list(schema.key)))
     assert isinstance(keys, pl.DataFrame)
     distinct = keys.n_unique()
