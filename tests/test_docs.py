@@ -154,3 +154,30 @@ def test_docs_link_to_existing_pages() -> None:
             if re.match(r"^[a-z]+://", link):
                 continue
             assert (doc.parent / link).exists(), f"{doc.name} links to {link}, which is missing"
+
+
+# A figure is quoted with the RESULTS.md section it comes from: `("Regimes")` in the README's
+# table, `RESULTS.md`, "Cross-validated retraining"` in the docs. Each must still be there.
+SECTION_QUOTE = re.compile(r'\("([A-Z][^"]{3,100})"|RESULTS(?:\.md)?`?, "([^"]+)"')
+
+
+def quoted_sections() -> list[tuple[str, str]]:
+    found = []
+    for doc in DOC_FILES:
+        for match in SECTION_QUOTE.finditer(doc.read_text()):
+            found.append((doc.name, " ".join((match.group(1) or match.group(2)).split())))
+    return found
+
+
+def test_every_quoted_results_section_exists() -> None:
+    quotes = quoted_sections()
+    assert len(quotes) >= 8, quotes  # the README's figures table alone quotes 7
+    headings = [
+        line[3:]
+        for line in (ROOT / "benchmarks" / "RESULTS.md").read_text().splitlines()
+        if line.startswith("## ")
+    ]
+    for doc, section in quotes:
+        assert any(heading.startswith(section) for heading in headings), (
+            f'{doc} quotes "{section}", which benchmarks/RESULTS.md has no section for'
+        )
