@@ -8,6 +8,7 @@ section only.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import platform
 import re
@@ -36,13 +37,20 @@ def stamp() -> str:
 
 
 def record(section: str, markdown: str) -> None:
-    """Replace (or add) ``## section`` in RESULTS.md with ``markdown`` and the machine stamp."""
-    text = RESULTS.read_text() if RESULTS.exists() else _HEADER
+    """Replace (or add) ``## section`` in RESULTS.md with ``markdown`` and the machine stamp.
+
+    Benchmarks run side by side (and from helpers' checkouts of the same file): the read,
+    replace and write happen under one exclusive lock, so that one run cannot write back a
+    copy that lacks the section another run has just added.
+    """
     body = f"## {section}\n\n{stamp()}\n\n{markdown.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = (
-        pattern.sub(lambda _: body + "\n", text)
-        if pattern.search(text)
-        else text.rstrip() + "\n\n" + body
-    )
-    RESULTS.write_text(text)
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = RESULTS.read_text() if RESULTS.exists() else _HEADER
+        text = (
+            pattern.sub(lambda _: body + "\n", text)
+            if pattern.search(text)
+            else text.rstrip() + "\n\n" + body
+        )
+        RESULTS.write_text(text)
