@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from expectations.gx_import import import_great_expectations
 from expectations.specs import SUITE_VERSION, ExpectationDef
 from warehouse.settings import Settings
 
@@ -78,7 +79,7 @@ def context(settings: Settings) -> Any:
         if root in _contexts:
             return _contexts[root]
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-        import great_expectations as gx
+        gx = import_great_expectations()
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         Path(root).mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,7 @@ def _suite_hash(definitions: tuple[ExpectationDef, ...]) -> str:
 
 def build_suite(name: str, definitions: tuple[ExpectationDef, ...]) -> Any:
     """A ``gx.ExpectationSuite`` for ``definitions`` (each expectation's meta names its rule)."""
-    import great_expectations as gx
+    gx = import_great_expectations()
     import great_expectations.expectations as gxe
 
     suite = gx.ExpectationSuite(name=name, meta={"tradeloop_suite_version": SUITE_VERSION})
@@ -173,7 +174,7 @@ def _stored_or_new_checkpoint(
 ) -> Any:
     """The stored checkpoint when another process already saved this exact suite (rewriting it
     would make that process's copy stale: GX then refuses to run it), else save a new one."""
-    import great_expectations as gx
+    gx = import_great_expectations()
 
     try:
         stored = ctx.suites.get(suite_name)
