@@ -222,7 +222,11 @@ class SeriesStats:
             f"{self.fetch.requests} requests "
             f"({self.fetch.retries} retries), {self.gaps} gaps, {self.seconds:.2f} s"
         )
-        return text + (f" [{self.status}: {self.message}]" if self.status != "ok" else "")
+        if self.status == "ok":
+            return text
+        # a warning has no message of its own: it is the gate's warnings (a gap, say)
+        detail = self.message or "; ".join(dict.fromkeys(self.warnings))
+        return text + f" [{self.status}: {detail}]"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
