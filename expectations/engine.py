@@ -225,6 +225,7 @@ def validate(
     gate's cost (GX deep-copies and serialises them into the stored result); SUMMARY's value
     counts and index lists of those 20 cost about 40% more than BASIC on a clean batch.
     """
+    import_great_expectations()  # first: a plain import here would run the deferred modules
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.exceptions.resource_freshness import (
         ResourceFreshnessAggregateError,

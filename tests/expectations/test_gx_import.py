@@ -1,6 +1,6 @@
-"""expectations.gx_import: Great Expectations is imported with the modules it needs only for
-charts and distributional expectations deferred, and a real validation still runs; a deferred
-module is the real one as soon as something uses it."""
+"""expectations.gx_import: the first validation of a process imports Great Expectations with
+the modules it needs only for charts and distributional expectations deferred (they have not
+run after it), and the suite really ran; a deferred module is the real one once used."""
 
 from __future__ import annotations
 
@@ -21,14 +21,15 @@ PROBE = textwrap.dedent(
     from expectations.specs import not_null
     from warehouse import Settings
 
-    gx = import_great_expectations()
+    # what the gate does in a new process: the first validation imports GX
+    settings = Settings(home=sys.argv[1])
+    frame = pd.DataFrame({"close": [1.0, None, 3.0]})
+    run = engine.validate(settings, "probe", tuple(not_null(["close"])), frame, run_name="p")
     ran_at_import = {
         name: name in sys.modules and type(sys.modules[name]).__name__ != "_LazyModule"
         for name in DEFERRED_MODULES
     }
-    settings = Settings(home=sys.argv[1])
-    frame = pd.DataFrame({"close": [1.0, None, 3.0]})
-    run = engine.validate(settings, "probe", tuple(not_null(["close"])), frame, run_name="p")
+    gx = import_great_expectations()
     import altair, scipy.stats
     used = (altair.Chart.__name__, scipy.stats.rankdata([3, 1, 2]).tolist())
     print(json.dumps({
