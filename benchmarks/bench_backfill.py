@@ -7,7 +7,8 @@ its upsert), each step beside its engine alone on the same rows.
   everything, validated once with Great Expectations and holds its warehouse connection and
   GX context (a first cycle of 2 other symbols on the same warehouse, timed apart). Then
   ``BENCH_BACKFILL_SYMBOLS`` (default 100) new symbols get ``BENCH_BACKFILL_DAYS`` (default
-  3) days of 1m history in one cycle.
+  30, the issue's goal) days of 1m history in one cycle; ``BENCH_BACKFILL_REPEATS`` (default 3)
+  such backfills, each in a new collector and warehouse, and the median one is reported.
 * Engines alone, in the same process on the same rows: the simulated exchange generating the
   candles (a fresh one, so it also generates the days from its origin up to the window, as
   the source does); Great Expectations' checkpoint run on the frame the gate hands it;
@@ -192,11 +193,16 @@ def _add(*parts: Timed) -> Timed:
 
 def main() -> None:
     n_symbols = int(os.environ.get("BENCH_BACKFILL_SYMBOLS", "100"))
-    days = float(os.environ.get("BENCH_BACKFILL_DAYS", "3"))
+    days = float(os.environ.get("BENCH_BACKFILL_DAYS", "30"))
     symbols = [f"B{i}/USDT" for i in range(n_symbols)]
     load_before = os.getloadavg()[0]
+    repeats = int(os.environ.get("BENCH_BACKFILL_REPEATS", "3"))
     with tempfile.TemporaryDirectory() as tmp:
-        run = _backfill(symbols, days, Path(tmp) / "collector")
+        # the same backfill in a new collector and warehouse each time: single runs of the
+        # 30-day backfill on the same idle cores took 39 to 53 s; the median run is reported
+        runs = [_backfill(symbols, days, Path(tmp) / f"collector{n}") for n in range(repeats)]
+        by_wall = sorted(runs, key=lambda r: r.total.wall)
+        run = by_wall[len(by_wall) // 2]
         load_mid = os.getloadavg()[0]
         engines = _engines(symbols, days, Path(tmp) / "engines")
     load_after = os.getloadavg()[0]
@@ -234,7 +240,13 @@ def main() -> None:
         f"cycle (`pipelines.follow.run_cycle`): {c.rows_fetched:,} candles fetched, {rows:,} "
         f"merged, {run.features_rows:,} feature rows written, in **{total.wall:.1f} s wall** "
         f"({total.cpu:.1f} s CPU) = **{rate:,.0f} candles/s** end to end ({rate_cpu:,.0f} per "
-        f"CPU second). Goal {GOAL_CANDLES_PER_S:,}/s on 2 cores: **{met}**. The collector's "
+        f"CPU second), the median of {repeats} runs (each a new collector and warehouse: "
+        + ", ".join(
+            f"{r.total.wall:.1f} s = {r.cycle.rows_merged / r.total.wall:,.0f}/s" for r in runs
+        )
+        + f"). Goal {GOAL_CANDLES_PER_S:,}/s on 2 cores: **{met}** at the median; "
+        f"{sum(r.cycle.rows_merged / r.total.wall >= GOAL_CANDLES_PER_S for r in runs)} of "
+        f"{repeats} runs reached it. The collector's "
         f"warm-up before it (imports, first GX validation, 2 symbols x 0.1 day) took "
         f"{run.warmup.wall:.1f} s wall, {run.warmup.cpu:.1f} s CPU.",
         "",
