@@ -21,13 +21,36 @@ hypothesis_settings.register_profile("dev", print_blob=True)
 hypothesis_settings.load_profile(os.environ.get("TRADELOOP_HYPOTHESIS_PROFILE", "dev"))
 
 
+# Longest first: xdist hands out work units (a group, or one test) in collection order, and
+# a 5-minute group collected late left one worker busy after the others had finished. The
+# groups by their time in CI (docs/testing.md), then the other tests marked slow.
+LONGEST_GROUPS = (
+    "e2e-deployment",
+    "e2e-schedule",
+    "cli-smoke",
+    "warehouse-processes",
+    "dask",
+    "report-browser",
+)
+
+
+def _longest_first(item: pytest.Item) -> int:
+    group = item.get_closest_marker("xdist_group")
+    if group is not None and group.args and group.args[0] in LONGEST_GROUPS:
+        return LONGEST_GROUPS.index(group.args[0])
+    return len(LONGEST_GROUPS) + (0 if item.get_closest_marker("slow") else 1)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``--dist loadgroup`` a worker tags each xdist_group test's id with its group; an
     untagged one means this pytest/pytest-xdist pair ignores the groups (pytest 9 with xdist
-    3.8 did), and tests that share a process-wide resource would silently run in parallel."""
+    3.8 did), and tests that share a process-wide resource would silently run in parallel.
+    The longest work is collected first (``LONGEST_GROUPS``); the sort is stable, so every
+    worker collects the same order, as xdist requires."""
     if not getattr(config.option, "loadgroup", False):
         return
+    items.sort(key=_longest_first)
     ignored = [
         i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
     ]
