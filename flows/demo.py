@@ -202,6 +202,19 @@ def demo(
     return summary
 
 
+def orders_verdict(summary: DemoSummary) -> str:
+    """Why the served bars placed no order, in the dashboard's words: a model trades only
+    where its expected edge clears the costs and its gates, and the demo's simulated market
+    may give it none (the Walk-forward row says whether it has one)."""
+    top_rule, top_bars = max(summary.decisions.items(), key=lambda kv: kv[1])
+    served = sum(summary.decisions.values())
+    text = (
+        f"none: a rule held each of the {served} served bars (most: {top_rule}, {top_bars}); "
+        "the model orders only where its expected edge clears costs and its gates"
+    )
+    return text + (" (see Walk-forward)" if summary.walk_forward_ic is not None else "")
+
+
 def summary_rows(summary: DemoSummary) -> list[dict[str, str]]:
     """The demo's figures as rows (figure, value) for the ``demo-summary`` table artifact."""
 
@@ -295,6 +308,8 @@ def dashboard(summary: DemoSummary) -> Any:
             f"{sum(summary.decisions.values())} bars: "
             + ", ".join(f"{rule} {n}" for rule, n in summary.decisions.items()),
         )
+    if summary.decisions and not summary.counts.get("orders"):
+        grid.add_row("Orders", orders_verdict(summary))
     grid.add_row("Warehouse rows", ", ".join(f"{k} {v:,}" for k, v in summary.counts.items()))
     if summary.walk_forward_ic is not None:
         ic, lo, hi = summary.walk_forward_ic

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
 from rich.console import Console
 
-from flows.demo import DemoSummary, dashboard
+from flows.demo import DemoSummary, dashboard, orders_verdict
 
 
 def _render(summary: DemoSummary) -> str:
@@ -16,8 +17,9 @@ def _render(summary: DemoSummary) -> str:
     return console.export_text()
 
 
-def test_dashboard_shows_model_baseline_pnl_and_paths(tmp_path: Path) -> None:
-    summary = DemoSummary(
+def _served(tmp_path: Path) -> DemoSummary:
+    """A demo that trained, served and walked forward."""
+    return DemoSummary(
         model_id="signal-v2-abc",
         promoted=True,
         accuracy=0.412,
@@ -39,6 +41,10 @@ def test_dashboard_shows_model_baseline_pnl_and_paths(tmp_path: Path) -> None:
         warehouse_home=tmp_path,
         elapsed_s=12.0,
     )
+
+
+def test_dashboard_shows_model_baseline_pnl_and_paths(tmp_path: Path) -> None:
+    summary = _served(tmp_path)
     text = _render(summary)
     for expected in (
         "signal-v2-abc (champion)",
@@ -101,3 +107,20 @@ def test_the_demo_serves_each_series_on_an_account_of_its_own() -> None:
     assert series_account("simulated", "BTC/USDT") == "paper-simulated-BTC_USDT"
     assert series_account("file", "ETH/BTC") != series_account("simulated", "BTC/USDT")
     assert series_account("file", "XRP/USDT:USDT") == "paper-file-XRP_USDT_USDT"
+
+
+def test_a_run_without_orders_says_why(tmp_path: Path) -> None:
+    summary = dataclasses.replace(
+        _served(tmp_path),
+        counts={"candles": 100, "predictions": 120, "orders": 0, "fills": 0},
+        decisions={"model: hold class": 94, "model: confidence below gate": 26},
+    )
+    assert orders_verdict(summary) == (
+        "none: a rule held each of the 120 served bars (most: model: hold class, 94); the "
+        "model orders only where its expected edge clears costs and its gates (see Walk-forward)"
+    )
+    text = " ".join(_render(summary).split())
+    assert "Orders none: a rule held each of the 120 served bars" in text, text
+
+    summary.counts["orders"] = 3  # orders placed: no such row
+    assert "a rule held each" not in " ".join(_render(summary).split())
