@@ -19,7 +19,7 @@ import importlib.util
 import sys
 import threading
 from collections.abc import Sequence
-from importlib.machinery import ModuleSpec
+from importlib.machinery import ModuleSpec, PathFinder
 from types import ModuleType
 
 DEFERRED_MODULES: tuple[str, ...] = ("altair", "scipy.stats")
@@ -28,7 +28,12 @@ _lock = threading.Lock()
 
 
 class _DeferringFinder:
-    """A meta-path finder that hands the named modules a lazy loader."""
+    """A meta-path finder that hands the named modules a lazy loader.
+
+    The real spec comes from ``PathFinder`` (both modules are plain files of installed
+    packages), not from ``sys.meta_path``: taking itself off that list to ask the other
+    finders would change it under imports running in other threads.
+    """
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = frozenset(names)
@@ -38,11 +43,7 @@ class _DeferringFinder:
     ) -> ModuleSpec | None:
         if name not in self.names:
             return None
-        sys.meta_path.remove(self)  # find the real spec with the other finders
-        try:
-            spec = importlib.util.find_spec(name)
-        finally:
-            sys.meta_path.insert(0, self)
+        spec = PathFinder.find_spec(name, path, target)
         if spec is None or spec.loader is None:
             return None
         spec.loader = importlib.util.LazyLoader(spec.loader)

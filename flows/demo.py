@@ -203,14 +203,14 @@ def demo(
 
 
 def orders_verdict(summary: DemoSummary) -> str:
-    """Why the served bars placed no order, in the dashboard's words: a model trades only
-    where its expected edge clears the costs and its gates, and the demo's simulated market
-    may give it none (the Walk-forward row says whether it has one)."""
+    """Why the served bars placed no order, in the dashboard's words: the most common deciding
+    rule, and that a model trades only where its expected edge clears the costs and its gates
+    (the demo's simulated market may give it none: the Walk-forward row says)."""
     top_rule, top_bars = max(summary.decisions.items(), key=lambda kv: kv[1])
     served = sum(summary.decisions.values())
     text = (
-        f"none: a rule held each of the {served} served bars (most: {top_rule}, {top_bars}); "
-        "the model orders only where its expected edge clears costs and its gates"
+        f"none in {served} served bars (most decided by {top_rule}: {top_bars}); the model "
+        "orders only where its expected edge clears costs and its gates"
     )
     return text + (" (see Walk-forward)" if summary.walk_forward_ic is not None else "")
 

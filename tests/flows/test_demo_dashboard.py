@@ -116,11 +116,11 @@ def test_a_run_without_orders_says_why(tmp_path: Path) -> None:
         decisions={"model: hold class": 94, "model: confidence below gate": 26},
     )
     assert orders_verdict(summary) == (
-        "none: a rule held each of the 120 served bars (most: model: hold class, 94); the "
-        "model orders only where its expected edge clears costs and its gates (see Walk-forward)"
+        "none in 120 served bars (most decided by model: hold class: 94); the model orders "
+        "only where its expected edge clears costs and its gates (see Walk-forward)"
     )
     text = " ".join(_render(summary).split())
-    assert "Orders none: a rule held each of the 120 served bars" in text, text
+    assert "Orders none in 120 served bars" in text, text
 
     summary.counts["orders"] = 3  # orders placed: no such row
-    assert "a rule held each" not in " ".join(_render(summary).split())
+    assert "Orders none" not in " ".join(_render(summary).split())
